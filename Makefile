@@ -1,0 +1,39 @@
+# handoff — two commands matter: `make demo` and `make test`. Both set up what they need.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+
+.PHONY: install demo test bench kafka-up kafka-down topics clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "handoff needs Python 3.11+"'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+kafka-up: install
+	$(BIN)/handoff kafka up
+
+kafka-down: install
+	$(BIN)/handoff kafka down
+
+topics: kafka-up
+	$(BIN)/handoff topics apply --workflow support_ticket
+
+demo: install
+	$(BIN)/python -m processors.demo
+
+test: install
+	$(BIN)/python -m pytest
+
+bench: install
+	$(BIN)/python -m processors.bench
+
+clean:
+	-$(BIN)/handoff kafka down
+	rm -rf $(VENV) .local

@@ -1,0 +1,87 @@
+"""The ``handoff`` command line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from processors import localkafka
+from processors.kafka import KafkaSettings
+from processors.topics import apply as apply_topics
+from processors.topics import load_topics
+
+app = typer.Typer(no_args_is_help=True, add_completion=False,
+                  help="handoff: AI model outputs to governed business actions, on Kafka.")
+kafka_app = typer.Typer(no_args_is_help=True, help="A local single-node Kafka broker on the JVM (no Docker).")
+topics_app = typer.Typer(no_args_is_help=True, help="Topics as code: topics/<workflow>.yaml.")
+app.add_typer(kafka_app, name="kafka")
+app.add_typer(topics_app, name="topics")
+
+Bootstrap = Annotated[Optional[str], typer.Option("--bootstrap", "-b", envvar="KAFKA_BOOTSTRAP_SERVERS",
+                                                  help="Kafka bootstrap servers.")]
+Workflow = Annotated[str, typer.Option("--workflow", "-w", help="Workflow name (topics/<name>.yaml).")]
+DataDir = Annotated[Path, typer.Option(help="Where the broker keeps its data, pid and logs (git-ignored).")]
+
+
+def settings(bootstrap: str | None) -> KafkaSettings:
+    return KafkaSettings(bootstrap_servers=bootstrap) if bootstrap else KafkaSettings()
+
+
+def fail(message: str) -> typer.Exit:
+    typer.secho(message, fg=typer.colors.RED, err=True)
+    return typer.Exit(1)
+
+
+@kafka_app.command("up")
+def kafka_up(data_dir: DataDir = localkafka.DEFAULT_DATA_DIR, port: int = localkafka.DEFAULT_PORT,
+             timeout: float = 120.0) -> None:
+    """Start the broker (or find it running) and wait until it answers."""
+    try:
+        bootstrap = localkafka.LocalKafka(data_dir, port).start(timeout)
+    except localkafka.LocalKafkaError as exc:
+        raise fail(str(exc))
+    typer.echo(f"kafka is up at {bootstrap} (data in {data_dir})")
+
+
+@kafka_app.command("down")
+def kafka_down(data_dir: DataDir = localkafka.DEFAULT_DATA_DIR) -> None:
+    """Stop the broker started by ``kafka up``."""
+    stopped = localkafka.LocalKafka(data_dir).stop()
+    typer.echo("kafka stopped" if stopped else "kafka was not running")
+
+
+@topics_app.command("apply")
+def topics_apply(workflow: Workflow, bootstrap: Bootstrap = None,
+                 dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan, change nothing.")] = False) -> None:
+    """Create missing topics; report drift without touching existing ones."""
+    conf = settings(bootstrap)
+    specs = list(load_topics(workflow, conf.namespace).values())
+    changes = apply_topics(conf.admin(), specs, dry_run=dry_run)
+    for change in changes:
+        typer.echo(("would " if dry_run and change.action == "create" else "") + str(change))
+    counts = {a: sum(c.action == a for c in changes) for a in ("create", "ok", "drift")}
+    typer.echo(f"{'planned' if dry_run else 'applied'}: {counts['create']} to create, "
+               f"{counts['ok']} unchanged, {counts['drift']} drifted (not changed)")
+
+
+@app.command()
+def produce(file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="JSON Lines, one trigger event a line.")],
+            workflow: Workflow = "support_ticket", bootstrap: Bootstrap = None,
+            schema: Annotated[Optional[str], typer.Option(help="Writer contract, e.g. support_ticket/created.v1; default: the topic's latest.")] = None) -> None:
+    """Send trigger events, Avro-encoded and keyed; report bad lines by number."""
+    from processors.produce import produce_file
+    from processors.serde import AvroSerde
+
+    conf = settings(bootstrap)
+    trigger = load_topics(workflow, conf.namespace)[f"{workflow}.triggers"]
+    serde = AvroSerde(schema or trigger.value_schema, registry_url=conf.schema_registry_url)
+    summary = produce_file(file, conf.producer(), trigger.name, serde, trigger.key_field)
+    for bad in summary.rejected:
+        typer.secho(f"line {bad.line}: rejected: {bad.reason}", fg=typer.colors.YELLOW, err=True)
+    for bad in summary.failed:
+        typer.secho(f"line {bad.line}: not delivered: {bad.reason}", fg=typer.colors.RED, err=True)
+    typer.echo(f"sent {summary.sent} to {trigger.name}, rejected {len(summary.rejected)}, failed {len(summary.failed)}")
+    if summary.failed:
+        raise typer.Exit(1)

@@ -1,0 +1,50 @@
+"""Where the broker is and how every handoff client talks to it.
+
+One place builds producers, consumers and admin clients, so every process agrees on the
+bootstrap address, the topic namespace and the client settings that make handoff safe:
+idempotent producers (no duplicates from producer retries) and manual offset commits.
+"""
+
+from __future__ import annotations
+
+import os
+
+from confluent_kafka import Consumer, Producer
+from confluent_kafka.admin import AdminClient
+from pydantic import BaseModel, Field
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(name) or default
+
+
+class KafkaSettings(BaseModel):
+    """Read from the environment; command-line flags override."""
+
+    bootstrap_servers: str = Field(default_factory=lambda: _env("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"))
+    namespace: str = Field(default_factory=lambda: _env("HANDOFF_NAMESPACE", ""),
+                           description="Prefix of every topic and group name; isolates environments on one broker.")
+    schema_registry_url: str | None = Field(default_factory=lambda: _env("SCHEMA_REGISTRY_URL"),
+                                            description="Confluent wire format when set; single-object encoding otherwise.")
+
+    def admin(self) -> AdminClient:
+        return AdminClient({"bootstrap.servers": self.bootstrap_servers})
+
+    def producer(self, **overrides) -> Producer:
+        return Producer({
+            "bootstrap.servers": self.bootstrap_servers,
+            "enable.idempotence": True,
+            "linger.ms": 5,
+            "compression.type": "lz4",
+            **overrides,
+        })
+
+    def consumer(self, group: str, **overrides) -> Consumer:
+        return Consumer({
+            "bootstrap.servers": self.bootstrap_servers,
+            "group.id": f"{self.namespace}.{group}" if self.namespace else group,
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "isolation.level": "read_committed",
+            **overrides,
+        })
