@@ -1,0 +1,75 @@
+"""Reading handoff topics from outside a stage: ``handoff tail``, the demo summary, tests.
+
+``snapshot`` reads every partition from the beginning up to the high watermark seen when it
+starts, with no consumer group (assign, never commit), so it never disturbs a stage's
+offsets. Under ``read_committed`` the high watermark may sit past aborted transaction
+markers; the read stops at the last stable offset instead.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
+
+from processors.kafka import KafkaSettings
+
+
+def _reader(settings: KafkaSettings) -> Consumer:
+    return Consumer({
+        "bootstrap.servers": settings.bootstrap_servers,
+        "group.id": "handoff-tail",  # required by librdkafka; never joined or committed
+        "enable.auto.commit": False,
+        "isolation.level": "read_committed",
+        "enable.partition.eof": True,
+    })
+
+
+def snapshot(settings: KafkaSettings, topic: str, timeout: float = 30.0) -> list[Message]:
+    """Every record of ``topic`` up to now, partition by partition in offset order."""
+    consumer = _reader(settings)
+    try:
+        meta = consumer.list_topics(topic, timeout=10).topics[topic]
+        if meta.error is not None:
+            raise KeyError(f"topic {topic}: {meta.error}")
+        pending = set()
+        assignment = []
+        for p in meta.partitions:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            if high > low:
+                pending.add(p)
+                assignment.append(TopicPartition(topic, p, OFFSET_BEGINNING))
+        if not assignment:
+            return []
+        consumer.assign(assignment)
+        out: list[Message] = []
+        deadline = time.monotonic() + timeout
+        while pending and time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is None:
+                continue
+            if msg.error():
+                if msg.error().code() == KafkaError._PARTITION_EOF:
+                    pending.discard(msg.partition())
+                    continue
+                raise RuntimeError(f"reading {topic}: {msg.error()}")
+            out.append(msg)
+        return out
+    finally:
+        consumer.close()
+
+
+def follow(settings: KafkaSettings, topic: str, from_beginning: bool = True) -> Iterator[Message]:
+    """Every record of ``topic``, then new ones as they arrive, until interrupted."""
+    consumer = _reader(settings)
+    meta = consumer.list_topics(topic, timeout=10).topics[topic]
+    start = OFFSET_BEGINNING if from_beginning else -1  # -1: OFFSET_END
+    consumer.assign([TopicPartition(topic, p, start) for p in meta.partitions])
+    try:
+        while True:
+            msg = consumer.poll(0.5)
+            if msg is not None and not msg.error():
+                yield msg
+    finally:
+        consumer.close()
