@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from processors.kafka import KafkaSettings
 
@@ -36,7 +36,7 @@ def snapshot(settings: KafkaSettings, topic: str, timeout: float = 30.0) -> list
         pending = set()
         assignment = []
         for p in meta.partitions:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            low, high = _watermarks(consumer, TopicPartition(topic, p))
             if high > low:
                 pending.add(p)
                 assignment.append(TopicPartition(topic, p, OFFSET_BEGINNING))
@@ -56,6 +56,33 @@ def snapshot(settings: KafkaSettings, topic: str, timeout: float = 30.0) -> list
                 raise RuntimeError(f"reading {topic}: {msg.error()}")
             out.append(msg)
         return out
+    finally:
+        consumer.close()
+
+
+def _watermarks(consumer: Consumer, tp: TopicPartition, attempts: int = 20) -> tuple[int, int]:
+    """Watermarks, retried while a just-created partition's leader is still being elected."""
+    for attempt in range(attempts):
+        try:
+            return consumer.get_watermark_offsets(tp, timeout=10)
+        except KafkaException as exc:
+            if not exc.args[0].retriable() and exc.args[0].code() != KafkaError.NOT_LEADER_FOR_PARTITION:
+                raise
+            time.sleep(0.1 * (attempt + 1))
+    return consumer.get_watermark_offsets(tp, timeout=10)
+
+
+def count(settings: KafkaSettings, *topics: str) -> int:
+    """Records in ``topics`` by watermarks: cheap, exact for non-transactional topics, and an
+    upper bound for transactional ones (commit markers take offsets too)."""
+    consumer = _reader(settings)
+    try:
+        total = 0
+        for topic in topics:
+            for p in consumer.list_topics(topic, timeout=10).topics[topic].partitions:
+                low, high = _watermarks(consumer, TopicPartition(topic, p))
+                total += high - low
+        return total
     finally:
         consumer.close()
 

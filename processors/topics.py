@@ -119,11 +119,16 @@ def apply(admin: AdminClient, specs: list[TopicSpec], dry_run: bool = False) -> 
     return changes
 
 
+def _all_led(topics: dict, names: set[str]) -> bool:
+    return all(n in topics and topics[n].partitions and all(p.leader >= 0 for p in topics[n].partitions.values())
+               for n in names)
+
+
 def _wait_visible(admin: AdminClient, names: set[str], timeout: float = 15.0) -> None:
     """Creation returns once the controller commits; brokers learn of it a moment later.
     Waiting here means clients started right after ``apply`` find every topic."""
     deadline = time.monotonic() + timeout
-    while names - set(admin.list_topics(timeout=10).topics):
+    while not _all_led(admin.list_topics(timeout=10).topics, names):
         if time.monotonic() > deadline:
             raise TimeoutError(f"topics not visible {timeout:.0f}s after creation: {sorted(names)}")
         time.sleep(0.1)

@@ -1,0 +1,38 @@
+"""Prometheus metrics, labelled by workflow and stage so one dashboard serves every workflow."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import Counter, Histogram
+
+EVENTS_IN = Counter("handoff_events_in_total", "Records consumed by a stage.", ["workflow", "stage"])
+EVENTS_OUT = Counter("handoff_events_out_total", "Records produced by a stage, by topic.", ["workflow", "stage", "topic"])
+DEAD_LETTERS = Counter("handoff_dead_letters_total", "Records sent to the dead letters, by reason.", ["workflow", "stage", "reason"])
+LATENCY = Histogram("handoff_stage_latency_seconds", "Time to process one record in a stage.", ["workflow", "stage"],
+                    buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+VALIDATION_FAILURES = Counter("handoff_validation_failures_total", "Invalid model answers, by reason.", ["workflow", "reason"])
+REVIEWS = Counter("handoff_reviews_total", "Items sent to review, by reason.", ["workflow", "reason"])
+RETRIES = Counter("handoff_retries_total", "Retried model calls and actions.", ["workflow", "stage"])
+TOKENS = Counter("handoff_tokens_total", "Model tokens, by direction.", ["workflow", "direction"])
+COST = Counter("handoff_cost_usd_total", "Model cost in US dollars.", ["workflow"])
+
+
+@dataclass(frozen=True)
+class StageMetrics:
+    """The per-record metrics of one stage of one workflow."""
+
+    workflow: str
+    stage: str
+
+    def consumed(self) -> None:
+        EVENTS_IN.labels(self.workflow, self.stage).inc()
+
+    def produced(self, topic: str) -> None:
+        EVENTS_OUT.labels(self.workflow, self.stage, topic).inc()
+
+    def dead_lettered(self, reason: str) -> None:
+        DEAD_LETTERS.labels(self.workflow, self.stage, reason).inc()
+
+    def observe(self, seconds: float) -> None:
+        LATENCY.labels(self.workflow, self.stage).observe(seconds)

@@ -1,0 +1,1 @@
+"""Model providers: everything that turns a rendered prompt into answer text."""

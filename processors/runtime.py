@@ -1,0 +1,472 @@
+"""The stage runtime: one consumer loop that keeps many slow records in flight, safely.
+
+Model calls take 0.2–5 s, so a stage that handled one record at a time would crawl. The
+runtime runs ``Stage.process`` for many records at once on an asyncio loop in a helper
+thread, while the main thread owns the Kafka clients. The rules:
+
+**Ordering.** Records with the same key (same input topic and partition) are processed one
+after another, in offset order; different keys run in parallel. Records without a key have
+no ordering constraint.
+
+**Release.** A finished record's outputs are not produced at once. Each partition keeps its
+records in consumption order; outputs are *released* (handed to the producer) only for the
+unbroken prefix of finished records. So outputs leave in input order per partition, and the
+committed offset never passes a record whose outputs were not produced.
+
+**Commit protocol**, every ``commit_interval_s`` and on revoke and shutdown:
+
+* ``at_least_once``: ``producer.flush()`` until every released output is acknowledged, then
+  commit, per partition, the offset after the last released record. A crash between the two
+  replays the uncommitted records (duplicates downstream, never loss). A delivery failure
+  stops the runtime before it commits.
+* ``exactly_once``: outputs are produced inside a transaction that is always open;
+  ``send_offsets_to_transaction`` adds the released offsets and ``commit_transaction``
+  publishes outputs and offsets atomically; a new transaction begins at once. Any
+  transaction error is fatal: the runtime stops without committing, the broker aborts the
+  open transaction, and a restart reprocesses from the last committed offsets.
+  ``read_committed`` readers therefore never see an output twice.
+
+**Backpressure.** When ``max_in_flight`` records are consumed but not finished, every
+assigned partition is paused (the consumer keeps polling, so the group stays alive) until
+in-flight work falls to half.
+
+**Revoke.** When partitions are taken away, the runtime stops starting their records, waits
+up to ``drain_timeout_s`` for the ones in flight, releases and commits what finished, and
+drops everything else of those partitions: their new owner starts from the committed offset.
+Results that arrive later for a revoked partition are discarded (assignment epochs).
+
+**Poison.** A record that cannot be decoded, or whose ``process`` raises, goes to the
+workflow's dead-letter topic with its original key and value bytes and headers that say where
+it came from and why; the partition carries on.
+
+**Shutdown.** SIGTERM or SIGINT stop intake, drain in-flight work (bounded), commit, close.
+**Broker gone.** If no broker answers for ``broker_timeout_s``, the runtime raises
+:class:`BrokerUnavailable` instead of waiting forever; uncommitted work is replayed on restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import os
+import queue
+import signal
+import socket
+import threading
+import time
+import traceback
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
+from pydantic import BaseModel, ConfigDict, Field
+
+from processors import metrics
+from processors.kafka import KafkaSettings
+from processors.serde import AvroSerde, DecodeError
+from processors.stage import DeadLetter, Emit, Record, Stage, now_ms
+from processors.topics import TopicSpec
+
+log = logging.getLogger("handoff.runtime")
+
+
+class Guarantee(StrEnum):
+    at_least_once = "at_least_once"
+    exactly_once = "exactly_once"
+
+
+class RuntimeOptions(BaseModel):
+    """Every option trades one thing for another; the defaults suit model-bound stages."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    guarantee: Guarantee = Field(Guarantee.at_least_once, description=(
+        "exactly_once costs a transaction per commit interval and read_committed latency downstream; "
+        "at_least_once may duplicate outputs after a crash (actions stay idempotent either way)."))
+    max_in_flight: int = Field(500, ge=1, description=(
+        "More hides model latency better but holds more memory and more work to redo after a crash."))
+    commit_interval_s: float = Field(1.0, gt=0, description=(
+        "Shorter means less replay after a crash and lower end-to-end latency under exactly_once, "
+        "at the cost of more commits (and transactions)."))
+    drain_timeout_s: float = Field(10.0, ge=0, description=(
+        "How long a revoke or shutdown waits for in-flight records; longer redoes less work but "
+        "stalls the rebalance for the whole group."))
+    poll_batch: int = Field(500, ge=1, description="Records taken per consume call.")
+    broker_timeout_s: float = Field(60.0, gt=0, description=(
+        "How long all brokers may be unreachable before the stage gives up with a clear error."))
+    group: str | None = Field(None, description="Consumer group; default handoff.<workflow>.<stage>.")
+
+
+class BrokerUnavailable(RuntimeError):
+    """No broker answered for longer than ``broker_timeout_s``."""
+
+
+class DeliveryFailed(RuntimeError):
+    """The producer could not deliver a released output; offsets were not committed."""
+
+
+@dataclass
+class Output:
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: list[tuple[str, bytes]] = field(default_factory=list)
+
+
+@dataclass
+class _Partition:
+    """Records of one partition in consumption order; ``None`` until finished."""
+
+    epoch: int
+    pending: OrderedDict[int, list[Output] | None] = field(default_factory=OrderedDict)
+    released_to: int | None = None  # offset after the last released record
+    committed_to: int | None = None
+
+    def release(self) -> list[Output]:
+        out: list[Output] = []
+        while self.pending:
+            offset, outputs = next(iter(self.pending.items()))
+            if outputs is None:
+                break
+            self.pending.popitem(last=False)
+            out.extend(outputs)
+            self.released_to = offset + 1
+        return out
+
+
+class _EventLoop:
+    """An asyncio loop in a daemon thread; stage coroutines run here."""
+
+    def __init__(self):
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="handoff-stage-loop", daemon=True)
+        self.thread.start()
+
+    def submit(self, coro) -> concurrent.futures.Future:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def run(self, coro, timeout: float | None = None):
+        return self.submit(coro).result(timeout)
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+class StageRuntime:
+    """Runs one stage against Kafka until stopped. ``topics`` maps declared names to specs."""
+
+    def __init__(self, stage: Stage, workflow: str, topics: dict[str, TopicSpec], settings: KafkaSettings,
+                 options: RuntimeOptions | None = None, reader_schemas: dict[str, str] | None = None):
+        self.stage = stage
+        self.workflow = workflow
+        self.topics = topics
+        self.settings = settings
+        self.options = options or RuntimeOptions()
+        self.dlq_topic = topics[f"{workflow}.dlq"].name
+        self._readers = {topics[name].name: AvroSerde(topics[name].value_schema,
+                                                      reader=(reader_schemas or {}).get(name, topics[name].value_schema),
+                                                      registry_url=settings.schema_registry_url)
+                         for name in stage.inputs}
+        self._writers: dict[str, AvroSerde] = {}
+        self._partitions: dict[tuple[str, int], _Partition] = {}
+        self._keys: dict[tuple, deque[Message]] = {}  # key -> records waiting behind the running one
+        self._in_flight = 0
+        self._epoch = 0
+        self._done: queue.SimpleQueue = queue.SimpleQueue()
+        self._stopping = threading.Event()
+        self._paused = False
+        self._delivery_errors: list[str] = []
+        self._brokers_down_since: float | None = None
+        self._last_commit = time.monotonic()
+        self._failed = False
+        self.group = self.options.group or f"handoff.{workflow}.{stage.name}"
+        self._metrics = metrics.StageMetrics(workflow, stage.name)
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+
+    def stop(self, *_args) -> None:
+        """Ask the loop to drain and exit (safe from a signal handler or another thread)."""
+        self._stopping.set()
+
+    def run(self, until=None) -> None:
+        """Consume until :meth:`stop`, a signal, or ``until()`` returns True (checked each loop)."""
+        self._install_signal_handlers()
+        exactly_once = self.options.guarantee == Guarantee.exactly_once
+        self.consumer = self.settings.consumer(self.group, error_cb=self._on_error,
+                                               **{"partition.assignment.strategy": "range"})
+        producer_conf = {"error_cb": self._on_error}
+        if exactly_once:
+            producer_conf["transactional.id"] = f"{self.settings.namespace}.{self.group}.{socket.gethostname()}.{os.getpid()}"
+        self.producer = self.settings.producer(**producer_conf)
+        self.events = _EventLoop()
+        try:
+            self.events.run(self.stage.start(), timeout=120)
+            if exactly_once:
+                self.producer.init_transactions(30)
+                self.producer.begin_transaction()
+            self.consumer.subscribe(list(self._readers), on_assign=self._on_assign,
+                                    on_revoke=self._on_revoke, on_lost=self._on_lost)
+            while not self._stopping.is_set() and not (until and until()):
+                self._step()
+            self._drain(list(self._partitions))
+            self._commit(force=True)
+        except BaseException:
+            self._failed = True  # commit nothing more: a restart replays from the last commit
+            raise
+        finally:
+            try:
+                self.consumer.close()  # revokes what is left; nothing is in flight by now
+            finally:
+                if exactly_once:
+                    try:
+                        self.producer.abort_transaction(5)  # an empty open transaction, or a failed one
+                    except KafkaException:
+                        pass
+                self.producer.flush(10)
+                self.events.run(self.stage.close(), timeout=30)
+                self.events.stop()
+
+    def _install_signal_handlers(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self.stop)
+            signal.signal(signal.SIGINT, self.stop)
+
+    # ---- the loop ----------------------------------------------------------------------------
+
+    def _step(self) -> None:
+        # Always poll, even when paused: it serves rebalance callbacks and keeps the group alive.
+        room = self.options.max_in_flight - self._in_flight
+        messages = self.consumer.consume(max(min(self.options.poll_batch, room), 1),
+                                         timeout=0 if self._in_flight else 0.1)
+        for msg in messages:
+            if msg.error():
+                if msg.error().fatal():
+                    raise KafkaException(msg.error())
+                log.warning("consumer: %s", msg.error())
+                continue
+            self._accept(msg)
+        self._collect(wait=0.005 if self._in_flight and not messages else 0)
+        self._release()
+        self._backpressure()
+        self._check_brokers()
+        if time.monotonic() - self._last_commit >= self.options.commit_interval_s:
+            self._commit()
+        self.producer.poll(0)
+
+    def _accept(self, msg: Message) -> None:
+        part = self._partitions.get((msg.topic(), msg.partition()))
+        if part is None:  # a record of a partition we no longer own: ignore, its owner has it
+            return
+        part.pending[msg.offset()] = None
+        self._metrics.consumed()
+        key = (msg.topic(), msg.partition(), msg.key()) if msg.key() is not None else (msg.topic(), msg.partition(), msg.offset())
+        waiting = self._keys.get(key)
+        if waiting is not None:  # a record of this key is running: queue behind it
+            waiting.append(msg)
+        else:
+            self._keys[key] = deque()
+            self._start(key, msg, part.epoch)
+        self._in_flight += 1
+
+    def _start(self, key: tuple, msg: Message, epoch: int) -> None:
+        future = self.events.submit(self._process(msg))
+        future.add_done_callback(lambda f: self._done.put((key, msg, epoch, f)))
+
+    def _collect(self, wait: float) -> None:
+        """Take finished records; start the next record of each finished key."""
+        try:
+            item = self._done.get(timeout=wait) if wait else self._done.get_nowait()
+        except queue.Empty:
+            return
+        while True:
+            key, msg, epoch, future = item
+            part = self._partitions.get((msg.topic(), msg.partition()))
+            if part is not None and part.epoch == epoch:
+                self._in_flight -= 1
+                part.pending[msg.offset()] = future.result()
+                waiting = self._keys.get(key)
+                if waiting:
+                    nxt = waiting.popleft()
+                    self._start(key, nxt, epoch)
+                else:
+                    self._keys.pop(key, None)
+            try:
+                item = self._done.get_nowait()
+            except queue.Empty:
+                return
+
+    def _release(self, partitions=None) -> None:
+        for tp in partitions or list(self._partitions):
+            part = self._partitions.get(tp)
+            if part is None:
+                continue
+            for out in part.release():
+                self._produce(out)
+
+    def _produce(self, out: Output) -> None:
+        while True:
+            try:
+                self.producer.produce(out.topic, value=out.value, key=out.key, headers=out.headers,
+                                      on_delivery=self._on_delivery)
+                self._metrics.produced(out.topic)
+                return
+            except BufferError:  # the producer's local queue is full: let it drain
+                self.producer.poll(0.1)
+
+    def _on_delivery(self, err, msg) -> None:
+        if err is not None:
+            self._delivery_errors.append(f"{msg.topic()}: {err}")
+
+    def _backpressure(self) -> None:
+        assignment = [TopicPartition(t, p) for t, p in self._partitions]
+        if not self._paused and self._in_flight >= self.options.max_in_flight:
+            self.consumer.pause(assignment)
+            self._paused = True
+        elif self._paused and self._in_flight <= self.options.max_in_flight // 2:
+            self.consumer.resume(assignment)
+            self._paused = False
+
+    # ---- commit ------------------------------------------------------------------------------
+
+    def _commit(self, partitions=None, force: bool = False) -> None:
+        """Make released outputs durable, then commit the offsets after them (see module doc)."""
+        self._last_commit = time.monotonic()
+        due = [(tp, part) for tp, part in self._partitions.items()
+               if (partitions is None or tp in partitions) and part.released_to is not None
+               and part.released_to != part.committed_to]
+        if self.options.guarantee == Guarantee.exactly_once:
+            if not due and not force:
+                return
+            if due:
+                self.producer.send_offsets_to_transaction(
+                    [TopicPartition(t, p, part.released_to) for (t, p), part in due],
+                    self.consumer.consumer_group_metadata(), 30)
+            self.producer.commit_transaction(30)
+            self.producer.begin_transaction()
+        else:
+            remaining = self.producer.flush(30)
+            if remaining or self._delivery_errors:
+                raise DeliveryFailed(f"{remaining} outputs unacknowledged; errors: {self._delivery_errors[:3]}")
+            if not due:
+                return
+            self.consumer.commit(offsets=[TopicPartition(t, p, part.released_to) for (t, p), part in due],
+                                 asynchronous=False)
+        for _, part in due:
+            part.committed_to = part.released_to
+
+    # ---- rebalance ---------------------------------------------------------------------------
+
+    def _on_assign(self, consumer, partitions: list[TopicPartition]) -> None:
+        self._epoch += 1
+        for tp in partitions:
+            self._partitions[(tp.topic, tp.partition)] = _Partition(epoch=self._epoch)
+        self.stage.on_assign([(tp.topic, tp.partition) for tp in partitions])
+        if self._paused:
+            consumer.pause(partitions)
+
+    def _on_revoke(self, consumer, partitions: list[TopicPartition]) -> None:
+        revoked = [(tp.topic, tp.partition) for tp in partitions]
+        try:
+            if not self._failed:
+                self._drain(revoked)
+                self._commit(partitions=set(revoked))
+        finally:
+            self._forget(revoked)
+
+    def _on_lost(self, consumer, partitions: list[TopicPartition]) -> None:
+        """Lost, not revoked: someone else may own them already, so commit nothing."""
+        self._forget([(tp.topic, tp.partition) for tp in partitions])
+
+    def _drain(self, partitions: list[tuple[str, int]]) -> None:
+        """Wait (bounded) for in-flight records of ``partitions``, then release what finished."""
+        deadline = time.monotonic() + self.options.drain_timeout_s
+        wanted = set(partitions)
+        while time.monotonic() < deadline and any(
+                None in part.pending.values() for tp, part in self._partitions.items() if tp in wanted):
+            self._collect(wait=0.05)
+        self._release(partitions)
+
+    def _forget(self, partitions: list[tuple[str, int]]) -> None:
+        for tp in partitions:
+            part = self._partitions.pop(tp, None)
+            if part is not None:
+                self._in_flight -= sum(1 for v in part.pending.values() if v is None)
+        gone = set(partitions)
+        for key in [k for k in self._keys if (k[0], k[1]) in gone]:
+            del self._keys[key]
+        self._in_flight = max(self._in_flight, 0)
+
+    # ---- errors ------------------------------------------------------------------------------
+
+    def _on_error(self, err: KafkaError) -> None:
+        if err.code() == KafkaError._ALL_BROKERS_DOWN:
+            self._brokers_down_since = self._brokers_down_since or time.monotonic()
+            log.error("all brokers are down: %s", err)
+        elif err.fatal():
+            log.critical("fatal Kafka error: %s", err)
+        else:
+            log.warning("kafka: %s", err)
+
+    def _check_brokers(self) -> None:
+        if self._brokers_down_since is None:
+            return
+        try:
+            self.consumer.list_topics(timeout=1)
+            self._brokers_down_since = None
+        except KafkaException:
+            if time.monotonic() - self._brokers_down_since > self.options.broker_timeout_s:
+                raise BrokerUnavailable(
+                    f"no Kafka broker at {self.settings.bootstrap_servers} answered for "
+                    f"{self.options.broker_timeout_s:.0f}s; uncommitted records will be reprocessed on restart")
+
+    # ---- one record --------------------------------------------------------------------------
+
+    async def _process(self, msg: Message) -> list[Output]:
+        """Decode, run the stage, encode; any failure becomes a dead letter, never an exception."""
+        started = time.perf_counter()
+        try:
+            record = Record(topic=msg.topic(), partition=msg.partition(), offset=msg.offset(), key=msg.key(),
+                            value=self._readers[msg.topic()].decode(msg.value()),
+                            timestamp_ms=msg.timestamp()[1], headers=dict(msg.headers() or []))
+            outputs = [self._encode(emit) for emit in await self.stage.process(record)]
+        except DecodeError as exc:
+            outputs = [self._dead_letter(msg, exc.reason, exc)]
+        except DeadLetter as exc:
+            outputs = [self._dead_letter(msg, exc.reason, exc, exc.attempts, exc.first_failure_ms)]
+        except Exception as exc:  # a bug or an unexpected input: poison, not a crash
+            log.error("stage %s failed on %s[%d]@%d:\n%s", self.stage.name, msg.topic(), msg.partition(),
+                      msg.offset(), traceback.format_exc())
+            outputs = [self._dead_letter(msg, "stage_error", exc)]
+        self._metrics.observe(time.perf_counter() - started)
+        return outputs
+
+    def _encode(self, emit: Emit) -> Output:
+        spec = self.topics[emit.topic]
+        serde = self._writers.get(spec.name)
+        if serde is None:
+            serde = self._writers[spec.name] = AvroSerde(spec.value_schema, registry_url=self.settings.schema_registry_url)
+        value = emit.value.model_dump() if isinstance(emit.value, BaseModel) else emit.value
+        key = emit.key.encode() if isinstance(emit.key, str) else emit.key
+        return Output(spec.name, key, serde.encode(value, spec.name), [(k, v.encode()) for k, v in emit.headers.items()])
+
+    def _dead_letter(self, msg: Message, reason: str, exc: BaseException, attempts: int = 1,
+                     first_failure_ms: int | None = None) -> Output:
+        self._metrics.dead_lettered(reason)
+        ts_type, ts = msg.timestamp()
+        headers = {
+            "handoff.original.topic": msg.topic(),
+            "handoff.original.partition": str(msg.partition()),
+            "handoff.original.offset": str(msg.offset()),
+            "handoff.original.timestamp": str(ts),
+            "handoff.stage": self.stage.name,
+            "handoff.error.reason": reason,
+            "handoff.error.class": type(exc).__name__,
+            "handoff.error.message": str(exc)[:1000],
+            "handoff.attempts": str(attempts),
+            "handoff.first.failure.ms": str(first_failure_ms or now_ms()),
+        }
+        original = [(k, v) for k, v in (msg.headers() or []) if not k.startswith("handoff.")]
+        return Output(self.dlq_topic, msg.key(), msg.value() or b"", original + [(k, v.encode()) for k, v in headers.items()])
