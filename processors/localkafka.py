@@ -136,9 +136,12 @@ class LocalKafka:
                 f"-Dkafka.logs.dir={logs}",
                 f"-Dlog4j2.configurationFile={DEPLOY_DIR / 'log4j2.properties'}", "-cp", cp]
         if not (self.data_dir / "log" / "meta.properties").exists():
+            # Ids are url-safe base64 and may start with "-": pass it as `--cluster-id=...` so
+            # the tool's argument parser does not take it for an option.
             cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
             fmt = subprocess.run(
-                [*java, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props), "--standalone"],
+                [*java, "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}",
+                 "--config", str(props), "--standalone"],
                 capture_output=True, text=True,
             )
             if fmt.returncode != 0:

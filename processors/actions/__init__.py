@@ -1,0 +1,1 @@
+"""Actions: the side effects that AI workflow decisions turn into."""

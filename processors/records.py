@@ -1,0 +1,164 @@
+"""The records handoff writes, as pydantic models mirroring ``schemas/handoff/*.avsc``.
+
+Stages build and read these models; the runtime encodes them with the topic's Avro contract.
+``tests/test_records.py`` round-trips every model through its schema, so the two cannot drift.
+Answers and events travel as JSON text: their shape belongs to each workflow, not to handoff.
+"""
+
+from __future__ import annotations
+
+import orjson
+from pydantic import BaseModel, Field
+
+
+class PromptRef(BaseModel):
+    name: str
+    version: str
+
+
+class Usage(BaseModel):
+    latency_ms: float = 0.0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost_usd: float = 0.0
+
+
+class WorkItem(Usage):
+    """A trigger on its way through classify and validate (``handoff/work_item``)."""
+
+    event_id: str
+    workflow: str
+    event: str
+    attempt: int = 1
+    prompt: PromptRef
+    model: str
+    raw_answer: str | None = None
+    answer: str | None = None
+    validation_errors: list[str] = Field(default_factory=list)
+    trigger_timestamp_ms: int = 0
+
+    def event_dict(self) -> dict:
+        return orjson.loads(self.event)
+
+    def answer_dict(self) -> dict | None:
+        return None if self.answer is None else orjson.loads(self.answer)
+
+
+class Decision(Usage):
+    """``handoff/decision``: what downstream teams consume, one topic per route."""
+
+    event_id: str
+    workflow: str
+    route: str
+    rule: str
+    label: str
+    confidence: float
+    answer: str
+    event: str
+    prompt: PromptRef
+    model: str
+    shadow: bool = False
+    source: str = "model"
+    decided_at_ms: int
+    trigger_timestamp_ms: int = 0
+
+
+class ReviewItem(BaseModel):
+    """``handoff/review_item``: something a person must decide, with its whole context."""
+
+    review_id: str
+    event_id: str
+    workflow: str
+    reason: str
+    stage: str
+    event: str
+    answer: str | None = None
+    raw_answer: str | None = None
+    validation_errors: list[str] = Field(default_factory=list)
+    action: str | None = None
+    prompt: PromptRef
+    model: str
+    created_at_ms: int
+
+
+class ActionRequest(BaseModel):
+    """``handoff/action_request``."""
+
+    event_id: str
+    workflow: str
+    action: str
+    idempotency_key: str
+    arguments: str
+    route: str
+    approved_by: str | None = None
+    requested_at_ms: int
+
+
+class Execution(BaseModel):
+    """``handoff/execution``."""
+
+    event_id: str
+    workflow: str
+    action: str
+    idempotency_key: str
+    status: str
+    attempts: int
+    http_status: int | None = None
+    response: str | None = None
+    latency_ms: float
+    executed_at_ms: int
+
+
+class ActionDone(BaseModel):
+    """``handoff/action_done``: the idempotency ledger, compacted by key."""
+
+    idempotency_key: str
+    event_id: str
+    action: str
+    executed_at_ms: int
+
+
+class Notification(BaseModel):
+    """``handoff/notification``: what an ``emit`` action writes to its topic."""
+
+    event_id: str
+    workflow: str
+    action: str
+    idempotency_key: str
+    arguments: str
+    at_ms: int
+
+
+class Trace(Usage):
+    """``handoff/trace``: one step of one run; inputs are redacted before this is built."""
+
+    run_id: str
+    workflow: str
+    step: str
+    at_ms: int
+    prompt: PromptRef | None = None
+    model: str | None = None
+    inputs: str | None = None
+    raw_answer: str | None = None
+    answer: str | None = None
+    validation: str | None = None
+    action_request: str | None = None
+    action_response: str | None = None
+    decision: str | None = None
+    error: str | None = None
+
+
+class Outcome(BaseModel):
+    """``handoff/outcome``: a business result reported for a decision."""
+
+    event_id: str
+    workflow: str
+    outcome_type: str
+    value: str | None = None
+    at_ms: int
+    source: str
+
+
+def dumps(value) -> str:
+    """JSON text for the string fields above (sorted keys: stable across runs)."""
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()

@@ -1,0 +1,56 @@
+"""Redaction: sensitive values are masked before they reach a model or a trace.
+
+Patterns catch what can appear anywhere in free text (emails, card numbers, phone numbers);
+fields mask a whole declared input (``customer.email``). Card numbers are checked with the
+Luhn sum so order numbers and dates stay readable.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+PATTERNS: dict[str, re.Pattern] = {
+    "email": re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+"),
+    "card_number": re.compile(r"\b(?:\d[ -]?){12,18}\d\b"),
+    "phone": re.compile(r"(?<![\w])\+?\(?\d{1,4}\)?(?:[ .-]?\(?\d{2,4}\)?){2,4}(?![\w])"),
+}
+
+
+def _luhn(digits: str) -> bool:
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = int(ch)
+        if i % 2:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+    return total % 10 == 0
+
+
+class Redaction(BaseModel):
+    """Per workflow: which patterns to mask in every input, which inputs to mask whole."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    patterns: list[str] = Field(default_factory=lambda: ["email", "card_number", "phone"])
+    fields: list[str] = Field(default_factory=list, description="Dotted input paths masked entirely.")
+
+    def text(self, value: str) -> str:
+        for name in self.patterns:
+            value = PATTERNS[name].sub(lambda m, n=name: self._mask(n, m.group(0)), value)
+        return value
+
+    def inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        return {path: "[REDACTED]" if path in self.fields else self.text(v) if isinstance(v, str) else v
+                for path, v in inputs.items()}
+
+    @staticmethod
+    def _mask(name: str, found: str) -> str:
+        if name == "card_number":
+            digits = re.sub(r"\D", "", found)
+            return f"[CARD ****{digits[-4:]}]" if _luhn(digits) else found
+        if name == "phone" and sum(c.isdigit() for c in found) < 7:
+            return found
+        return f"[{name.upper()}]"

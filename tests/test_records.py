@@ -1,0 +1,40 @@
+"""Every record model round-trips through its Avro contract: models and schemas cannot drift."""
+
+import pytest
+
+from processors import records
+from processors.contracts import default_store
+from processors.serde import AvroSerde
+
+PROMPT = records.PromptRef(name="p", version="1")
+SAMPLES = {
+    "handoff/work_item": records.WorkItem(event_id="e", workflow="w", event="{}", prompt=PROMPT, model="m",
+                                          validation_errors=["x"], tokens_in=3),
+    "handoff/decision": records.Decision(event_id="e", workflow="w", route="billing", rule="r", label="billing",
+                                         confidence=0.9, answer="{}", event="{}", prompt=PROMPT, model="m", decided_at_ms=1),
+    "handoff/review_item": records.ReviewItem(review_id="e:low", event_id="e", workflow="w", reason="low_confidence",
+                                              stage="route", event="{}", prompt=PROMPT, model="m", created_at_ms=1),
+    "handoff/action_request": records.ActionRequest(event_id="e", workflow="w", action="a", idempotency_key="e:a",
+                                                    arguments="{}", route="r", requested_at_ms=1),
+    "handoff/execution": records.Execution(event_id="e", workflow="w", action="a", idempotency_key="e:a", status="done",
+                                           attempts=1, http_status=200, latency_ms=1.0, executed_at_ms=1),
+    "handoff/action_done": records.ActionDone(idempotency_key="e:a", event_id="e", action="a", executed_at_ms=1),
+    "handoff/notification": records.Notification(event_id="e", workflow="w", action="a", idempotency_key="e:a",
+                                                 arguments="{}", at_ms=1),
+    "handoff/trace": records.Trace(run_id="e", workflow="w", step="classify", at_ms=1, prompt=PROMPT, cost_usd=0.1),
+    "handoff/outcome": records.Outcome(event_id="e", workflow="w", outcome_type="reopened", at_ms=1, source="crm"),
+}
+
+
+@pytest.mark.parametrize("contract", sorted(SAMPLES))
+def test_model_round_trips_through_its_schema(contract):
+    model = SAMPLES[contract]
+    serde = AvroSerde(contract)
+    decoded = serde.decode(serde.encode(model.model_dump(), check=True))
+    assert type(model).model_validate(decoded) == model
+    schema_fields = {f["name"] for f in default_store().get(contract).schema["fields"]}
+    assert schema_fields == set(type(model).model_fields), "model and schema fields differ"
+
+
+def test_every_handoff_schema_has_a_model():
+    assert {n for n in default_store().by_name if n.startswith("handoff/")} == set(SAMPLES)
