@@ -39,10 +39,14 @@ class KafkaSettings(BaseModel):
             **overrides,
         })
 
+    def group_id(self, group: str) -> str:
+        """A consumer group's name on the broker: namespaced like topics."""
+        return f"{self.namespace}.{group}" if self.namespace else group
+
     def consumer(self, group: str, **overrides) -> Consumer:
         return Consumer({
             "bootstrap.servers": self.bootstrap_servers,
-            "group.id": f"{self.namespace}.{group}" if self.namespace else group,
+            "group.id": self.group_id(group),
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
             "isolation.level": "read_committed",

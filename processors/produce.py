@@ -14,6 +14,7 @@ import orjson
 from confluent_kafka import Producer
 from pydantic import BaseModel
 
+from processors.prompt import dotted
 from processors.serde import AvroSerde, EncodeError
 
 LABELS_FIELD = "expected"
@@ -31,13 +32,6 @@ class ProduceSummary(BaseModel):
     failed: list[Rejected] = []
 
 
-def field(record: dict, dotted: str):
-    """``field(r, "customer.id")`` is ``r["customer"]["id"]``."""
-    for part in dotted.split("."):
-        record = record[part]
-    return record
-
-
 def encode_lines(path: Path, serde: AvroSerde, topic: str, key_field: str | None) -> Iterator[tuple[int, bytes | None, bytes | str]]:
     """Yield ``(line number, key, value bytes)`` for good lines, ``(line number, None, reason)`` for bad."""
     with path.open("rb") as lines:
@@ -50,7 +44,7 @@ def encode_lines(path: Path, serde: AvroSerde, topic: str, key_field: str | None
                     raise ValueError(f"expected a JSON object, got {type(record).__name__}")
                 record.pop(LABELS_FIELD, None)
                 value = serde.encode(record, topic, check=True)
-                key = str(field(record, key_field)).encode() if key_field else None
+                key = str(dotted(record, key_field)).encode() if key_field else None
             except orjson.JSONDecodeError as exc:
                 yield number, None, f"not JSON: {exc}"
             except EncodeError as exc:

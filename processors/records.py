@@ -90,8 +90,12 @@ class ActionRequest(BaseModel):
     idempotency_key: str
     arguments: str
     route: str
+    decision: str
     approved_by: str | None = None
     requested_at_ms: int
+
+    def decision_record(self) -> Decision:
+        return Decision.model_validate_json(self.decision)
 
 
 class Execution(BaseModel):
@@ -116,6 +120,15 @@ class ActionDone(BaseModel):
     event_id: str
     action: str
     executed_at_ms: int
+
+
+class SeenEvent(BaseModel):
+    """``handoff/seen_event``: the duplicate-event ledger, compacted by event id."""
+
+    event_id: str
+    partition: int
+    offset: int
+    at_ms: int
 
 
 class Notification(BaseModel):

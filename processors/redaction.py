@@ -15,8 +15,12 @@ from pydantic import BaseModel, ConfigDict, Field
 PATTERNS: dict[str, re.Pattern] = {
     "email": re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+"),
     "card_number": re.compile(r"\b(?:\d[ -]?){12,18}\d\b"),
-    "phone": re.compile(r"(?<![\w])\+?\(?\d{1,4}\)?(?:[ .-]?\(?\d{2,4}\)?){2,4}(?![\w])"),
+    "iban": re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b"),
+    # Grouped digits (+44 20 7946 0958, (415) 555-0132, 415.555.0132): a separator or a leading
+    # "+" is required, so bare order numbers stay readable; dates are excluded in _mask.
+    "phone": re.compile(r"(?<![\w+-])(?:\+\d{1,3}[ .-]?)?(?:\(\d{2,4}\)[ .-]?)?\d{2,4}(?:[ .-]\d{2,4}){1,4}(?![\w-])"),
 }
+_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
 def _luhn(digits: str) -> bool:
@@ -34,7 +38,7 @@ class Redaction(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    patterns: list[str] = Field(default_factory=lambda: ["email", "card_number", "phone"])
+    patterns: list[str] = Field(default_factory=lambda: ["email", "card_number", "iban", "phone"])
     fields: list[str] = Field(default_factory=list, description="Dotted input paths masked entirely.")
 
     def text(self, value: str) -> str:
@@ -51,6 +55,6 @@ class Redaction(BaseModel):
         if name == "card_number":
             digits = re.sub(r"\D", "", found)
             return f"[CARD ****{digits[-4:]}]" if _luhn(digits) else found
-        if name == "phone" and sum(c.isdigit() for c in found) < 7:
+        if name == "phone" and (not 7 <= sum(c.isdigit() for c in found) <= 15 or _DATE.match(found)):
             return found
         return f"[{name.upper()}]"

@@ -159,17 +159,18 @@ class StageRuntime:
     """Runs one stage against Kafka until stopped. ``topics`` maps declared names to specs."""
 
     def __init__(self, stage: Stage, workflow: str, topics: dict[str, TopicSpec], settings: KafkaSettings,
-                 options: RuntimeOptions | None = None, reader_schemas: dict[str, str] | None = None):
+                 options: RuntimeOptions | None = None):
         self.stage = stage
         self.workflow = workflow
         self.topics = topics
         self.settings = settings
         self.options = options or RuntimeOptions()
         self.dlq_topic = topics[f"{workflow}.dlq"].name
+        # Any known writer version decodes into the topic's declared (latest) contract.
         self._readers = {topics[name].name: AvroSerde(topics[name].value_schema,
-                                                      reader=(reader_schemas or {}).get(name, topics[name].value_schema),
                                                       registry_url=settings.schema_registry_url)
                          for name in stage.inputs}
+        self.input_topics = list(self._readers)
         self._writers: dict[str, AvroSerde] = {}
         self._partitions: dict[tuple[str, int], _Partition] = {}
         self._keys: dict[tuple, deque[Message]] = {}  # key -> records waiting behind the running one
@@ -207,7 +208,7 @@ class StageRuntime:
             if exactly_once:
                 self.producer.init_transactions(30)
                 self.producer.begin_transaction()
-            self.consumer.subscribe(list(self._readers), on_assign=self._on_assign,
+            self.consumer.subscribe(self.input_topics, on_assign=self._on_assign,
                                     on_revoke=self._on_revoke, on_lost=self._on_lost)
             while not self._stopping.is_set() and not (until and until()):
                 self._step()

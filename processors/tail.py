@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from processors.kafka import KafkaSettings
+from processors.serde import AvroSerde, DecodeError
 
 
 def _reader(settings: KafkaSettings) -> Consumer:
@@ -87,6 +88,22 @@ def count(settings: KafkaSettings, *topics: str) -> int:
         consumer.close()
 
 
+def lag(settings: KafkaSettings, group: str, topics: list[str]) -> int:
+    """Records in ``topics`` that consumer ``group`` (full name) has not committed yet."""
+    consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": group,
+                         "enable.auto.commit": False})
+    try:
+        partitions = [TopicPartition(topic, p) for topic in topics
+                      for p in consumer.list_topics(topic, timeout=10).topics[topic].partitions]
+        total = 0
+        for tp in consumer.committed(partitions, timeout=10):
+            low, high = _watermarks(consumer, tp)
+            total += high - (tp.offset if tp.offset >= 0 else low)
+        return total
+    finally:
+        consumer.close()
+
+
 def follow(settings: KafkaSettings, topic: str, from_beginning: bool = True) -> Iterator[Message]:
     """Every record of ``topic``, then new ones as they arrive, until interrupted."""
     consumer = _reader(settings)
@@ -100,3 +117,22 @@ def follow(settings: KafkaSettings, topic: str, from_beginning: bool = True) -> 
                 yield msg
     finally:
         consumer.close()
+
+
+def describe(msg: Message, serde: AvroSerde | None) -> dict:
+    """One record as plain JSON-able data: where it sits, its key, headers and decoded value.
+
+    A value that does not decode (a dead letter's original bytes, say) is shown as the error
+    and the first bytes in hex, so ``tail`` never stops on a bad record.
+    """
+    out: dict = {"topic": msg.topic(), "partition": msg.partition(), "offset": msg.offset(),
+                 "key": msg.key().decode(errors="replace") if msg.key() is not None else None}
+    if msg.headers():
+        out["headers"] = {k: v.decode(errors="replace") if v is not None else None for k, v in msg.headers()}
+    try:
+        if serde is None:
+            raise DecodeError("the topic declares no value schema")
+        out["value"] = serde.decode(msg.value())
+    except DecodeError as exc:
+        out["undecoded"] = {"error": str(exc), "bytes": len(msg.value() or b""), "head": (msg.value() or b"")[:32].hex()}
+    return out

@@ -1,0 +1,113 @@
+"""Classify: render the prompt from the declared inputs only, ask the model, keep everything.
+
+The model sees the redacted declared inputs and nothing else. Its raw answer, the parsed
+JSON (or nothing, when it is not a JSON object), the prompt name and version, the model,
+latency, tokens and cost all travel on in a work item; judging the answer is validate's job.
+
+Failure paths: a retryable provider error (timeout, 5xx, rate limit) is retried with
+jittered exponential backoff up to ``retries.attempts``; then the trigger goes to the dead
+letters as ``model_unavailable``. A request the provider refuses (``model_rejected``) is not
+retried. A work item coming back on the repair topic is asked once more, with the
+validation errors appended (attempt 2).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import orjson
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+
+from processors import metrics
+from processors.prompt import dotted
+from processors.providers.base import ModelAnswer, ModelRequest, Provider, ProviderError, ProviderTimeout
+from processors.records import PromptRef, WorkItem, dumps
+from processors.stage import DeadLetter, Emit, Record, now_ms
+from processors.stages.base import WorkflowStage
+from processors.workflow import Workflow
+
+
+def parse_answer(text: str) -> dict | None:
+    """The answer as a JSON object, tolerating a Markdown code fence around it; else None."""
+    body = text.strip()
+    if body.startswith("```"):
+        body = body.strip("`").removeprefix("json").strip()
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    return parsed if isinstance(parsed, dict) else None
+
+
+class Classify(WorkflowStage):
+    name = "classify"
+    input_suffixes = ["triggers", "repair"]
+
+    def __init__(self, workflow: Workflow, provider: Provider):
+        super().__init__(workflow)
+        self.provider = provider
+
+    async def process(self, record: Record) -> list[Emit]:
+        if self.is_from(record.topic, "repair"):
+            item = WorkItem.model_validate(record.value)
+            event, attempt, errors, trigger_ms = item.event_dict(), 2, item.validation_errors, item.trigger_timestamp_ms
+        else:
+            event, attempt, errors, trigger_ms = record.value, 1, [], record.timestamp_ms
+        spec = self.workflow.prompt_spec
+        event_id = str(dotted(event, self.workflow.trigger.event_id))
+        inputs = self.workflow.redaction.inputs(spec.select_inputs(event))
+        user = spec.render(inputs) + (f"\n\n{spec.render_repair(errors)}" if errors else "")
+        request = ModelRequest(prompt_name=spec.name, prompt_version=spec.version, system=spec.system, user=user,
+                               inputs=inputs, output_schema=spec.output_schema, temperature=spec.temperature,
+                               max_tokens=spec.max_tokens, repair_errors=errors, event_id=event_id)
+        answer = await self._ask(request)
+        parsed = parse_answer(answer.text)
+        metrics.TOKENS.labels(self.workflow.name, "in").inc(answer.tokens_in)
+        metrics.TOKENS.labels(self.workflow.name, "out").inc(answer.tokens_out)
+        metrics.COST.labels(self.workflow.name).inc(answer.cost_usd)
+        prompt = PromptRef(name=spec.name, version=spec.version)
+        item = WorkItem(event_id=event_id, workflow=self.workflow.name, event=dumps(event), attempt=attempt,
+                        prompt=prompt, model=answer.model, raw_answer=answer.text,
+                        answer=None if parsed is None else dumps(parsed), trigger_timestamp_ms=trigger_ms,
+                        latency_ms=answer.latency_ms, tokens_in=answer.tokens_in, tokens_out=answer.tokens_out,
+                        cost_usd=answer.cost_usd)
+        return [Emit(self.workflow.topic("classified"), item, key=record.key),
+                self.trace(event_id, usage=item, prompt=prompt, model=answer.model, inputs=inputs,
+                           raw_answer=answer.text, answer=item.answer)]
+
+    async def _ask(self, request: ModelRequest) -> ModelAnswer:
+        """The provider's answer, retried while retrying can help; DeadLetter when it cannot."""
+        retries = self.workflow.retries
+        failures: list[int] = []  # when each failed attempt ended
+
+        async def attempt() -> ModelAnswer:
+            try:
+                return await self._call(request)
+            except ProviderError:
+                failures.append(now_ms())
+                raise
+
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(retries.attempts),
+            wait=wait_exponential_jitter(initial=retries.backoff_initial_s, max=retries.backoff_max_s),
+            retry=retry_if_exception(lambda exc: isinstance(exc, ProviderError) and exc.retryable),
+            before_sleep=lambda _state: metrics.RETRIES.labels(self.workflow.name, self.name).inc(),
+            reraise=True)
+        try:
+            return await retrying(attempt)
+        except ProviderError as exc:
+            reason = "model_unavailable" if exc.retryable else "model_rejected"
+            raise DeadLetter(reason, f"{type(exc).__name__}: {exc}", attempts=len(failures),
+                             first_failure_ms=failures[0]) from exc
+
+    async def _call(self, request: ModelRequest) -> ModelAnswer:
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(self.workflow.retries.timeout_s):
+                answer = await self.provider.complete(request)
+        except TimeoutError as exc:
+            raise ProviderTimeout(f"no answer within {self.workflow.retries.timeout_s}s") from exc
+        if not answer.latency_ms:
+            answer.latency_ms = (time.perf_counter() - started) * 1000
+        return answer

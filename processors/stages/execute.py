@@ -1,0 +1,117 @@
+"""Execute: run an action request once in effect, or say exactly why it did not run.
+
+In order, for each request:
+
+1. **Already done?** The idempotency ledger (``<workflow>.actions.done``, compacted, loaded
+   on assign) knows every key whose effect was applied; a known key is answered with an
+   ``already_done`` execution and nothing runs — across restarts and replays.
+2. **Allowed?** The action must exist and its scope must be granted to the workflow; its
+   arguments must satisfy its JSON Schema. Otherwise → dead letters, nothing runs.
+3. **Risky?** Risk above the workflow's ``approval_risk`` without an approval → review
+   (``risky_action``) with the decision and the request; nothing runs until a person says so.
+4. **Run.** A webhook is POSTed with an HMAC signature and the Idempotency-Key (retries on
+   timeouts and 5xx inside :class:`WebhookAction`); a 4xx, or retries exhausted → dead
+   letters. An emit writes a notification to its topic. Then an execution record and the
+   ledger entry, in the same commit.
+
+A crash after the effect but before the ledger entry is committed runs the action again on
+restart — with the same Idempotency-Key, which is what lets the receiver apply it once.
+"""
+
+from __future__ import annotations
+
+import os
+
+import httpx
+import orjson
+from jsonschema import Draft202012Validator
+
+from processors.actions.webhook import ActionFailed, ActionResult, WebhookAction
+from processors.kafka import KafkaSettings
+from processors.ledger import Ledger
+from processors.records import ActionDone, ActionRequest, Execution, Notification
+from processors.stage import DeadLetter, Emit, Record, now_ms
+from processors.stages.base import WorkflowStage
+from processors.workflow import Action, ActionKind, Workflow
+
+
+class Execute(WorkflowStage):
+    name = "execute"
+    input_suffixes = ["actions"]
+
+    def __init__(self, workflow: Workflow, settings: KafkaSettings):
+        super().__init__(workflow)
+        done = workflow.topic("actions.done")
+        self.done = Ledger(settings, done, workflow.topics[done], ActionDone)
+        self.schemas = {name: Draft202012Validator(a.arguments_schema) for name, a in workflow.actions.items()}
+        self.webhooks: dict[str, WebhookAction] = {}
+
+    async def start(self) -> None:
+        self.http = httpx.AsyncClient()
+        self.webhooks = {
+            name: WebhookAction(name, action.resolved_url(), os.environ.get(action.secret_env or "") or None,
+                                timeout=action.timeout_s, max_attempts=action.max_attempts, client=self.http)
+            for name, action in self.workflow.actions.items() if action.kind == ActionKind.webhook}
+
+    async def close(self) -> None:
+        await self.http.aclose()
+
+    def on_assign(self, partitions: list[tuple[str, int]]) -> None:
+        self.done.load()
+
+    async def process(self, record: Record) -> list[Emit]:
+        request = ActionRequest.model_validate(record.value)
+        key = request.idempotency_key
+        if self.done.get(key) is not None:
+            return self._executed(request, "already_done", ActionResult(http_status=None, response=None,
+                                                                         attempts=0, latency_ms=0.0))
+        action, arguments = self._allowed(request)
+        if action.risk > self.workflow.approval_risk and request.approved_by is None:
+            decision = request.decision_record()
+            return [self.review("risky_action", event_id=request.event_id, event=decision.event,
+                                prompt=decision.prompt, model=decision.model, key=request.event_id,
+                                suffix=f":{request.action}", answer=decision.answer, action=request.model_dump_json()),
+                    self.trace(request.event_id, action_request=request.arguments,
+                               error=f"risk {action.risk} above {self.workflow.approval_risk}: awaiting approval")]
+        if action.kind == ActionKind.webhook:
+            try:
+                result = await self.webhooks[request.action].run(key, arguments)
+            except ActionFailed as exc:
+                raise DeadLetter(f"action_{exc.reason}", str(exc), attempts=exc.attempts) from exc
+            outputs = []
+        else:
+            result = ActionResult(http_status=None, response=None, attempts=1, latency_ms=0.0)
+            outputs = [Emit(action.topic, Notification(event_id=request.event_id, workflow=self.workflow.name,
+                                                       action=request.action, idempotency_key=key,
+                                                       arguments=request.arguments, at_ms=now_ms()),
+                            key=request.event_id)]
+        ledger = self.done.record(key, ActionDone(idempotency_key=key, event_id=request.event_id,
+                                                  action=request.action, executed_at_ms=now_ms()))
+        return outputs + [ledger] + self._executed(request, "done", result)
+
+    def _allowed(self, request: ActionRequest) -> tuple[Action, dict]:
+        """The declared action and its parsed arguments, if it may run with them; DeadLetter otherwise."""
+        action = self.workflow.actions.get(request.action)
+        if action is None:
+            raise DeadLetter("unknown_action", f"action {request.action!r} is not declared by {self.workflow.name}")
+        if action.scope not in self.workflow.grants:
+            raise DeadLetter("scope_not_granted", f"action {request.action!r} needs scope {action.scope!r}")
+        try:
+            arguments = orjson.loads(request.arguments)
+        except orjson.JSONDecodeError as exc:
+            raise DeadLetter("invalid_arguments", f"arguments are not JSON: {exc}") from exc
+        errors = [f"{'/'.join(map(str, e.absolute_path)) or '(arguments)'}: {e.message}"
+                  for e in self.schemas[request.action].iter_errors(arguments)]
+        if errors:
+            raise DeadLetter("invalid_arguments", "; ".join(errors))
+        return action, arguments
+
+    def _executed(self, request: ActionRequest, status: str, result: ActionResult) -> list[Emit]:
+        execution = Execution(event_id=request.event_id, workflow=self.workflow.name, action=request.action,
+                              idempotency_key=request.idempotency_key, status=status, attempts=result.attempts,
+                              http_status=result.http_status, response=result.response,
+                              latency_ms=result.latency_ms, executed_at_ms=now_ms())
+        return [Emit(self.workflow.topic("executions"), execution, key=request.event_id),
+                self.trace(request.event_id, action_request=request.arguments,
+                           action_response={"status": status, "http_status": result.http_status,
+                                            "attempts": result.attempts})]

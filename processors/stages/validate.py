@@ -1,0 +1,78 @@
+"""Validate: an answer is used only when code can show it is safe enough to use.
+
+In order: the answer is a JSON object; it satisfies the prompt spec's JSON Schema (types,
+allowed values, bounds); it passes the workflow's business rules; its confidence reaches the
+review threshold. Then:
+
+* invalid on attempt 1 → back to classify on the repair topic, with the errors (one repair);
+* invalid on attempt 2 → review (``invalid_output``): fail closed, never guess;
+* valid but not confident enough → review (``low_confidence``);
+* valid → the validated topic, for route.
+
+A duplicate event id is recognised with a compacted ledger (``<workflow>.seen``): the first
+record to settle an event is remembered with its partition and offset; a *different* record
+for the same event id later is dropped as a duplicate, while the *same* record re-read after
+a crash is processed again (its earlier outputs were never committed).
+"""
+
+from __future__ import annotations
+
+from jsonschema import Draft202012Validator
+
+from processors import metrics, rules
+from processors.kafka import KafkaSettings
+from processors.ledger import Ledger
+from processors.records import SeenEvent, WorkItem
+from processors.stage import Emit, Record, now_ms
+from processors.stages.base import WorkflowStage
+from processors.workflow import Workflow
+
+MAX_ATTEMPTS = 2  # the first answer and one repair
+
+
+class Validate(WorkflowStage):
+    name = "validate"
+    input_suffixes = ["classified"]
+
+    def __init__(self, workflow: Workflow, settings: KafkaSettings):
+        super().__init__(workflow)
+        self.schema = Draft202012Validator(workflow.prompt_spec.output_schema)
+        seen = workflow.topic("seen")
+        self.seen = Ledger(settings, seen, workflow.topics[seen], SeenEvent)
+
+    def on_assign(self, partitions: list[tuple[str, int]]) -> None:
+        self.seen.load()
+
+    def errors(self, item: WorkItem) -> list[str]:
+        answer = item.answer_dict()
+        if answer is None:
+            return ["the answer is not a JSON object"]
+        found = [f"{'/'.join(map(str, e.absolute_path)) or '(answer)'}: {e.message}"
+                 for e in self.schema.iter_errors(answer)]
+        return found or rules.check(self.workflow.rules, answer, item.event_dict())
+
+    async def process(self, record: Record) -> list[Emit]:
+        item = WorkItem.model_validate(record.value)
+        earlier = self.seen.get(item.event_id)
+        if earlier is not None and (earlier.partition, earlier.offset) != (record.partition, record.offset):
+            return [self.trace(item.event_id, error=f"duplicate event id, first settled at offset {earlier.offset}")]
+        errors = self.errors(item)
+        for problem in errors:
+            metrics.VALIDATION_FAILURES.labels(self.workflow.name, problem.split(":")[0]).inc()
+        trace = self.trace(item.event_id, answer=item.answer, validation=errors or "ok")
+        if errors and item.attempt < MAX_ATTEMPTS:
+            retry = item.model_copy(update={"validation_errors": errors})
+            return [Emit(self.workflow.topic("repair"), retry, key=record.key), trace]
+        settled = self.seen.record(item.event_id, SeenEvent(event_id=item.event_id, partition=record.partition,
+                                                             offset=record.offset, at_ms=now_ms()))
+        if errors:
+            return [self._review("invalid_output", item, record, errors), settled, trace]
+        confidence = item.answer_dict().get("confidence", 0.0)
+        if confidence < self.workflow.review_threshold:
+            return [self._review("low_confidence", item, record,
+                                 [f"confidence {confidence} is below {self.workflow.review_threshold}"]), settled, trace]
+        return [Emit(self.workflow.topic("validated"), item, key=record.key), settled, trace]
+
+    def _review(self, reason: str, item: WorkItem, record: Record, errors: list[str]) -> Emit:
+        return self.review(reason, event_id=item.event_id, event=item.event, prompt=item.prompt, model=item.model,
+                           key=record.key, answer=item.answer, raw_answer=item.raw_answer, validation_errors=errors)

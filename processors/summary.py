@@ -1,0 +1,121 @@
+"""Where every trigger of a workflow ended up, read back from its topics.
+
+A trigger ends in exactly one place: a route topic (a decision), review (a person decides),
+or the dead letters. :func:`collect` reads those topics (read committed, no consumer group)
+and identifies each record by event id — or, for a dead letter whose bytes cannot be
+decoded, by its original topic, partition and offset — so the demo can print the counts and
+tests can check that they add up and that no event is in two places.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+from pydantic import BaseModel
+
+from processors.prompt import dotted
+from processors.records import Decision, Execution, ReviewItem
+from processors.serde import AvroSerde, DecodeError
+from processors.tail import snapshot
+from processors.workflow import Workflow
+from processors.kafka import KafkaSettings
+
+SETTLING_STAGES = ("classify", "validate", "route")
+"""Stages whose review items and dead letters settle a trigger; execute's concern actions of
+triggers that were already decided."""
+
+
+class Summary(BaseModel):
+    workflow: str
+    triggers: int
+    decided: dict[str, str]                   # event id -> route
+    reviewed: dict[str, str]                  # event id -> reason (settling stages)
+    dead: dict[str, str]                      # event id or topic:partition:offset -> reason (settling stages)
+    approvals: list[str]                      # event id:action awaiting approval (risky actions)
+    action_failures: dict[str, str]           # idempotency key -> reason (execute's dead letters)
+    executions: dict[str, int]                # "action status" -> count
+    latency_ms: list[float]                   # trigger to decision, per decision
+    samples: list[Decision]
+
+    @property
+    def placed(self) -> int:
+        return len(self.decided) + len(self.reviewed) + len(self.dead)
+
+    def in_two_places(self) -> set[str]:
+        return (self.decided.keys() & self.reviewed.keys()) | (self.decided.keys() & self.dead.keys()) \
+            | (self.reviewed.keys() & self.dead.keys())
+
+    def percentile(self, q: float) -> float:
+        return float(np.percentile(self.latency_ms, q)) if self.latency_ms else 0.0
+
+    def render(self) -> str:
+        routes = Counter(self.decided.values())
+        lines = [f"== {self.workflow}: {self.triggers} triggers -> {len(self.decided)} decided, "
+                 f"{len(self.reviewed)} to review, {len(self.dead)} dead-lettered "
+                 f"({'all accounted for' if self.placed == self.triggers and not self.in_two_places() else 'MISMATCH'})",
+                 "routes:        " + _counts(routes),
+                 "review:        " + _counts(Counter(self.reviewed.values())),
+                 "dead letters:  " + _counts(Counter(self.dead.values())),
+                 "approvals:     " + (f"{len(self.approvals)} risky actions await a person" if self.approvals else "-"),
+                 "actions:       " + _counts(Counter(self.executions)),
+                 "action errors: " + _counts(Counter(self.action_failures.values())),
+                 f"latency:       p50 {self.percentile(50):.0f} ms, p95 {self.percentile(95):.0f} ms (trigger to decision)"]
+        for d in self.samples:
+            lines.append(f"  {d.event_id}: {d.label} ({d.confidence:.2f}) -> {d.route} by {d.rule}, "
+                         f"prompt {d.prompt.name}@{d.prompt.version}, {d.model}")
+        return "\n".join(lines)
+
+
+def _counts(counter: Counter) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(counter.items(), key=lambda kv: -kv[1])) or "-"
+
+
+def collect(workflow: Workflow, settings: KafkaSettings, samples: int = 3) -> Summary:
+    topics = workflow.topics
+    decisions = [Decision.model_validate(value) for name, spec in topics.items()
+                 if name.startswith(workflow.topic("decisions."))
+                 for value in _values(settings, spec.name, spec.value_schema)]
+    reviews = [ReviewItem.model_validate(v) for v in _values(settings, topics[workflow.topic("review")].name,
+                                                             "handoff/review_item")]
+    executions = [Execution.model_validate(v) for v in _values(settings, topics[workflow.topic("executions")].name,
+                                                               "handoff/execution")]
+    dead, action_failures = {}, {}
+    for msg in snapshot(settings, topics[workflow.topic("dlq")].name):
+        headers = {k: v.decode() for k, v in msg.headers() or []}
+        reason = headers.get("handoff.error.reason", "unknown")
+        if headers.get("handoff.stage") == "execute":
+            action_failures[msg.key().decode() if msg.key() else str(msg.offset())] = reason
+        else:
+            dead[_dead_letter_id(workflow, headers, msg.value())] = reason
+    triggers = topics[workflow.topic("triggers")].name
+    return Summary(
+        workflow=workflow.name, triggers=sum(1 for _ in snapshot(settings, triggers)),
+        decided={d.event_id: d.route for d in decisions},
+        reviewed={r.event_id: r.reason for r in reviews if r.stage in SETTLING_STAGES},
+        dead=dead,
+        approvals=[r.review_id for r in reviews if r.reason == "risky_action"],
+        action_failures=action_failures,
+        executions=dict(Counter(f"{e.action} {e.status}" for e in executions)),
+        latency_ms=[float(d.decided_at_ms - d.trigger_timestamp_ms) for d in decisions if d.trigger_timestamp_ms],
+        samples=decisions[:samples])
+
+
+def _values(settings: KafkaSettings, topic: str, schema: str) -> list[dict]:
+    serde = AvroSerde(schema, registry_url=settings.schema_registry_url)
+    return [serde.decode(msg.value()) for msg in snapshot(settings, topic)]
+
+
+def _dead_letter_id(workflow: Workflow, headers: dict[str, str], value: bytes | None) -> str:
+    """The event id inside a dead letter's original bytes, or where the bytes came from."""
+    origin = headers.get("handoff.original.topic", "")
+    where = f"{origin}:{headers.get('handoff.original.partition')}:{headers.get('handoff.original.offset')}"
+    spec = next((s for s in workflow.topics.values() if s.name == origin and s.value_schema), None)
+    if spec is None:
+        return where
+    try:
+        record = AvroSerde(spec.value_schema).decode(value)
+    except DecodeError:
+        return where
+    is_trigger = spec.name == workflow.topics[workflow.topic("triggers")].name
+    return str(dotted(record, workflow.trigger.event_id) if is_trigger else record["event_id"])

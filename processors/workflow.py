@@ -1,0 +1,237 @@
+"""A workflow is files, not code: ``workflows/<name>/workflow.yaml`` declares it.
+
+It names the trigger contract and its key, the prompt spec (a versioned file under
+``prompts/``), the model provider, the business rules that check an answer, the review
+threshold, the routes (first match wins) and the actions each route requests. Loading checks
+everything a running stage would otherwise trip over later — unknown rule, route without a
+topic, action without a granted scope — and names the file and field that is wrong.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from enum import StrEnum
+from functools import cached_property
+from pathlib import Path
+from string import Template
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from processors import rules
+from processors.prompt import PromptSpec, dotted, load_prompt
+from processors.providers.embedded import TrainingSpec
+from processors.redaction import Redaction
+from processors.topics import TopicSpec, load_topics
+
+WORKFLOWS_DIR = Path(__file__).resolve().parent.parent / "workflows"
+_ROUTE_FIELD = re.compile(r"^\{(answer\.[\w.]+)\}$")
+
+
+class WorkflowError(ValueError):
+    """A workflow file is wrong; the message names the file and the field."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Trigger(Strict):
+    event: str = Field(description="The event type, e.g. support_ticket.created.")
+    schema_: str = Field(alias="schema", description="Contract name under schemas/; read with its latest version.")
+    key: str = Field(description="Dotted path of the record key, so one entity's events stay in order.")
+    event_id: str = "event_id"
+
+
+class EmbeddedModel(Strict):
+    kind: Literal["embedded"]
+    training: TrainingSpec
+
+
+class ScriptedModel(Strict):
+    kind: Literal["scripted"]
+    script: str | None = Field(None, description="YAML/JSONL script, relative to the workflow folder.")
+    latency_s: float = 0.0
+
+
+class ModelRetries(Strict):
+    """A retry hides a blip; too many hold a record (and its key) for a long time."""
+
+    attempts: int = Field(3, ge=1)
+    backoff_initial_s: float = 0.2
+    backoff_max_s: float = 2.0
+    timeout_s: float = Field(30.0, description="Per call; past it the call counts as a retryable failure.")
+
+
+class RouteRule(Strict):
+    """``when`` is a list of alternatives, each a map of path → allowed value(s); the route
+    matches when all paths of one alternative match. No ``when`` matches everything."""
+
+    name: str = Field(description="A route name, or {answer.field} to route by that field's value.")
+    when: list[dict[str, str | list[str]]] = Field(default_factory=list)
+    actions: list[str] = Field(default_factory=list)
+
+    def matches(self, view: dict) -> bool:
+        if not self.when:
+            return True
+        return any(all(_value(view, path) in ([want] if isinstance(want, str) else want)
+                       for path, want in alternative.items()) for alternative in self.when)
+
+    def resolve(self, view: dict) -> str:
+        field = _ROUTE_FIELD.match(self.name)
+        return str(_value(view, field.group(1))) if field else self.name
+
+    def rule_name(self, index: int) -> str:
+        return f"routes[{index}]:{self.name}"
+
+
+class ActionKind(StrEnum):
+    webhook = "webhook"
+    emit = "emit"
+
+
+class Action(Strict):
+    kind: ActionKind
+    scope: str = Field(description="The permission this action needs; the workflow must grant it.")
+    risk: float = Field(0.0, ge=0, le=1, description="Above the workflow's approval_risk a person approves first.")
+    arguments: dict[str, str] = Field(description="Argument name → dotted path into answer./event./decision.")
+    arguments_schema: dict = Field(description="JSON Schema the arguments must satisfy before anything runs.")
+    url: str | None = Field(None, description="webhook: ${ENV} references are expanded when the stage starts.")
+    secret_env: str | None = Field(None, description="webhook: env var holding the HMAC-SHA256 signing secret.")
+    timeout_s: float = 5.0
+    max_attempts: int = 4
+    topic: str | None = Field(None, description="emit: the declared topic the notification goes to.")
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> Action:
+        if self.kind == ActionKind.webhook and not self.url:
+            raise ValueError("a webhook action needs url")
+        if self.kind == ActionKind.emit and not self.topic:
+            raise ValueError("an emit action needs topic")
+        return self
+
+    def resolved_url(self) -> str:
+        try:
+            return Template(self.url or "").substitute(os.environ)
+        except KeyError as exc:
+            raise WorkflowError(f"action url {self.url!r} needs environment variable {exc.args[0]}") from None
+
+    def build_arguments(self, view: dict) -> dict[str, Any]:
+        return {name: _value(view, path) for name, path in self.arguments.items()}
+
+
+class Workflow(Strict):
+    name: str
+    description: str = ""
+    trigger: Trigger
+    prompt: str = Field(description="<prompt name>@<version>: prompts/<name>/<version>.yaml.")
+    label: str = Field(description="The answer field that names the decision (category, intent…).")
+    model: Annotated[EmbeddedModel | ScriptedModel, Field(discriminator="kind")]
+    retries: ModelRetries = ModelRetries()
+    rules: list[str] = Field(default_factory=list, description="Business rules from processors/rules.py.")
+    review_threshold: float = Field(0.75, ge=0, le=1, description="Answers less confident than this go to review.")
+    approval_risk: float = Field(0.7, ge=0, le=1, description="Actions riskier than this wait for a person.")
+    shadow: bool = Field(False, description="Decide and write to the shadow topic, never act.")
+    redaction: Redaction = Redaction()
+    grants: list[str] = Field(default_factory=list, description="Permission scopes this workflow's actions may use.")
+    routes: list[RouteRule]
+    actions: dict[str, Action] = Field(default_factory=dict)
+
+    folder: Path = Field(Path("."), exclude=True)
+    namespace: str = Field("", exclude=True)
+
+    @property
+    def prompt_path(self) -> Path:
+        name, _, version = self.prompt.partition("@")
+        return self.folder / "prompts" / name / f"{version}.yaml"
+
+    @cached_property
+    def prompt_spec(self) -> PromptSpec:
+        return load_prompt(self.prompt_path)
+
+    @cached_property
+    def topics(self) -> dict[str, TopicSpec]:
+        return load_topics(self.name, self.namespace)
+
+    def topic(self, suffix: str) -> str:
+        """The declared topic name ``<workflow>.<suffix>``."""
+        return f"{self.name}.{suffix}"
+
+    def decide(self, answer: dict, event: dict) -> tuple[RouteRule, str, str]:
+        """The first route whose conditions hold: (route, resolved route name, rule label)."""
+        view = {"answer": answer, "event": event}
+        for index, route in enumerate(self.routes):
+            if route.matches(view):
+                return route, route.resolve(view), route.rule_name(index)
+        raise LookupError("no route matched; the last route should have no conditions")
+
+    def check(self) -> None:
+        """Cross-file checks: prompt, rules, routes → topics, actions → scopes and topics."""
+        problems = []
+        triggers = self.topics.get(self.topic("triggers"))
+        if triggers is None or triggers.value_schema != self.trigger.schema_:
+            problems.append(f"trigger.schema: topics/{self.name}.yaml must declare {self.topic('triggers')} "
+                            f"with value_schema {self.trigger.schema_}")
+        spec = self.prompt_spec
+        properties = spec.output_schema.get("properties", {})
+        if self.label not in properties:
+            problems.append(f"label: {self.label!r} is not a property of the prompt's output_schema")
+        problems += [f"rules: unknown rule {r!r} (known: {sorted(rules.RULES)})" for r in self.rules
+                     if r not in rules.RULES]
+        for index, route in enumerate(self.routes):
+            for name in self._route_names(route, properties):
+                if self.topic(f"decisions.{name}") not in self.topics:
+                    problems.append(f"routes[{index}]: no topic {self.topic(f'decisions.{name}')} declared")
+            problems += [f"routes[{index}].actions: unknown action {a!r}" for a in route.actions
+                         if a not in self.actions]
+        if self.routes and self.routes[-1].when:
+            problems.append("routes: the last route must have no conditions, so every answer has a route")
+        for name, action in self.actions.items():
+            if action.scope not in self.grants:
+                problems.append(f"actions.{name}.scope: {action.scope!r} is not granted (grants: {self.grants})")
+            if action.topic and action.topic not in self.topics:
+                problems.append(f"actions.{name}.topic: {action.topic!r} is not declared in topics/{self.name}.yaml")
+        if problems:
+            raise WorkflowError(f"{self.folder / 'workflow.yaml'}:\n  " + "\n  ".join(problems))
+
+    @staticmethod
+    def _route_names(route: RouteRule, properties: dict) -> list[str]:
+        field = _ROUTE_FIELD.match(route.name)
+        if not field:
+            return [route.name]
+        return list(properties.get(field.group(1).removeprefix("answer."), {}).get("enum", []))
+
+
+def _value(view: dict, path: str) -> Any:
+    try:
+        return dotted(view, path)
+    except (KeyError, TypeError):
+        return None
+
+
+def load_workflow(name: str, namespace: str = "", root: Path = WORKFLOWS_DIR) -> Workflow:
+    """Load and check ``<root>/<name>/workflow.yaml``; every error names the file and field."""
+    path = root / name / "workflow.yaml"
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        known = sorted(p.name for p in root.iterdir() if (p / "workflow.yaml").exists())
+        raise WorkflowError(f"no workflow {name!r}: {path} does not exist (known: {known})") from None
+    try:
+        workflow = Workflow.model_validate({**raw, "folder": path.parent, "namespace": namespace})
+    except ValidationError as exc:
+        raise WorkflowError(_describe(path, exc)) from None
+    try:
+        workflow.prompt_spec  # noqa: B018 - load it now, so a bad prompt file fails here
+    except FileNotFoundError as exc:
+        raise WorkflowError(f"{path}:\n  prompt: {exc.filename} does not exist") from None
+    except ValidationError as exc:
+        raise WorkflowError(_describe(workflow.prompt_path, exc)) from None
+    workflow.check()
+    return workflow
+
+
+def _describe(path: Path, exc: ValidationError) -> str:
+    return f"{path}:\n  " + "\n  ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
