@@ -21,6 +21,9 @@ import threading
 import time
 from pathlib import Path
 
+import orjson
+from confluent_kafka import Producer
+
 from processors.kafka import KafkaSettings
 from processors.localkafka import LocalKafka, free_port, wait_for_broker
 from processors.pipeline import Pipeline, build_provider
@@ -40,15 +43,21 @@ def say(text: str) -> None:
     print(text, flush=True)
 
 
-def produce_poison(workflow: Workflow, settings: KafkaSettings) -> int:
+def produce_poison(workflow: Workflow, producer: Producer) -> int:
     """Records no stage can read: not Avro, and Avro of a schema nobody knows."""
-    producer = settings.producer()
     topic = workflow.topics[workflow.topic("triggers")].name
     unknown_fingerprint = b"\xc3\x01" + bytes(8) + b"\x02x"
     for value in (b'{"subject": "json, not avro"}', b"\x00\xff\xfe", unknown_fingerprint):
         producer.produce(topic, key=b"poison", value=value)
     producer.flush(10)
     return 3
+
+
+def expected_labels(workflow: Workflow) -> dict[str, str]:
+    """event id -> the dataset's ``expected`` label for the workflow's label field."""
+    with (workflow.folder / WORKFLOWS[workflow.name]).open("rb") as lines:
+        events = [orjson.loads(line) for line in lines if line.strip()]
+    return {e["event_id"]: e["expected"][workflow.label] for e in events}
 
 
 def run_demo(settings: KafkaSettings) -> bool:
@@ -58,13 +67,14 @@ def run_demo(settings: KafkaSettings) -> bool:
     try:
         workflows = [load_workflow(name, settings.namespace) for name in WORKFLOWS]
         pipelines = []
+        producer = settings.producer()
         for workflow in workflows:
             changes = apply(settings.admin(), list(workflow.topics.values()))
             say(f"topics: {workflow.name}: {sum(c.action == 'create' for c in changes)} created")
             trigger = workflow.topics[workflow.topic("triggers")]
-            sent = produce_file(workflow.folder / WORKFLOWS[workflow.name], settings.producer(), trigger.name,
+            sent = produce_file(workflow.folder / WORKFLOWS[workflow.name], producer, trigger.name,
                                 AvroSerde(trigger.value_schema), trigger.key_field)
-            poison = produce_poison(workflow, settings) if workflow.name == "support_ticket" else 0
+            poison = produce_poison(workflow, producer) if workflow.name == "support_ticket" else 0
             say(f"produced: {workflow.name}: {sent.sent} triggers sent, {len(sent.rejected)} rejected, "
                 f"{poison} poison records")
             provider = build_provider(workflow)
@@ -72,6 +82,7 @@ def run_demo(settings: KafkaSettings) -> bool:
             say(f"model: {workflow.name}: embedded classifier, held-out accuracy "
                 + ", ".join(f"{label} {m.accuracy:.1%} (n={m.n_holdout})" for label, m in report.labels.items()))
             pipelines.append(Pipeline(workflow, settings, provider=provider))
+        del producer  # flushed by produce_file; close its connections before the broker stops
         say(f"running classify -> validate -> route -> execute for {', '.join(WORKFLOWS)} until drained "
             f"(at most {DRAIN_TIMEOUT_S}s)...")
         started = time.monotonic()
@@ -90,6 +101,9 @@ def run_demo(settings: KafkaSettings) -> bool:
             summary = collect(workflow, settings)
             say("")
             say(summary.render())
+            right, known = summary.agreement(expected_labels(workflow))
+            say(f"agreement:     {right}/{known} decided {workflow.label}s match the dataset's label "
+                f"({right / max(known, 1):.1%}; the rest were routed by a confident wrong answer)")
             ok &= summary.placed == summary.triggers and not summary.in_two_places()
         say("")
         say(f"webhook receiver: {len(receiver.applied)} actions applied, {receiver.duplicates} duplicate "

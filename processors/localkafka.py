@@ -55,12 +55,13 @@ def wait_for_broker(bootstrap: str, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     last: Exception | None = None
     host, _, port = bootstrap.split(",")[0].rpartition(":")
-    while time.monotonic() < deadline:  # first the port, so librdkafka does not log every refusal
+    while True:  # first the port, so librdkafka does not log every refusal
         try:
             socket.create_connection((host, int(port)), timeout=1).close()
             break
         except OSError as exc:
-            last = exc
+            if time.monotonic() >= deadline:
+                raise LocalKafkaError(f"nothing listens at {bootstrap} ({exc})") from None
             time.sleep(0.3)
     admin = AdminClient({"bootstrap.servers": bootstrap})
     while time.monotonic() < deadline:

@@ -40,7 +40,7 @@ def build_provider(workflow: Workflow) -> Provider:
     if isinstance(model, EmbeddedModel):
         return EmbeddedProvider(model.training, workflow.folder)
     if model.script:
-        return ScriptedProvider.from_file(workflow.folder / model.script)
+        return ScriptedProvider.from_file(workflow.folder / model.script, latency=model.latency_s)
     return ScriptedProvider(latency=model.latency_s)
 
 

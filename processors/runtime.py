@@ -229,6 +229,7 @@ class StageRuntime:
                 self.producer.flush(10)
                 self.events.run(self.stage.close(), timeout=30)
                 self.events.stop()
+                del self.producer, self.consumer  # librdkafka handles are destroyed with the last reference
 
     def _install_signal_handlers(self) -> None:
         if threading.current_thread() is threading.main_thread():

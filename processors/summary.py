@@ -17,9 +17,9 @@ from pydantic import BaseModel
 from processors.prompt import dotted
 from processors.records import Decision, Execution, ReviewItem
 from processors.serde import AvroSerde, DecodeError
+from processors.kafka import KafkaSettings
 from processors.tail import snapshot
 from processors.workflow import Workflow
-from processors.kafka import KafkaSettings
 
 SETTLING_STAGES = ("classify", "validate", "route")
 """Stages whose review items and dead letters settle a trigger; execute's concern actions of
@@ -30,12 +30,14 @@ class Summary(BaseModel):
     workflow: str
     triggers: int
     decided: dict[str, str]                   # event id -> route
+    labels: dict[str, str]                    # event id -> decided label
     reviewed: dict[str, str]                  # event id -> reason (settling stages)
     dead: dict[str, str]                      # event id or topic:partition:offset -> reason (settling stages)
     approvals: list[str]                      # event id:action awaiting approval (risky actions)
     action_failures: dict[str, str]           # idempotency key -> reason (execute's dead letters)
     executions: dict[str, int]                # "action status" -> count
     latency_ms: list[float]                   # trigger to decision, per decision
+    model_ms: list[float]                     # the model call, per decision
     samples: list[Decision]
 
     @property
@@ -47,7 +49,12 @@ class Summary(BaseModel):
             | (self.reviewed.keys() & self.dead.keys())
 
     def percentile(self, q: float) -> float:
-        return float(np.percentile(self.latency_ms, q)) if self.latency_ms else 0.0
+        return _p(self.latency_ms, q)
+
+    def agreement(self, expected: dict[str, str]) -> tuple[int, int]:
+        """(decisions whose label equals ``expected[event id]``, decisions with an expected label)."""
+        known = [(label, expected[e]) for e, label in self.labels.items() if e in expected]
+        return sum(a == b for a, b in known), len(known)
 
     def render(self) -> str:
         routes = Counter(self.decided.values())
@@ -60,11 +67,17 @@ class Summary(BaseModel):
                  "approvals:     " + (f"{len(self.approvals)} risky actions await a person" if self.approvals else "-"),
                  "actions:       " + _counts(Counter(self.executions)),
                  "action errors: " + _counts(Counter(self.action_failures.values())),
-                 f"latency:       p50 {self.percentile(50):.0f} ms, p95 {self.percentile(95):.0f} ms (trigger to decision)"]
+                 f"latency:       p50 {self.percentile(50):.0f} ms, p95 {self.percentile(95):.0f} ms from trigger to "
+                 f"decision (queueing included); model call p50 {_p(self.model_ms, 50):.1f} ms, "
+                 f"p95 {_p(self.model_ms, 95):.1f} ms"]
         for d in self.samples:
             lines.append(f"  {d.event_id}: {d.label} ({d.confidence:.2f}) -> {d.route} by {d.rule}, "
                          f"prompt {d.prompt.name}@{d.prompt.version}, {d.model}")
         return "\n".join(lines)
+
+
+def _p(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else 0.0
 
 
 def _counts(counter: Counter) -> str:
@@ -92,12 +105,14 @@ def collect(workflow: Workflow, settings: KafkaSettings, samples: int = 3) -> Su
     return Summary(
         workflow=workflow.name, triggers=sum(1 for _ in snapshot(settings, triggers)),
         decided={d.event_id: d.route for d in decisions},
+        labels={d.event_id: d.label for d in decisions},
         reviewed={r.event_id: r.reason for r in reviews if r.stage in SETTLING_STAGES},
         dead=dead,
         approvals=[r.review_id for r in reviews if r.reason == "risky_action"],
         action_failures=action_failures,
         executions=dict(Counter(f"{e.action} {e.status}" for e in executions)),
         latency_ms=[float(d.decided_at_ms - d.trigger_timestamp_ms) for d in decisions if d.trigger_timestamp_ms],
+        model_ms=[d.latency_ms for d in decisions],
         samples=decisions[:samples])
 
 

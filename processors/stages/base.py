@@ -27,7 +27,8 @@ class WorkflowStage(Stage):
         fields = {name: redact(value if isinstance(value, str) else dumps(value))
                   for name, value in texts.items() if value is not None}
         trace = Trace(run_id=run_id, workflow=self.workflow.name, step=self.name, at_ms=now_ms(),
-                      prompt=prompt, model=model, **(usage.model_dump() if usage else {}), **fields)
+                      prompt=prompt, model=model, **(usage.model_dump(include=set(Usage.model_fields)) if usage else {}),
+                      **fields)
         return Emit(self.workflow.topic("traces"), trace, key=run_id)
 
     def review(self, reason: str, *, event_id: str, event: str, prompt: PromptRef, model: str,

@@ -90,7 +90,8 @@ class Classify(WorkflowStage):
 
         retrying = AsyncRetrying(
             stop=stop_after_attempt(retries.attempts),
-            wait=wait_exponential_jitter(initial=retries.backoff_initial_s, max=retries.backoff_max_s),
+            wait=wait_exponential_jitter(multiplier=retries.backoff_initial_s, max=retries.backoff_max_s,
+                                         jitter=retries.backoff_initial_s),
             retry=retry_if_exception(lambda exc: isinstance(exc, ProviderError) and exc.retryable),
             before_sleep=lambda _state: metrics.RETRIES.labels(self.workflow.name, self.name).inc(),
             reraise=True)
