@@ -95,6 +95,8 @@ def run(workflow: WorkflowName,
         stage: Annotated[str, typer.Option(help="classify, validate, route, execute, or all (development).")] = "all",
         guarantee: Annotated[Guarantee, typer.Option(help="at_least_once or exactly_once.")] = Guarantee.at_least_once,
         max_in_flight: Annotated[int, typer.Option(help="Records in flight per stage.")] = 500,
+        instance: Annotated[Optional[str], typer.Option(help="exactly_once: this process's stable instance name "
+                                                               "(default: the host name).")] = None,
         bootstrap: Bootstrap = None) -> None:
     """Run a workflow's stages until SIGTERM or Ctrl-C (drains in-flight work, then commits)."""
     from processors.pipeline import STAGES, Pipeline
@@ -109,7 +111,8 @@ def run(workflow: WorkflowName,
     except WorkflowError as exc:
         raise fail(str(exc))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    options = RuntimeOptions(guarantee=guarantee, max_in_flight=max_in_flight)
+    options = RuntimeOptions(guarantee=guarantee, max_in_flight=max_in_flight,
+                             **({"instance": instance} if instance else {}))
     typer.echo(f"running {workflow} stages {', '.join(stages)} against {conf.bootstrap_servers} ({guarantee})")
     Pipeline(flow, conf, stages, options).run()
 
@@ -130,3 +133,7 @@ def tail(topic: Annotated[str, typer.Argument(help="Declared topic name, e.g. su
     serde = AvroSerde(spec.value_schema, registry_url=conf.schema_registry_url) if spec.value_schema else None
     for msg in follow(conf, spec.name) if follow_ else snapshot(conf, spec.name):
         typer.echo(orjson.dumps(describe(msg, serde)).decode())
+
+
+if __name__ == "__main__":
+    app()

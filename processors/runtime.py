@@ -49,7 +49,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
-import os
 import queue
 import signal
 import socket
@@ -97,6 +96,12 @@ class RuntimeOptions(BaseModel):
     broker_timeout_s: float = Field(60.0, gt=0, description=(
         "How long all brokers may be unreachable before the stage gives up with a clear error."))
     group: str | None = Field(None, description="Consumer group; default handoff.<workflow>.<stage>.")
+    instance: str = Field(default_factory=socket.gethostname, description=(
+        "This process's stable name within its group: its static group membership and, under "
+        "exactly_once, its transactional id. Kept across restarts, a restarted process takes its "
+        "predecessor's partitions at once instead of after the session timeout, and fences its open "
+        "transaction instead of leaving it to time out. The cost: a process that stops for good holds "
+        "its partitions until the session timeout. Give each instance of one stage on one host its own name."))
 
 
 class BrokerUnavailable(RuntimeError):
@@ -196,11 +201,13 @@ class StageRuntime:
         """Consume until :meth:`stop`, a signal, or ``until()`` returns True (checked each loop)."""
         self._install_signal_handlers()
         exactly_once = self.options.guarantee == Guarantee.exactly_once
+        member = f"{self.settings.group_id(self.group)}.{self.options.instance}"
         self.consumer = self.settings.consumer(self.group, error_cb=self._on_error,
-                                               **{"partition.assignment.strategy": "range"})
+                                               **{"partition.assignment.strategy": "range",
+                                                  "group.instance.id": member})
         producer_conf = {"error_cb": self._on_error}
         if exactly_once:
-            producer_conf["transactional.id"] = f"{self.settings.namespace}.{self.group}.{socket.gethostname()}.{os.getpid()}"
+            producer_conf["transactional.id"] = member
         self.producer = self.settings.producer(**producer_conf)
         self.events = _EventLoop()
         try:

@@ -8,70 +8,18 @@ stages carry on.
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import orjson
-import pytest
 
 from processors.pipeline import Pipeline
 from processors.providers.scripted import ScriptedProvider, Timeout
-from processors.receiver import WebhookReceiver
 from processors.records import Notification, Trace
-from processors.serde import AvroSerde
 from processors.summary import collect
 from processors.tail import snapshot
-from processors.topics import apply
-from processors.workflow import ModelRetries, Workflow, load_workflow
-
-ROOT = Path(__file__).resolve().parent.parent
-TICKETS = ROOT / "workflows/support_ticket/datasets/tickets.jsonl"
-SECRET = "test-signing-secret"
+from tests.conftest import deployed, produce, records, tickets
 
 BILLING = {"category": "billing", "urgency": "low", "confidence": 0.95, "reason": "A question about an invoice."}
 URGENT = {"category": "billing", "urgency": "high", "confidence": 0.93, "reason": "Charged twice; payroll is blocked."}
-
-
-def tickets() -> list[dict]:
-    return [orjson.loads(line) for line in TICKETS.read_bytes().splitlines() if line.strip()]
-
-
-@pytest.fixture
-def receiver(monkeypatch):
-    with WebhookReceiver(secret=SECRET) as hooks:
-        monkeypatch.setenv("HANDOFF_WEBHOOK_URL", hooks.url)
-        monkeypatch.setenv("HANDOFF_WEBHOOK_SECRET", SECRET)
-        yield hooks
-
-
-def deployed(name: str, kafka) -> Workflow:
-    """The workflow with its topics created in the test's namespace; model retries made quick."""
-    workflow = load_workflow(name, kafka.namespace)
-    workflow = workflow.model_copy(update={"retries": ModelRetries(attempts=3, backoff_initial_s=0.01,
-                                                                   backoff_max_s=0.05, timeout_s=5)})
-    apply(kafka.admin(), list(workflow.topics.values()))
-    return workflow
-
-
-def produce(kafka, workflow: Workflow, events: list[dict], raw: list[tuple[bytes, bytes]] = ()) -> dict[str, bytes]:
-    """Send events (and raw key/value pairs, in order after them); returns each event's bytes."""
-    spec = workflow.topics[workflow.topic("triggers")]
-    serde = AvroSerde(spec.value_schema)
-    producer = kafka.producer()
-    sent = {}
-    for event in events:
-        event = {k: v for k, v in event.items() if k != "expected"}
-        sent[event["event_id"]] = value = serde.encode(event)
-        producer.produce(spec.name, key=event["customer"]["id"], value=value)
-    for key, value in raw:
-        producer.produce(spec.name, key=key, value=value)
-    assert producer.flush(10) == 0
-    return sent
-
-
-def records(kafka, workflow: Workflow, suffix: str, model):
-    spec = workflow.topics[workflow.topic(suffix)]
-    serde = AvroSerde(spec.value_schema)
-    return [model.model_validate(serde.decode(m.value())) for m in snapshot(kafka, spec.name)]
 
 
 def test_each_poison_kind_takes_its_path_and_the_stages_carry_on(kafka, receiver):
