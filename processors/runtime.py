@@ -26,9 +26,12 @@ committed offset never passes a record whose outputs were not produced.
   open transaction, and a restart reprocesses from the last committed offsets.
   ``read_committed`` readers therefore never see an output twice.
 
-**Backpressure.** When ``max_in_flight`` records are consumed but not finished, every
-assigned partition is paused (the consumer keeps polling, so the group stays alive) until
-in-flight work falls to half.
+**Backpressure.** At most ``max_in_flight`` records are being processed (or waiting behind
+their key); records consumed beyond that wait, in order, in a local buffer. Only when the
+buffer holds ``max_buffered`` records is every assigned partition paused (the consumer keeps
+polling, so the group stays alive), until the buffer is half empty. Pausing is the last
+resort because librdkafka drops a paused partition's prefetched records and refetches them
+on resume, which stalls the stage for a fetch round trip each time.
 
 **Revoke.** When partitions are taken away, the runtime stops starting their records, waits
 up to ``drain_timeout_s`` for the ones in flight, releases and commits what finished, and
@@ -92,6 +95,9 @@ class RuntimeOptions(BaseModel):
     drain_timeout_s: float = Field(10.0, ge=0, description=(
         "How long a revoke or shutdown waits for in-flight records; longer redoes less work but "
         "stalls the rebalance for the whole group."))
+    max_buffered: int = Field(5000, ge=1, description=(
+        "Records consumed but not yet started before partitions pause. More rides out the refetch "
+        "after a resume without starving the stage; less holds less memory and replays less."))
     poll_batch: int = Field(500, ge=1, description="Records taken per consume call.")
     broker_timeout_s: float = Field(60.0, gt=0, description=(
         "How long all brokers may be unreachable before the stage gives up with a clear error."))
@@ -180,6 +186,7 @@ class StageRuntime:
         self._partitions: dict[tuple[str, int], _Partition] = {}
         self._keys: dict[tuple, deque[Message]] = {}  # key -> records waiting behind the running one
         self._in_flight = 0
+        self._buffer: deque[Message] = deque()  # consumed, not yet started (see Backpressure)
         self._epoch = 0
         self._done: queue.SimpleQueue = queue.SimpleQueue()
         self._stopping = threading.Event()
@@ -204,7 +211,8 @@ class StageRuntime:
         member = f"{self.settings.group_id(self.group)}.{self.options.instance}"
         self.consumer = self.settings.consumer(self.group, error_cb=self._on_error,
                                                **{"partition.assignment.strategy": "range",
-                                                  "group.instance.id": member})
+                                                  "group.instance.id": member,
+                                                  "fetch.error.backoff.ms": 20})
         producer_conf = {"error_cb": self._on_error}
         if exactly_once:
             producer_conf["transactional.id"] = member
@@ -247,16 +255,16 @@ class StageRuntime:
 
     def _step(self) -> None:
         # Always poll, even when paused: it serves rebalance callbacks and keeps the group alive.
-        room = self.options.max_in_flight - self._in_flight
-        messages = self.consumer.consume(max(min(self.options.poll_batch, room), 1),
-                                         timeout=0 if self._in_flight else 0.1)
+        messages = self.consumer.consume(self.options.poll_batch, timeout=0 if self._in_flight else 0.1)
         for msg in messages:
             if msg.error():
                 if msg.error().fatal():
                     raise KafkaException(msg.error())
                 log.warning("consumer: %s", msg.error())
                 continue
-            self._accept(msg)
+            self._buffer.append(msg)
+        while self._buffer and self._in_flight < self.options.max_in_flight:
+            self._accept(self._buffer.popleft())
         self._collect(wait=0.005 if self._in_flight and not messages else 0)
         self._release()
         self._backpressure()
@@ -331,10 +339,10 @@ class StageRuntime:
 
     def _backpressure(self) -> None:
         assignment = [TopicPartition(t, p) for t, p in self._partitions]
-        if not self._paused and self._in_flight >= self.options.max_in_flight:
+        if not self._paused and len(self._buffer) >= self.options.max_buffered:
             self.consumer.pause(assignment)
             self._paused = True
-        elif self._paused and self._in_flight <= self.options.max_in_flight // 2:
+        elif self._paused and len(self._buffer) <= self.options.max_buffered // 2:
             self.consumer.resume(assignment)
             self._paused = False
 
@@ -404,6 +412,7 @@ class StageRuntime:
             if part is not None:
                 self._in_flight -= sum(1 for v in part.pending.values() if v is None)
         gone = set(partitions)
+        self._buffer = deque(m for m in self._buffer if (m.topic(), m.partition()) not in gone)
         for key in [k for k in self._keys if (k[0], k[1]) in gone]:
             del self._keys[key]
         self._in_flight = max(self._in_flight, 0)
