@@ -8,19 +8,24 @@ Luhn sum so order numbers and dates stay readable.
 from __future__ import annotations
 
 import re
+from functools import cached_property
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 PATTERNS: dict[str, re.Pattern] = {
-    "email": re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+"),
-    "card_number": re.compile(r"\b(?:\d[ -]?){12,18}\d\b"),
+    # Each pattern may only start at the start of a token, so a scan stays linear in the text.
+    "email": re.compile(r"(?<![\w.+-])[\w.+-]+@[\w-]+(?:\.[\w-]+)+"),
+    "card_number": re.compile(r"(?<![\w-])\d(?:[ -]?\d){12,18}(?![\w-])"),
     "iban": re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b"),
     # Grouped digits (+44 20 7946 0958, (415) 555-0132, 415.555.0132): a separator or a leading
     # "+" is required, so bare order numbers stay readable; dates are excluded in _mask.
     "phone": re.compile(r"(?<![\w+-])(?:\+\d{1,3}[ .-]?)?(?:\(\d{2,4}\)[ .-]?)?\d{2,4}(?:[ .-]\d{2,4}){1,4}(?![\w-])"),
 }
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_MAYBE_PERSONAL = re.compile(r"@|\d(?:\D{0,3}\d){6}")
+"""Every pattern needs an "@" or seven digits close together: texts without either (most
+model answers, most traces) skip the full scan, which is ten times slower."""
 
 
 def _luhn(digits: str) -> bool:
@@ -41,10 +46,15 @@ class Redaction(BaseModel):
     patterns: list[str] = Field(default_factory=lambda: ["email", "card_number", "iban", "phone"])
     fields: list[str] = Field(default_factory=list, description="Dotted input paths masked entirely.")
 
+    @cached_property
+    def _scanner(self) -> re.Pattern:
+        """All patterns in one alternation: one pass over the text, earlier patterns win a tie."""
+        return re.compile("|".join(f"(?P<{name}>{PATTERNS[name].pattern})" for name in self.patterns))
+
     def text(self, value: str) -> str:
-        for name in self.patterns:
-            value = PATTERNS[name].sub(lambda m, n=name: self._mask(n, m.group(0)), value)
-        return value
+        if not self.patterns or not _MAYBE_PERSONAL.search(value):
+            return value
+        return self._scanner.sub(lambda m: self._mask(m.lastgroup, m.group(0)), value)
 
     def inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
         return {path: "[REDACTED]" if path in self.fields else self.text(v) if isinstance(v, str) else v

@@ -4,6 +4,10 @@ Model calls take 0.2–5 s, so a stage that handled one record at a time would c
 runtime runs ``Stage.process`` for many records at once on an asyncio loop in a helper
 thread, while the main thread owns the Kafka clients. The rules:
 
+**Inline stages.** A stage whose ``process`` never awaits (``inline = True``: validate,
+route) runs on the consumer thread as each record arrives, in offset order: no event-loop hop,
+no per-key bookkeeping, and its outputs are released at once.
+
 **Ordering.** Records with the same key (same input topic and partition) are processed one
 after another, in offset order; different keys run in parallel. Records without a key have
 no ordering constraint.
@@ -166,6 +170,16 @@ class _EventLoop:
         self.thread.join(5)
 
 
+def _run_inline(coro):
+    """Run a coroutine that never suspends to completion on this thread and return its result."""
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        return done.value
+    coro.close()
+    raise RuntimeError("an inline stage awaited something: set `inline = False` on it")
+
+
 class StageRuntime:
     """Runs one stage against Kafka until stopped. ``topics`` maps declared names to specs."""
 
@@ -255,7 +269,7 @@ class StageRuntime:
 
     def _step(self) -> None:
         # Always poll, even when paused: it serves rebalance callbacks and keeps the group alive.
-        messages = self.consumer.consume(self.options.poll_batch, timeout=0 if self._in_flight else 0.1)
+        messages = self.consumer.consume(self.options.poll_batch, timeout=0 if self._in_flight else 0.01)
         for msg in messages:
             if msg.error():
                 if msg.error().fatal():
@@ -277,8 +291,11 @@ class StageRuntime:
         part = self._partitions.get((msg.topic(), msg.partition()))
         if part is None:  # a record of a partition we no longer own: ignore, its owner has it
             return
-        part.pending[msg.offset()] = None
         self._metrics.consumed()
+        if self.stage.inline:  # it never awaits: run it here, in offset order, without an event-loop hop
+            part.pending[msg.offset()] = _run_inline(self._process(msg))
+            return
+        part.pending[msg.offset()] = None
         key = (msg.topic(), msg.partition(), msg.key()) if msg.key() is not None else (msg.topic(), msg.partition(), msg.offset())
         waiting = self._keys.get(key)
         if waiting is not None:  # a record of this key is running: queue behind it

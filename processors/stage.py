@@ -63,6 +63,9 @@ class Stage(ABC):
 
     name: str
     inputs: list[str]
+    inline: bool = False
+    """True when ``process`` never awaits (pure CPU work of microseconds): the runtime then runs
+    it on the consumer thread in offset order, which is much cheaper than the event loop hop."""
 
     async def start(self) -> None:
         """Open clients (HTTP pools, model handles) once, on the runtime's event loop."""

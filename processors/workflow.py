@@ -73,11 +73,14 @@ class RouteRule(Strict):
     when: list[dict[str, str | list[str]]] = Field(default_factory=list)
     actions: list[str] = Field(default_factory=list)
 
+    @cached_property
+    def _alternatives(self) -> list[list[tuple[str, frozenset[str]]]]:
+        return [[(path, frozenset([want] if isinstance(want, str) else want)) for path, want in alternative.items()]
+                for alternative in self.when]
+
     def matches(self, view: dict) -> bool:
-        if not self.when:
-            return True
-        return any(all(_value(view, path) in ([want] if isinstance(want, str) else want)
-                       for path, want in alternative.items()) for alternative in self.when)
+        return not self.when or any(all(_member(_value(view, path), allowed) for path, allowed in alternative)
+                                    for alternative in self._alternatives)
 
     def resolve(self, view: dict) -> str:
         field = _ROUTE_FIELD.match(self.name)
@@ -202,6 +205,13 @@ class Workflow(Strict):
         if not field:
             return [route.name]
         return list(properties.get(field.group(1).removeprefix("answer."), {}).get("enum", []))
+
+
+def _member(value: Any, allowed: frozenset[str]) -> bool:
+    try:
+        return value in allowed
+    except TypeError:  # a list or an object where a value was expected: no match
+        return False
 
 
 def _value(view: dict, path: str) -> Any:

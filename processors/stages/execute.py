@@ -24,9 +24,9 @@ import os
 
 import httpx
 import orjson
-from jsonschema import Draft202012Validator
 
 from processors.actions.webhook import ActionFailed, ActionResult, WebhookAction
+from processors.checks import SchemaCheck
 from processors.kafka import KafkaSettings
 from processors.ledger import Ledger
 from processors.records import ActionDone, ActionRequest, Execution, Notification
@@ -43,7 +43,7 @@ class Execute(WorkflowStage):
         super().__init__(workflow)
         done = workflow.topic("actions.done")
         self.done = Ledger(settings, done, workflow.topics[done], ActionDone)
-        self.schemas = {name: Draft202012Validator(a.arguments_schema) for name, a in workflow.actions.items()}
+        self.schemas = {name: SchemaCheck(a.arguments_schema, "(arguments)") for name, a in workflow.actions.items()}
         self.webhooks: dict[str, WebhookAction] = {}
 
     async def start(self) -> None:
@@ -100,8 +100,7 @@ class Execute(WorkflowStage):
             arguments = orjson.loads(request.arguments)
         except orjson.JSONDecodeError as exc:
             raise DeadLetter("invalid_arguments", f"arguments are not JSON: {exc}") from exc
-        errors = [f"{'/'.join(map(str, e.absolute_path)) or '(arguments)'}: {e.message}"
-                  for e in self.schemas[request.action].iter_errors(arguments)]
+        errors = self.schemas[request.action].errors(arguments)
         if errors:
             raise DeadLetter("invalid_arguments", "; ".join(errors))
         return action, arguments

@@ -17,6 +17,7 @@ from processors.stages.base import WorkflowStage
 class Route(WorkflowStage):
     name = "route"
     input_suffixes = ["validated"]
+    inline = True
 
     async def process(self, record: Record) -> list[Emit]:
         item = WorkItem.model_validate(record.value)

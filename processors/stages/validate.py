@@ -17,9 +17,8 @@ a crash is processed again (its earlier outputs were never committed).
 
 from __future__ import annotations
 
-from jsonschema import Draft202012Validator
-
 from processors import metrics, rules
+from processors.checks import SchemaCheck
 from processors.kafka import KafkaSettings
 from processors.ledger import Ledger
 from processors.records import SeenEvent, WorkItem
@@ -33,10 +32,11 @@ MAX_ATTEMPTS = 2  # the first answer and one repair
 class Validate(WorkflowStage):
     name = "validate"
     input_suffixes = ["classified"]
+    inline = True
 
     def __init__(self, workflow: Workflow, settings: KafkaSettings):
         super().__init__(workflow)
-        self.schema = Draft202012Validator(workflow.prompt_spec.output_schema)
+        self.schema = SchemaCheck(workflow.prompt_spec.output_schema, "(answer)")
         seen = workflow.topic("seen")
         self.seen = Ledger(settings, seen, workflow.topics[seen], SeenEvent)
 
@@ -47,9 +47,7 @@ class Validate(WorkflowStage):
         answer = item.answer_dict()
         if answer is None:
             return ["the answer is not a JSON object"]
-        found = [f"{'/'.join(map(str, e.absolute_path)) or '(answer)'}: {e.message}"
-                 for e in self.schema.iter_errors(answer)]
-        return found or rules.check(self.workflow.rules, answer, item.event_dict())
+        return self.schema.errors(answer) or rules.check(self.workflow.rules, answer, item.event_dict())
 
     async def process(self, record: Record) -> list[Emit]:
         item = WorkItem.model_validate(record.value)
