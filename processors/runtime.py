@@ -19,10 +19,12 @@ committed offset never passes a record whose outputs were not produced.
 
 **Commit protocol**, every ``commit_interval_s`` and on revoke and shutdown:
 
-* ``at_least_once``: ``producer.flush()`` until every released output is acknowledged, then
-  commit, per partition, the offset after the last released record. A crash between the two
-  replays the uncommitted records (duplicates downstream, never loss). A delivery failure
-  stops the runtime before it commits.
+* ``at_least_once``: every released output carries a delivery callback; a record counts as
+  done when the broker acknowledged all its outputs, and the committed offset is the one after
+  the last record of the unbroken done prefix (asynchronous commits, so the loop never waits
+  on the broker). On revoke and shutdown the producer is flushed first and the commit is
+  synchronous. A crash before a commit replays the uncommitted records (duplicates
+  downstream, never loss). A delivery failure stops the runtime before it commits past it.
 * ``exactly_once``: outputs are produced inside a transaction that is always open;
   ``send_offsets_to_transaction`` adds the released offsets and ``commit_transaction``
   publishes outputs and offsets atomically; a new transaction begins at once. Any
@@ -30,12 +32,13 @@ committed offset never passes a record whose outputs were not produced.
   open transaction, and a restart reprocesses from the last committed offsets.
   ``read_committed`` readers therefore never see an output twice.
 
-**Backpressure.** At most ``max_in_flight`` records are being processed (or waiting behind
-their key); records consumed beyond that wait, in order, in a local buffer. Only when the
-buffer holds ``max_buffered`` records is every assigned partition paused (the consumer keeps
-polling, so the group stays alive), until the buffer is half empty. Pausing is the last
-resort because librdkafka drops a paused partition's prefetched records and refetches them
-on resume, which stalls the stage for a fetch round trip each time.
+**Backpressure.** At most ``max_in_flight`` records are being processed at once. Records of
+a key that is busy wait behind it, and records consumed beyond that wait, in order, in a
+local buffer; neither counts as in flight, so one hot key never idles the other slots. Only
+when ``max_buffered`` records wait (buffer and keys together) is every assigned partition
+paused (the consumer keeps polling, so the group stays alive), until half have moved on.
+Pausing is the last resort because librdkafka drops a paused partition's prefetched records
+and refetches them on resume, which stalls the stage for a fetch round trip each time.
 
 **Revoke.** When partitions are taken away, the runtime stops starting their records, waits
 up to ``drain_timeout_s`` for the ones in flight, releases and commits what finished, and
@@ -54,7 +57,6 @@ it came from and why; the partition carries on.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
 import queue
 import signal
@@ -132,23 +134,44 @@ class Output:
 
 @dataclass
 class _Partition:
-    """Records of one partition in consumption order; ``None`` until finished."""
+    """Records of one partition in consumption order.
+
+    ``pending``: consumed records, ``None`` until their outputs are ready. ``unacked``: released
+    records, with how many of their outputs the broker has not acknowledged yet.
+    """
 
     epoch: int
     pending: OrderedDict[int, list[Output] | None] = field(default_factory=OrderedDict)
+    unacked: OrderedDict[int, int] = field(default_factory=OrderedDict)
     released_to: int | None = None  # offset after the last released record
+    acked_to: int | None = None  # offset after the last record whose outputs are all acknowledged
     committed_to: int | None = None
 
-    def release(self) -> list[Output]:
-        out: list[Output] = []
+    def release(self) -> list[tuple[int, list[Output]]]:
+        """The unbroken prefix of finished records, in offset order, now handed to the producer."""
+        out = []
         while self.pending:
             offset, outputs = next(iter(self.pending.items()))
             if outputs is None:
                 break
             self.pending.popitem(last=False)
-            out.extend(outputs)
+            out.append((offset, outputs))
+            self.unacked[offset] = len(outputs)
             self.released_to = offset + 1
+        self._advance()
         return out
+
+    def ack(self, offset: int) -> None:
+        self.unacked[offset] -= 1
+        self._advance()
+
+    def _advance(self) -> None:
+        while self.unacked:
+            offset, left = next(iter(self.unacked.items()))
+            if left:
+                return
+            self.unacked.popitem(last=False)
+            self.acked_to = offset + 1
 
 
 class _EventLoop:
@@ -159,11 +182,9 @@ class _EventLoop:
         self.thread = threading.Thread(target=self.loop.run_forever, name="handoff-stage-loop", daemon=True)
         self.thread.start()
 
-    def submit(self, coro) -> concurrent.futures.Future:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop)
-
     def run(self, coro, timeout: float | None = None):
-        return self.submit(coro).result(timeout)
+        """Run ``coro`` on the loop and wait for its result (start-up and close, not records)."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     def stop(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
@@ -199,10 +220,13 @@ class StageRuntime:
         self._writers: dict[str, AvroSerde] = {}
         self._partitions: dict[tuple[str, int], _Partition] = {}
         self._keys: dict[tuple, deque[Message]] = {}  # key -> records waiting behind the running one
-        self._in_flight = 0
+        self._in_flight = 0  # records being processed
+        self._waiting = 0  # records queued behind a running record of their key
         self._buffer: deque[Message] = deque()  # consumed, not yet started (see Backpressure)
         self._epoch = 0
         self._done: queue.SimpleQueue = queue.SimpleQueue()
+        self._starting: list[tuple[tuple, Message, int]] = []  # started, not yet handed to the loop
+        self._tasks: set[asyncio.Task] = set()
         self._stopping = threading.Event()
         self._paused = False
         self._delivery_errors: list[str] = []
@@ -269,7 +293,7 @@ class StageRuntime:
 
     def _step(self) -> None:
         # Always poll, even when paused: it serves rebalance callbacks and keeps the group alive.
-        messages = self.consumer.consume(self.options.poll_batch, timeout=0 if self._in_flight else 0.01)
+        messages = self.consumer.consume(self.options.poll_batch, timeout=0 if self._in_flight or self._buffer else 0.01)
         for msg in messages:
             if msg.error():
                 if msg.error().fatal():
@@ -277,8 +301,9 @@ class StageRuntime:
                 log.warning("consumer: %s", msg.error())
                 continue
             self._buffer.append(msg)
-        while self._buffer and self._in_flight < self.options.max_in_flight:
+        while self._buffer and self._in_flight < self.options.max_in_flight and self._waiting < self.options.max_buffered:
             self._accept(self._buffer.popleft())
+        self._launch()
         self._collect(wait=0.005 if self._in_flight and not messages else 0)
         self._release()
         self._backpressure()
@@ -300,14 +325,27 @@ class StageRuntime:
         waiting = self._keys.get(key)
         if waiting is not None:  # a record of this key is running: queue behind it
             waiting.append(msg)
+            self._waiting += 1
         else:
             self._keys[key] = deque()
             self._start(key, msg, part.epoch)
-        self._in_flight += 1
 
     def _start(self, key: tuple, msg: Message, epoch: int) -> None:
-        future = self.events.submit(self._process(msg))
-        future.add_done_callback(lambda f: self._done.put((key, msg, epoch, f)))
+        self._in_flight += 1
+        self._starting.append((key, msg, epoch))
+
+    def _launch(self) -> None:
+        """Hand the records started since the last call to the event loop, in one wake-up."""
+        if self._starting:
+            batch, self._starting = self._starting, []
+            self.events.loop.call_soon_threadsafe(self._spawn, batch)
+
+    def _spawn(self, batch: list[tuple[tuple, Message, int]]) -> None:
+        """On the event loop: one task per record; a finished task goes back on ``_done``."""
+        for key, msg, epoch in batch:
+            task = self.events.loop.create_task(self._process(msg))
+            self._tasks.add(task)  # the loop keeps only weak references to tasks
+            task.add_done_callback(lambda t, k=key, m=msg, e=epoch: (self._tasks.discard(t), self._done.put((k, m, e, t))))
 
     def _collect(self, wait: float) -> None:
         """Take finished records; start the next record of each finished key."""
@@ -315,81 +353,96 @@ class StageRuntime:
             item = self._done.get(timeout=wait) if wait else self._done.get_nowait()
         except queue.Empty:
             return
-        while True:
-            key, msg, epoch, future = item
+        while item is not None:
+            key, msg, epoch, task = item
             part = self._partitions.get((msg.topic(), msg.partition()))
             if part is not None and part.epoch == epoch:
                 self._in_flight -= 1
-                part.pending[msg.offset()] = future.result()
+                part.pending[msg.offset()] = task.result()
                 waiting = self._keys.get(key)
                 if waiting:
-                    nxt = waiting.popleft()
-                    self._start(key, nxt, epoch)
+                    self._waiting -= 1
+                    self._start(key, waiting.popleft(), epoch)
                 else:
                     self._keys.pop(key, None)
             try:
                 item = self._done.get_nowait()
             except queue.Empty:
-                return
+                item = None
+        self._launch()
 
     def _release(self, partitions=None) -> None:
         for tp in partitions or list(self._partitions):
             part = self._partitions.get(tp)
             if part is None:
                 continue
-            for out in part.release():
-                self._produce(out)
+            for offset, outputs in part.release():
+                for out in outputs:
+                    self._produce(out, part, offset)
 
-    def _produce(self, out: Output) -> None:
+    def _produce(self, out: Output, part: _Partition, offset: int) -> None:
+        def delivered(err, msg) -> None:  # served by producer.poll/flush on this thread
+            if err is not None:
+                self._delivery_errors.append(f"{msg.topic()}: {err}")
+            else:
+                part.ack(offset)
+
         while True:
             try:
                 self.producer.produce(out.topic, value=out.value, key=out.key, headers=out.headers,
-                                      on_delivery=self._on_delivery)
+                                      on_delivery=delivered)
                 self._metrics.produced(out.topic)
                 return
             except BufferError:  # the producer's local queue is full: let it drain
                 self.producer.poll(0.1)
 
-    def _on_delivery(self, err, msg) -> None:
-        if err is not None:
-            self._delivery_errors.append(f"{msg.topic()}: {err}")
-
     def _backpressure(self) -> None:
         assignment = [TopicPartition(t, p) for t, p in self._partitions]
-        if not self._paused and len(self._buffer) >= self.options.max_buffered:
+        held = len(self._buffer) + self._waiting
+        if not self._paused and held >= self.options.max_buffered:
             self.consumer.pause(assignment)
             self._paused = True
-        elif self._paused and len(self._buffer) <= self.options.max_buffered // 2:
+        elif self._paused and held <= self.options.max_buffered // 2:
             self.consumer.resume(assignment)
             self._paused = False
 
     # ---- commit ------------------------------------------------------------------------------
 
     def _commit(self, partitions=None, force: bool = False) -> None:
-        """Make released outputs durable, then commit the offsets after them (see module doc)."""
+        """Commit the offsets whose outputs are durable (see the commit protocol above).
+
+        ``partitions`` (a revoke) or ``force`` (shutdown) make it final: wait for every
+        acknowledgement and commit synchronously.
+        """
         self._last_commit = time.monotonic()
-        due = [(tp, part) for tp, part in self._partitions.items()
-               if (partitions is None or tp in partitions) and part.released_to is not None
-               and part.released_to != part.committed_to]
+        final = force or partitions is not None
         if self.options.guarantee == Guarantee.exactly_once:
+            due = self._due(partitions, "released_to")
             if not due and not force:
                 return
             if due:
                 self.producer.send_offsets_to_transaction(
-                    [TopicPartition(t, p, part.released_to) for (t, p), part in due],
+                    [TopicPartition(t, p, offset) for (t, p), _, offset in due],
                     self.consumer.consumer_group_metadata(), 30)
             self.producer.commit_transaction(30)
             self.producer.begin_transaction()
         else:
-            remaining = self.producer.flush(30)
+            remaining = self.producer.flush(30) if final else 0
             if remaining or self._delivery_errors:
                 raise DeliveryFailed(f"{remaining} outputs unacknowledged; errors: {self._delivery_errors[:3]}")
+            due = self._due(partitions, "acked_to")
             if not due:
                 return
-            self.consumer.commit(offsets=[TopicPartition(t, p, part.released_to) for (t, p), part in due],
-                                 asynchronous=False)
-        for _, part in due:
-            part.committed_to = part.released_to
+            self.consumer.commit(offsets=[TopicPartition(t, p, offset) for (t, p), _, offset in due],
+                                 asynchronous=not final)
+        for _, part, offset in due:
+            part.committed_to = offset
+
+    def _due(self, partitions, mark: str) -> list[tuple[tuple[str, int], _Partition, int]]:
+        """Partitions whose ``mark`` (released_to or acked_to) moved past their last commit."""
+        return [(tp, part, getattr(part, mark)) for tp, part in self._partitions.items()
+                if (partitions is None or tp in partitions) and getattr(part, mark) is not None
+                and getattr(part, mark) != part.committed_to]
 
     # ---- rebalance ---------------------------------------------------------------------------
 
@@ -424,15 +477,13 @@ class StageRuntime:
         self._release(partitions)
 
     def _forget(self, partitions: list[tuple[str, int]]) -> None:
-        for tp in partitions:
-            part = self._partitions.pop(tp, None)
-            if part is not None:
-                self._in_flight -= sum(1 for v in part.pending.values() if v is None)
         gone = set(partitions)
+        unfinished = sum(1 for tp in gone if tp in self._partitions
+                         for v in self._partitions.pop(tp).pending.values() if v is None)
+        waiting = sum(len(self._keys.pop(k)) for k in [k for k in self._keys if (k[0], k[1]) in gone])
+        self._waiting -= waiting
+        self._in_flight -= unfinished - waiting  # their results are dropped on arrival (epochs)
         self._buffer = deque(m for m in self._buffer if (m.topic(), m.partition()) not in gone)
-        for key in [k for k in self._keys if (k[0], k[1]) in gone]:
-            del self._keys[key]
-        self._in_flight = max(self._in_flight, 0)
 
     # ---- errors ------------------------------------------------------------------------------
 

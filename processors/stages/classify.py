@@ -77,7 +77,11 @@ class Classify(WorkflowStage):
                            raw_answer=answer.text, answer=item.answer)]
 
     async def _ask(self, request: ModelRequest) -> ModelAnswer:
-        """The provider's answer, retried while retrying can help; DeadLetter when it cannot."""
+        """The provider's answer, retried while retrying can help; DeadLetter when it cannot.
+
+        The first call goes out bare: the retry machinery costs more than the call itself
+        when the model answers, which is nearly always.
+        """
         retries = self.workflow.retries
         failures: list[int] = []  # when each failed attempt ended
 
@@ -88,15 +92,20 @@ class Classify(WorkflowStage):
                 failures.append(now_ms())
                 raise
 
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(retries.attempts),
-            wait=wait_exponential_jitter(multiplier=retries.backoff_initial_s, max=retries.backoff_max_s,
-                                         jitter=retries.backoff_initial_s),
-            retry=retry_if_exception(lambda exc: isinstance(exc, ProviderError) and exc.retryable),
-            before_sleep=lambda _state: metrics.RETRIES.labels(self.workflow.name, self.name).inc(),
-            reraise=True)
         try:
-            return await retrying(attempt)
+            try:
+                return await attempt()
+            except ProviderError as exc:
+                if not exc.retryable or retries.attempts == 1:
+                    raise
+            await asyncio.sleep(retries.backoff_initial_s)  # before the first retry; tenacity spaces the rest
+            return await AsyncRetrying(
+                stop=stop_after_attempt(retries.attempts - 1),
+                wait=wait_exponential_jitter(multiplier=retries.backoff_initial_s, max=retries.backoff_max_s,
+                                             jitter=retries.backoff_initial_s),
+                retry=retry_if_exception(lambda exc: isinstance(exc, ProviderError) and exc.retryable),
+                before=lambda _state: metrics.RETRIES.labels(self.workflow.name, self.name).inc(),
+                reraise=True)(attempt)
         except ProviderError as exc:
             reason = "model_unavailable" if exc.retryable else "model_rejected"
             raise DeadLetter(reason, f"{type(exc).__name__}: {exc}", attempts=len(failures),
