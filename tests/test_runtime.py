@@ -5,6 +5,7 @@ import random
 import threading
 import time
 
+import pytest
 from confluent_kafka import Producer
 
 from processors.runtime import RuntimeOptions, StageRuntime
@@ -118,3 +119,17 @@ def every(seconds: float, check):
             state["result"] = check()
         return state["result"]
     return until
+
+
+def test_a_missing_broker_is_a_clear_error_not_a_hang():
+    """No broker answers: the runtime gives up after broker_timeout_s with BrokerUnavailable."""
+    from processors.kafka import KafkaSettings
+    from processors.localkafka import free_port
+    from processors.runtime import BrokerUnavailable
+
+    settings = KafkaSettings(bootstrap_servers=f"127.0.0.1:{free_port()}", namespace="nobroker")
+    topics = load_topics("support_ticket", settings.namespace)
+    runtime = StageRuntime(EchoStage({}), "support_ticket", topics, settings, RuntimeOptions(broker_timeout_s=2))
+    started = time.monotonic()
+    with pytest.raises(BrokerUnavailable, match="answered"):
+        runtime.run(until=lambda: time.monotonic() - started > 60)
