@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from prometheus_client import Counter, Histogram
 
 EVENTS_IN = Counter("handoff_events_in_total", "Records consumed by a stage.", ["workflow", "stage"])
@@ -18,21 +16,42 @@ TOKENS = Counter("handoff_tokens_total", "Model tokens, by direction.", ["workfl
 COST = Counter("handoff_cost_usd_total", "Model cost in US dollars.", ["workflow"])
 
 
-@dataclass(frozen=True)
 class StageMetrics:
-    """The per-record metrics of one stage of one workflow."""
+    """The per-record metrics of one stage of one workflow. Label children are looked up once:
+    a lookup costs several times the increment, and these run for every record."""
 
-    workflow: str
-    stage: str
+    def __init__(self, workflow: str, stage: str):
+        self.workflow = workflow
+        self.stage = stage
+        self._in = EVENTS_IN.labels(workflow, stage)
+        self._latency = LATENCY.labels(workflow, stage)
+        self._out: dict[str, Counter] = {}
 
     def consumed(self) -> None:
-        EVENTS_IN.labels(self.workflow, self.stage).inc()
+        self._in.inc()
 
     def produced(self, topic: str) -> None:
-        EVENTS_OUT.labels(self.workflow, self.stage, topic).inc()
+        child = self._out.get(topic)
+        if child is None:
+            child = self._out[topic] = EVENTS_OUT.labels(self.workflow, self.stage, topic)
+        child.inc()
 
     def dead_lettered(self, reason: str) -> None:
         DEAD_LETTERS.labels(self.workflow, self.stage, reason).inc()
 
     def observe(self, seconds: float) -> None:
-        LATENCY.labels(self.workflow, self.stage).observe(seconds)
+        self._latency.observe(seconds)
+
+
+class ModelUsage:
+    """Tokens and cost of a workflow's model calls."""
+
+    def __init__(self, workflow: str):
+        self._tokens_in = TOKENS.labels(workflow, "in")
+        self._tokens_out = TOKENS.labels(workflow, "out")
+        self._cost = COST.labels(workflow)
+
+    def record(self, tokens_in: int, tokens_out: int, cost_usd: float) -> None:
+        self._tokens_in.inc(tokens_in)
+        self._tokens_out.inc(tokens_out)
+        self._cost.inc(cost_usd)

@@ -47,6 +47,7 @@ class Classify(WorkflowStage):
     def __init__(self, workflow: Workflow, provider: Provider):
         super().__init__(workflow)
         self.provider = provider
+        self.usage = metrics.ModelUsage(workflow.name)
 
     async def process(self, record: Record) -> list[Emit]:
         if self.is_from(record.topic, "repair"):
@@ -63,9 +64,7 @@ class Classify(WorkflowStage):
                                max_tokens=spec.max_tokens, repair_errors=errors, event_id=event_id)
         answer = await self._ask(request)
         parsed = parse_answer(answer.text)
-        metrics.TOKENS.labels(self.workflow.name, "in").inc(answer.tokens_in)
-        metrics.TOKENS.labels(self.workflow.name, "out").inc(answer.tokens_out)
-        metrics.COST.labels(self.workflow.name).inc(answer.cost_usd)
+        self.usage.record(answer.tokens_in, answer.tokens_out, answer.cost_usd)
         prompt = PromptRef(name=spec.name, version=spec.version)
         item = WorkItem(event_id=event_id, workflow=self.workflow.name, event=dumps(event), attempt=attempt,
                         prompt=prompt, model=answer.model, raw_answer=answer.text,
