@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 from processors.kafka import KafkaSettings
 from processors.providers.base import Provider
+from processors.providers.cascade import CascadeProvider
 from processors.providers.embedded import EmbeddedProvider
 from processors.providers.scripted import ScriptedProvider
 from processors.runtime import RuntimeOptions, StageRuntime
@@ -27,7 +28,7 @@ from processors.stages.execute import Execute
 from processors.stages.route import Route
 from processors.stages.validate import Validate
 from processors.tail import lag
-from processors.workflow import EmbeddedModel, Workflow
+from processors.workflow import CascadeModel, EmbeddedModel, ScriptedModel, Workflow
 
 log = logging.getLogger("handoff.pipeline")
 
@@ -35,13 +36,19 @@ STAGES = ("classify", "validate", "route", "execute")
 
 
 def build_provider(workflow: Workflow) -> Provider:
-    """The provider the workflow declares under ``model``."""
+    """The provider the workflow declares under ``model``. HTTP providers redact what they send
+    with the workflow's redaction, and read their API keys from the environment now."""
     model = workflow.model
     if isinstance(model, EmbeddedModel):
         return EmbeddedProvider(model.training, workflow.folder)
-    if model.script:
-        return ScriptedProvider.from_file(workflow.folder / model.script, latency=model.latency_s)
-    return ScriptedProvider(latency=model.latency_s)
+    if isinstance(model, ScriptedModel):
+        if model.script:
+            return ScriptedProvider.from_file(workflow.folder / model.script, latency=model.latency_s)
+        return ScriptedProvider(latency=model.latency_s)
+    if isinstance(model, CascadeModel):
+        return CascadeProvider(EmbeddedProvider(model.first.training, workflow.folder),
+                               model.then.provider(workflow.redaction.text), model.threshold, workflow.name)
+    return model.provider(workflow.redaction.text)
 
 
 def build_stage(name: str, workflow: Workflow, settings: KafkaSettings, provider: Provider | None = None) -> Stage:

@@ -22,7 +22,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from processors import rules
 from processors.prompt import PromptSpec, dotted, load_prompt
+from processors.providers.anthropic import AnthropicModel
+from processors.providers.chain import ChainModel
 from processors.providers.embedded import TrainingSpec
+from processors.providers.openai import OpenAIModel
 from processors.redaction import Redaction
 from processors.topics import TopicSpec, load_topics
 
@@ -56,13 +59,28 @@ class ScriptedModel(Strict):
     latency_s: float = 0.0
 
 
+class CascadeModel(Strict):
+    """The embedded model answers first; what it is less sure of than ``threshold`` goes to ``then``
+    (see processors/providers/cascade.py)."""
+
+    kind: Literal["cascade"]
+    first: EmbeddedModel
+    then: Annotated[OpenAIModel | AnthropicModel | ChainModel, Field(discriminator="kind")]
+    threshold: float = Field(0.8, ge=0, le=1, description=(
+        "Higher sends more to the LLM: more cost and latency, fewer of the embedded model's mistakes. "
+        "At or above review_threshold, so what the embedded model is unsure of meets the LLM before a person."))
+
+
 class ModelRetries(Strict):
-    """A retry hides a blip; too many hold a record (and its key) for a long time."""
+    """A retry hides a blip; too many hold a record (and its key) for a long time. For the HTTP
+    kinds these re-run the whole call, whose own retries and deadline already cover HTTP failures."""
 
     attempts: int = Field(3, ge=1)
     backoff_initial_s: float = 0.2
     backoff_max_s: float = 2.0
-    timeout_s: float = Field(30.0, description="Per call; past it the call counts as a retryable failure.")
+    timeout_s: float = Field(30.0, description=(
+        "Per call; past it the call counts as a retryable failure. Not applied to the HTTP kinds, which "
+        "bound themselves (timeout_s, deadline_s) and may wait for rate budget longer than this."))
 
 
 class RouteRule(Strict):
@@ -131,7 +149,8 @@ class Workflow(Strict):
     trigger: Trigger
     prompt: str = Field(description="<prompt name>@<version>: prompts/<name>/<version>.yaml.")
     label: str = Field(description="The answer field that names the decision (category, intent…).")
-    model: Annotated[EmbeddedModel | ScriptedModel, Field(discriminator="kind")]
+    model: Annotated[EmbeddedModel | ScriptedModel | OpenAIModel | AnthropicModel | ChainModel | CascadeModel,
+                     Field(discriminator="kind")]
     retries: ModelRetries = ModelRetries()
     rules: list[str] = Field(default_factory=list, description="Business rules from processors/rules.py.")
     review_threshold: float = Field(0.75, ge=0, le=1, description="Answers less confident than this go to review.")

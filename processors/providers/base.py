@@ -28,19 +28,43 @@ class ModelRequest(BaseModel):
     event_id: str = ""
 
 
+class Attempt(BaseModel):
+    """One try at one model, kept so a trace shows every retry, fallback and cascade step."""
+
+    model: str
+    outcome: str = Field(description="'ok', or what went wrong: 'HTTP 503', 'timeout', 'confidence 0.41 < 0.8'…")
+    latency_ms: float = 0.0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost_usd: float = 0.0
+
+
 class ModelAnswer(BaseModel):
     text: str
     model: str = Field(description="provider:model that actually answered")
     tokens_in: int = 0
     tokens_out: int = 0
-    cost_usd: float = 0.0
+    cost_usd: float = Field(0.0, description="Every attempt's cost, the failed ones included.")
     latency_ms: float = 0.0
+    attempts: list[Attempt] = Field(default_factory=list,
+                                    description="In order; the last one answered. Empty for a single try.")
+
+    def tries(self) -> list[Attempt]:
+        """Every attempt, the answering one last; a provider that tries once may leave ``attempts`` empty."""
+        return self.attempts or [Attempt(model=self.model, outcome="ok", latency_ms=self.latency_ms,
+                                         tokens_in=self.tokens_in, tokens_out=self.tokens_out, cost_usd=self.cost_usd)]
 
 
 class ProviderError(Exception):
-    """A call failed. ``retryable`` says whether the same call may succeed later."""
+    """A call failed. ``retryable`` says whether the same call may succeed later; ``retry_after``
+    is when the provider said to come back (seconds); ``attempts`` are the tries behind it."""
 
     retryable = True
+
+    def __init__(self, message: str, *, retry_after: float | None = None, attempts: list[Attempt] | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.attempts = attempts or []
 
 
 class ProviderTimeout(ProviderError):
@@ -57,6 +81,13 @@ class Provider(ABC):
     """Subclasses implement ``complete``; it must be safe to call concurrently."""
 
     name: str = "provider"
+    self_timed: bool = False
+    """True when the provider bounds its own calls (per-attempt timeouts, a deadline): the caller
+    must then not cut it off with a timeout of its own, since time spent waiting for rate budget
+    is deliberate (it is how intake pauses) and is not counted against the deadline."""
 
     @abstractmethod
     async def complete(self, request: ModelRequest) -> ModelAnswer: ...
+
+    async def close(self) -> None:
+        """Release connections; called when the stage that owns the provider stops."""

@@ -8,7 +8,9 @@ Failure paths: a retryable provider error (timeout, 5xx, rate limit) is retried 
 jittered exponential backoff up to ``retries.attempts``; then the trigger goes to the dead
 letters as ``model_unavailable``. A request the provider refuses (``model_rejected``) is not
 retried. A work item coming back on the repair topic is asked once more, with the
-validation errors appended (attempt 2).
+validation errors appended (attempt 2). HTTP providers retry and fall back on their own first
+(``processors/providers/http.py``, ``chain.py``); a retry here re-runs that whole call. Each
+earlier attempt behind an answer — a retry, a fallback, a cascade step — gets its own trace.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 from processors import metrics
 from processors.prompt import dotted
 from processors.providers.base import ModelAnswer, ModelRequest, Provider, ProviderError, ProviderTimeout
-from processors.records import PromptRef, WorkItem, dumps
+from processors.records import PromptRef, Usage, WorkItem, dumps
 from processors.stage import DeadLetter, Emit, Record, now_ms
 from processors.stages.base import WorkflowStage
 from processors.workflow import Workflow
@@ -71,9 +73,14 @@ class Classify(WorkflowStage):
                         answer=None if parsed is None else dumps(parsed), trigger_timestamp_ms=trigger_ms,
                         latency_ms=answer.latency_ms, tokens_in=answer.tokens_in, tokens_out=answer.tokens_out,
                         cost_usd=answer.cost_usd)
-        return [Emit(self.workflow.topic("classified"), item, key=record.key),
+        tried = [self.trace(event_id, usage=Usage(latency_ms=a.latency_ms), prompt=prompt, model=a.model,
+                            error=a.outcome) for a in answer.attempts[:-1]]  # their cost is in the answer's
+        return [Emit(self.workflow.topic("classified"), item, key=record.key), *tried,
                 self.trace(event_id, usage=item, prompt=prompt, model=answer.model, inputs=inputs,
                            raw_answer=answer.text, answer=item.answer)]
+
+    async def close(self) -> None:
+        await self.provider.close()
 
     async def _ask(self, request: ModelRequest) -> ModelAnswer:
         """The provider's answer, retried while retrying can help; DeadLetter when it cannot.
@@ -113,7 +120,7 @@ class Classify(WorkflowStage):
     async def _call(self, request: ModelRequest) -> ModelAnswer:
         started = time.perf_counter()
         try:
-            async with asyncio.timeout(self.workflow.retries.timeout_s):
+            async with asyncio.timeout(None if self.provider.self_timed else self.workflow.retries.timeout_s):
                 answer = await self.provider.complete(request)
         except TimeoutError as exc:
             raise ProviderTimeout(f"no answer within {self.workflow.retries.timeout_s}s") from exc
