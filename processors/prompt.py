@@ -25,6 +25,14 @@ def dotted(record: dict, path: str) -> Any:
     return record
 
 
+def lookup(record: dict, path: str, default: Any = None) -> Any:
+    """``dotted``, or ``default`` when the path is absent."""
+    try:
+        return dotted(record, path)
+    except (KeyError, TypeError):
+        return default
+
+
 class PromptSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -57,13 +65,7 @@ class PromptSpec(BaseModel):
 
     def select_inputs(self, event: dict) -> dict[str, Any]:
         """Only the declared inputs, by dotted path; a missing one renders as empty."""
-        out = {}
-        for path in self.inputs:
-            try:
-                out[path] = dotted(event, path)
-            except (KeyError, TypeError):
-                out[path] = ""
-        return out
+        return {path: lookup(event, path, "") for path in self.inputs}
 
     def render(self, inputs: dict[str, Any]) -> str:
         return _PLACEHOLDER.sub(lambda m: str(inputs[m.group(1)]), self.template)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
-import socket
 import threading
 import time
 from collections import deque
@@ -18,7 +17,6 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
-import uvicorn
 from pydantic import BaseModel
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -26,8 +24,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from processors.actions.webhook import verify
-
-HOST = "127.0.0.1"  # loopback only: this is a test double and demo server, never a public endpoint
+from processors.loopback import LoopbackServer
 
 
 class Arrival(BaseModel):
@@ -67,7 +64,6 @@ class WebhookReceiver:
         self.delay = delay  # seconds before answering every request, to provoke client timeouts
         self.retry_after = retry_after  # sent as Retry-After with scripted 429 and 503 answers
         self.url: str | None = None
-        self._port = port
         self._on_apply = on_apply
         self._lock = threading.Lock()
         self._applied: dict[str, Any] = {}
@@ -77,9 +73,7 @@ class WebhookReceiver:
         self._failures: dict[str | None, deque[int]] = {}
         self._delays: dict[str | None, deque[float]] = {}
         app = Starlette(routes=[Route("/{path:path}", self._handle, methods=["POST"])])
-        self._server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
-                                                     timeout_graceful_shutdown=10))
-        self._thread: threading.Thread | None = None
+        self._http = LoopbackServer(app, "webhook-receiver", port)
 
     def fail_next(self, key: str | None, *statuses: int) -> None:
         """The next requests for `key` (None: any key) answer these statuses, in order, without applying."""
@@ -109,32 +103,16 @@ class WebhookReceiver:
 
     def start(self) -> str:
         """Serve in a background thread; returns the base URL once it accepts connections."""
-        if self._thread is not None:
-            raise RuntimeError("webhook receiver already started")
-        sock = socket.create_server((HOST, self._port))  # bound here, so port 0 is known before serving
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]},
-                                        name="webhook-receiver", daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("webhook receiver failed to start")
-            time.sleep(0.01)
-        self.url = f"http://{HOST}:{sock.getsockname()[1]}"
+        self.url = self._http.start()
         return self.url
 
     def stop(self) -> None:
         """Stop after in-flight requests are answered, so their effects are visible once this returns."""
-        if self._thread is None:
-            return
-        self._server.should_exit = True
-        self._thread.join()
-        self._thread = None
+        self._http.stop()
 
     def wait(self) -> None:
         """Block until the server stops; Ctrl-C interrupts it with KeyboardInterrupt."""
-        if self._thread is not None:
-            self._thread.join()
+        self._http.wait()
 
     def __enter__(self) -> WebhookReceiver:
         self.start()

@@ -10,16 +10,19 @@ tests can check that they add up and that no event is in two places.
 from __future__ import annotations
 
 from collections import Counter
+from typing import TypeVar
 
 import numpy as np
 from pydantic import BaseModel
 
 from processors.prompt import dotted
 from processors.records import Decision, Execution, ReviewItem
-from processors.serde import AvroSerde, DecodeError
 from processors.kafka import KafkaSettings
+from processors.serde import AvroSerde, DecodeError
 from processors.tail import snapshot
 from processors.workflow import Workflow
+
+Model = TypeVar("Model", bound=BaseModel)
 
 SETTLING_STAGES = ("classify", "validate", "route")
 """Stages whose review items and dead letters settle a trigger; execute's concern actions of
@@ -86,13 +89,10 @@ def _counts(counter: Counter) -> str:
 
 def collect(workflow: Workflow, settings: KafkaSettings, samples: int = 3) -> Summary:
     topics = workflow.topics
-    decisions = [Decision.model_validate(value) for name, spec in topics.items()
-                 if name.startswith(workflow.topic("decisions."))
-                 for value in _values(settings, spec.name, spec.value_schema)]
-    reviews = [ReviewItem.model_validate(v) for v in _values(settings, topics[workflow.topic("review")].name,
-                                                             "handoff/review_item")]
-    executions = [Execution.model_validate(v) for v in _values(settings, topics[workflow.topic("executions")].name,
-                                                               "handoff/execution")]
+    decisions = [d for name in topics if name.startswith(workflow.topic("decisions."))
+                 for d in read(workflow, settings, name.removeprefix(f"{workflow.name}."), Decision)]
+    reviews = read(workflow, settings, "review", ReviewItem)
+    executions = read(workflow, settings, "executions", Execution)
     dead, action_failures = {}, {}
     for msg in snapshot(settings, topics[workflow.topic("dlq")].name):
         headers = {k: v.decode() for k, v in msg.headers() or []}
@@ -116,9 +116,11 @@ def collect(workflow: Workflow, settings: KafkaSettings, samples: int = 3) -> Su
         samples=decisions[:samples])
 
 
-def _values(settings: KafkaSettings, topic: str, schema: str) -> list[dict]:
-    serde = AvroSerde(schema, registry_url=settings.schema_registry_url)
-    return [serde.decode(msg.value()) for msg in snapshot(settings, topic)]
+def read(workflow: Workflow, settings: KafkaSettings, suffix: str, model: type[Model]) -> list[Model]:
+    """Every record of ``<workflow>.<suffix>`` so far, decoded into ``model``."""
+    spec = workflow.topics[workflow.topic(suffix)]
+    serde = AvroSerde(spec.value_schema, registry_url=settings.schema_registry_url)
+    return [model.model_validate(serde.decode(msg.value())) for msg in snapshot(settings, spec.name)]
 
 
 def _dead_letter_id(workflow: Workflow, headers: dict[str, str], value: bytes | None) -> str:

@@ -21,7 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from processors import rules
-from processors.prompt import PromptSpec, dotted, load_prompt
+from processors.prompt import PromptSpec, load_prompt, lookup
 from processors.providers.anthropic import AnthropicModel
 from processors.providers.chain import ChainModel
 from processors.providers.embedded import TrainingSpec
@@ -97,12 +97,12 @@ class RouteRule(Strict):
                 for alternative in self.when]
 
     def matches(self, view: dict) -> bool:
-        return not self.when or any(all(_member(_value(view, path), allowed) for path, allowed in alternative)
+        return not self.when or any(all(_member(lookup(view, path), allowed) for path, allowed in alternative)
                                     for alternative in self._alternatives)
 
     def resolve(self, view: dict) -> str:
         field = _ROUTE_FIELD.match(self.name)
-        return str(_value(view, field.group(1))) if field else self.name
+        return str(lookup(view, field.group(1))) if field else self.name
 
     def rule_name(self, index: int) -> str:
         return f"routes[{index}]:{self.name}"
@@ -140,7 +140,7 @@ class Action(Strict):
             raise WorkflowError(f"action url {self.url!r} needs environment variable {exc.args[0]}") from None
 
     def build_arguments(self, view: dict) -> dict[str, Any]:
-        return {name: _value(view, path) for name, path in self.arguments.items()}
+        return {name: lookup(view, path) for name, path in self.arguments.items()}
 
 
 class Workflow(Strict):
@@ -231,13 +231,6 @@ def _member(value: Any, allowed: frozenset[str]) -> bool:
         return value in allowed
     except TypeError:  # a list or an object where a value was expected: no match
         return False
-
-
-def _value(view: dict, path: str) -> Any:
-    try:
-        return dotted(view, path)
-    except (KeyError, TypeError):
-        return None
 
 
 def load_workflow(name: str, namespace: str = "", root: Path = WORKFLOWS_DIR) -> Workflow:

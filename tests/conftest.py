@@ -19,7 +19,6 @@ from processors.kafka import KafkaSettings
 from processors.localkafka import LocalKafka, LocalKafkaError, free_port, wait_for_broker
 from processors.receiver import WebhookReceiver
 from processors.serde import AvroSerde
-from processors.tail import snapshot
 from processors.topics import apply
 from processors.workflow import ModelRetries, Workflow, load_workflow
 
@@ -112,9 +111,3 @@ def produce(kafka, workflow: Workflow, events: list[dict], raw: list[tuple[bytes
         producer.produce(spec.name, key=key, value=value)
     assert producer.flush(10) == 0
     return sent
-
-
-def records(kafka, workflow: Workflow, suffix: str, model):
-    spec = workflow.topics[workflow.topic(suffix)]
-    serde = AvroSerde(spec.value_schema)
-    return [model.model_validate(serde.decode(m.value())) for m in snapshot(kafka, spec.name)]

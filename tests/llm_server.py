@@ -10,23 +10,20 @@ forced tool), with usage derived from the sizes of request and answer.
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 import time
 from collections import deque
 from typing import Any
 
 import orjson
-import uvicorn
 from pydantic import BaseModel
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from processors.loopback import LoopbackServer
 from processors.providers.scripted import schema_answer
-
-HOST = "127.0.0.1"
 
 
 class Reply(BaseModel):
@@ -80,8 +77,7 @@ class LLMServer:
         self._arrivals: list[Arrival] = []
         app = Starlette(routes=[Route("/v1/chat/completions", self._handle, methods=["POST"]),
                                 Route("/v1/messages", self._handle, methods=["POST"])])
-        self._server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off"))
-        self._thread: threading.Thread | None = None
+        self._http = LoopbackServer(app, "llm-server")
 
     def script(self, *replies: Reply) -> None:
         with self._lock:
@@ -93,20 +89,11 @@ class LLMServer:
             return list(self._arrivals)
 
     def __enter__(self) -> LLMServer:
-        sock = socket.create_server((HOST, 0))  # bound here, so the port is known before serving
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]}, name="llm-server",
-                                        daemon=True)
-        self._thread.start()
-        while not self._server.started:
-            if not self._thread.is_alive():
-                raise RuntimeError("the loopback model server failed to start")
-            time.sleep(0.01)
-        self.url = f"http://{HOST}:{sock.getsockname()[1]}"
+        self.url = self._http.start()
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        self._server.should_exit = True
-        self._thread.join()
+        self._http.stop()
 
     async def _handle(self, request: Request) -> Response:
         """Recorded on arrival, before any scripted latency, so a client that gave up still shows."""

@@ -20,9 +20,9 @@ from processors.pipeline import Pipeline
 from processors.providers import (AnthropicModel, CascadeProvider, ChainModel, ModelRequest, OpenAIModel, Price,
                                   ProviderError, ProviderRejected, ScriptedProvider, price_of)
 from processors.records import Decision, Trace
-from processors.summary import collect
+from processors.summary import collect, read
 from processors.workflow import ModelRetries, Workflow
-from tests.conftest import deployed, produce, records, tickets
+from tests.conftest import deployed, produce, tickets
 from tests.llm_server import LLMServer, Reply
 
 KEY = "sk-test-0123456789abcdef"
@@ -278,9 +278,9 @@ def test_a_workflow_classifies_through_an_openai_model(kafka, receiver, llm, mon
     sent = [orjson.dumps(a.body).decode() for a in llm.arrivals]
     assert len(sent) == 7 and not any(EMAIL in body or CARD in body for body in sent)
     decisions = [d for name in workflow.topics if name.startswith(workflow.topic("decisions."))
-                 for d in records(kafka, workflow, name.removeprefix(f"{workflow.name}."), Decision)]
+                 for d in read(workflow, kafka, name.removeprefix(f"{workflow.name}."), Decision)]
     price = price_of("gpt-4.1-mini")
     assert sum(d.cost_usd for d in decisions) == pytest.approx(sum(price.cost(*a.usage) for a in llm.arrivals))
     assert {d.model for d in decisions} == {"openai:gpt-4.1-mini"}
-    traces = records(kafka, workflow, "traces", Trace)
+    traces = read(workflow, kafka, "traces", Trace)
     assert [t.error.split(":")[0] for t in traces if t.step == "classify" and t.error] == ["HTTP 503"]

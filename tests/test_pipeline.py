@@ -14,9 +14,9 @@ import orjson
 from processors.pipeline import Pipeline
 from processors.providers.scripted import ScriptedProvider, Timeout
 from processors.records import Notification, Trace
-from processors.summary import collect
+from processors.summary import collect, read
 from processors.tail import snapshot
-from tests.conftest import deployed, produce, records, tickets
+from tests.conftest import deployed, produce, tickets
 
 BILLING = {"category": "billing", "urgency": "low", "confidence": 0.95, "reason": "A question about an invoice."}
 URGENT = {"category": "billing", "urgency": "high", "confidence": 0.93, "reason": "Charged twice; payroll is blocked."}
@@ -87,7 +87,7 @@ def test_each_poison_kind_takes_its_path_and_the_stages_carry_on(kafka, receiver
 
     pii_request = next(r for r in provider.requests if r.event_id == "e_pii")
     assert "4111" not in pii_request.user.replace("****1111", "") and "jane.doe" not in pii_request.user
-    traces = records(kafka, workflow, "traces", Trace)
+    traces = read(workflow, kafka, "traces", Trace)
     assert {t.step for t in traces if t.run_id == "e_ok"} >= {"classify", "validate", "route", "execute"}
     assert not any("jane.doe@example.com" in t.model_dump_json() or "4111 1111 1111 1111" in t.model_dump_json()
                    for t in traces)
@@ -107,7 +107,7 @@ def test_every_sample_ticket_ends_in_exactly_one_place(kafka, receiver):
     escalated = [e for e, route in summary.decided.items() if route == "escalation"]
     assert escalated, "the sample has urgent billing and enterprise tickets"
     assert set(receiver.applied) == {f"{e}:open_escalation" for e in escalated}
-    notifications = records(kafka, workflow, "notifications", Notification)
+    notifications = read(workflow, kafka, "notifications", Notification)
     assert sorted(n.event_id for n in notifications) == sorted(summary.decided)
 
 

@@ -12,6 +12,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from processors.records import Usage
+
 
 class ModelRequest(BaseModel):
     """What a provider may see: the rendered, redacted prompt and the declared inputs."""
@@ -28,24 +30,18 @@ class ModelRequest(BaseModel):
     event_id: str = ""
 
 
-class Attempt(BaseModel):
+class Attempt(Usage):
     """One try at one model, kept so a trace shows every retry, fallback and cascade step."""
 
     model: str
     outcome: str = Field(description="'ok', or what went wrong: 'HTTP 503', 'timeout', 'confidence 0.41 < 0.8'…")
-    latency_ms: float = 0.0
-    tokens_in: int = 0
-    tokens_out: int = 0
-    cost_usd: float = 0.0
 
 
-class ModelAnswer(BaseModel):
+class ModelAnswer(Usage):
+    """The answer's text and what getting it cost: ``cost_usd`` counts every attempt, failed ones included."""
+
     text: str
     model: str = Field(description="provider:model that actually answered")
-    tokens_in: int = 0
-    tokens_out: int = 0
-    cost_usd: float = Field(0.0, description="Every attempt's cost, the failed ones included.")
-    latency_ms: float = 0.0
     attempts: list[Attempt] = Field(default_factory=list,
                                     description="In order; the last one answered. Empty for a single try.")
 

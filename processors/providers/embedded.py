@@ -31,7 +31,7 @@ import numpy as np
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from processors.prompt import dotted
+from processors.prompt import lookup
 from processors.providers.base import ModelAnswer, ModelRequest, Provider
 
 CACHE_DIR = Path.home() / ".cache" / "handoff"
@@ -195,12 +195,7 @@ def _read_rows(path: Path) -> list[dict[str, Any]]:
 
 def _field(row: dict[str, Any], where: str) -> Any:
     """A CSV column by name, else a dotted path into a JSON object; None when absent."""
-    if where in row:
-        return row[where]
-    try:
-        return dotted(row, where)
-    except (KeyError, TypeError):
-        return None
+    return row[where] if where in row else lookup(row, where)
 
 
 class EmbeddedProvider(Provider):

@@ -43,8 +43,7 @@ class Validate(WorkflowStage):
     def on_assign(self, partitions: list[tuple[str, int]]) -> None:
         self.seen.load()
 
-    def errors(self, item: WorkItem) -> list[str]:
-        answer = item.answer_dict()
+    def errors(self, answer: dict | None, item: WorkItem) -> list[str]:
         if answer is None:
             return ["the answer is not a JSON object"]
         return self.schema.errors(answer) or rules.check(self.workflow.rules, answer, item.event_dict())
@@ -54,7 +53,8 @@ class Validate(WorkflowStage):
         earlier = self.seen.get(item.event_id)
         if earlier is not None and (earlier.partition, earlier.offset) != (record.partition, record.offset):
             return [self.trace(item.event_id, error=f"duplicate event id, first settled at offset {earlier.offset}")]
-        errors = self.errors(item)
+        answer = item.answer_dict()
+        errors = self.errors(answer, item)
         for problem in errors:
             metrics.VALIDATION_FAILURES.labels(self.workflow.name, problem.split(":")[0]).inc()
         trace = self.trace(item.event_id, answer=item.answer, validation=errors or "ok")
@@ -65,7 +65,7 @@ class Validate(WorkflowStage):
                                                              offset=record.offset, at_ms=now_ms()))
         if errors:
             return [self._review("invalid_output", item, record, errors), settled, trace]
-        confidence = item.answer_dict().get("confidence", 0.0)
+        confidence = answer.get("confidence", 0.0)
         if confidence < self.workflow.review_threshold:
             return [self._review("low_confidence", item, record,
                                  [f"confidence {confidence} is below {self.workflow.review_threshold}"]), settled, trace]
