@@ -7,6 +7,8 @@ Answers and events travel as JSON text: their shape belongs to each workflow, no
 
 from __future__ import annotations
 
+from typing import Literal
+
 import orjson
 from pydantic import BaseModel, Field
 
@@ -36,6 +38,8 @@ class WorkItem(Usage):
     answer: str | None = None
     validation_errors: list[str] = Field(default_factory=list)
     trigger_timestamp_ms: int = 0
+    control_version: int = 0
+    replay: str | None = None
 
     def event_dict(self) -> dict:
         return orjson.loads(self.event)
@@ -61,6 +65,8 @@ class Decision(Usage):
     source: str = "model"
     decided_at_ms: int
     trigger_timestamp_ms: int = 0
+    control_version: int = 0
+    replay: str | None = None
 
 
 class ReviewItem(BaseModel):
@@ -79,6 +85,8 @@ class ReviewItem(BaseModel):
     prompt: PromptRef
     model: str
     created_at_ms: int
+    control_version: int = 0
+    replay: str | None = None
 
 
 class ActionRequest(BaseModel):
@@ -170,6 +178,55 @@ class Outcome(BaseModel):
     value: str | None = None
     at_ms: int
     source: str
+
+
+class Verdict(BaseModel):
+    """``handoff/verdict``: a person's verdict on a review item; the first one per review id wins."""
+
+    verdict_id: str
+    review_id: str
+    event_id: str
+    workflow: str
+    reviewer: str
+    verdict: Literal["approve", "correct", "reject"]
+    answer: str | None = None
+    reason: str | None = None
+    at_ms: int
+
+
+class Result(BaseModel):
+    """``handoff/result``: a decision joined with one outcome reported for it."""
+
+    event_id: str
+    workflow: str
+    route: str
+    label: str
+    confidence: float
+    source: str
+    prompt: PromptRef
+    decided_at_ms: int
+    outcome_type: str
+    outcome_value: str | None = None
+    outcome_source: str
+    outcome_at_ms: int
+    joined_at_ms: int
+
+
+class ControlState(BaseModel):
+    """``handoff/control_state``: what a workflow's running stages obey; the latest version wins."""
+
+    workflow: str
+    version: int
+    labels: dict[str, str] = Field(default_factory=dict)
+    mode: Literal["shadow", "suggest", "partial", "full"] = "full"
+    kill_switch: bool = False
+    review_threshold: float | None = None
+    approval_risk: float | None = None
+    changed_by: str
+    change: str
+    reason: str | None = None
+    forced: bool = False
+    at_ms: int
 
 
 def dumps(value) -> str:

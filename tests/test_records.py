@@ -24,6 +24,13 @@ SAMPLES = {
                                                  arguments="{}", at_ms=1),
     "handoff/trace": records.Trace(run_id="e", workflow="w", step="classify", at_ms=1, prompt=PROMPT, cost_usd=0.1),
     "handoff/outcome": records.Outcome(event_id="e", workflow="w", outcome_type="reopened", at_ms=1, source="crm"),
+    "handoff/verdict": records.Verdict(verdict_id="v", review_id="e:low", event_id="e", workflow="w", reviewer="ana",
+                                       verdict="correct", answer="{}", at_ms=1),
+    "handoff/result": records.Result(event_id="e", workflow="w", route="billing", label="billing", confidence=0.9,
+                                     source="model", prompt=PROMPT, decided_at_ms=1, outcome_type="reopened",
+                                     outcome_source="crm", outcome_at_ms=2, joined_at_ms=3),
+    "handoff/control_state": records.ControlState(workflow="w", version=2, labels={"production": "1"}, mode="partial",
+                                                  review_threshold=0.8, changed_by="ana", change="mode partial", at_ms=1),
 }
 
 
