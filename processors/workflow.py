@@ -173,6 +173,31 @@ class Workflow(Strict):
     def prompt_spec(self) -> PromptSpec:
         return load_prompt(self.prompt_path)
 
+    @property
+    def prompt_dir(self) -> Path:
+        return self.prompt_path.parent
+
+    def prompt_versions(self) -> list[str]:
+        """Every version of the workflow's prompt on disk, oldest first (versions sort by date)."""
+        return sorted(p.stem for p in self.prompt_dir.glob("*.yaml"))
+
+    def prompt_spec_for(self, version: str) -> PromptSpec:
+        """The spec of another version of the same prompt (a label on the control topic may point to it)."""
+        if version == self.prompt_spec.version:
+            return self.prompt_spec
+        path = self.prompt_dir / f"{version}.yaml"
+        if not path.exists():
+            raise WorkflowError(f"no version {version!r} of prompt {self.prompt_spec.name} "
+                                f"(known: {self.prompt_versions()})")
+        return load_prompt(path)
+
+    def with_prompt(self, version: str) -> Workflow:
+        """This workflow running ``version`` of its prompt (evals, replay, promotion)."""
+        spec = self.prompt_spec_for(version)
+        copy = self.model_copy(update={"prompt": f"{spec.name}@{spec.version}"})
+        copy.__dict__["prompt_spec"] = spec
+        return copy
+
     @cached_property
     def topics(self) -> dict[str, TopicSpec]:
         return load_topics(self.name, self.namespace)
