@@ -40,6 +40,7 @@ class WorkItem(Usage):
     trigger_timestamp_ms: int = 0
     control_version: int = 0
     replay: str | None = None
+    reviewed_by: str | None = None
 
     def event_dict(self) -> dict:
         return orjson.loads(self.event)
@@ -192,6 +193,10 @@ class Verdict(BaseModel):
     answer: str | None = None
     reason: str | None = None
     at_ms: int
+    item: str = ""
+
+    def review_item(self) -> ReviewItem:
+        return ReviewItem.model_validate_json(self.item)
 
 
 class Result(BaseModel):

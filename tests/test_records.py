@@ -9,7 +9,7 @@ from processors.serde import AvroSerde
 PROMPT = records.PromptRef(name="p", version="1")
 SAMPLES = {
     "handoff/work_item": records.WorkItem(event_id="e", workflow="w", event="{}", prompt=PROMPT, model="m",
-                                          validation_errors=["x"], tokens_in=3),
+                                          validation_errors=["x"], tokens_in=3, reviewed_by="ana"),
     "handoff/decision": records.Decision(event_id="e", workflow="w", route="billing", rule="r", label="billing",
                                          confidence=0.9, answer="{}", event="{}", prompt=PROMPT, model="m", decided_at_ms=1),
     "handoff/review_item": records.ReviewItem(review_id="e:low", event_id="e", workflow="w", reason="low_confidence",
@@ -25,7 +25,7 @@ SAMPLES = {
     "handoff/trace": records.Trace(run_id="e", workflow="w", step="classify", at_ms=1, prompt=PROMPT, cost_usd=0.1),
     "handoff/outcome": records.Outcome(event_id="e", workflow="w", outcome_type="reopened", at_ms=1, source="crm"),
     "handoff/verdict": records.Verdict(verdict_id="v", review_id="e:low", event_id="e", workflow="w", reviewer="ana",
-                                       verdict="correct", answer="{}", at_ms=1),
+                                       verdict="correct", answer="{}", at_ms=1, item="{}"),
     "handoff/result": records.Result(event_id="e", workflow="w", route="billing", label="billing", confidence=0.9,
                                      source="model", prompt=PROMPT, decided_at_ms=1, outcome_type="reopened",
                                      outcome_source="crm", outcome_at_ms=2, joined_at_ms=3),

@@ -30,6 +30,7 @@ class Route(WorkflowStage):
                             label=str(answer[self.workflow.label]), confidence=float(answer.get("confidence", 0.0)),
                             answer=item.answer, event=item.event, prompt=item.prompt, model=item.model,
                             shadow=self.workflow.shadow, decided_at_ms=now_ms(),
+                            source="review" if item.reviewed_by else "model",
                             trigger_timestamp_ms=item.trigger_timestamp_ms, latency_ms=item.latency_ms,
                             tokens_in=item.tokens_in, tokens_out=item.tokens_out, cost_usd=item.cost_usd)
         outputs = [Emit(topic, decision, key=record.key)]
