@@ -26,6 +26,7 @@ from processors.providers.anthropic import AnthropicModel
 from processors.providers.chain import ChainModel
 from processors.providers.embedded import TrainingSpec
 from processors.providers.openai import OpenAIModel
+from processors.records import Mode
 from processors.redaction import Redaction
 from processors.topics import TopicSpec, load_topics
 
@@ -108,6 +109,15 @@ class RouteRule(Strict):
         return f"routes[{index}]:{self.name}"
 
 
+class Escalation(Strict):
+    """The route for what must not wait, so reports and evals can measure how much of it the model catches."""
+
+    route: str = Field(description="The escalating route (support_ticket: escalation; banking77: security).")
+    missed_outcomes: list[str] = Field(default_factory=list, description=(
+        "Outcome types that, reported for a decision on another route, mean it should have been escalated "
+        "(e.g. reopened). Empty: only reviewers' corrections reveal a missed escalation."))
+
+
 class ActionKind(StrEnum):
     webhook = "webhook"
     emit = "emit"
@@ -155,11 +165,17 @@ class Workflow(Strict):
     rules: list[str] = Field(default_factory=list, description="Business rules from processors/rules.py.")
     review_threshold: float = Field(0.75, ge=0, le=1, description="Answers less confident than this go to review.")
     approval_risk: float = Field(0.7, ge=0, le=1, description="Actions riskier than this wait for a person.")
-    shadow: bool = Field(False, description="Decide and write to the shadow topic, never act.")
+    mode: Mode = Field("full", description=(
+        "The rollout mode until the control topic says otherwise (processors/stages/route.py): shadow decides "
+        "and writes to <wf>.shadow, never acts; suggest sends every answer to review; partial acts only on "
+        "confident answers whose actions are all low-risk; full acts on every validated answer."))
+    partial_max_risk: float = Field(0.2, ge=0, le=1, description=(
+        "partial mode: the highest action risk still run without a person."))
     redaction: Redaction = Redaction()
     grants: list[str] = Field(default_factory=list, description="Permission scopes this workflow's actions may use.")
     routes: list[RouteRule]
     actions: dict[str, Action] = Field(default_factory=dict)
+    escalation: Escalation | None = Field(None, description="Which route escalates; none: no escalation recall.")
 
     folder: Path = Field(Path("."), exclude=True)
     namespace: str = Field("", exclude=True)
@@ -233,6 +249,9 @@ class Workflow(Strict):
                     problems.append(f"routes[{index}]: no topic {self.topic(f'decisions.{name}')} declared")
             problems += [f"routes[{index}].actions: unknown action {a!r}" for a in route.actions
                          if a not in self.actions]
+        routes = {name for route in self.routes for name in self._route_names(route, properties)}
+        if self.escalation and self.escalation.route not in routes:
+            problems.append(f"escalation.route: {self.escalation.route!r} is not a route of this workflow")
         if self.routes and self.routes[-1].when:
             problems.append("routes: the last route must have no conditions, so every answer has a route")
         for name, action in self.actions.items():
