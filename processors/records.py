@@ -217,13 +217,17 @@ class Result(BaseModel):
     joined_at_ms: int
 
 
+Mode = Literal["shadow", "suggest", "partial", "full"]
+"""Rollout modes, least to most autonomous (applied in processors/stages/route.py)."""
+
+
 class ControlState(BaseModel):
     """``handoff/control_state``: what a workflow's running stages obey; the latest version wins."""
 
     workflow: str
     version: int
     labels: dict[str, str] = Field(default_factory=dict)
-    mode: Literal["shadow", "suggest", "partial", "full"] = "full"
+    mode: Mode = "full"
     kill_switch: bool = False
     review_threshold: float | None = None
     approval_risk: float | None = None
