@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 import orjson
 import typer
 
 from processors import localkafka
 from processors.kafka import KafkaSettings
+from processors.records import Mode
 from processors.runtime import Guarantee, RuntimeOptions
 from processors.topics import apply as apply_topics
 from processors.topics import load_topics
@@ -133,6 +134,255 @@ def tail(topic: Annotated[str, typer.Argument(help="Declared topic name, e.g. su
     serde = AvroSerde(spec.value_schema, registry_url=conf.schema_registry_url) if spec.value_schema else None
     for msg in follow(conf, spec.name) if follow_ else snapshot(conf, spec.name):
         typer.echo(orjson.dumps(describe(msg, serde)).decode())
+
+
+prompt_app = typer.Typer(no_args_is_help=True, help="Prompt versions (files) and the labels that point at them "
+                                                    "(production, candidate…), kept on the control topic.")
+control_app = typer.Typer(no_args_is_help=True, help="What a workflow's running stages obey — rollout mode, kill "
+                                                     "switch, thresholds — in force within a second, no restart.")
+app.add_typer(prompt_app, name="prompt")
+app.add_typer(control_app, name="control")
+WorkflowsDir = Annotated[Optional[Path], typer.Option("--workflows-dir", envvar="HANDOFF_WORKFLOWS_DIR",
+                                                      help="Where workflow folders are (default: the shipped ones).")]
+Version = Annotated[str, typer.Argument(help="A prompt version: a file prompts/<prompt>/<version>.yaml.")]
+Label = Annotated[str, typer.Option(help="The label to move.")]
+Reason = Annotated[Optional[str], typer.Option(help="Why: recorded on the control state.")]
+ChangedBy = Annotated[Optional[str], typer.Option("--by", help="Who makes the change (default: the OS user).")]
+
+
+def control_store(workflow: str, bootstrap: str | None, workflows_dir: Path | None):
+    from processors.control import ControlStore, ControlUnavailable
+    from processors.workflow import WORKFLOWS_DIR, WorkflowError, load_workflow
+
+    conf = settings(bootstrap)
+    try:
+        store = ControlStore(conf, load_workflow(workflow, conf.namespace, workflows_dir or WORKFLOWS_DIR))
+        store.check()
+    except (WorkflowError, ControlUnavailable) as exc:
+        raise fail(str(exc))
+    return store
+
+
+def prompt_file(store, version: str) -> Path:
+    from processors.workflow import WorkflowError
+
+    try:
+        store.workflow.prompt_spec_for(version)
+    except WorkflowError as exc:
+        raise fail(str(exc))
+    return store.workflow.prompt_dir / f"{version}.yaml"
+
+
+def echo_state(state) -> None:
+    typer.echo(f"control version {state.version}: {state.change} (by {state.changed_by}"
+               + (f", forced: {state.reason}" if state.forced else f": {state.reason}" if state.reason else "") + ")")
+
+
+@prompt_app.command("list")
+def prompt_list(workflow: WorkflowName, bootstrap: Bootstrap = None, workflows_dir: WorkflowsDir = None) -> None:
+    """Every version on disk: the labels pointing at it, its owner, rollback version and eval suite."""
+    store = control_store(workflow, bootstrap, workflows_dir)
+    state = store.current()
+    for version in store.workflow.prompt_versions():
+        spec = store.workflow.prompt_spec_for(version)
+        labels = ",".join(label for label, v in sorted(state.labels.items()) if v == version) or "-"
+        typer.echo(f"{version:<16} {labels:<22} owner {spec.owner}, rollback to {spec.rollback_version or '-'}, "
+                   f"evals {spec.eval_suite or '-'}")
+    echo_state(state)
+
+
+@prompt_app.command("show")
+def prompt_show(version: Version, workflow: WorkflowName, bootstrap: Bootstrap = None,
+                workflows_dir: WorkflowsDir = None) -> None:
+    """The version's file, as reviewed."""
+    typer.echo(prompt_file(control_store(workflow, bootstrap, workflows_dir), version).read_text(), nl=False)
+
+
+@prompt_app.command("diff")
+def prompt_diff(old: Version, new: Version, workflow: WorkflowName, bootstrap: Bootstrap = None,
+                workflows_dir: WorkflowsDir = None) -> None:
+    """A unified diff of two versions' files."""
+    import difflib
+
+    store = control_store(workflow, bootstrap, workflows_dir)
+    a, b = prompt_file(store, old), prompt_file(store, new)
+    typer.echo("".join(difflib.unified_diff(a.read_text().splitlines(keepends=True),
+                                            b.read_text().splitlines(keepends=True),
+                                            fromfile=f"{store.workflow.prompt_spec.name}@{old}",
+                                            tofile=f"{store.workflow.prompt_spec.name}@{new}")), nl=False)
+
+
+@prompt_app.command("promote")
+def prompt_promote(version: Version, workflow: WorkflowName, label: Label = "production",
+                   force: Annotated[bool, typer.Option("--force", help="Promote even if its evals fail "
+                                                                       "(needs --reason; recorded).")] = False,
+                   reason: Reason = None, by: ChangedBy = None, bootstrap: Bootstrap = None,
+                   workflows_dir: WorkflowsDir = None) -> None:
+    """Run the version's eval suite; point the label at it only if every target is met (or --force)."""
+    from processors.control import promote
+    from processors.workflow import WorkflowError
+
+    store = control_store(workflow, bootstrap, workflows_dir)
+    prompt_file(store, version)
+    try:
+        state, report = promote(store, version, label=label, force=force, reason=reason, changed_by=by, progress=True)
+    except (WorkflowError, ValueError) as exc:
+        raise fail(str(exc))
+    typer.echo(report.table())
+    if state is None:
+        raise fail(f"refused: {version} misses its eval targets; {label} stays at "
+                   f"{store.current().labels.get(label, '-')} (--force --reason TEXT to override)")
+    echo_state(state)
+
+
+@prompt_app.command("rollback")
+def prompt_rollback(workflow: WorkflowName,
+                    to: Annotated[Optional[str], typer.Option(help="Default: the rollback_version the current "
+                                                                   "version's spec names.")] = None,
+                    label: Label = "production", reason: Reason = None, by: ChangedBy = None,
+                    bootstrap: Bootstrap = None, workflows_dir: WorkflowsDir = None) -> None:
+    """Point the label back at the previous version, at once (no evals)."""
+    from processors.control import rollback
+    from processors.workflow import WorkflowError
+
+    store = control_store(workflow, bootstrap, workflows_dir)
+    try:
+        echo_state(rollback(store, to, label=label, reason=reason, changed_by=by))
+    except (WorkflowError, ValueError) as exc:
+        raise fail(str(exc))
+
+
+def change_control(workflow: str, bootstrap: str | None, change: str, reason: str | None, by: str | None,
+                   **fields) -> None:
+    echo_state(control_store(workflow, bootstrap, None).publish(change, changed_by=by, reason=reason, **fields))
+
+
+def bound(value: str, name: str) -> float | None:
+    """A 0..1 bound, or None for 'default' (the workflow file's value)."""
+    if value == "default":
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        number = -1.0
+    if not 0 <= number <= 1:
+        raise fail(f"{name}: {value!r} is neither a number from 0 to 1 nor 'default'")
+    return number
+
+
+@control_app.command("show")
+def control_show(workflow: WorkflowName, history: Annotated[bool, typer.Option(help="Every change still on the "
+                                                                                   "topic, oldest first.")] = False,
+                 bootstrap: Bootstrap = None) -> None:
+    """The state in force, as JSON (the workflow file's defaults when nothing was published)."""
+    store = control_store(workflow, bootstrap, None)
+    for state in store.history() if history else [store.current()]:
+        typer.echo(state.model_dump_json())
+
+
+@control_app.command("mode")
+def control_mode(mode: Annotated[Mode, typer.Argument(help="shadow, suggest, partial or full.")],
+                 workflow: WorkflowName, reason: Reason = None, by: ChangedBy = None, bootstrap: Bootstrap = None) -> None:
+    """Set the rollout mode (processors/stages/route.py says what each does)."""
+    change_control(workflow, bootstrap, f"mode {mode}", reason, by, mode=mode)
+
+
+@control_app.command("kill-switch")
+def control_kill_switch(switch: Annotated[Literal["on", "off"], typer.Argument(help="on: no model calls, new "
+                                                                                  "items to review.")],
+                        workflow: WorkflowName, reason: Reason = None, by: ChangedBy = None,
+                        bootstrap: Bootstrap = None) -> None:
+    """Stop (on) or resume (off) model calls; while on, every new trigger goes to review."""
+    change_control(workflow, bootstrap, f"kill switch {switch}", reason, by, kill_switch=switch == "on")
+
+
+@control_app.command("threshold")
+def control_threshold(value: Annotated[str, typer.Argument(help="0..1, or 'default' (the workflow file's).")],
+                      workflow: WorkflowName, reason: Reason = None, by: ChangedBy = None,
+                      bootstrap: Bootstrap = None) -> None:
+    """Set the review threshold: less confident answers go to a person."""
+    change_control(workflow, bootstrap, f"review threshold {value}", reason, by,
+                   review_threshold=bound(value, "threshold"))
+
+
+@control_app.command("approval-risk")
+def control_approval_risk(value: Annotated[str, typer.Argument(help="0..1, or 'default' (the workflow file's).")],
+                          workflow: WorkflowName, reason: Reason = None, by: ChangedBy = None,
+                          bootstrap: Bootstrap = None) -> None:
+    """Set the approval risk: riskier actions wait for a person."""
+    change_control(workflow, bootstrap, f"approval risk {value}", reason, by, approval_risk=bound(value, "approval-risk"))
+
+
+@app.command("eval")
+def eval_(workflow: WorkflowName,
+          prompt_version: Annotated[Optional[str], typer.Option(help="The version to evaluate (default: the "
+                                                                     "workflow file's).")] = None,
+          dataset: Annotated[Optional[list[str]], typer.Option(help="Run only this dataset of the suite "
+                                                                    "(repeatable): a look, not a gate.")] = None,
+          report: Annotated[Optional[Path], typer.Option(help="Where the JSON report goes (default: "
+                                                              ".local/evals/<workflow>-<version>.json).")] = None,
+          workflows_dir: WorkflowsDir = None) -> None:
+    """Run a prompt version's eval suite offline; print metric, target, value, pass; exit 1 on any miss."""
+    from processors.evals import REPORTS_DIR, EvalError, run_suite
+    from processors.workflow import WORKFLOWS_DIR, WorkflowError, load_workflow
+
+    try:
+        flow = load_workflow(workflow, root=workflows_dir or WORKFLOWS_DIR)
+        flow = flow.with_prompt(prompt_version) if prompt_version else flow
+        result = run_suite(flow, datasets=dataset, progress=True)
+    except (WorkflowError, EvalError) as exc:
+        raise fail(str(exc))
+    path = report or REPORTS_DIR / f"{workflow}-{result.prompt.version}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(result.to_json())
+    typer.echo(result.table())
+    typer.echo(f"report: {path}")
+    if not result.passed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def replay(workflow: WorkflowName,
+           start: Annotated[Optional[str], typer.Option("--from", help="ISO time (UTC unless it names a zone): "
+                                                                        "triggers at or after it.")] = None,
+           end: Annotated[Optional[str], typer.Option("--to", help="ISO time: triggers before it.")] = None,
+           offsets: Annotated[Optional[str], typer.Option(help="Trigger offsets P:FROM-TO[,…], both ends included.")] = None,
+           source: Annotated[Optional[str], typer.Option(help="review or dlq: the events waiting there now.")] = None,
+           prompt_version: Annotated[Optional[str], typer.Option(help="Default: the version production points to.")] = None,
+           mode: Annotated[str, typer.Option(help="shadow: decide again, act on nothing, report what changes; "
+                                                  "live: send through the running stages (actions stay idempotent).")] = "shadow",
+           replay_id: Annotated[Optional[str], typer.Option("--id", help="Marks everything the replay writes "
+                                                                          "(default: generated).")] = None,
+           show_events: Annotated[bool, typer.Option("--show-events", help="List every changed event, "
+                                                                          "not the first 20.")] = False,
+           bootstrap: Bootstrap = None, workflows_dir: WorkflowsDir = None) -> None:
+    """Replay past triggers after a fix, through a prompt version: shadow or live."""
+    import asyncio
+
+    from processors.pipeline import build_provider
+    from processors.replay import ReplayMode, Selection, Source, new_id, reinject, select, shadow
+    from processors.workflow import WorkflowError
+
+    store = control_store(workflow, bootstrap, workflows_dir)
+    flow, conf = store.workflow, store.settings
+    try:
+        chosen = ReplayMode(mode)
+        selection = Selection(start=start and Selection.parse_time(start), end=end and Selection.parse_time(end),
+                              offsets=offsets and Selection.parse_offsets(offsets), source=source and Source(source))
+        version = prompt_version or store.current().labels.get("production", flow.prompt_spec.version)
+        flow.prompt_spec_for(version)
+    except (WorkflowError, ValueError) as exc:
+        raise fail(str(exc))
+    replay_id = replay_id or new_id()
+    selected = select(flow, conf, selection)
+    if chosen == ReplayMode.shadow:
+        shadowed = asyncio.run(shadow(flow, conf, selected, version, build_provider(flow), replay_id))
+        typer.echo(shadowed.render(None if show_events else 20))
+        return
+    typer.echo(f"replay {replay_id} (live, prompt {version}): {selected.render()}")
+    sent = reinject(flow, conf, selected, replay_id, version)
+    typer.echo(f"re-injected {sent} into {flow.topics[flow.topic('triggers')].name}; the running stages decide them "
+               f"again, and an action already executed is answered already_done, not repeated")
 
 
 if __name__ == "__main__":

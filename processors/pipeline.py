@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from processors.control import Control, ControlWatcher
 from processors.kafka import KafkaSettings
 from processors.providers.base import Provider
 from processors.providers.cascade import CascadeProvider
@@ -51,15 +52,17 @@ def build_provider(workflow: Workflow) -> Provider:
     return model.provider(workflow.redaction.text)
 
 
-def build_stage(name: str, workflow: Workflow, settings: KafkaSettings, provider: Provider | None = None) -> Stage:
+def build_stage(name: str, workflow: Workflow, settings: KafkaSettings, provider: Provider | None = None,
+                control: Control | None = None) -> Stage:
+    """``control``: what the stage obeys (the pipeline's watcher); pinned to ``initial(workflow)`` when None."""
     if name == "classify":
-        return Classify(workflow, provider or build_provider(workflow))
+        return Classify(workflow, provider or build_provider(workflow), control)
     if name == "validate":
-        return Validate(workflow, settings)
+        return Validate(workflow, settings, control)
     if name == "route":
-        return Route(workflow)
+        return Route(workflow, control)
     if name == "execute":
-        return Execute(workflow, settings)
+        return Execute(workflow, settings, control)
     raise ValueError(f"unknown stage {name!r}; one of {', '.join(STAGES)}")
 
 
@@ -68,7 +71,8 @@ class Pipeline:
 
     def __init__(self, workflow: Workflow, settings: KafkaSettings, stages: list[str] = list(STAGES),
                  options: RuntimeOptions | None = None, provider: Provider | None = None):
-        self.runtimes = [StageRuntime(build_stage(name, workflow, settings, provider), workflow.name,
+        self.control = ControlWatcher(settings, workflow)  # one per process, shared by its stages
+        self.runtimes = [StageRuntime(build_stage(name, workflow, settings, provider, self.control), workflow.name,
                                       workflow.topics, settings, options) for name in stages]
         self.settings = settings
         self.errors: list[BaseException] = []
@@ -78,17 +82,22 @@ class Pipeline:
             runtime.stop()
 
     def run(self, until: Callable[[], bool] | None = None) -> None:
-        """Block until every stage has stopped; re-raise the first stage failure."""
+        """Block until every stage has stopped; re-raise the first stage failure. The control state
+        in force is read before any stage consumes, and followed while they run."""
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self.stop)
             signal.signal(signal.SIGINT, self.stop)
+        self.control.start()
         threads = [threading.Thread(target=self._run_one, args=(runtime, until), name=f"stage-{runtime.stage.name}")
                    for runtime in self.runtimes]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            while thread.is_alive():
-                thread.join(0.5)  # short joins keep the main thread responsive to signals
+        try:
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                while thread.is_alive():
+                    thread.join(0.5)  # short joins keep the main thread responsive to signals
+        finally:
+            self.control.stop()
         if self.errors:
             raise self.errors[0]
 

@@ -1,17 +1,29 @@
-"""What every workflow stage shares: its workflow, and the two records any step may write —
-a trace of what it did, and a review item when a person must decide."""
+"""What every workflow stage shares: its workflow, the control state it obeys, and the two
+records any step may write — a trace of what it did, and a review item when a person must decide.
+
+The control (``processors/control.py``) is pinned to ``initial(workflow)`` unless the caller
+hands in another: the pipeline hands every stage the one watcher that follows the control topic,
+offline runs (evals, shadow replays) pin a fixed state, so a stage never needs Kafka to be built.
+"""
 
 from __future__ import annotations
 
 from processors import metrics
-from processors.records import PromptRef, ReviewItem, Trace, Usage, dumps
+from processors.control import Control, initial
+from processors.records import ControlState, PromptRef, ReviewItem, Trace, Usage, dumps
 from processors.stage import Emit, Stage, now_ms
 from processors.workflow import Workflow
 
+REPLAY_HEADER = "handoff-replay"
+"""A trigger carrying this header (the replay id) is a deliberate re-run: see classify and validate."""
+PROMPT_VERSION_HEADER = "handoff-prompt-version"
+"""On a replayed trigger: the prompt version to answer with, instead of the production label's."""
+
 
 class WorkflowStage(Stage):
-    def __init__(self, workflow: Workflow):
+    def __init__(self, workflow: Workflow, control: Control | ControlState | None = None):
         self.workflow = workflow
+        self.control = control if isinstance(control, Control) else Control(control or initial(workflow))
         self.inputs = [workflow.topic(suffix) for suffix in self.input_suffixes]
 
     input_suffixes: list[str]
@@ -32,10 +44,15 @@ class WorkflowStage(Stage):
         return Emit(self.workflow.topic("traces"), trace, key=run_id)
 
     def review(self, reason: str, *, event_id: str, event: str, prompt: PromptRef, model: str,
-               key: bytes | str | None, suffix: str = "", **context) -> Emit:
-        """A review item with the whole context; ``review_id`` is stable so a replay cannot open it twice."""
+               key: bytes | str | None, suffix: str = "", control_version: int | None = None,
+               replay: str | None = None, **context) -> Emit:
+        """A review item with the whole context; ``review_id`` is stable so a redelivery cannot open it
+        twice, and carries the replay id of a replayed item, so a re-review after a fix is a new item.
+        ``control_version``: the version the caller decided under (default: the one in force now)."""
         metrics.REVIEWS.labels(self.workflow.name, reason).inc()
-        item = ReviewItem(review_id=f"{event_id}:{reason}{suffix}", event_id=event_id, workflow=self.workflow.name,
-                          reason=reason, stage=self.name, event=event, prompt=prompt, model=model,
-                          created_at_ms=now_ms(), **context)
+        review_id = f"{event_id}:{reason}{suffix}" + (f":replay:{replay}" if replay else "")
+        item = ReviewItem(review_id=review_id, event_id=event_id, workflow=self.workflow.name, reason=reason,
+                          stage=self.name, event=event, prompt=prompt, model=model, created_at_ms=now_ms(),
+                          control_version=self.control.state.version if control_version is None else control_version,
+                          replay=replay, **context)
         return Emit(self.workflow.topic("review"), item, key=key)

@@ -11,6 +11,15 @@ retried. A work item coming back on the repair topic is asked once more, with th
 validation errors appended (attempt 2). HTTP providers retry and fall back on their own first
 (``processors/providers/http.py``, ``chain.py``); a retry here re-runs that whole call. Each
 earlier attempt behind an answer — a retry, a fallback, a cascade step — gets its own trace.
+
+Control (``processors/control.py``), read once per record: the prompt version is the one the
+``production`` label points to (a repair keeps the version of the answer it repairs). With the
+kill switch on, no model is called: the trigger goes to review (``kill_switch``) whole, with no
+answer — fail safe. Every work item records the control version it was made under.
+
+Replay: a trigger with header ``handoff-replay: <id>`` is a deliberate re-run. Its work item
+carries the id (route copies it to the decision, validate does not take it for a duplicate),
+and ``handoff-prompt-version: <V>`` on it overrides the label for that one record.
 """
 
 from __future__ import annotations
@@ -22,12 +31,13 @@ import orjson
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from processors import metrics
-from processors.prompt import dotted
+from processors.control import Control
+from processors.prompt import PromptSpec, dotted
 from processors.providers.base import ModelAnswer, ModelRequest, Provider, ProviderError, ProviderTimeout
-from processors.records import PromptRef, Usage, WorkItem, dumps
+from processors.records import ControlState, PromptRef, Usage, WorkItem, dumps
 from processors.stage import DeadLetter, Emit, Record, now_ms
-from processors.stages.base import WorkflowStage
-from processors.workflow import Workflow
+from processors.stages.base import PROMPT_VERSION_HEADER, REPLAY_HEADER, WorkflowStage
+from processors.workflow import Workflow, WorkflowError
 
 
 def parse_answer(text: str) -> dict | None:
@@ -46,19 +56,28 @@ class Classify(WorkflowStage):
     name = "classify"
     input_suffixes = ["triggers", "repair"]
 
-    def __init__(self, workflow: Workflow, provider: Provider):
-        super().__init__(workflow)
+    def __init__(self, workflow: Workflow, provider: Provider, control: Control | ControlState | None = None):
+        super().__init__(workflow, control)
         self.provider = provider
         self.usage = metrics.ModelUsage(workflow.name)
+        self.specs = {workflow.prompt_spec.version: workflow.prompt_spec}
 
     async def process(self, record: Record) -> list[Emit]:
+        control = self.control.state
+        repaired = None
         if self.is_from(record.topic, "repair"):
-            item = WorkItem.model_validate(record.value)
-            event, attempt, errors, trigger_ms = item.event_dict(), 2, item.validation_errors, item.trigger_timestamp_ms
+            repaired = WorkItem.model_validate(record.value)
+            event, attempt, errors, trigger_ms = (repaired.event_dict(), 2, repaired.validation_errors,
+                                                  repaired.trigger_timestamp_ms)
+            version, replay = repaired.prompt.version, repaired.replay
         else:
             event, attempt, errors, trigger_ms = record.value, 1, [], record.timestamp_ms
-        spec = self.workflow.prompt_spec
+            replay = _header(record, REPLAY_HEADER)
+            version = (replay and _header(record, PROMPT_VERSION_HEADER)) or control.labels.get("production")
+        spec = self.spec(version)
         event_id = str(dotted(event, self.workflow.trigger.event_id))
+        if control.kill_switch:
+            return self._killed(record, event, event_id, spec, control, replay, repaired)
         inputs = self.workflow.redaction.inputs(spec.select_inputs(event))
         user = spec.render(inputs) + (f"\n\n{spec.render_repair(errors)}" if errors else "")
         request = ModelRequest(prompt_name=spec.name, prompt_version=spec.version, system=spec.system, user=user,
@@ -72,12 +91,35 @@ class Classify(WorkflowStage):
                         prompt=prompt, model=answer.model, raw_answer=answer.text,
                         answer=None if parsed is None else dumps(parsed), trigger_timestamp_ms=trigger_ms,
                         latency_ms=answer.latency_ms, tokens_in=answer.tokens_in, tokens_out=answer.tokens_out,
-                        cost_usd=answer.cost_usd)
+                        cost_usd=answer.cost_usd, control_version=control.version, replay=replay)
         tried = [self.trace(event_id, usage=Usage(latency_ms=a.latency_ms), prompt=prompt, model=a.model,
                             error=a.outcome) for a in answer.attempts[:-1]]  # their cost is in the answer's
         return [Emit(self.workflow.topic("classified"), item, key=record.key), *tried,
                 self.trace(event_id, usage=item, prompt=prompt, model=answer.model, inputs=inputs,
                            raw_answer=answer.text, answer=item.answer)]
+
+    def spec(self, version: str | None) -> PromptSpec:
+        """The prompt spec of ``version`` (the workflow file's when None), read from disk once."""
+        version = version or self.workflow.prompt_spec.version
+        spec = self.specs.get(version)
+        if spec is None:
+            try:
+                spec = self.specs[version] = self.workflow.prompt_spec_for(version)
+            except WorkflowError as exc:
+                raise DeadLetter("unknown_prompt_version", str(exc)) from exc
+        return spec
+
+    def _killed(self, record: Record, event: dict, event_id: str, spec: PromptSpec, control: ControlState,
+                replay: str | None, repaired: WorkItem | None) -> list[Emit]:
+        """Kill switch: no model call; a person decides from the whole event (and, for a repair, the answer
+        that failed validation)."""
+        prompt = PromptRef(name=spec.name, version=spec.version)
+        context = {} if repaired is None else {"raw_answer": repaired.raw_answer,
+                                               "validation_errors": repaired.validation_errors}
+        return [self.review("kill_switch", event_id=event_id, event=dumps(event), prompt=prompt, model="none",
+                            key=record.key, control_version=control.version, replay=replay, **context),
+                self.trace(event_id, prompt=prompt, error=f"kill switch on (control version {control.version}): "
+                                                          "no model call, sent to review")]
 
     async def close(self) -> None:
         await self.provider.close()
@@ -127,3 +169,8 @@ class Classify(WorkflowStage):
         if not answer.latency_ms:
             answer.latency_ms = (time.perf_counter() - started) * 1000
         return answer
+
+
+def _header(record: Record, name: str) -> str | None:
+    value = record.headers.get(name)
+    return value.decode() if value else None

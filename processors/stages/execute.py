@@ -7,8 +7,9 @@ In order, for each request:
    ``already_done`` execution and nothing runs — across restarts and replays.
 2. **Allowed?** The action must exist and its scope must be granted to the workflow; its
    arguments must satisfy its JSON Schema. Otherwise → dead letters, nothing runs.
-3. **Risky?** Risk above the workflow's ``approval_risk`` without an approval → review
-   (``risky_action``) with the decision and the request; nothing runs until a person says so.
+3. **Risky?** Risk above the ``approval_risk`` in force (the control state's when set, else
+   the workflow's) without an approval → review (``risky_action``) with the decision and the
+   request; nothing runs until a person says so.
 4. **Run.** A webhook is POSTed with an HMAC signature and the Idempotency-Key (retries on
    timeouts and 5xx inside :class:`WebhookAction`); a 4xx, or retries exhausted → dead
    letters. An emit writes a notification to its topic. Then an execution record and the
@@ -27,9 +28,10 @@ import orjson
 
 from processors.actions.webhook import ActionFailed, ActionResult, WebhookAction
 from processors.checks import SchemaCheck
+from processors.control import Control, approval_risk
 from processors.kafka import KafkaSettings
 from processors.ledger import Ledger
-from processors.records import ActionDone, ActionRequest, Execution, Notification
+from processors.records import ActionDone, ActionRequest, ControlState, Execution, Notification
 from processors.stage import DeadLetter, Emit, Record, now_ms
 from processors.stages.base import WorkflowStage
 from processors.workflow import Action, ActionKind, Workflow
@@ -39,8 +41,8 @@ class Execute(WorkflowStage):
     name = "execute"
     input_suffixes = ["actions"]
 
-    def __init__(self, workflow: Workflow, settings: KafkaSettings):
-        super().__init__(workflow)
+    def __init__(self, workflow: Workflow, settings: KafkaSettings, control: Control | ControlState | None = None):
+        super().__init__(workflow, control)
         done = workflow.topic("actions.done")
         self.done = Ledger(settings, done, workflow.topics[done], ActionDone)
         self.schemas = {name: SchemaCheck(a.arguments_schema, "(arguments)") for name, a in workflow.actions.items()}
@@ -66,13 +68,16 @@ class Execute(WorkflowStage):
             return self._executed(request, "already_done", ActionResult(http_status=None, response=None,
                                                                          attempts=0, latency_ms=0.0))
         action, arguments = self._allowed(request)
-        if action.risk > self.workflow.approval_risk and request.approved_by is None:
+        control = self.control.state
+        bound = approval_risk(self.workflow, control)
+        if action.risk > bound and request.approved_by is None:
             decision = request.decision_record()
             return [self.review("risky_action", event_id=request.event_id, event=decision.event,
                                 prompt=decision.prompt, model=decision.model, key=request.event_id,
-                                suffix=f":{request.action}", answer=decision.answer, action=request.model_dump_json()),
+                                suffix=f":{request.action}", answer=decision.answer, action=request.model_dump_json(),
+                                control_version=control.version, replay=decision.replay),
                     self.trace(request.event_id, action_request=request.arguments,
-                               error=f"risk {action.risk} above {self.workflow.approval_risk}: awaiting approval")]
+                               error=f"risk {action.risk} above {bound}: awaiting approval")]
         if action.kind == ActionKind.webhook:
             try:
                 result = await self.webhooks[request.action].run(key, arguments)

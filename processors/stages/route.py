@@ -3,15 +3,30 @@
 The first route whose conditions hold decides (``workflow.yaml``, ``routes``). The decision
 goes to ``<workflow>.decisions.<route>``, keyed like the trigger, and each action the route
 names becomes an action request keyed by its idempotency key (``<event id>:<action>``), so
-execute can recognise an effect that was already applied. In shadow mode the decision goes
-to ``<workflow>.shadow`` and no action is requested.
+execute can recognise an effect that was already applied.
+
+The rollout mode in force (control topic, else the workflow file's ``mode``) decides whether
+the model's answer may act on its own:
+
+* ``shadow``: the decision goes to ``<workflow>.shadow``; no action is requested, ever.
+* ``suggest``: every answer goes to review (``suggest``) with the model's answer as the suggestion.
+* ``partial``: the decision stands only when its confidence reaches the review threshold in force
+  and every action of its route is low-risk (risk at most the workflow's ``partial_max_risk``);
+  otherwise review (``partial``), saying which condition failed.
+* ``full``: every validated answer is decided and its actions requested.
+
+An answer a person already decided (``WorkItem.reviewed_by``) is not sent back to review by
+``suggest`` or ``partial``. Decisions and review items record the control version they were made
+under; a replayed item's decision carries its replay id.
 """
 
 from __future__ import annotations
 
-from processors.records import ActionRequest, Decision, WorkItem, dumps
+from processors.control import review_threshold
+from processors.records import ActionRequest, ControlState, Decision, WorkItem, dumps
 from processors.stage import DeadLetter, Emit, Record, now_ms
 from processors.stages.base import WorkflowStage
+from processors.workflow import RouteRule
 
 
 class Route(WorkflowStage):
@@ -20,26 +35,49 @@ class Route(WorkflowStage):
     inline = True
 
     async def process(self, record: Record) -> list[Emit]:
+        control = self.control.state
         item = WorkItem.model_validate(record.value)
         answer, event = item.answer_dict(), item.event_dict()
         route, route_name, rule = self.workflow.decide(answer, event)
-        topic = self.workflow.topic("shadow" if self.workflow.shadow else f"decisions.{route_name}")
+        held = None if item.reviewed_by else self._held(control, route, answer)
+        if held is not None:
+            return [self.review(control.mode, event_id=item.event_id, event=item.event, prompt=item.prompt,
+                                model=item.model, key=record.key, answer=item.answer, raw_answer=item.raw_answer,
+                                validation_errors=[held], control_version=control.version, replay=item.replay),
+                    self.trace(item.event_id, decision={"route": route_name, "rule": rule, "topic": "review"},
+                               error=held)]
+        shadow = control.mode == "shadow"
+        topic = self.workflow.topic("shadow" if shadow else f"decisions.{route_name}")
         if topic not in self.workflow.topics:
             raise DeadLetter("no_route_topic", f"route {route_name!r} resolved from {rule} has no topic {topic}")
         decision = Decision(event_id=item.event_id, workflow=self.workflow.name, route=route_name, rule=rule,
                             label=str(answer[self.workflow.label]), confidence=float(answer.get("confidence", 0.0)),
                             answer=item.answer, event=item.event, prompt=item.prompt, model=item.model,
-                            shadow=self.workflow.shadow, decided_at_ms=now_ms(),
+                            shadow=shadow, decided_at_ms=now_ms(),
                             source="review" if item.reviewed_by else "model",
                             trigger_timestamp_ms=item.trigger_timestamp_ms, latency_ms=item.latency_ms,
-                            tokens_in=item.tokens_in, tokens_out=item.tokens_out, cost_usd=item.cost_usd)
+                            tokens_in=item.tokens_in, tokens_out=item.tokens_out, cost_usd=item.cost_usd,
+                            control_version=control.version, replay=item.replay)
         outputs = [Emit(topic, decision, key=record.key)]
-        requests = [] if self.workflow.shadow else [self._request(name, decision, answer, event)
-                                                    for name in route.actions]
+        requests = [] if shadow else [self._request(name, decision, answer, event) for name in route.actions]
         outputs += [Emit(self.workflow.topic("actions"), r, key=r.idempotency_key) for r in requests]
         outputs.append(self.trace(item.event_id, decision={"route": route_name, "rule": rule, "topic": topic},
                                   action_request=[r.action for r in requests]))
         return outputs
+
+    def _held(self, control: ControlState, route: RouteRule, answer: dict) -> str | None:
+        """Why the rollout mode keeps this answer from acting on its own, or None when it may act."""
+        if control.mode == "suggest":
+            return "suggest mode: every answer is a suggestion a person decides"
+        if control.mode != "partial":
+            return None
+        confidence, threshold = answer.get("confidence", 0.0), review_threshold(self.workflow, control)
+        if confidence < threshold:
+            return f"partial mode: confidence {confidence} is below {threshold}"
+        bound = self.workflow.partial_max_risk
+        risky = [f"{name} (risk {self.workflow.actions[name].risk})" for name in route.actions
+                 if self.workflow.actions[name].risk > bound]
+        return f"partial mode: {', '.join(risky)} above the low-risk bound {bound}" if risky else None
 
     def _request(self, name: str, decision: Decision, answer: dict, event: dict) -> ActionRequest:
         view = {"answer": answer, "event": event, "decision": decision.model_dump(include={"route", "label", "confidence"})}

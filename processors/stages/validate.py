@@ -12,16 +12,22 @@ review threshold. Then:
 A duplicate event id is recognised with a compacted ledger (``<workflow>.seen``): the first
 record to settle an event is remembered with its partition and offset; a *different* record
 for the same event id later is dropped as a duplicate, while the *same* record re-read after
-a crash is processed again (its earlier outputs were never committed).
+a crash is processed again (its earlier outputs were never committed). A replayed item
+(``WorkItem.replay``) is a deliberate re-run: it neither consults nor updates the ledger.
+
+Control, read once per record: the review threshold in force (the control state's when set,
+else the workflow's); the answer is checked against the output schema of the prompt version
+that produced it, whichever version the production label points to now.
 """
 
 from __future__ import annotations
 
 from processors import metrics, rules
 from processors.checks import SchemaCheck
+from processors.control import Control, review_threshold
 from processors.kafka import KafkaSettings
 from processors.ledger import Ledger
-from processors.records import SeenEvent, WorkItem
+from processors.records import ControlState, SeenEvent, WorkItem
 from processors.stage import Emit, Record, now_ms
 from processors.stages.base import WorkflowStage
 from processors.workflow import Workflow
@@ -34,9 +40,9 @@ class Validate(WorkflowStage):
     input_suffixes = ["classified"]
     inline = True
 
-    def __init__(self, workflow: Workflow, settings: KafkaSettings):
-        super().__init__(workflow)
-        self.schema = SchemaCheck(workflow.prompt_spec.output_schema, "(answer)")
+    def __init__(self, workflow: Workflow, settings: KafkaSettings, control: Control | ControlState | None = None):
+        super().__init__(workflow, control)
+        self.schemas = {workflow.prompt_spec.version: SchemaCheck(workflow.prompt_spec.output_schema, "(answer)")}
         seen = workflow.topic("seen")
         self.seen = Ledger(settings, seen, workflow.topics[seen], SeenEvent)
 
@@ -46,11 +52,21 @@ class Validate(WorkflowStage):
     def errors(self, answer: dict | None, item: WorkItem) -> list[str]:
         if answer is None:
             return ["the answer is not a JSON object"]
-        return self.schema.errors(answer) or rules.check(self.workflow.rules, answer, item.event_dict())
+        return self.schema(item.prompt.version).errors(answer) or rules.check(self.workflow.rules, answer,
+                                                                              item.event_dict())
+
+    def schema(self, version: str) -> SchemaCheck:
+        """The output schema check of a prompt version, built once."""
+        check = self.schemas.get(version)
+        if check is None:
+            check = self.schemas[version] = SchemaCheck(self.workflow.prompt_spec_for(version).output_schema,
+                                                        "(answer)")
+        return check
 
     async def process(self, record: Record) -> list[Emit]:
+        control = self.control.state
         item = WorkItem.model_validate(record.value)
-        earlier = self.seen.get(item.event_id)
+        earlier = None if item.replay else self.seen.get(item.event_id)
         if earlier is not None and (earlier.partition, earlier.offset) != (record.partition, record.offset):
             return [self.trace(item.event_id, error=f"duplicate event id, first settled at offset {earlier.offset}")]
         answer = item.answer_dict()
@@ -59,18 +75,21 @@ class Validate(WorkflowStage):
             metrics.VALIDATION_FAILURES.labels(self.workflow.name, problem.split(":")[0]).inc()
         trace = self.trace(item.event_id, answer=item.answer, validation=errors or "ok")
         if errors and item.attempt < MAX_ATTEMPTS:
-            retry = item.model_copy(update={"validation_errors": errors})
+            retry = item.model_copy(update={"validation_errors": errors, "control_version": control.version})
             return [Emit(self.workflow.topic("repair"), retry, key=record.key), trace]
-        settled = self.seen.record(item.event_id, SeenEvent(event_id=item.event_id, partition=record.partition,
-                                                             offset=record.offset, at_ms=now_ms()))
+        settled = [] if item.replay else [self.seen.record(item.event_id, SeenEvent(
+            event_id=item.event_id, partition=record.partition, offset=record.offset, at_ms=now_ms()))]
         if errors:
-            return [self._review("invalid_output", item, record, errors), settled, trace]
+            return [self._review("invalid_output", item, record, errors, control), *settled, trace]
         confidence = answer.get("confidence", 0.0)
-        if confidence < self.workflow.review_threshold:
-            return [self._review("low_confidence", item, record,
-                                 [f"confidence {confidence} is below {self.workflow.review_threshold}"]), settled, trace]
-        return [Emit(self.workflow.topic("validated"), item, key=record.key), settled, trace]
+        threshold = review_threshold(self.workflow, control)
+        if confidence < threshold:
+            return [self._review("low_confidence", item, record, [f"confidence {confidence} is below {threshold}"],
+                                 control), *settled, trace]
+        item.control_version = control.version  # this stage's own copy, decoded for this record
+        return [Emit(self.workflow.topic("validated"), item, key=record.key), *settled, trace]
 
-    def _review(self, reason: str, item: WorkItem, record: Record, errors: list[str]) -> Emit:
+    def _review(self, reason: str, item: WorkItem, record: Record, errors: list[str], control: ControlState) -> Emit:
         return self.review(reason, event_id=item.event_id, event=item.event, prompt=item.prompt, model=item.model,
-                           key=record.key, answer=item.answer, raw_answer=item.raw_answer, validation_errors=errors)
+                           key=record.key, answer=item.answer, raw_answer=item.raw_answer, validation_errors=errors,
+                           control_version=control.version, replay=item.replay)
