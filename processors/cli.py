@@ -98,6 +98,8 @@ def run(workflow: WorkflowName,
         max_in_flight: Annotated[int, typer.Option(help="Records in flight per stage.")] = 500,
         instance: Annotated[Optional[str], typer.Option(help="exactly_once: this process's stable instance name "
                                                                "(default: the host name).")] = None,
+        metrics_port: Annotated[Optional[int], typer.Option(envvar="HANDOFF_METRICS_PORT", help=(
+            "Serve Prometheus metrics on 127.0.0.1:PORT/metrics (default: off)."))] = None,
         bootstrap: Bootstrap = None) -> None:
     """Run a workflow's stages until SIGTERM or Ctrl-C (drains in-flight work, then commits)."""
     from processors.pipeline import STAGES, Pipeline
@@ -115,7 +117,32 @@ def run(workflow: WorkflowName,
     options = RuntimeOptions(guarantee=guarantee, max_in_flight=max_in_flight,
                              **({"instance": instance} if instance else {}))
     typer.echo(f"running {workflow} stages {', '.join(stages)} against {conf.bootstrap_servers} ({guarantee})")
+    if metrics_port is not None:
+        from processors import metrics
+
+        typer.echo(f"metrics on http://127.0.0.1:{metrics.serve(metrics_port).server_port}/metrics")
     Pipeline(flow, conf, stages, options).run()
+
+
+@app.command()
+def report(workflow: WorkflowName,
+           since: Annotated[Optional[str], typer.Option(help="Only events settled since: an ISO time (UTC unless it "
+                                                             "names a zone) or a span back from now: 30m, 2h, 7d.")] = None,
+           as_json: Annotated[bool, typer.Option("--json", help="One JSON object, for machines.")] = False,
+           bootstrap: Bootstrap = None) -> None:
+    """Per prompt version: automation, review, override and schema-failure rates, escalation recall, dead
+    letters, p50/p95 latency, tokens and cost per completed workflow (defined in processors/report.py)."""
+    from processors.report import build, parse_since
+    from processors.workflow import WorkflowError, load_workflow
+
+    conf = settings(bootstrap)
+    try:
+        flow = load_workflow(workflow, conf.namespace)
+        since_ms = parse_since(since) if since else None
+    except (WorkflowError, ValueError) as exc:
+        raise fail(str(exc))
+    result = build(flow, conf, since_ms)
+    typer.echo(result.model_dump_json(indent=2) if as_json else result.render())
 
 
 @app.command()

@@ -1,8 +1,16 @@
-"""Prometheus metrics, labelled by workflow and stage so one dashboard serves every workflow."""
+"""Prometheus metrics, labelled by workflow and stage so one dashboard serves every workflow.
+
+Every stage process serves them on ``/metrics`` when started with ``handoff run --metrics-port``
+(:func:`serve`). Counters are per process: sum them over processes with PromQL. Per-version
+quality figures (automation, override, escalation recall…) need joins across topics and are
+computed by ``handoff report`` (:mod:`processors.report`), not here.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import Counter, Histogram, start_http_server
 
 EVENTS_IN = Counter("handoff_events_in_total", "Records consumed by a stage.", ["workflow", "stage"])
 EVENTS_OUT = Counter("handoff_events_out_total", "Records produced by a stage, by topic.", ["workflow", "stage", "topic"])
@@ -55,3 +63,10 @@ class ModelUsage:
         self._tokens_in.inc(tokens_in)
         self._tokens_out.inc(tokens_out)
         self._cost.inc(cost_usd)
+
+
+def serve(port: int) -> WSGIServer:
+    """Serve ``/metrics`` on loopback (``port`` 0: any free port, see ``server_port``). Loopback only:
+    a scraper on the same host or pod reaches it; nothing else on the network does."""
+    server, _thread = start_http_server(port, addr="127.0.0.1")
+    return server
