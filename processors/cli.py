@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Literal, Optional
 
@@ -161,6 +162,112 @@ def tail(topic: Annotated[str, typer.Argument(help="Declared topic name, e.g. su
     serde = AvroSerde(spec.value_schema, registry_url=conf.schema_registry_url) if spec.value_schema else None
     for msg in follow(conf, spec.name) if follow_ else snapshot(conf, spec.name):
         typer.echo(orjson.dumps(describe(msg, serde)).decode())
+
+
+review_app = typer.Typer(no_args_is_help=True, help="The review queue: what people must decide. The first verdict "
+                                                    "on an item wins; a later one is refused.")
+dataset_app = typer.Typer(no_args_is_help=True, help="Datasets made from what people decided.")
+app.add_typer(review_app, name="review")
+app.add_typer(dataset_app, name="dataset")
+ReviewId = Annotated[str, typer.Argument(help="The review id, as `handoff review list` prints it.")]
+Reviewer = Annotated[Optional[str], typer.Option(help="Who decides (default: $HANDOFF_REVIEWER, else the OS user).")]
+
+
+def review_queue(workflow: str, bootstrap: str | None):
+    from processors.review_queue import ReviewQueue
+    from processors.workflow import WorkflowError, load_workflow
+
+    conf = settings(bootstrap)
+    try:
+        return ReviewQueue(load_workflow(workflow, conf.namespace), conf)
+    except WorkflowError as exc:
+        raise fail(str(exc))
+
+
+def decide(workflow: str, bootstrap: str | None, review_id: str, kind: str, reviewer: str | None,
+           fields: list[str] = (), reason: str | None = None) -> None:
+    """Write a verdict; exit 1 with the reason when it is refused or void."""
+    from processors.review_queue import InvalidVerdict, UnknownItem, VerdictRefused, next_step, parse_fields
+
+    queue = review_queue(workflow, bootstrap)
+    try:
+        verdict = queue.decide(review_id, kind, reviewer=reviewer, fields=parse_fields(list(fields)), reason=reason)
+    except (InvalidVerdict, UnknownItem, VerdictRefused) as exc:
+        raise fail(str(exc))
+    typer.echo(f"{kind} of {review_id} by {verdict.reviewer}: recorded, first verdict. {next_step(verdict)}")
+
+
+@review_app.command("list")
+def review_list(workflow: WorkflowName, bootstrap: Bootstrap = None) -> None:
+    """Open items, oldest first: id, reason, age, the model's label and confidence (or the action), the event."""
+    from processors.review_queue import line
+
+    queue = review_queue(workflow, bootstrap)
+    items = queue.open_items()
+    for item in items:
+        typer.echo(line(queue.workflow, item))
+    typer.echo(f"{len(items)} open")
+
+
+@review_app.command("show")
+def review_show(review_id: ReviewId, workflow: WorkflowName, bootstrap: Bootstrap = None) -> None:
+    """The whole context of an item as JSON: event, answer, errors, action, and its verdict if any."""
+    from processors.review_queue import UnknownItem, context
+
+    try:
+        item, decided = review_queue(workflow, bootstrap).get(review_id)
+    except UnknownItem as exc:
+        raise fail(str(exc))
+    typer.echo(orjson.dumps(context(item, decided), option=orjson.OPT_INDENT_2).decode())
+
+
+@review_app.command("approve")
+def review_approve(review_id: ReviewId, workflow: WorkflowName, reviewer: Reviewer = None,
+                   reason: Annotated[Optional[str], typer.Option(help="Why (optional).")] = None,
+                   bootstrap: Bootstrap = None) -> None:
+    """The model's answer stands (or the risky action may run)."""
+    decide(workflow, bootstrap, review_id, "approve", reviewer, reason=reason)
+
+
+@review_app.command("correct")
+def review_correct(review_id: ReviewId, workflow: WorkflowName,
+                   set_: Annotated[list[str], typer.Option("--set", help="field=value on the model's answer; repeat.")],
+                   reviewer: Reviewer = None, reason: Annotated[Optional[str], typer.Option(help="Why (optional).")] = None,
+                   bootstrap: Bootstrap = None) -> None:
+    """Set answer fields; checked against the prompt's output schema and the workflow's rules."""
+    decide(workflow, bootstrap, review_id, "correct", reviewer, set_, reason)
+
+
+@review_app.command("reject")
+def review_reject(review_id: ReviewId, workflow: WorkflowName,
+                  reason: Annotated[str, typer.Option(help="Why: recorded with the verdict.")],
+                  reviewer: Reviewer = None, bootstrap: Bootstrap = None) -> None:
+    """Close the item: nothing continues."""
+    decide(workflow, bootstrap, review_id, "reject", reviewer, reason=reason)
+
+
+class DatasetSource(StrEnum):
+    corrections = "corrections"
+
+
+@dataset_app.command("export")
+def dataset_export(workflow: WorkflowName,
+                   source: Annotated[DatasetSource, typer.Option("--from", help="corrections: every answer a "
+                                                                               "reviewer corrected.")],
+                   out: Annotated[Optional[Path], typer.Option(help="Default: workflows/<wf>/datasets/evals/"
+                                                                    "regression.jsonl.")] = None,
+                   bootstrap: Bootstrap = None) -> None:
+    """Write the regression set evals read: the trigger event plus the expected answer, one per line."""
+    from processors.corrections import export
+    from processors.workflow import WorkflowError, load_workflow
+
+    conf = settings(bootstrap)
+    try:
+        flow = load_workflow(workflow, conf.namespace)
+    except WorkflowError as exc:
+        raise fail(str(exc))
+    done = export(flow, conf, out)
+    typer.echo(f"wrote {done.rows} examples ({done.corrections} corrections) to {done.path}")
 
 
 prompt_app = typer.Typer(no_args_is_help=True, help="Prompt versions (files) and the labels that point at them "

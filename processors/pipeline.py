@@ -26,6 +26,7 @@ from processors.runtime import RuntimeOptions, StageRuntime
 from processors.stage import Stage
 from processors.stages.classify import Classify
 from processors.stages.execute import Execute
+from processors.stages.review import Review
 from processors.stages.route import Route
 from processors.stages.validate import Validate
 from processors.tail import lag
@@ -33,7 +34,7 @@ from processors.workflow import CascadeModel, EmbeddedModel, ScriptedModel, Work
 
 log = logging.getLogger("handoff.pipeline")
 
-STAGES = ("classify", "validate", "route", "execute")
+STAGES = ("classify", "validate", "route", "execute", "review")
 
 
 def build_provider(workflow: Workflow) -> Provider:
@@ -63,6 +64,8 @@ def build_stage(name: str, workflow: Workflow, settings: KafkaSettings, provider
         return Route(workflow, control)
     if name == "execute":
         return Execute(workflow, settings, control)
+    if name == "review":
+        return Review(workflow, settings, control)
     raise ValueError(f"unknown stage {name!r}; one of {', '.join(STAGES)}")
 
 

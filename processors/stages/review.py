@@ -1,0 +1,94 @@
+"""Review: a person's verdict continues the item it decides, or closes it.
+
+Input: ``<workflow>.verdicts``, keyed by review id, written by ``handoff review``
+(:mod:`processors.review_queue`). Only the **first** verdict in the log on a review id is
+applied; a later one gets a trace saying it was refused, nothing else. The stage knows which
+verdict came first without any state of its own: on assign it reads the verdicts topic up to
+now and keeps the first offset per review id (:func:`~processors.review_queue.first_verdicts`;
+unlike a ledger, which keeps the last entry per key); verdicts that arrive later are met in
+log order, so the first one it meets on a review id it has not seen is the first.
+
+Applying the first verdict (the verdict carries its review item, so no lookup):
+
+* approve or correct of an answer (low confidence, invalid output, or any other reason but a
+  risky action) → a work item on ``<workflow>.validated`` with the reviewed answer and
+  ``reviewed_by``, keyed like the trigger, stamped with the control version in force now; route
+  decides it (``source="review"``; rollout modes never send it back to review) and requests its
+  actions, which execute runs once (idempotency key ``<event id>:<action>``, as always);
+* approve of a risky action → the stored action request with ``approved_by`` on
+  ``<workflow>.actions``, keyed by its idempotency key; execute runs it;
+* reject → closed: a trace with the reason, nothing continues.
+
+A verdict that cannot apply (written by another client without the checks ``handoff review``
+makes) goes to the dead letters as ``invalid_verdict``. Under ``at_least_once`` a crash before
+the commit applies a verdict again: route then writes its decision twice, and execute's
+idempotency ledger still runs each action once.
+"""
+
+from __future__ import annotations
+
+import orjson
+
+from processors.control import Control
+from processors.kafka import KafkaSettings
+from processors.prompt import lookup
+from processors.records import ActionRequest, ControlState, ReviewItem, Verdict, WorkItem
+from processors.review_queue import RISKY, first_verdicts, verdict_errors
+from processors.serde import AvroSerde
+from processors.stage import DeadLetter, Emit, Record
+from processors.stages.base import WorkflowStage
+from processors.stages.validate import Validate
+from processors.tail import snapshot
+from processors.workflow import Workflow
+
+
+class Review(WorkflowStage):
+    name = "review"
+    input_suffixes = ["verdicts"]
+    inline = True
+
+    def __init__(self, workflow: Workflow, settings: KafkaSettings, control: Control | ControlState | None = None):
+        super().__init__(workflow, control)
+        self.settings = settings
+        self.spec = workflow.topics[workflow.topic("verdicts")]
+        self.validate = Validate(workflow, settings)  # its answer checks only; its ledger is never loaded
+        self.first: dict[str, tuple[int, int]] = {}
+
+    def on_assign(self, partitions: list[tuple[str, int]]) -> None:
+        serde = AvroSerde(self.spec.value_schema, registry_url=self.settings.schema_registry_url)
+        self.first = {review_id: (logged.partition, logged.offset) for review_id, logged
+                      in first_verdicts(snapshot(self.settings, self.spec.name), serde).items()}
+
+    async def process(self, record: Record) -> list[Emit]:
+        verdict = Verdict.model_validate(record.value)
+        here = (record.partition, record.offset)
+        first = self.first.setdefault(verdict.review_id, here)
+        if first != here:
+            return [self.trace(verdict.event_id, error=f"verdict {verdict.verdict_id} ({verdict.verdict} by "
+                               f"{verdict.reviewer}) refused: {verdict.review_id} was decided first by the verdict "
+                               f"at partition {first[0]} offset {first[1]}")]
+        errors = verdict_errors(self.workflow, self.validate, verdict)
+        if errors:
+            raise DeadLetter("invalid_verdict", "; ".join(errors))
+        item = verdict.review_item()
+        said = {"review_id": verdict.review_id, "verdict": verdict.verdict, "reviewer": verdict.reviewer,
+                "reason": verdict.reason}
+        if verdict.verdict == "reject":
+            return [self.trace(verdict.event_id, decision=said | {"closed": item.reason})]
+        if item.reason == RISKY:
+            request = ActionRequest.model_validate_json(item.action)
+            request = request.model_copy(update={"approved_by": verdict.reviewer})
+            return [Emit(self.workflow.topic("actions"), request, key=request.idempotency_key),
+                    self.trace(verdict.event_id, decision=said, action_request=request.arguments)]
+        return [Emit(self.workflow.topic("validated"), self._reviewed(item, verdict), key=self._trigger_key(item)),
+                self.trace(verdict.event_id, decision=said, answer=verdict.answer)]
+
+    def _reviewed(self, item: ReviewItem, verdict: Verdict) -> WorkItem:
+        return WorkItem(event_id=item.event_id, workflow=item.workflow, event=item.event, prompt=item.prompt,
+                        model=item.model, raw_answer=item.raw_answer, answer=verdict.answer,
+                        control_version=self.control.state.version, replay=item.replay, reviewed_by=verdict.reviewer)
+
+    def _trigger_key(self, item: ReviewItem) -> str | None:
+        """The trigger's key, so the reviewed item keeps its entity's order downstream."""
+        key = lookup(orjson.loads(item.event), self.workflow.trigger.key)
+        return None if key is None else str(key)
