@@ -151,7 +151,6 @@ class EvalReport(BaseModel):
 
 class Dataset(BaseModel):
     name: str
-    path: Path
     rows: list[dict]
 
 
@@ -201,14 +200,15 @@ def load_dataset(runner: OfflineRunner, name: str, path: Path) -> Dataset:
             raise EvalError(f"{where}: event id {event_id} appears twice")
         seen.add(event_id)
         rows.append(row)
-    return Dataset(name=name, path=path, rows=rows)
+    return Dataset(name=name, rows=rows)
 
 
 def run_suite(workflow: Workflow, datasets: list[str] | None = None, provider: Provider | None = None,
               progress: bool = False, control: ControlState | None = None) -> EvalReport:
     """Run ``workflow``'s prompt version (``workflow.with_prompt(v)`` for another) through its
     eval suite. ``datasets`` picks some of the suite's; ``provider`` replaces the workflow's
-    model (tests); ``control`` pins another state than the initial one, fully rolled out."""
+    model (tests); ``control`` pins another state than the initial one (its thresholds apply),
+    with the version under test in production, fully rolled out and the kill switch off."""
     return asyncio.run(_run_suite(workflow, datasets, provider, progress, control))
 
 
@@ -228,7 +228,9 @@ async def _run_suite(workflow: Workflow, chosen: list[str] | None, provider: Pro
     if missing:
         raise EvalError(f"{suite_path(workflow)}: dataset file(s) missing: "
                         + ", ".join(str(folder / f"{name}.jsonl") for name in missing))
-    state = (control or initial(workflow)).model_copy(update={"mode": "full"})
+    base = control or initial(workflow)
+    state = base.model_copy(update={"mode": "full", "kill_switch": False,
+                                    "labels": base.labels | {"production": workflow.prompt_spec.version}})
     own = provider is None
     runner = OfflineRunner(workflow, provider or build_provider(workflow), state)
     try:

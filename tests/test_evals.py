@@ -19,6 +19,7 @@ import yaml
 from typer.testing import CliRunner
 
 from processors.cli import app
+from processors.control import initial
 from processors.evals import EvalError, EvalReport, run_suite
 from processors.offline import OfflineRunner
 from processors.pipeline import Pipeline, build_provider
@@ -157,9 +158,11 @@ def test_a_model_that_breaks_json_for_one_version_fails_it_and_the_regression_se
 
     workflow = load_workflow("support_ticket", root=copied)
     passing = run_suite(workflow, provider=ScriptedProvider(default=model))
-    failing = run_suite(workflow.with_prompt("2026-06-03.1"), provider=ScriptedProvider(default=model))
+    live = initial(workflow).model_copy(update={"mode": "suggest", "kill_switch": True})  # production: 2026-05-29.1
+    failing = run_suite(workflow.with_prompt("2026-06-03.1"), provider=ScriptedProvider(default=model), control=live)
 
     assert passing.passed and failing.prompt.version == "2026-06-03.1" and not failing.passed
+    # the version under test answered, as if fully rolled out, whatever the live state says
     values = {row.metric: row for row in failing.rows}
     assert values["valid_json_rate"].value == 0 and values["valid_json_rate"].passed is False
     assert values["category_accuracy"].value == 0, "an out-of-enum answer sent to review is no right answer"
