@@ -41,6 +41,7 @@ from collections import Counter
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+
 import numpy as np
 import orjson
 import yaml
@@ -48,7 +49,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from processors.checks import SchemaCheck
 from processors.control import initial
-from processors.offline import LABELS_FIELD, OfflineResult, OfflineRunner
+from processors.offline import OfflineResult, OfflineRunner
+from processors.produce import LABELS_FIELD
 from processors.prompt import dotted
 from processors.providers.base import Provider
 from processors.records import ControlState, PromptRef

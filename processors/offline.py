@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from processors.checks import SchemaCheck
 from processors.kafka import KafkaSettings
+from processors.produce import LABELS_FIELD
 from processors.prompt import dotted
 from processors.providers.base import Provider
 from processors.records import ControlState, Decision, PromptRef, ReviewItem, Usage, WorkItem
@@ -47,10 +48,6 @@ from processors.stages.validate import Validate
 from processors.workflow import Workflow
 
 log = logging.getLogger("handoff.offline")
-
-LABELS_FIELD = "expected"
-"""Dataset rows carry their expected answer here; it never reaches the stages."""
-
 
 class OfflineResult(Usage):
     """Where one event ended and how it got there. Usage (latency, tokens, cost) sums every
@@ -102,8 +99,9 @@ class OfflineRunner:
         self.schema = SchemaCheck(workflow.prompt_spec.output_schema, "(answer)")  # judges the first answer
 
     def encode(self, row: dict) -> bytes:
-        """The event's bytes on the trigger topic; ``EncodeError`` when it does not satisfy the
-        trigger contract (it could never have been produced)."""
+        """The event's bytes on the trigger topic (a dataset row's ``expected`` dropped, as
+        ``handoff produce`` drops it); ``EncodeError`` when it does not satisfy the trigger
+        contract (it could never have been produced)."""
         event = {k: v for k, v in row.items() if k != LABELS_FIELD}
         return self.contract.encode(event, self.trigger_topic, check=True)
 
