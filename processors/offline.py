@@ -49,6 +49,7 @@ from processors.workflow import Workflow
 
 log = logging.getLogger("handoff.offline")
 
+
 class OfflineResult(Usage):
     """Where one event ended and how it got there. Usage (latency, tokens, cost) sums every
     model answer behind it, the repair included; a dead letter's failed calls are not priced."""
