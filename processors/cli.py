@@ -447,34 +447,6 @@ def control_approval_risk(value: Annotated[str, typer.Argument(help="0..1, or 'd
     change_control(workflow, bootstrap, f"approval risk {value}", reason, by, approval_risk=bound(value, "approval-risk"))
 
 
-@app.command("eval")
-def eval_(workflow: WorkflowName,
-          prompt_version: Annotated[Optional[str], typer.Option(help="The version to evaluate (default: the "
-                                                                     "workflow file's).")] = None,
-          dataset: Annotated[Optional[list[str]], typer.Option(help="Run only this dataset of the suite "
-                                                                    "(repeatable): a look, not a gate.")] = None,
-          report: Annotated[Optional[Path], typer.Option(help="Where the JSON report goes (default: "
-                                                              ".local/evals/<workflow>-<version>.json).")] = None,
-          workflows_dir: WorkflowsDir = None) -> None:
-    """Run a prompt version's eval suite offline; print metric, target, value, pass; exit 1 on any miss."""
-    from processors.evals import REPORTS_DIR, EvalError, run_suite
-    from processors.workflow import WORKFLOWS_DIR, WorkflowError, load_workflow
-
-    try:
-        flow = load_workflow(workflow, root=workflows_dir or WORKFLOWS_DIR)
-        flow = flow.with_prompt(prompt_version) if prompt_version else flow
-        result = run_suite(flow, datasets=dataset, progress=True)
-    except (WorkflowError, EvalError) as exc:
-        raise fail(str(exc))
-    path = report or REPORTS_DIR / f"{workflow}-{result.prompt.version}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(result.to_json())
-    typer.echo(result.table())
-    typer.echo(f"report: {path}")
-    if not result.passed:
-        raise typer.Exit(1)
-
-
 @app.command()
 def replay(workflow: WorkflowName,
            start: Annotated[Optional[str], typer.Option("--from", help="ISO time (UTC unless it names a zone): "
