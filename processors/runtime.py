@@ -47,7 +47,9 @@ Results that arrive later for a revoked partition are discarded (assignment epoc
 
 **Poison.** A record that cannot be decoded, or whose ``process`` raises, goes to the
 workflow's dead-letter topic with its original key and value bytes and headers that say where
-it came from and why; the partition carries on.
+it came from and why; the partition carries on. The input's own headers are kept (all but
+``handoff.*``, which the dead letter sets afresh), so a replayed record that fails again still
+carries ``handoff-replay`` and a replay does not pick it up again (``processors/replay.py``).
 
 **Shutdown.** SIGTERM or SIGINT stop intake, drain in-flight work (bounded), commit, close.
 **Broker gone.** If no broker answers for ``broker_timeout_s``, the runtime raises

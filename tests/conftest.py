@@ -20,7 +20,7 @@ from processors.localkafka import LocalKafka, LocalKafkaError, free_port, wait_f
 from processors.receiver import WebhookReceiver
 from processors.serde import AvroSerde
 from processors.topics import apply
-from processors.workflow import ModelRetries, Workflow, load_workflow
+from processors.workflow import WORKFLOWS_DIR, ModelRetries, Workflow, load_workflow
 
 
 def _docker_answers() -> bool:
@@ -88,9 +88,9 @@ def receiver(monkeypatch):
         yield hooks
 
 
-def deployed(name: str, kafka) -> Workflow:
-    """The workflow with its topics created in the test's namespace; model retries made quick."""
-    workflow = load_workflow(name, kafka.namespace)
+def deployed(name: str, kafka, root: Path = WORKFLOWS_DIR) -> Workflow:
+    """The workflow (from ``root``) with its topics created in the test's namespace; model retries made quick."""
+    workflow = load_workflow(name, kafka.namespace, root)
     workflow = workflow.model_copy(update={"retries": ModelRetries(attempts=3, backoff_initial_s=0.01,
                                                                    backoff_max_s=0.05, timeout_s=5)})
     apply(kafka.admin(), list(workflow.topics.values()))

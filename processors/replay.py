@@ -1,0 +1,485 @@
+"""Replay: run past triggers again after a fix, through a chosen prompt version.
+
+A replay has a selection and a mode, and an id (``r…``, or ``--id``) that marks everything it
+writes.
+
+**Selection.** The original triggers, each with its key and its original bytes:
+
+* ``--from/--to``: the records of ``<wf>.triggers`` whose timestamps fall in the range (the
+  broker's time index, ``offsets_for_times``, finds where the range starts and ends);
+* ``--offsets P:FROM-TO,…``: offset ranges of ``<wf>.triggers``, both ends included;
+* ``--source review``: the events that are waiting in review now (a review item holds the
+  event's JSON, which is re-encoded with the trigger topic's contract);
+* ``--source dlq``: the events that are in the dead letters now (their original bytes, or the
+  event of the work item that was dead-lettered after classify).
+
+Where an event is *now* is the latest of its decisions, review items and dead letters. What a
+selection leaves out is counted by reason, never silently dropped:
+
+* a trigger that is itself a replay — replaying the original is what was meant;
+* **the loop guard**: an event whose latest dead letter came from a replay (its record carried
+  ``handoff-replay``; the runtime keeps that header on the dead letter). It failed again after a
+  fix, so it waits for a person instead of going round again;
+* bytes that do not decode — the same bytes would fail the same way;
+* a review item or dead letter whose event has been decided (or moved on) since;
+* a review item or dead letter of a later stage — an action that failed or awaits approval, a
+  verdict, an outcome: a better prompt does not change them.
+
+**Shadow** runs the selection through the real classify/validate/route code in this process
+(:mod:`processors.offline`) with the chosen prompt version, writes the new decisions to
+``<wf>.replay`` (``Decision.replay`` = the replay id; nothing acts on that topic) and reports
+each event's old and new place and the count of each transition (``review:invalid_output →
+billing``). Nothing reaches execute.
+
+**Live** produces the selection to ``<wf>.triggers`` again, with its original key and the
+headers ``handoff-replay: <id>`` and ``handoff-prompt-version: <V>``. The stages process such a
+record as a replay rather than as a duplicate event, and its actions keep their idempotency key
+``<event id>:<action>``: an effect that already happened is answered ``already_done``, so
+replaying a range twice executes nothing twice.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from datetime import datetime, timezone
+from enum import StrEnum
+from typing import Literal
+
+import orjson
+from confluent_kafka import KafkaError, Message, TopicPartition
+from pydantic import BaseModel, model_validator
+from tqdm import tqdm
+
+from processors.kafka import KafkaSettings
+from processors.offline import OfflineResult, OfflineRunner
+from processors.prompt import dotted
+from processors.providers.base import Provider
+from processors.records import Decision, ReviewItem, WorkItem
+from processors.serde import AvroSerde, DecodeError, EncodeError
+from processors.stage import now_ms
+from processors.stages.base import PROMPT_VERSION_HEADER, REPLAY_HEADER
+from processors.summary import SETTLING_STAGES, _dead_letter_id, read
+from processors.tail import _watermarks, snapshot
+from processors.workflow import Workflow
+
+_OFFSETS = re.compile(r"^(\d+):(\d+)-(\d+)$")
+
+
+class Source(StrEnum):
+    review = "review"
+    dlq = "dlq"
+
+
+class ReplayMode(StrEnum):
+    shadow = "shadow"
+    live = "live"
+
+
+def new_id() -> str:
+    """A replay id that sorts by time and is unique enough to tell runs apart."""
+    return f"r{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+
+
+class Selection(BaseModel):
+    """Exactly one of: a time range, offset ranges, or a source topic."""
+
+    start: datetime | None = None
+    end: datetime | None = None
+    offsets: dict[int, tuple[int, int]] | None = None
+    source: Source | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Selection:
+        kinds = [self.start is not None or self.end is not None, self.offsets is not None, self.source is not None]
+        if sum(kinds) != 1:
+            raise ValueError("select with exactly one of --from/--to, --offsets, --source")
+        return self
+
+    @staticmethod
+    def parse_offsets(text: str) -> dict[int, tuple[int, int]]:
+        """``"0:10-20,3:0-5"`` → ``{0: (10, 20), 3: (0, 5)}``; both ends included."""
+        ranges = {}
+        for part in text.split(","):
+            match = _OFFSETS.match(part.strip())
+            if not match:
+                raise ValueError(f"offsets: {part!r} is not PARTITION:FROM-TO (e.g. 0:10-20)")
+            partition, first, last = map(int, match.groups())
+            if last < first:
+                raise ValueError(f"offsets: {part!r} ends before it starts")
+            ranges[partition] = (first, last)
+        return ranges
+
+    @staticmethod
+    def parse_time(text: str) -> datetime:
+        """An ISO time; without a zone it is UTC."""
+        when = datetime.fromisoformat(text)
+        return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+
+
+class Original(BaseModel):
+    """One selected trigger, as it will be replayed."""
+
+    event_id: str
+    key: bytes | None
+    value: bytes
+    event: dict
+    origin: str
+
+
+class Selected(BaseModel):
+    originals: list[Original]
+    skipped: dict[str, int]
+
+    def render(self) -> str:
+        why = "; ".join(f"{n} {reason}" for reason, n in sorted(self.skipped.items(), key=lambda kv: -kv[1]))
+        return f"selected {len(self.originals)} events" + (f" (skipped {why})" if why else "")
+
+
+class Place(BaseModel):
+    """Where an event is: decided on a route, waiting in review, or dead-lettered."""
+
+    kind: Literal["decision", "review", "dead_letter"]
+    detail: str
+    """The route, the review reason, or the dead-letter reason."""
+    at_ms: int = 0
+    replay: str | None = None
+
+    def __str__(self) -> str:
+        return self.detail if self.kind == "decision" else f"{self.kind}:{self.detail}"
+
+
+# ---- where every event is now ----------------------------------------------------------------------
+
+
+class _Letter(BaseModel):
+    """A dead letter as a replay needs it: the original key and bytes, and where they came from."""
+
+    key: bytes | None
+    value: bytes
+    headers: dict[str, str]
+
+    @property
+    def origin(self) -> str:
+        return self.headers.get("handoff.original.topic", "")
+
+
+class _Found(BaseModel):
+    """A record that places an event, with what a replay of it would need."""
+
+    event_id: str
+    place: Place
+    review: ReviewItem | None = None
+    letter: _Letter | None = None
+
+
+def _found(workflow: Workflow, settings: KafkaSettings) -> list[_Found]:
+    """Every decision, settling review item and dead letter of the workflow, in no particular order."""
+    found = [_Found(event_id=d.event_id, place=Place(kind="decision", detail=d.route, at_ms=d.decided_at_ms,
+                                                     replay=d.replay))
+             for name in workflow.topics if name.startswith(workflow.topic("decisions."))
+             for d in read(workflow, settings, name.removeprefix(f"{workflow.name}."), Decision)]
+    found += [_Found(event_id=r.event_id, review=r,
+                     place=Place(kind="review", detail=r.reason, at_ms=r.created_at_ms, replay=r.replay))
+              for r in read(workflow, settings, "review", ReviewItem)]
+    for msg in snapshot(settings, workflow.topics[workflow.topic("dlq")].name):
+        headers = {k: v.decode() for k, v in msg.headers() or []}
+        found.append(_Found(event_id=_dead_letter_id(workflow, headers, msg.value()),
+                            letter=_Letter(key=msg.key(), value=msg.value() or b"", headers=headers),
+                            place=Place(kind="dead_letter", detail=headers.get("handoff.error.reason", "unknown"),
+                                        at_ms=msg.timestamp()[1], replay=headers.get(REPLAY_HEADER))))
+    return found
+
+
+def _settles(found: _Found) -> bool:
+    """Does this record say where the event itself ended? Review items and dead letters of later
+    stages (execute, review, join) concern what happens after a decision."""
+    if found.review is not None:
+        return found.review.stage in SETTLING_STAGES
+    if found.letter is not None:
+        return found.letter.headers.get("handoff.stage") in SETTLING_STAGES
+    return True
+
+
+def places(workflow: Workflow, settings: KafkaSettings, found: list[_Found] | None = None) -> dict[str, Place]:
+    """Each event's latest place (decision, review or dead letter), by event id."""
+    latest: dict[str, Place] = {}
+    for item in found if found is not None else _found(workflow, settings):
+        if _settles(item) and (item.event_id not in latest or item.place.at_ms >= latest[item.event_id].at_ms):
+            latest[item.event_id] = item.place
+    return latest
+
+
+# ---- selection ---------------------------------------------------------------------------------
+
+
+def select(workflow: Workflow, settings: KafkaSettings, selection: Selection) -> Selected:
+    if selection.source is None:
+        return _from_triggers(workflow, settings, selection)
+    return _from_source(workflow, settings, selection.source)
+
+
+def _from_triggers(workflow: Workflow, settings: KafkaSettings, selection: Selection) -> Selected:
+    spec = workflow.topics[workflow.topic("triggers")]
+    serde = AvroSerde(spec.value_schema, registry_url=settings.schema_registry_url)
+    consumer = settings.consumer("replay", **{"enable.partition.eof": True})
+    try:
+        ranges = (_time_ranges(consumer, spec.name, selection.start, selection.end) if selection.offsets is None
+                  else {p: (first, last + 1) for p, (first, last) in selection.offsets.items()})
+        messages = _read(consumer, spec.name, ranges)
+    finally:
+        consumer.close()
+    start, end = (None if t is None else int(t.timestamp() * 1000) for t in (selection.start, selection.end))
+    originals, skipped, seen = [], Counter(), set()
+    for msg in messages:
+        headers = dict(msg.headers() or [])
+        if (start is not None and msg.timestamp()[1] < start) or (end is not None and msg.timestamp()[1] >= end):
+            continue  # a timestamp out of order with its offset: outside the range all the same
+        if REPLAY_HEADER in headers:
+            skipped["were replays themselves"] += 1
+            continue
+        try:
+            event = serde.decode(msg.value())
+        except DecodeError as exc:
+            skipped[f"do not decode ({exc.reason})"] += 1
+            continue
+        event_id = str(dotted(event, workflow.trigger.event_id))
+        if event_id in seen:
+            skipped["repeat an event id"] += 1
+            continue
+        seen.add(event_id)
+        originals.append(Original(event_id=event_id, key=msg.key(), value=msg.value(), event=event,
+                                  origin=f"triggers {msg.partition()}@{msg.offset()}"))
+    return Selected(originals=originals, skipped=dict(skipped))
+
+
+def _time_ranges(consumer, topic: str, start: datetime | None, end: datetime | None) -> dict[int, tuple[int, int]]:
+    """Per partition, [first offset at or after ``start``, first offset at or after ``end``)."""
+    partitions = list(consumer.list_topics(topic, timeout=10).topics[topic].partitions)
+    high = {p: _watermarks(consumer, TopicPartition(topic, p)) for p in partitions}
+
+    def offsets(when: datetime | None, default: int) -> dict[int, int]:
+        if when is None:
+            return {p: high[p][default] for p in partitions}
+        ms = int(when.timestamp() * 1000)
+        found = consumer.offsets_for_times([TopicPartition(topic, p, ms) for p in partitions], timeout=10)
+        return {tp.partition: tp.offset if tp.offset >= 0 else high[tp.partition][1] for tp in found}
+
+    first, last = offsets(start, 0), offsets(end, 1)
+    return {p: (first[p], last[p]) for p in partitions}
+
+
+def _read(consumer, topic: str, ranges: dict[int, tuple[int, int]]) -> list[Message]:
+    """The records of ``[first, end)`` per partition, in offset order per partition."""
+    wanted = {p: r for p, r in ranges.items() if r[1] > r[0]}
+    if not wanted:
+        return []
+    consumer.assign([TopicPartition(topic, p, first) for p, (first, _) in wanted.items()])
+    out: list[Message] = []
+    with tqdm(total=sum(end - first for first, end in wanted.values()), desc="reading triggers", unit="record",
+              disable=None) as bar:
+        while wanted:
+            msg = consumer.poll(1.0)
+            if msg is None:
+                continue
+            if msg.error():
+                if msg.error().code() == KafkaError._PARTITION_EOF:
+                    wanted.pop(msg.partition(), None)  # the range runs past the end (or into a gap)
+                    continue
+                raise RuntimeError(f"reading {topic}: {msg.error()}")
+            end = wanted.get(msg.partition(), (0, -1))[1]
+            if msg.offset() < end:
+                out.append(msg)
+                bar.update()
+            if msg.offset() + 1 >= end:
+                wanted.pop(msg.partition(), None)
+    return out
+
+
+def _from_source(workflow: Workflow, settings: KafkaSettings, source: Source) -> Selected:
+    found = _found(workflow, settings)
+    now = places(workflow, settings, found)
+    trigger = workflow.topics[workflow.topic("triggers")]
+    serde = AvroSerde(trigger.value_schema, registry_url=settings.schema_registry_url)
+
+    def encode(event: dict) -> bytes:
+        return serde.encode(event, trigger.name, check=True)
+
+    kind = "review" if source == Source.review else "dead_letter"
+    skipped: Counter = Counter()
+    latest: dict[str, _Found] = {}  # per event, its latest record of this kind
+    for item in sorted((f for f in found if f.place.kind == kind), key=lambda f: f.place.at_ms):
+        if _settles(item):
+            latest[item.event_id] = item
+        else:
+            skipped["came from a later stage (an action, a verdict, an outcome): a prompt does not change them"] += 1
+    originals = []
+    for event_id, item in latest.items():
+        current = now[event_id]
+        if current.kind != kind:
+            skipped[f"{'were decided' if current.kind == 'decision' else 'moved to ' + current.kind} since"] += 1
+        elif kind == "dead_letter" and current.replay is not None:
+            skipped["failed again on a replay: left for a person (loop guard)"] += 1
+        else:
+            original = _original(workflow, settings, encode, item)
+            if isinstance(original, str):
+                skipped[original] += 1
+            else:
+                originals.append(original)
+    return Selected(originals=originals, skipped=dict(skipped))
+
+
+def _original(workflow: Workflow, settings: KafkaSettings, encode: Callable[[dict], bytes],
+              item: _Found) -> Original | str:
+    """The trigger behind a review item or dead letter, or why there is none to replay."""
+    if item.review is not None:
+        return _reencoded(workflow, encode, orjson.loads(item.review.event), f"review {item.place.detail}")
+    letter = item.letter
+    spec = next((s for s in workflow.topics.values() if s.name == letter.origin and s.value_schema), None)
+    if spec is None:
+        return "came from an unknown topic"
+    try:
+        record = AvroSerde(spec.value_schema, registry_url=settings.schema_registry_url).decode(letter.value)
+    except DecodeError as exc:
+        return f"do not decode ({exc.reason})"
+    where = f"dlq {item.place.detail}"
+    if spec.name == workflow.topics[workflow.topic("triggers")].name:
+        return Original(event_id=item.event_id, key=letter.key, value=letter.value, event=record, origin=where)
+    return _reencoded(workflow, encode, WorkItem.model_validate(record).event_dict(), where)
+
+
+def _reencoded(workflow: Workflow, encode: Callable[[dict], bytes], event: dict, origin: str) -> Original | str:
+    """An event that travelled as JSON, encoded again with the trigger contract, keyed like a trigger."""
+    try:
+        value = encode(event)
+    except EncodeError as exc:
+        return "no longer match the trigger contract"
+    return Original(event_id=str(dotted(event, workflow.trigger.event_id)),
+                    key=str(dotted(event, workflow.trigger.key)).encode(), value=value, event=event, origin=origin)
+
+
+# ---- shadow: decide again, act on nothing, report what changed ----------------------------------------
+
+
+class Change(BaseModel):
+    """One event's place before the replay and in it."""
+
+    event_id: str
+    origin: str
+    before: Place | None
+    after: Place
+    label: str | None = None
+    confidence: float | None = None
+
+    @property
+    def transition(self) -> str:
+        return f"{self.before or 'nowhere'} -> {self.after}"
+
+    @property
+    def changed(self) -> bool:
+        return self.before is None or (self.before.kind, self.before.detail) != (self.after.kind, self.after.detail)
+
+
+class ShadowReport(BaseModel):
+    replay_id: str
+    prompt_version: str
+    selected: Selected
+    changes: list[Change]
+    written: int
+    """Decisions written to ``<wf>.replay``."""
+
+    def transitions(self) -> Counter:
+        """Count of each ``before -> after``, changed events only."""
+        return Counter(c.transition for c in self.changes if c.changed)
+
+    def render(self, events: int | None = 20) -> str:
+        """The summary, a transition table and the first ``events`` changed events (None: all)."""
+        changed = [c for c in self.changes if c.changed]
+        lines = [f"replay {self.replay_id} (shadow, prompt {self.prompt_version}): {self.selected.render()}",
+                 f"{len(changed)} of {len(self.changes)} events would change; {self.written} decisions written "
+                 f"to the replay topic, nothing acted on"]
+        table = self.transitions().most_common()
+        if table:
+            width = max(len(t) for t, _ in table)
+            lines += ["", f"{'transition':<{width}}  count"] + [f"{t:<{width}}  {n:>5}" for t, n in table]
+        shown = changed if events is None else changed[:events]
+        if shown:
+            lines.append("")
+            lines += [f"  {c.event_id}: {c.transition}" + (f" ({c.label} {c.confidence:.2f})" if c.label else "")
+                      + f"  [{c.origin}]" for c in shown]
+            if len(shown) < len(changed):
+                lines.append(f"  … {len(changed) - len(shown)} more (--show-events)")
+        return "\n".join(lines)
+
+
+def _place(result: OfflineResult) -> Place:
+    if result.ended == "decision":
+        return Place(kind="decision", detail=result.route or "", at_ms=result.decision.decided_at_ms)
+    if result.ended == "review":
+        return Place(kind="review", detail=result.review_reason or "", at_ms=result.review.created_at_ms)
+    return Place(kind="dead_letter", detail=result.dead_letter_reason or "", at_ms=now_ms())
+
+
+async def shadow(workflow: Workflow, settings: KafkaSettings, selected: Selected, prompt_version: str,
+                 provider: Provider, replay_id: str) -> ShadowReport:
+    """Decide the selection again with ``prompt_version``; decisions go to ``<wf>.replay`` only."""
+    before = places(workflow, settings)
+    results = await OfflineRunner(workflow.with_prompt(prompt_version), provider).run(
+        [o.event for o in selected.originals], progress=f"shadow replay {replay_id}")
+    spec = workflow.topics[workflow.topic("replay")]
+    serde = AvroSerde(spec.value_schema, registry_url=settings.schema_registry_url)
+    decisions = [(o.key, r.decision.model_copy(update={"replay": replay_id}))
+                 for o, r in zip(selected.originals, results) if r.decision is not None]
+    _produce(settings, spec.name, [(key, serde.encode(d.model_dump(), spec.name)) for key, d in decisions],
+             headers=[(REPLAY_HEADER, replay_id.encode())], desc="writing replay decisions")
+    changes = [Change(event_id=o.event_id, origin=o.origin, before=before.get(o.event_id), after=_place(r),
+                      label=r.label, confidence=(r.answer or {}).get("confidence"))
+               for o, r in zip(selected.originals, results) if r.ended != "duplicate"]
+    return ShadowReport(replay_id=replay_id, prompt_version=prompt_version, selected=selected, changes=changes,
+                        written=len(decisions))
+
+
+# ---- live: through the real stages again, marked as a replay ---------------------------------------------
+
+
+def reinject(workflow: Workflow, settings: KafkaSettings, selected: Selected, replay_id: str,
+             prompt_version: str | None) -> int:
+    """Produce the selection to ``<wf>.triggers`` with its original keys and the replay headers;
+    returns how many records the broker acknowledged (all, or it raises)."""
+    headers = [(REPLAY_HEADER, replay_id.encode())]
+    if prompt_version is not None:
+        headers.append((PROMPT_VERSION_HEADER, prompt_version.encode()))
+    return _produce(settings, workflow.topics[workflow.topic("triggers")].name,
+                    [(o.key, o.value) for o in selected.originals], headers=headers, desc=f"re-injecting {replay_id}")
+
+
+class ReplayError(RuntimeError):
+    """The broker did not acknowledge every record a replay wrote."""
+
+
+def _produce(settings: KafkaSettings, topic: str, records: list[tuple[bytes | None, bytes]],
+             headers: list[tuple[str, bytes]], desc: str) -> int:
+    producer = settings.producer()
+    failures: list[str] = []
+    with tqdm(total=len(records), desc=desc, unit="record", disable=None) as bar:
+        def delivered(err, _msg) -> None:
+            if err is not None:
+                failures.append(str(err))
+            else:
+                bar.update()
+
+        for key, value in records:
+            while True:
+                try:
+                    producer.produce(topic, key=key, value=value, headers=headers, on_delivery=delivered)
+                    break
+                except BufferError:  # the local queue is full: let deliveries drain
+                    producer.poll(0.5)
+            producer.poll(0)
+        remaining = producer.flush(60)
+    if remaining or failures:
+        raise ReplayError(f"{topic}: {remaining} records unacknowledged, {len(failures)} failed "
+                          f"({'; '.join(failures[:3])}); the replay is incomplete, run it again with the same --id")
+    return len(records)
