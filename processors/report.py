@@ -5,7 +5,8 @@ The report reads what the stages, the reviewers and the business systems already
 stage's offsets), and joins it by event id:
 
 * ``<wf>.decisions.<route>`` and ``<wf>.shadow``: decisions (route, ``source`` model or review,
-  prompt version, trigger and decision times, model latency);
+  prompt version, trigger and decision times, model latency). A shadow decision counts as a
+  decision: shadow mode runs a version precisely to measure it, acting on nothing;
 * ``<wf>.review``: review items (reason, the stage that wrote it, the model's answer);
 * ``<wf>.verdicts``: reviewers' verdicts, joined to their item by ``review_id``; only the first
   verdict per review id counts (it is the one that wins);
@@ -39,7 +40,8 @@ events that settled with V:
   else the verdict on the event's review item: ``correct`` → where the corrected answer routes,
   ``approve`` → where the model's answer routes, ``reject`` → not needed; else a model decision
   nobody contradicted is taken as right. Events waiting for a verdict and dead letters are in
-  neither set: their truth is not known yet.
+  neither set: their truth is not known yet. *Judged* counts the events a verdict or an outcome
+  decided on: with none, recall is only the model's word about itself (100% by construction).
 * schema failure rate = events whose first answer failed validation (not JSON, the output
   schema, or a business rule: they went to ``<wf>.repair``) / N.
 * dead-letter rate = events dead-lettered by classify, validate or route / N.
@@ -61,6 +63,7 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 import numpy as np
 import orjson
@@ -106,6 +109,7 @@ class Figures(BaseModel):
     overrides: int
     escalations_needed: int | None
     escalations_caught: int | None
+    escalations_judged: int | None
     latency_p50_ms: float | None
     latency_p95_ms: float | None
     model_p50_ms: float | None
@@ -187,6 +191,7 @@ COLUMNS: list[tuple[str, Callable[[Figures], str]]] = [
     ("review", lambda f: _pct(f.review_rate)),
     ("overridden", lambda f: _pct(f.review_override_rate)),
     ("esc. recall", lambda f: _pct(f.escalation_recall)),
+    ("judged", lambda f: "-" if f.escalations_judged is None else str(f.escalations_judged)),
     ("schema fail", lambda f: _pct(f.schema_failure_rate)),
     ("dead", lambda f: _pct(f.dead_letter_rate)),
     ("p50/p95 ms", lambda f: _ms(f.latency_p50_ms, f.latency_p95_ms)),
@@ -289,7 +294,7 @@ def _figures(workflow: Workflow, evidence: Evidence, version: str | None, since:
     verdicts = [(v, items[v.review_id]) for v in evidence.verdicts if v.review_id in items]
     spend = [t for t in evidence.spend if mine(t.prompt.version) and t.run_id in settled]
     results = [r for r in evidence.results if mine(r.prompt.version) and r.event_id in settled]
-    needed, caught = _escalations(workflow, by_model, reviews, verdicts, results)
+    escalations = _escalations(workflow, by_model, reviews, verdicts, results)
     latency = _percentiles(d.decided_at_ms - d.trigger_timestamp_ms for d in by_model.values() if d.trigger_timestamp_ms)
     model = _percentiles(d.latency_ms for d in by_model.values())
     return Figures(
@@ -297,22 +302,34 @@ def _figures(workflow: Workflow, evidence: Evidence, version: str | None, since:
         automated=len(by_model.keys() - touched), reviewed=len(reviews), dead_lettered=len(dead),
         schema_failures=len({w.event_id for w in evidence.repairs if mine(w.prompt.version)} & settled),
         verdicts=len(verdicts), overrides=sum(v.verdict != "approve" for v, _ in verdicts),
-        escalations_needed=needed, escalations_caught=caught,
+        escalations_needed=escalations.needed, escalations_caught=escalations.caught,
+        escalations_judged=escalations.judged,
         latency_p50_ms=latency[0], latency_p95_ms=latency[1], model_p50_ms=model[0], model_p95_ms=model[1],
         tokens_in=sum(t.tokens_in for t in spend), tokens_out=sum(t.tokens_out for t in spend),
         cost_usd=sum(t.cost_usd for t in spend))
 
 
+class Escalations(NamedTuple):
+    """Counts behind escalation recall; all None when the workflow declares no escalation route."""
+
+    needed: int | None = None
+    caught: int | None = None
+    judged: int | None = None
+    """Events a verdict or an outcome judged (escalation needed or not); the rest with a known need
+    are the model's own decisions, taken as right — with none judged, recall is only the model's word."""
+
+
 def _escalations(workflow: Workflow, by_model: dict[str, Decision], reviews: dict[str, ReviewItem],
-                 verdicts: list[tuple[Verdict, ReviewItem]], results: list[Result]) -> tuple[int | None, int | None]:
-    """(needed, caught) escalations by the evidence rules of the module docstring; None without an escalation route."""
+                 verdicts: list[tuple[Verdict, ReviewItem]], results: list[Result]) -> Escalations:
+    """Needed, caught and judged escalations by the evidence rules of the module docstring."""
     if workflow.escalation is None:
-        return None, None
+        return Escalations()
     target = workflow.escalation.route
     model_route = {e: _route(workflow, r.answer, r.event) for e, r in reviews.items()
                    if r.reason not in ("invalid_output", "kill_switch")}
     model_route |= {e: d.route for e, d in by_model.items()}
     truth: dict[str, str | None] = {e: d.route for e, d in by_model.items()}  # uncontradicted: taken as right
+    judged = set()
     for verdict, item in verdicts:
         if item.stage not in SETTLING_STAGES:
             continue  # a risky-action approval judges an action, not the route
@@ -322,11 +339,13 @@ def _escalations(workflow: Workflow, by_model: dict[str, Decision], reviews: dic
             truth[item.event_id] = model_route.get(item.event_id)
         else:
             truth[item.event_id] = None
+        judged.add(item.event_id)
     for result in results:
         if result.outcome_type in workflow.escalation.missed_outcomes and result.route != target:
             truth[result.event_id] = target
+            judged.add(result.event_id)
     needed = {e for e, route in truth.items() if route == target}
-    return len(needed), sum(model_route.get(e) == target for e in needed)
+    return Escalations(len(needed), sum(model_route.get(e) == target for e in needed), len(judged))
 
 
 def _route(workflow: Workflow, answer: str | None, event: str) -> str | None:

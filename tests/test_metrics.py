@@ -9,10 +9,14 @@ the run with one after it; the subprocess test reads a fresh process's absolute 
 
 from __future__ import annotations
 
+import re
 import signal
+from pathlib import Path
 
 import httpx
 import pytest
+import yaml
+from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from processors import metrics
@@ -20,6 +24,7 @@ from processors.pipeline import Pipeline
 from processors.providers.openai import OpenAIModel
 from processors.providers.pricing import price_of
 from processors.records import PromptRef, WorkItem, dumps
+from processors.report import build
 from processors.serde import AvroSerde
 from processors.workflow import ModelRetries
 from tests.conftest import deployed, produce, tickets
@@ -27,6 +32,7 @@ from tests.llm_server import LLMServer, Reply
 from tests.test_recovery import handoff_run, wait_for
 
 WF = {"workflow": "support_ticket"}
+ALERTS = Path(__file__).resolve().parent.parent / "deploy/prometheus/alerts.yml"
 
 
 def scrape(url: str) -> dict[tuple[str, frozenset], float]:
@@ -50,7 +56,8 @@ def served():
 
 def test_a_running_pipeline_counts_what_happened(kafka, receiver, served):
     """Four tickets and a poison record; the model answers one with prose (repaired), one
-    unsure (review), one with a 503 (retried), one plainly; the repair and the retry get plain answers."""
+    unsure (review), one with a 503 (retried), one plainly; the repair and the retry get plain answers.
+    The report, read back from the topics, agrees with the counters."""
     with LLMServer() as llm:
         model = OpenAIModel.model_validate({"kind": "openai", "model": "gpt-4.1-mini", "base_url": f"{llm.url}/v1",
                                             "api_key": "sk-test", "timeout_s": 5, "retries": {"attempts": 1}})
@@ -93,6 +100,16 @@ def test_a_running_pipeline_counts_what_happened(kafka, receiver, served):
         sum(price_of("gpt-4.1-mini").cost(*a.usage) for a in answered))
     assert delta("handoff_model_requests_total", model="openai:gpt-4.1-mini", outcome="http_503") == 1
 
+    # the report, read from what the stages wrote, agrees: the poison counts only in the all-versions row
+    report = build(workflow, kafka)
+    (version,) = report.versions
+    assert version.prompt_version == workflow.prompt_spec.version
+    assert (version.events, version.decided, version.automated, version.reviewed, version.schema_failures,
+            version.dead_lettered) == (4, 3, 3, 1, 1, 0)
+    assert (report.total.events, report.total.dead_lettered) == (5, 1)
+    assert version.tokens_in == delta("handoff_tokens_total", **WF, direction="in")
+    assert version.cost_usd == pytest.approx(delta("handoff_cost_usd_total", **WF))
+
 
 def test_handoff_run_serves_metrics_on_loopback(kafka, receiver, tmp_path):
     """A stage process started with --metrics-port answers on 127.0.0.1 with its own counts."""
@@ -131,3 +148,15 @@ def test_handoff_run_serves_metrics_on_loopback(kafka, receiver, tmp_path):
     assert value(samples, "handoff_events_in_total", **WF, stage="validate") == 2
     assert value(samples, "handoff_stage_latency_seconds_count", **WF, stage="validate") == 2
     assert not any(labels and dict(labels).get("stage") == "classify" for _, labels in samples), "only validate runs"
+
+
+def test_alert_rules_use_only_metrics_handoff_exports():
+    """A misspelt metric in an alert never fires; every name in deploy/prometheus/alerts.yml must exist."""
+    exported = {family.name + suffix for family in REGISTRY.collect()
+                for suffix in ("", "_total", "_bucket", "_count", "_sum")}
+    rules = [rule for group in yaml.safe_load(ALERTS.read_text())["groups"] for rule in group["rules"]]
+    assert len(rules) >= 5
+    for rule in rules:
+        assert {"alert", "expr", "labels", "annotations"} <= rule.keys() and " > " in rule["expr"], rule["alert"]
+        named = set(re.findall(r"\bhandoff_\w+", rule["expr"]))
+        assert named and named <= exported, f"{rule['alert']}: {named - exported} not exported"

@@ -174,6 +174,7 @@ def test_every_figure_equals_the_hand_computed_one(written, kafka):
     # billing/high); not a5 (corrected away from it) nor a11 (rejected); a7 has no verdict yet.
     # The model escalated a2 and a8 of them; a3 it sent to bug, a6 to billing.
     assert (v1.escalations_needed, v1.escalations_caught) == (4, 2) and v1.escalation_recall == pytest.approx(2 / 4)
+    assert v1.escalations_judged == 5  # verdicts on a5 a6 a8 a11, the outcome on a3
     assert v1.schema_failures == 2 and v1.schema_failure_rate == pytest.approx(2 / 11)  # a7 a9
     assert v1.dead_lettered == 1 and v1.dead_letter_rate == pytest.approx(1 / 11)  # a10
     # model decisions a1 a2 a3 a4 a9: 100..500 ms; p95 at rank 0.95*4 = 3.8: 400 + 0.8*100
@@ -190,6 +191,7 @@ def test_every_figure_equals_the_hand_computed_one(written, kafka):
         (2 / 4, 1 / 4, 1 / 4, 1 / 4))
     assert v2.verdicts == 0 and v2.review_override_rate is None
     assert (v2.escalations_needed, v2.escalations_caught, v2.escalation_recall) == (1, 1, 1.0)  # b1
+    assert v2.escalations_judged == 0  # b1 is the model's word only
     assert (v2.latency_p50_ms, v2.latency_p95_ms) == pytest.approx((200, 150 + 0.95 * 100))
     assert (v2.model_p50_ms, v2.model_p95_ms) == pytest.approx((20, 15 + 0.95 * 10))
     assert v2.tokens_per_decision == pytest.approx(4 * 110 / 2) and v2.cost_per_decision_usd == pytest.approx(0.008 / 2)
@@ -199,7 +201,7 @@ def test_every_figure_equals_the_hand_computed_one(written, kafka):
     assert (total.events, total.decided, total.automated, total.reviewed, total.dead_lettered) == (17, 10, 6, 6, 4)
     assert (total.automation_rate, total.review_rate, total.dead_letter_rate) == pytest.approx((6 / 17, 6 / 17, 4 / 17))
     assert total.schema_failure_rate == pytest.approx(3 / 17) and total.review_override_rate == pytest.approx(3 / 5)
-    assert (total.escalations_needed, total.escalations_caught) == (5, 3)
+    assert (total.escalations_needed, total.escalations_caught, total.escalations_judged) == (5, 3, 5)
     # 7 model decisions: 100 150 200 250 300 400 500; p95 at rank 0.95*6 = 5.7: 400 + 0.7*100
     assert (total.latency_p50_ms, total.latency_p95_ms) == pytest.approx((250, 470))
     assert (total.model_p50_ms, total.model_p95_ms) == pytest.approx((25, 47))
