@@ -207,6 +207,8 @@ def review_list(workflow: WorkflowName, bootstrap: Bootstrap = None) -> None:
     for item in items:
         typer.echo(line(queue.workflow, item))
     typer.echo(f"{len(items)} open")
+    for where in sorted(queue.skipped):
+        typer.secho(f"skipped, not a review item or verdict: {where}", fg=typer.colors.YELLOW, err=True)
 
 
 @review_app.command("show")

@@ -30,23 +30,24 @@ import datetime as dt
 import getpass
 import os
 import uuid
-from collections.abc import Iterable
-from typing import Literal
+from collections.abc import Iterable, Iterator
+from typing import Literal, TypeVar
 
 import orjson
 from confluent_kafka import Message
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from processors.kafka import KafkaSettings
 from processors.prompt import lookup
 from processors.records import ActionRequest, ReviewItem, Verdict, WorkItem
-from processors.serde import AvroSerde
+from processors.serde import AvroSerde, DecodeError
 from processors.stage import now_ms
 from processors.stages.validate import Validate
 from processors.tail import snapshot
 from processors.workflow import Workflow
 
 Kind = Literal["approve", "correct", "reject"]
+Record = TypeVar("Record", bound=BaseModel)
 
 RISKY = "risky_action"
 """The one reason whose item is an action awaiting approval; every other reason holds an answer."""
@@ -84,11 +85,23 @@ class Logged(BaseModel):
     verdict: Verdict
 
 
-def first_verdicts(messages: Iterable[Message], serde: AvroSerde) -> dict[str, Logged]:
+def decoded(messages: Iterable[Message], serde: AvroSerde, model: type[Record],
+            skipped: set[str]) -> Iterator[tuple[Message, Record]]:
+    """Each record as ``model``; one that is not (bytes from a foreign writer) is skipped, named in
+    ``skipped`` and never counted: the review stage dead-letters such a verdict, and ``review
+    list`` names such an item."""
+    for msg in messages:
+        try:
+            yield msg, model.model_validate(serde.decode(msg.value()))
+        except (DecodeError, ValidationError) as exc:
+            skipped.add(f"{msg.topic()}[{msg.partition()}]@{msg.offset()}: {str(exc).splitlines()[0]}")
+
+
+def first_verdicts(messages: Iterable[Message], serde: AvroSerde,
+                   skipped: set[str] | None = None) -> dict[str, Logged]:
     """The first verdict per review id, in log order (``messages`` in offset order per partition)."""
     first: dict[str, Logged] = {}
-    for msg in messages:
-        verdict = Verdict.model_validate(serde.decode(msg.value()))
+    for msg, verdict in decoded(messages, serde, Verdict, set() if skipped is None else skipped):
         first.setdefault(verdict.review_id, Logged(partition=msg.partition(), offset=msg.offset(), verdict=verdict))
     return first
 
@@ -109,19 +122,21 @@ class ReviewQueue:
         self._items = AvroSerde(self.review_topic.value_schema, registry_url=settings.schema_registry_url)
         self._verdicts = AvroSerde(self.verdict_topic.value_schema, registry_url=settings.schema_registry_url)
         self._validate = Validate(workflow, settings)  # its answer checks only; its ledger is never loaded
+        self.skipped: set[str] = set()
+        """Records read that are not review items or verdicts, named by topic, partition and offset."""
 
     # ---- the view ------------------------------------------------------------------------------
 
     def items(self) -> dict[str, ReviewItem]:
         """Every review item by review id (an item written twice by a redelivery counts once)."""
         items: dict[str, ReviewItem] = {}
-        for msg in snapshot(self.settings, self.review_topic.name):
-            item = ReviewItem.model_validate(self._items.decode(msg.value()))
+        for _msg, item in decoded(snapshot(self.settings, self.review_topic.name), self._items, ReviewItem,
+                                  self.skipped):
             items.setdefault(item.review_id, item)
         return items
 
     def verdicts(self) -> dict[str, Logged]:
-        return first_verdicts(snapshot(self.settings, self.verdict_topic.name), self._verdicts)
+        return first_verdicts(snapshot(self.settings, self.verdict_topic.name), self._verdicts, self.skipped)
 
     def open_items(self) -> list[ReviewItem]:
         """Review items without a verdict, oldest first."""
@@ -186,7 +201,7 @@ class ReviewQueue:
         Values of numeric, boolean, array or object fields are read as JSON.
         """
         properties = self.workflow.prompt_spec.output_schema.get("properties", {})
-        answer = (orjson.loads(item.answer) if item.answer else {}) if item.reason != RISKY else {}
+        answer = orjson.loads(item.answer) if item.answer else {}
         if "confidence" in properties:
             answer["confidence"] = 1.0
         for name, text in fields.items():

@@ -17,6 +17,7 @@ from processors.records import Decision, Execution, Notification, ReviewItem, Tr
 from processors.review_queue import InvalidVerdict, ReviewQueue, VerdictRefused
 from processors.serde import AvroSerde
 from processors.summary import read
+from processors.tail import snapshot
 from tests.conftest import deployed, produce, tickets
 
 HOW_TO = {"category": "how_to", "urgency": "low", "confidence": 0.5, "reason": "Asks how to change a setting."}
@@ -116,6 +117,8 @@ def test_two_reviewers_at_once_exactly_one_verdict_wins_and_only_it_is_applied(k
     producer = kafka.producer()
     value = AvroSerde(spec.value_schema).encode(item.model_dump())
     producer.produce(spec.name, key=ticket["customer"]["id"], value=value)
+    verdicts_topic = workflow.topics[workflow.topic("verdicts")].name
+    producer.produce(verdicts_topic, key=item.review_id, value=b"a foreign writer's verdict")  # first, but no verdict
     assert producer.flush(10) == 0
 
     queue = ReviewQueue(workflow, kafka)
@@ -139,6 +142,8 @@ def test_two_reviewers_at_once_exactly_one_verdict_wins_and_only_it_is_applied(k
     [winner] = [who for who, o in outcomes.items() if not isinstance(o, VerdictRefused)]
     [loser] = [who for who in said if who != winner]
     assert outcomes[loser].void and outcomes[loser].first.reviewer == winner
+    [skipped] = queue.skipped
+    assert skipped.startswith(f"{verdicts_topic}[") and "single-object header" in skipped
     assert f"correct by {winner}" in str(outcomes[loser]) and "recorded but is void" in str(outcomes[loser])
 
     stages = ["review", "route"]
@@ -156,6 +161,9 @@ def test_two_reviewers_at_once_exactly_one_verdict_wins_and_only_it_is_applied(k
     refusals = [t.error for t in read(workflow, kafka, "traces", Trace) if t.step == "review" and t.error]
     assert len(refusals) == 2 and all("refused" in r for r in refusals)
     assert any(verdicts[loser].verdict_id in r for r in refusals) and any("late" in r for r in refusals)
+    dlq = workflow.topics[workflow.topic("dlq")].name
+    dead = [{k: v.decode() for k, v in m.headers()} for m in snapshot(kafka, dlq)]
+    assert [(h["handoff.stage"], h["handoff.error.reason"]) for h in dead] == [("review", "not_avro")]
 
 
 def test_a_risky_banking_action_waits_in_the_queue_and_runs_once_after_approval(kafka, receiver):
