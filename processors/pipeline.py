@@ -26,6 +26,7 @@ from processors.runtime import RuntimeOptions, StageRuntime
 from processors.stage import Stage
 from processors.stages.classify import Classify
 from processors.stages.execute import Execute
+from processors.stages.join import Join
 from processors.stages.review import Review
 from processors.stages.route import Route
 from processors.stages.validate import Validate
@@ -34,7 +35,7 @@ from processors.workflow import CascadeModel, EmbeddedModel, ScriptedModel, Work
 
 log = logging.getLogger("handoff.pipeline")
 
-STAGES = ("classify", "validate", "route", "execute", "review")
+STAGES = ("classify", "validate", "route", "execute", "review", "join")
 
 
 def build_provider(workflow: Workflow) -> Provider:
@@ -66,6 +67,8 @@ def build_stage(name: str, workflow: Workflow, settings: KafkaSettings, provider
         return Execute(workflow, settings, control)
     if name == "review":
         return Review(workflow, settings, control)
+    if name == "join":
+        return Join(workflow, settings)
     raise ValueError(f"unknown stage {name!r}; one of {', '.join(STAGES)}")
 
 

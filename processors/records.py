@@ -217,6 +217,49 @@ class Result(BaseModel):
     joined_at_ms: int
 
 
+class Original(BaseModel):
+    """An input record as consumed, byte for byte: what a dead letter keeps. The joiner stores one per
+    waiting outcome, so an outcome whose decision never comes is dead-lettered like any other input."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+    key: bytes | None = None
+    value: bytes
+    headers: dict[str, bytes | None] = Field(default_factory=dict)
+
+
+class JoinedDecision(BaseModel):
+    """What a result needs of a decision (the event text stays out of a state kept forever)."""
+
+    route: str
+    label: str
+    confidence: float
+    source: str
+    prompt: PromptRef
+    decided_at_ms: int
+
+
+class JoinedOutcome(BaseModel):
+    outcome_id: str
+    status: Literal["waiting", "joined", "expired"]
+    outcome: Outcome
+    received_at_ms: int
+    original: Original | None = None
+
+
+class JoinState(BaseModel):
+    """``handoff/join_state``: the joiner's state per event id (``<wf>.joins``), and the partial states
+    decisions and outcomes are re-keyed into (``<wf>.joins.inbox``); see processors/stages/join.py."""
+
+    event_id: str
+    owner_partition: int | None = None
+    decision: JoinedDecision | None = None
+    outcomes: list[JoinedOutcome] = Field(default_factory=list)
+    updated_at_ms: int
+
+
 Mode = Literal["shadow", "suggest", "partial", "full"]
 """Rollout modes, least to most autonomous (applied in processors/stages/route.py)."""
 

@@ -51,6 +51,15 @@ it came from and why; the partition carries on. The input's own headers are kept
 ``handoff.*``, which the dead letter sets afresh), so a replayed record that fails again still
 carries ``handoff-replay`` and a replay does not pick it up again (``processors/replay.py``).
 
+**Ticks.** About once a second the consumer thread calls ``Stage.tick(now, owned partitions)``,
+so a stage can act when no record arrives (the joiner expires outcomes that waited too long for
+their decision). Its outputs — dead letters of records the stage kept, and records — belong to no
+input offset. Under ``exactly_once`` they join the open transaction, which the next commit
+publishes even when no offset moved. Under ``at_least_once`` the dead letters are produced and
+flushed first, then the records: a record saying "dead-lettered" (the joiner's state) is never
+durable before its dead letter, and a crash before either is delivered loses only what the stage
+derives again from its durable state after a restart. A delivery failure stops the runtime.
+
 **Shutdown.** SIGTERM or SIGINT stop intake, drain in-flight work (bounded), commit, close.
 **Broker gone.** If no broker answers for ``broker_timeout_s``, the runtime raises
 :class:`BrokerUnavailable` instead of waiting forever; uncommitted work is replayed on restart.
@@ -75,11 +84,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from processors import metrics
 from processors.kafka import KafkaSettings
+from processors.records import Original
 from processors.serde import AvroSerde, DecodeError
 from processors.stage import DeadLetter, Emit, Record, Stage, now_ms
 from processors.topics import TopicSpec
 
 log = logging.getLogger("handoff.runtime")
+
+TICK_INTERVAL_S = 1.0
 
 
 class Guarantee(StrEnum):
@@ -234,6 +246,8 @@ class StageRuntime:
         self._delivery_errors: list[str] = []
         self._brokers_down_since: float | None = None
         self._last_commit = time.monotonic()
+        self._last_tick = time.monotonic()
+        self._ticked = False  # tick outputs in the open transaction (exactly_once)
         self._failed = False
         self.group = self.options.group or f"handoff.{workflow}.{stage.name}"
         self._metrics = metrics.StageMetrics(workflow, stage.name)
@@ -308,6 +322,7 @@ class StageRuntime:
         self._launch()
         self._collect(wait=0.005 if self._in_flight and not messages else 0)
         self._release()
+        self._tick()
         self._backpressure()
         self._check_brokers()
         if time.monotonic() - self._last_commit >= self.options.commit_interval_s:
@@ -382,11 +397,31 @@ class StageRuntime:
                 for out in outputs:
                     self._produce(out, part, offset)
 
-    def _produce(self, out: Output, part: _Partition, offset: int) -> None:
+    def _tick(self) -> None:
+        """Give the stage its clock; its dead letters are durable before its records (see Ticks)."""
+        if time.monotonic() - self._last_tick < TICK_INTERVAL_S:
+            return
+        self._last_tick = time.monotonic()
+        outputs = self.stage.tick(now_ms(), list(self._partitions))
+        letters = [out for out in outputs if isinstance(out, DeadLetter)]
+        for letter in letters:
+            self._produce(self._dead_letter(letter.original, letter.reason, letter, letter.attempts,
+                                            letter.first_failure_ms))
+        if letters and self.options.guarantee == Guarantee.at_least_once:
+            remaining = self.producer.flush(30)
+            if remaining or self._delivery_errors:
+                raise DeliveryFailed(f"{remaining} dead letters unacknowledged; errors: {self._delivery_errors[:3]}")
+        for out in outputs:
+            if not isinstance(out, DeadLetter):
+                self._produce(self._encode(out))
+        self._ticked = self._ticked or bool(outputs)
+
+    def _produce(self, out: Output, part: _Partition | None = None, offset: int | None = None) -> None:
+        """Hand one output to the producer; a record's output (``part``, ``offset``) is acked when delivered."""
         def delivered(err, msg) -> None:  # served by producer.poll/flush on this thread
             if err is not None:
                 self._delivery_errors.append(f"{msg.topic()}: {err}")
-            else:
+            elif part is not None:
                 part.ack(offset)
 
         while True:
@@ -420,8 +455,9 @@ class StageRuntime:
         final = force or partitions is not None
         if self.options.guarantee == Guarantee.exactly_once:
             due = self._due(partitions, "released_to")
-            if not due and not force:
+            if not due and not force and not self._ticked:
                 return
+            self._ticked = False
             if due:
                 self.producer.send_offsets_to_transaction(
                     [TopicPartition(t, p, offset) for (t, p), _, offset in due],
@@ -518,16 +554,16 @@ class StageRuntime:
         try:
             record = Record(topic=msg.topic(), partition=msg.partition(), offset=msg.offset(), key=msg.key(),
                             value=self._readers[msg.topic()].decode(msg.value()),
-                            timestamp_ms=msg.timestamp()[1], headers=dict(msg.headers() or []))
+                            timestamp_ms=msg.timestamp()[1], headers=dict(msg.headers() or []), raw=msg.value())
             outputs = [self._encode(emit) for emit in await self.stage.process(record)]
         except DecodeError as exc:
-            outputs = [self._dead_letter(msg, exc.reason, exc)]
+            outputs = [self._dead_letter(_original(msg), exc.reason, exc)]
         except DeadLetter as exc:
-            outputs = [self._dead_letter(msg, exc.reason, exc, exc.attempts, exc.first_failure_ms)]
+            outputs = [self._dead_letter(_original(msg), exc.reason, exc, exc.attempts, exc.first_failure_ms)]
         except Exception as exc:  # a bug or an unexpected input: poison, not a crash
             log.error("stage %s failed on %s[%d]@%d:\n%s", self.stage.name, msg.topic(), msg.partition(),
                       msg.offset(), traceback.format_exc())
-            outputs = [self._dead_letter(msg, "stage_error", exc)]
+            outputs = [self._dead_letter(_original(msg), "stage_error", exc)]
         self._metrics.observe(time.perf_counter() - started)
         return outputs
 
@@ -540,15 +576,14 @@ class StageRuntime:
         key = emit.key.encode() if isinstance(emit.key, str) else emit.key
         return Output(spec.name, key, serde.encode(value, spec.name), [(k, v.encode()) for k, v in emit.headers.items()])
 
-    def _dead_letter(self, msg: Message, reason: str, exc: BaseException, attempts: int = 1,
+    def _dead_letter(self, record: Original, reason: str, exc: BaseException, attempts: int = 1,
                      first_failure_ms: int | None = None) -> Output:
         self._metrics.dead_lettered(reason)
-        ts_type, ts = msg.timestamp()
         headers = {
-            "handoff.original.topic": msg.topic(),
-            "handoff.original.partition": str(msg.partition()),
-            "handoff.original.offset": str(msg.offset()),
-            "handoff.original.timestamp": str(ts),
+            "handoff.original.topic": record.topic,
+            "handoff.original.partition": str(record.partition),
+            "handoff.original.offset": str(record.offset),
+            "handoff.original.timestamp": str(record.timestamp_ms),
             "handoff.stage": self.stage.name,
             "handoff.error.reason": reason,
             "handoff.error.class": type(exc).__name__,
@@ -556,5 +591,10 @@ class StageRuntime:
             "handoff.attempts": str(attempts),
             "handoff.first.failure.ms": str(first_failure_ms or now_ms()),
         }
-        original = [(k, v) for k, v in (msg.headers() or []) if not k.startswith("handoff.")]
-        return Output(self.dlq_topic, msg.key(), msg.value() or b"", original + [(k, v.encode()) for k, v in headers.items()])
+        original = [(k, v) for k, v in record.headers.items() if not k.startswith("handoff.")]
+        return Output(self.dlq_topic, record.key, record.value, original + [(k, v.encode()) for k, v in headers.items()])
+
+
+def _original(msg: Message) -> Original:
+    return Original(topic=msg.topic(), partition=msg.partition(), offset=msg.offset(), timestamp_ms=msg.timestamp()[1],
+                    key=msg.key(), value=msg.value() or b"", headers=dict(msg.headers() or []))

@@ -4,7 +4,8 @@ A stage never touches a consumer, a producer or an offset; :mod:`processors.runt
 all of that. A stage receives a decoded :class:`Record`, returns the :class:`Emit` list its
 input produced, and raises :class:`DeadLetter` when the input must leave the pipeline. Any
 other exception is treated the same way (a poison record), so one bad record never stops a
-partition.
+partition. A stage that keeps time-bound state (the outcome joiner's wait limit) also gets a
+clock: :meth:`Stage.tick`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 from pydantic import BaseModel
+
+from processors.records import Original
 
 
 @dataclass(frozen=True)
@@ -27,6 +30,12 @@ class Record:
     value: dict
     timestamp_ms: int
     headers: dict[str, bytes] = field(default_factory=dict)
+    raw: bytes = b""
+    """The value's bytes as consumed: a stage that may dead-letter the record later keeps them."""
+
+    def original(self) -> Original:
+        return Original(topic=self.topic, partition=self.partition, offset=self.offset, timestamp_ms=self.timestamp_ms,
+                        key=self.key, value=self.raw, headers=self.headers)
 
 
 @dataclass(frozen=True)
@@ -41,13 +50,19 @@ class Emit:
 
 
 class DeadLetter(Exception):
-    """Send the input record to the dead letters. ``reason`` is a short stable label."""
+    """Send the input record to the dead letters. ``reason`` is a short stable label.
 
-    def __init__(self, reason: str, message: str, attempts: int = 1, first_failure_ms: int | None = None):
+    Raised by ``process`` it dead-letters the record being processed; returned by ``tick`` it
+    dead-letters ``original``, a record the stage consumed earlier and kept.
+    """
+
+    def __init__(self, reason: str, message: str, attempts: int = 1, first_failure_ms: int | None = None,
+                 original: Original | None = None):
         super().__init__(message)
         self.reason = reason
         self.attempts = attempts
         self.first_failure_ms = first_failure_ms or now_ms()
+        self.original = original
 
 
 def now_ms() -> int:
@@ -78,3 +93,10 @@ class Stage(ABC):
 
     @abstractmethod
     async def process(self, record: Record) -> list[Emit]: ...
+
+    def tick(self, now_ms: int, partitions: list[tuple[str, int]]) -> list[Emit | DeadLetter]:
+        """Called about once a second on the consumer thread (like an inline ``process``), with the
+        partitions this instance owns now: for what must happen when no record arrives (expiry). Its
+        outputs are produced and committed like a record's; it must be quick and must act only on
+        state of ``partitions``."""
+        return []

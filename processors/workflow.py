@@ -118,6 +118,20 @@ class Escalation(Strict):
         "(e.g. reopened). Empty: only reviewers' corrections reveal a missed escalation."))
 
 
+OUTCOME_TYPES = ("qualified", "disqualified", "reply_received", "call_booked", "task_completed", "human_edited",
+                 "approved", "rejected", "reopened", "closed_won", "closed_lost")
+
+
+class Outcomes(Strict):
+    """Business outcomes joined back to decisions (processors/stages/join.py)."""
+
+    wait_for_decision_s: float = Field(86400.0, gt=0, description=(
+        "How long an outcome that arrived before its decision waits for it before it goes to the dead letters "
+        "(decision_never_came). Longer tolerates slower pipelines; shorter surfaces wrong event ids sooner."))
+    types: list[str] = Field(default_factory=lambda: list(OUTCOME_TYPES), description=(
+        "The outcome types this workflow accepts; any other goes to the dead letters (unknown_outcome_type)."))
+
+
 class ActionKind(StrEnum):
     webhook = "webhook"
     emit = "emit"
@@ -176,6 +190,7 @@ class Workflow(Strict):
     routes: list[RouteRule]
     actions: dict[str, Action] = Field(default_factory=dict)
     escalation: Escalation | None = Field(None, description="Which route escalates; none: no escalation recall.")
+    outcomes: Outcomes = Outcomes()
 
     folder: Path = Field(Path("."), exclude=True)
     namespace: str = Field("", exclude=True)
@@ -252,6 +267,8 @@ class Workflow(Strict):
         routes = {name for route in self.routes for name in self._route_names(route, properties)}
         if self.escalation and self.escalation.route not in routes:
             problems.append(f"escalation.route: {self.escalation.route!r} is not a route of this workflow")
+        problems += [f"escalation.missed_outcomes: {t!r} is not in outcomes.types" for t in
+                     (self.escalation.missed_outcomes if self.escalation else []) if t not in self.outcomes.types]
         if self.routes and self.routes[-1].when:
             problems.append("routes: the last route must have no conditions, so every answer has a route")
         for name, action in self.actions.items():

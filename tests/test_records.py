@@ -29,6 +29,15 @@ SAMPLES = {
     "handoff/result": records.Result(event_id="e", workflow="w", route="billing", label="billing", confidence=0.9,
                                      source="model", prompt=PROMPT, decided_at_ms=1, outcome_type="reopened",
                                      outcome_source="crm", outcome_at_ms=2, joined_at_ms=3),
+    "handoff/join_state": records.JoinState(
+        event_id="e", owner_partition=3, updated_at_ms=4,
+        decision=records.JoinedDecision(route="billing", label="billing", confidence=0.9, source="model", prompt=PROMPT,
+                                        decided_at_ms=1),
+        outcomes=[records.JoinedOutcome(
+            outcome_id="e|reopened|2|crm", status="waiting", received_at_ms=3,
+            outcome=records.Outcome(event_id="e", workflow="w", outcome_type="reopened", at_ms=2, source="crm"),
+            original=records.Original(topic="w.outcomes", partition=1, offset=9, timestamp_ms=3, key=b"e",
+                                      value=b"\xc3\x01", headers={"h": b"v", "n": None}))]),
     "handoff/control_state": records.ControlState(workflow="w", version=2, labels={"production": "1"}, mode="partial",
                                                   review_threshold=0.8, changed_by="ana", change="mode partial", at_ms=1),
 }
