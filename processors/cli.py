@@ -94,7 +94,7 @@ def produce(file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, he
 
 @app.command()
 def run(workflow: WorkflowName,
-        stage: Annotated[str, typer.Option(help="classify, validate, route, execute, or all (development).")] = "all",
+        stage: Annotated[str, typer.Option(help="classify, validate, route, execute, review, join, or all (development).")] = "all",
         guarantee: Annotated[Guarantee, typer.Option(help="at_least_once or exactly_once.")] = Guarantee.at_least_once,
         max_in_flight: Annotated[int, typer.Option(help="Records in flight per stage.")] = 500,
         instance: Annotated[Optional[str], typer.Option(help="exactly_once: this process's stable instance name "
@@ -144,6 +144,30 @@ def report(workflow: WorkflowName,
         raise fail(str(exc))
     result = build(flow, conf, since_ms)
     typer.echo(result.model_dump_json(indent=2) if as_json else result.render())
+
+
+@app.command()
+def outcome(event_id: Annotated[str, typer.Argument(metavar="EVENT_ID", help="The decided event's id.")],
+            outcome_type: Annotated[str, typer.Argument(metavar="TYPE", help="One of the workflow's outcomes.types, "
+                                                                              "e.g. reopened, closed_won.")],
+            workflow: WorkflowName = "support_ticket",
+            value: Annotated[Optional[str], typer.Option(help="Free-form value: an amount, the edited text.")] = None,
+            source: Annotated[str, typer.Option(help="Who reports it.")] = "handoff-cli",
+            bootstrap: Bootstrap = None) -> None:
+    """Report a business outcome by hand; the join stage joins it to its decision on <workflow>.results."""
+    from processors.records import Outcome
+    from processors.stage import now_ms
+    from processors.stages.join import send_outcome
+    from processors.workflow import WorkflowError, load_workflow
+
+    conf = settings(bootstrap)
+    try:
+        flow = load_workflow(workflow, conf.namespace)
+        send_outcome(flow, conf, Outcome(event_id=event_id, workflow=workflow, outcome_type=outcome_type, value=value,
+                                         at_ms=now_ms(), source=source))
+    except (WorkflowError, ValueError, RuntimeError) as exc:
+        raise fail(str(exc))
+    typer.echo(f"sent {outcome_type} for {event_id} to {flow.topics[flow.topic('outcomes')].name}")
 
 
 @app.command()
