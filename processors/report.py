@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import NamedTuple
@@ -224,18 +225,23 @@ class Evidence:
 
     @classmethod
     def read(cls, workflow: Workflow, settings: KafkaSettings) -> Evidence:
+        """The topics are read side by side: each read spends most of its time waiting for the broker."""
         decision_topics = [name.removeprefix(f"{workflow.name}.") for name in workflow.topics
                            if name.startswith(workflow.topic("decisions.")) or name == workflow.topic("shadow")]
+        with ThreadPoolExecutor(8) as pool:
+            def fetch(suffix: str, model: type[BaseModel]) -> Future:
+                return pool.submit(read, workflow, settings, suffix, model)
+
+            decisions = [fetch(suffix, Decision) for suffix in decision_topics]
+            reviews, verdicts, repairs = fetch("review", ReviewItem), fetch("verdicts", Verdict), fetch("repair", WorkItem)
+            traces, results = fetch("traces", Trace), fetch("results", Result)
+            dead = pool.submit(_dead_letters, workflow, settings)
         first: dict[str, Verdict] = {}
-        for verdict in read(workflow, settings, "verdicts", Verdict):  # one review id, one partition: log order
+        for verdict in verdicts.result():  # one review id, one partition: log order
             first.setdefault(verdict.review_id, verdict)
-        return cls(decisions=[d for suffix in decision_topics for d in read(workflow, settings, suffix, Decision)],
-                   reviews=read(workflow, settings, "review", ReviewItem),
-                   verdicts=list(first.values()),
-                   repairs=read(workflow, settings, "repair", WorkItem),
-                   dead=_dead_letters(workflow, settings),
-                   spend=[t for t in read(workflow, settings, "traces", Trace) if t.step == "classify" and t.prompt],
-                   results=read(workflow, settings, "results", Result))
+        return cls(decisions=[d for future in decisions for d in future.result()], reviews=reviews.result(),
+                   verdicts=list(first.values()), repairs=repairs.result(), dead=dead.result(),
+                   spend=[t for t in traces.result() if t.step == "classify" and t.prompt], results=results.result())
 
 
 def _dead_letters(workflow: Workflow, settings: KafkaSettings) -> list[DeadLetterSeen]:
