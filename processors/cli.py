@@ -488,9 +488,13 @@ def replay(workflow: WorkflowName,
            show_events: Annotated[bool, typer.Option("--show-events", help="List every changed event, "
                                                                           "not the first 20.")] = False,
            bootstrap: Bootstrap = None, workflows_dir: WorkflowsDir = None) -> None:
-    """Replay past triggers after a fix, through a prompt version: shadow or live."""
+    """Replay past triggers after a fix, through a prompt version: shadow or live.
+
+    A live replay acts through its version, so a version production does not point to must pass
+    its eval suite first, the same gate as ``prompt promote``."""
     import asyncio
 
+    from processors.evals import run_suite
     from processors.pipeline import build_provider
     from processors.replay import ReplayMode, Selection, Source, new_id, reinject, select, shadow
     from processors.workflow import WorkflowError
@@ -501,10 +505,17 @@ def replay(workflow: WorkflowName,
         chosen = ReplayMode(mode)
         selection = Selection(start=start and Selection.parse_time(start), end=end and Selection.parse_time(end),
                               offsets=offsets and Selection.parse_offsets(offsets), source=source and Source(source))
-        version = prompt_version or store.current().labels.get("production", flow.prompt_spec.version)
+        production = store.current().labels.get("production", flow.prompt_spec.version)
+        version = prompt_version or production
         flow.prompt_spec_for(version)
     except (WorkflowError, ValueError) as exc:
         raise fail(str(exc))
+    if chosen == ReplayMode.live and version != production:
+        evals = run_suite(flow.with_prompt(version), progress=True)
+        if not evals.passed:
+            typer.echo(evals.table())
+            raise fail(f"refused: a live replay acts through {version}, which misses its eval targets (production "
+                       f"runs {production}); replay it in shadow, or fix it and promote it first")
     replay_id = replay_id or new_id()
     selected = select(flow, conf, selection)
     if chosen == ReplayMode.shadow:

@@ -34,6 +34,7 @@ from processors.pipeline import Pipeline
 from processors.records import Decision, Execution, Notification
 from processors.replay import Selection, places, select
 from processors.summary import collect, read
+from processors.tail import snapshot
 from processors.workflow import WORKFLOWS_DIR, Workflow
 from tests.conftest import deployed, produce, tickets
 
@@ -171,6 +172,12 @@ def test_broken_prompt_fixed_promoted_shadow_replayed_then_live_replayed_with_ea
     assert receiver.applied == applied_before
     assert len(read(workflow, kafka, "executions", Execution)) == executions_before
     assert collect(workflow, kafka).decided == broken.decided
+
+    # A live replay acts, so it goes through the promotion gate: the broken version is refused.
+    triggers = len(snapshot(kafka, workflow.topics[workflow.topic("triggers")].name))
+    refused = CliRunner().invoke(app, ["replay", *where, "--mode", "live", "--prompt-version", BROKEN])
+    assert refused.exit_code == 1 and "refused" in refused.output and "FAILED" in refused.output
+    assert len(snapshot(kafka, workflow.topics[workflow.topic("triggers")].name)) == triggers
 
     # Live replay of the same range, twice: routed, each action once.
     for replay_id in ("r-live-1", "r-live-2"):
