@@ -73,7 +73,9 @@ def test_a_running_pipeline_counts_what_happened(kafka, receiver, served):
     def delta(name: str, **labels: str) -> float:
         return value(after, name, **labels) - value(before, name, **labels)
 
-    stage = lambda name: WF | {"stage": name}  # noqa: E731
+    def stage(name: str) -> dict[str, str]:
+        return WF | {"stage": name}
+
     # classify: 4 triggers, the poison, the repair; validate: 5 answers; route: 3 valid ones; execute: 3 notify_team
     assert [delta("handoff_events_in_total", **stage(s)) for s in ("classify", "validate", "route", "execute")] \
         == [6, 5, 3, 3]
