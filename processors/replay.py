@@ -26,7 +26,8 @@ selection leaves out is counted by reason, never silently dropped:
   verdict, an outcome: a better prompt does not change them.
 
 **Shadow** runs the selection through the real classify/validate/route code in this process
-(:mod:`processors.offline`) with the chosen prompt version, writes the new decisions to
+(:mod:`processors.offline`) with the chosen prompt version, under the control state in force
+(rollout mode, thresholds, kill switch) as a live replay would be, writes the new decisions to
 ``<wf>.replay`` (``Decision.replay`` = the replay id; nothing acts on that topic) and reports
 each event's old and new place and the count of each transition (``review:invalid_output →
 billing``). Nothing reaches execute.
@@ -53,6 +54,7 @@ from confluent_kafka import KafkaError, Message, TopicPartition
 from pydantic import BaseModel, model_validator
 from tqdm import tqdm
 
+from processors.control import ControlStore
 from processors.kafka import KafkaSettings
 from processors.offline import OfflineResult, OfflineRunner
 from processors.prompt import dotted
@@ -424,9 +426,14 @@ def _place(result: OfflineResult) -> Place:
 
 async def shadow(workflow: Workflow, settings: KafkaSettings, selected: Selected, prompt_version: str,
                  provider: Provider, replay_id: str) -> ShadowReport:
-    """Decide the selection again with ``prompt_version``; decisions go to ``<wf>.replay`` only."""
+    """Decide the selection again with ``prompt_version``; decisions go to ``<wf>.replay`` only.
+
+    The stages obey the control state in force (mode, thresholds, kill switch) with production
+    pointing to ``prompt_version``: what a live replay would do now, short of acting."""
     before = places(workflow, settings)
-    results = await OfflineRunner(workflow.with_prompt(prompt_version), provider).run(
+    state = ControlStore(settings, workflow).current()
+    pinned = state.model_copy(update={"labels": state.labels | {"production": prompt_version}})
+    results = await OfflineRunner(workflow.with_prompt(prompt_version), provider, pinned).run(
         [o.event for o in selected.originals], progress=f"shadow replay {replay_id}")
     spec = workflow.topics[workflow.topic("replay")]
     serde = AvroSerde(spec.value_schema, registry_url=settings.schema_registry_url)

@@ -11,6 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from processors.cli import app
+from processors.control import ControlStore
 from processors.pipeline import Pipeline
 from processors.providers.scripted import ScriptedProvider, Timeout
 from processors.records import Decision, Execution
@@ -133,6 +134,11 @@ def test_shadow_replay_of_review_reports_transitions_and_acts_on_nothing(kafka, 
     assert len(read(workflow, kafka, "executions", Execution)) == executions and receiver.applied == {}
     text = report.render()
     assert "review:low_confidence -> bug" in text and f"{broken['event_id']}: review:invalid_output -> bug" in text
+
+    ControlStore(kafka, workflow).publish("review threshold 0.99", review_threshold=0.99)
+    stricter = asyncio.run(shadow(workflow, kafka, selected, workflow.prompt_spec.version, fixed, "r-strict"))
+    assert stricter.transitions() == {"review:invalid_output -> review:low_confidence": 1}, "the threshold in force"
+    assert stricter.written == 0
 
 
 def test_live_replay_command_reinjects_the_offsets_with_their_keys_and_the_replay_headers(kafka, monkeypatch):
