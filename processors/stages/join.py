@@ -142,10 +142,13 @@ class Join(WorkflowStage):
                 waiting.status, waiting.original = "joined", None
                 results.append(self._result(state.decision, waiting.outcome, now))
         state.owner_partition, state.updated_at_ms = record.partition, now
-        trace = self.trace(state.event_id, decision=state.decision.model_dump() if state.decision else None,
-                           inputs={"joined": [r.value.outcome_type for r in results],
-                                   "waiting": [o.outcome_id for o in state.outcomes if o.status == "waiting"]})
-        return results + [self.joins.record(state.event_id, state), trace]
+        outputs = results + [self.joins.record(state.event_id, state)]
+        if results or incoming.outcomes:  # a decision alone changes nothing worth a trace
+            outputs.append(self.trace(state.event_id, decision=state.decision.model_dump() if state.decision else None,
+                                      inputs={"joined": [r.value.outcome_type for r in results],
+                                              "waiting": [o.outcome_id for o in state.outcomes
+                                                          if o.status == "waiting"]}))
+        return outputs
 
     def _result(self, decision: JoinedDecision, outcome: Outcome, now: int) -> Emit:
         result = Result(event_id=outcome.event_id, workflow=self.workflow.name, route=decision.route,
