@@ -517,7 +517,10 @@ def replay(workflow: WorkflowName,
             raise fail(f"refused: a live replay acts through {version}, which misses its eval targets (production "
                        f"runs {production}); replay it in shadow, or fix it and promote it first")
     replay_id = replay_id or new_id()
-    selected = select(flow, conf, selection)
+    try:
+        selected = select(flow, conf, selection)
+    except ValueError as exc:
+        raise fail(str(exc))
     if chosen == ReplayMode.shadow:
         shadowed = asyncio.run(shadow(flow, conf, selected, version, build_provider(flow), replay_id))
         typer.echo(shadowed.render(None if show_events else 20))

@@ -228,7 +228,12 @@ def _from_triggers(workflow: Workflow, settings: KafkaSettings, selection: Selec
     serde = AvroSerde(spec.value_schema, registry_url=settings.schema_registry_url)
     consumer = settings.consumer("replay", **{"enable.partition.eof": True})
     try:
-        ranges = (_time_ranges(consumer, spec.name, selection.start, selection.end) if selection.offsets is None
+        partitions = sorted(consumer.list_topics(spec.name, timeout=10).topics[spec.name].partitions)
+        unknown = sorted(set(selection.offsets or ()) - set(partitions))
+        if unknown:
+            raise ValueError(f"offsets: {spec.name} has no partition {unknown[0]} (it has {len(partitions)})")
+        ranges = (_time_ranges(consumer, spec.name, partitions, selection.start, selection.end)
+                  if selection.offsets is None
                   else {p: (first, last + 1) for p, (first, last) in selection.offsets.items()})
         messages = _read(consumer, spec.name, ranges)
     finally:
@@ -257,9 +262,9 @@ def _from_triggers(workflow: Workflow, settings: KafkaSettings, selection: Selec
     return Selected(originals=originals, skipped=dict(skipped))
 
 
-def _time_ranges(consumer, topic: str, start: datetime | None, end: datetime | None) -> dict[int, tuple[int, int]]:
+def _time_ranges(consumer, topic: str, partitions: list[int], start: datetime | None,
+                 end: datetime | None) -> dict[int, tuple[int, int]]:
     """Per partition, [first offset at or after ``start``, first offset at or after ``end``)."""
-    partitions = list(consumer.list_topics(topic, timeout=10).topics[topic].partitions)
     high = {p: _watermarks(consumer, TopicPartition(topic, p)) for p in partitions}
 
     def offsets(when: datetime | None, default: int) -> dict[int, int]:

@@ -72,6 +72,8 @@ def test_time_and_offset_selections_take_exactly_the_range_and_say_what_they_lea
         Selection(start=at(now), source=Source.review)
     with pytest.raises(ValueError, match="PARTITION:FROM-TO"):
         Selection.parse_offsets("0:10")
+    with pytest.raises(ValueError, match="no partition 99"):
+        select(workflow, kafka, Selection(offsets={99: (0, 1)}))
 
 
 def _bare(event: dict) -> dict:
