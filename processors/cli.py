@@ -487,6 +487,8 @@ def replay(workflow: WorkflowName,
                                                                           "(default: generated).")] = None,
            show_events: Annotated[bool, typer.Option("--show-events", help="List every changed event, "
                                                                           "not the first 20.")] = False,
+           wait: Annotated[float, typer.Option(help="live: wait up to SECONDS for the running stages to settle "
+                                                    "every re-injected event, then report what changed.")] = 0.0,
            bootstrap: Bootstrap = None, workflows_dir: WorkflowsDir = None) -> None:
     """Replay past triggers after a fix, through a prompt version: shadow or live.
 
@@ -496,7 +498,7 @@ def replay(workflow: WorkflowName,
 
     from processors.evals import run_suite
     from processors.pipeline import build_provider
-    from processors.replay import ReplayMode, Selection, Source, new_id, reinject, select, shadow
+    from processors.replay import ReplayMode, Selection, Source, new_id, places, reinject, select, settle, shadow
     from processors.workflow import WorkflowError
 
     store = control_store(workflow, bootstrap, workflows_dir)
@@ -526,9 +528,12 @@ def replay(workflow: WorkflowName,
         typer.echo(shadowed.render(None if show_events else 20))
         return
     typer.echo(f"replay {replay_id} (live, prompt {version}): {selected.render()}")
+    before = places(flow, conf) if wait else {}
     sent = reinject(flow, conf, selected, replay_id, version)
     typer.echo(f"re-injected {sent} into {flow.topics[flow.topic('triggers')].name}; the running stages decide them "
                f"again, and an action already executed is answered already_done, not repeated")
+    if wait:
+        typer.echo(settle(flow, conf, selected, replay_id, version, before, sent, wait).render(None if show_events else 20))
 
 
 @app.command("eval")

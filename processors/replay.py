@@ -42,6 +42,7 @@ replaying a range twice executes nothing twice.
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -389,13 +390,17 @@ class Change(BaseModel):
         return self.before is None or (self.before.kind, self.before.detail) != (self.after.kind, self.after.detail)
 
 
-class ShadowReport(BaseModel):
+class ReplayReport(BaseModel):
+    """What a replay changed (live) or would change (shadow), event by event."""
+
     replay_id: str
+    mode: ReplayMode
     prompt_version: str
     selected: Selected
     changes: list[Change]
+    """Shadow: every selected event. Live: the events the stages have settled again so far."""
     written: int
-    """Decisions written to ``<wf>.replay``."""
+    """Shadow: decisions written to ``<wf>.replay``. Live: triggers re-injected."""
 
     def transitions(self) -> Counter:
         """Count of each ``before -> after``, changed events only."""
@@ -404,9 +409,14 @@ class ShadowReport(BaseModel):
     def render(self, events: int | None = 20) -> str:
         """The summary, a transition table and the first ``events`` changed events (None: all)."""
         changed = [c for c in self.changes if c.changed]
-        lines = [f"replay {self.replay_id} (shadow, prompt {self.prompt_version}): {self.selected.render()}",
-                 f"{len(changed)} of {len(self.changes)} events would change; {self.written} decisions written "
-                 f"to the replay topic, nothing acted on"]
+        lines = [f"replay {self.replay_id} ({self.mode}, prompt {self.prompt_version}): {self.selected.render()}"]
+        if self.mode == ReplayMode.shadow:
+            lines.append(f"{len(changed)} of {len(self.changes)} events would change; {self.written} decisions "
+                         f"written to the replay topic, nothing acted on")
+        else:
+            waiting = len(self.selected.originals) - len(self.changes)
+            lines.append(f"re-injected {self.written}; {len(changed)} of {len(self.changes)} settled events changed"
+                         + (f"; {waiting} not settled yet (are the stages running?)" if waiting else ""))
         table = self.transitions().most_common()
         if table:
             width = max(len(t) for t, _ in table)
@@ -430,7 +440,7 @@ def _place(result: OfflineResult) -> Place:
 
 
 async def shadow(workflow: Workflow, settings: KafkaSettings, selected: Selected, prompt_version: str,
-                 provider: Provider, replay_id: str) -> ShadowReport:
+                 provider: Provider, replay_id: str) -> ReplayReport:
     """Decide the selection again with ``prompt_version``; decisions go to ``<wf>.replay`` only.
 
     The stages obey the control state in force (mode, thresholds, kill switch) with production
@@ -449,8 +459,8 @@ async def shadow(workflow: Workflow, settings: KafkaSettings, selected: Selected
     changes = [Change(event_id=o.event_id, origin=o.origin, before=before.get(o.event_id), after=_place(r),
                       label=r.label, confidence=(r.answer or {}).get("confidence"))
                for o, r in zip(selected.originals, results) if r.ended != "duplicate"]
-    return ShadowReport(replay_id=replay_id, prompt_version=prompt_version, selected=selected, changes=changes,
-                        written=len(decisions))
+    return ReplayReport(replay_id=replay_id, mode=ReplayMode.shadow, prompt_version=prompt_version,
+                        selected=selected, changes=changes, written=len(decisions))
 
 
 # ---- live: through the real stages again, marked as a replay ---------------------------------------------
@@ -465,6 +475,25 @@ def reinject(workflow: Workflow, settings: KafkaSettings, selected: Selected, re
         headers.append((PROMPT_VERSION_HEADER, prompt_version.encode()))
     return _produce(settings, workflow.topics[workflow.topic("triggers")].name,
                     [(o.key, o.value) for o in selected.originals], headers=headers, desc=f"re-injecting {replay_id}")
+
+
+def settle(workflow: Workflow, settings: KafkaSettings, selected: Selected, replay_id: str, prompt_version: str,
+           before: dict[str, Place], written: int, timeout: float, poll_s: float = 1.0) -> ReplayReport:
+    """Wait (up to ``timeout``) until the running stages have placed every re-injected event again
+    — a decision, review item or dead letter carrying the replay id — and report the changes."""
+    wanted = {o.event_id: o for o in selected.originals}
+    deadline = time.monotonic() + timeout
+    with tqdm(total=len(wanted), desc=f"settling {replay_id}", unit="event", disable=None) as bar:
+        while True:
+            now = {e: p for e, p in places(workflow, settings).items() if e in wanted and p.replay == replay_id}
+            bar.update(len(now) - bar.n)
+            if len(now) == len(wanted) or time.monotonic() >= deadline:
+                break
+            time.sleep(poll_s)
+    changes = [Change(event_id=e, origin=o.origin, before=before.get(e), after=now[e])
+               for e, o in wanted.items() if e in now]
+    return ReplayReport(replay_id=replay_id, mode=ReplayMode.live, prompt_version=prompt_version, selected=selected,
+                        changes=changes, written=written)
 
 
 class ReplayError(RuntimeError):

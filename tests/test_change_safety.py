@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import re
 import shutil
+import threading
 import zlib
 from collections import Counter
 from datetime import datetime, timedelta, timezone
@@ -179,14 +180,7 @@ def test_broken_prompt_fixed_promoted_shadow_replayed_then_live_replayed_with_ea
     assert refused.exit_code == 1 and "refused" in refused.output and "FAILED" in refused.output
     assert len(snapshot(kafka, workflow.topics[workflow.topic("triggers")].name)) == triggers
 
-    # Live replay of the same range, twice: routed, each action once.
-    for replay_id in ("r-live-1", "r-live-2"):
-        result = CliRunner().invoke(app, ["replay", *where, "--mode", "live", "--id", replay_id])
-        assert result.exit_code == 0, result.output
-        assert f"selected {len(sample)} events" in result.output and f"re-injected {len(sample)}" in result.output
-        assert f"prompt {FIXED}" in result.output
-        assert Pipeline(workflow, kafka).run_until_drained(timeout=180)
-
+    def routed_with_each_action_once() -> None:
         now = places(workflow, kafka)
         assert {e: (now[e].kind, now[e].detail) for e in ids} == {e: ("decision", r) for e, r in expected_route.items()}
         assert set(receiver.applied) == {f"{e}:open_escalation" for e in escalated}
@@ -194,6 +188,30 @@ def test_broken_prompt_fixed_promoted_shadow_replayed_then_live_replayed_with_ea
         assert all(n == 1 for n in arrivals.values()), f"an escalation was applied twice: {arrivals}"
         notified = Counter(n.event_id for n in read(workflow, kafka, "notifications", Notification))
         assert notified == dict.fromkeys(ids, 1), "each decided ticket notified its team exactly once"
+
+    # Live replay of the same range, waiting for the running stages to settle every ticket again.
+    running = Pipeline(workflow, kafka)
+    stages = threading.Thread(target=running.run)
+    stages.start()
+    try:
+        result = CliRunner().invoke(app, ["replay", *where, "--mode", "live", "--id", "r-live-1", "--wait", "120"])
+    finally:
+        running.stop()
+        stages.join()
+    assert result.exit_code == 0, result.output
+    assert not running.errors
+    assert f"(live, prompt {FIXED}): selected {len(sample)} events" in result.output
+    assert f"re-injected {len(sample)}; {len(stranded)} of {len(sample)} settled events changed" in result.output
+    table = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\S+ -> \S+) +(\d+)$", result.output, re.M)}
+    assert table == Counter(stranded.values())
+    assert Pipeline(workflow, kafka).run_until_drained(timeout=180)  # what is left: the actions of the last decisions
+    routed_with_each_action_once()
+
+    # And again: every effect already happened, so nothing runs twice.
+    result = CliRunner().invoke(app, ["replay", *where, "--mode", "live", "--id", "r-live-2"])
+    assert result.exit_code == 0 and f"re-injected {len(sample)}" in result.output, result.output
+    assert Pipeline(workflow, kafka).run_until_drained(timeout=180)
+    routed_with_each_action_once()
 
     executions = Counter((x.idempotency_key, x.status) for x in read(workflow, kafka, "executions", Execution))
     assert {k for (k, status) in executions if status == "done"} == \
