@@ -66,7 +66,15 @@ def namespace() -> str:
 
 @pytest.fixture
 def kafka(kafka_bootstrap, namespace) -> KafkaSettings:
-    return KafkaSettings(bootstrap_servers=kafka_bootstrap, namespace=namespace)
+    """The test's namespace on the broker; its topics are deleted afterwards. A workflow deploys
+    ~160 partitions, so on a long-lived development broker the tests' leftovers would exhaust its
+    open files within an hour (it then fails to create partitions: "Too many open files")."""
+    settings = KafkaSettings(bootstrap_servers=kafka_bootstrap, namespace=namespace)
+    yield settings
+    admin = settings.admin()
+    leftovers = [t for t in admin.list_topics(timeout=10).topics if t.startswith(f"{namespace}.")]
+    for future in (admin.delete_topics(leftovers, operation_timeout=30) if leftovers else {}).values():
+        future.result()
 
 
 # ---- workflows under test: deploy one, feed it, read it back ----------------------------------------
