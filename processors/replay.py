@@ -64,8 +64,8 @@ from processors.records import Decision, ReviewItem, WorkItem
 from processors.serde import AvroSerde, DecodeError, EncodeError
 from processors.stage import now_ms
 from processors.stages.base import PROMPT_VERSION_HEADER, REPLAY_HEADER
-from processors.summary import SETTLING_STAGES, _dead_letter_id, read
-from processors.tail import _watermarks, snapshot
+from processors.summary import SETTLING_STAGES, dead_letter_id, read
+from processors.tail import watermarks, snapshot
 from processors.workflow import Workflow
 
 _OFFSETS = re.compile(r"^(\d+):(\d+)-(\d+)$")
@@ -189,7 +189,7 @@ def _found(workflow: Workflow, settings: KafkaSettings) -> list[_Found]:
               for r in read(workflow, settings, "review", ReviewItem)]
     for msg in snapshot(settings, workflow.topics[workflow.topic("dlq")].name):
         headers = {k: v.decode() for k, v in msg.headers() or []}
-        found.append(_Found(event_id=_dead_letter_id(workflow, headers, msg.value()),
+        found.append(_Found(event_id=dead_letter_id(workflow, headers, msg.value()),
                             letter=_Letter(key=msg.key(), value=msg.value() or b"", headers=headers),
                             place=Place(kind="dead_letter", detail=headers.get("handoff.error.reason", "unknown"),
                                         at_ms=msg.timestamp()[1], replay=headers.get(REPLAY_HEADER))))
@@ -266,7 +266,7 @@ def _from_triggers(workflow: Workflow, settings: KafkaSettings, selection: Selec
 def _time_ranges(consumer, topic: str, partitions: list[int], start: datetime | None,
                  end: datetime | None) -> dict[int, tuple[int, int]]:
     """Per partition, [first offset at or after ``start``, first offset at or after ``end``)."""
-    high = {p: _watermarks(consumer, TopicPartition(topic, p)) for p in partitions}
+    high = {p: watermarks(consumer, TopicPartition(topic, p)) for p in partitions}
 
     def offsets(when: datetime | None, default: int) -> dict[int, int]:
         if when is None:

@@ -74,7 +74,7 @@ from processors.kafka import KafkaSettings
 from processors.records import Decision, Result, ReviewItem, Trace, Verdict, WorkItem
 from processors.serde import AvroSerde, DecodeError
 from processors.stage import now_ms
-from processors.summary import SETTLING_STAGES, _dead_letter_id, read
+from processors.summary import SETTLING_STAGES, dead_letter_id, read
 from processors.tail import snapshot
 from processors.workflow import Workflow
 
@@ -261,7 +261,7 @@ def _dead_letters(workflow: Workflow, settings: KafkaSettings) -> list[DeadLette
                 continue
             except DecodeError:
                 pass  # identified by where it came from, below
-        out.append(DeadLetterSeen(_dead_letter_id(workflow, headers, msg.value()), None, at_ms))
+        out.append(DeadLetterSeen(dead_letter_id(workflow, headers, msg.value()), None, at_ms))
     return out
 
 

@@ -203,6 +203,8 @@ class _EventLoop:
     def stop(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
+        if not self.thread.is_alive():  # a loop still running (a stage stuck past 5 s) cannot be closed
+            self.loop.close()
 
 
 def _run_inline(coro):

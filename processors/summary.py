@@ -1,7 +1,8 @@
 """Where every trigger of a workflow ended up, read back from its topics.
 
 A trigger ends in exactly one place: a route topic (a decision), review (a person decides),
-or the dead letters. :func:`collect` reads those topics (read committed, no consumer group)
+or the dead letters. An item a reviewer approved or corrected has moved on to its route: its
+decision (``source="review"``) is where it ended, so it no longer counts as waiting in review. :func:`collect` reads those topics (read committed, no consumer group)
 and identifies each record by event id — or, for a dead letter whose bytes cannot be
 decoded, by its original topic, partition and offset — so the demo can print the counts and
 tests can check that they add up and that no event is in two places.
@@ -16,7 +17,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from processors.prompt import dotted
-from processors.records import Decision, Execution, ReviewItem
+from processors.records import ActionRequest, Decision, Execution, ReviewItem
 from processors.kafka import KafkaSettings
 from processors.serde import AvroSerde, DecodeError
 from processors.tail import snapshot
@@ -33,6 +34,7 @@ class Summary(BaseModel):
     workflow: str
     triggers: int
     decided: dict[str, str]                   # event id -> route
+    by_reviewers: int                         # of those, decided with a reviewer's answer
     labels: dict[str, str]                    # event id -> decided label
     reviewed: dict[str, str]                  # event id -> reason (settling stages)
     dead: dict[str, str]                      # event id or topic:partition:offset -> reason (settling stages)
@@ -65,7 +67,8 @@ class Summary(BaseModel):
                  f"{len(self.reviewed)} to review, {len(self.dead)} dead-lettered "
                  f"({'all accounted for' if self.placed == self.triggers and not self.in_two_places() else 'MISMATCH'})",
                  "routes:        " + _counts(routes),
-                 "review:        " + _counts(Counter(self.reviewed.values())),
+                 "review:        " + _counts(Counter(self.reviewed.values()))
+                 + (f"; {self.by_reviewers} more decided by reviewers" if self.by_reviewers else ""),
                  "dead letters:  " + _counts(Counter(self.dead.values())),
                  "approvals:     " + (f"{len(self.approvals)} risky actions await a person" if self.approvals else "-"),
                  "actions:       " + _counts(Counter(self.executions)),
@@ -92,23 +95,27 @@ def collect(workflow: Workflow, settings: KafkaSettings, samples: int = 3) -> Su
     decisions = [d for name in topics if name.startswith(workflow.topic("decisions."))
                  for d in read(workflow, settings, name.removeprefix(f"{workflow.name}."), Decision)]
     reviews = read(workflow, settings, "review", ReviewItem)
+    reviewed = {d.event_id for d in decisions if d.source == "review"}
     executions = read(workflow, settings, "executions", Execution)
+    executed = {e.idempotency_key for e in executions}
     dead, action_failures = {}, {}
     for msg in snapshot(settings, topics[workflow.topic("dlq")].name):
         headers = {k: v.decode() for k, v in msg.headers() or []}
         reason = headers.get("handoff.error.reason", "unknown")
         if headers.get("handoff.stage") == "execute":
             action_failures[msg.key().decode() if msg.key() else str(msg.offset())] = reason
-        else:
-            dead[_dead_letter_id(workflow, headers, msg.value())] = reason
+        elif headers.get("handoff.stage") in SETTLING_STAGES:
+            dead[dead_letter_id(workflow, headers, msg.value())] = reason
     triggers = topics[workflow.topic("triggers")].name
     return Summary(
         workflow=workflow.name, triggers=sum(1 for _ in snapshot(settings, triggers)),
         decided={d.event_id: d.route for d in decisions},
+        by_reviewers=len(reviewed),
         labels={d.event_id: d.label for d in decisions},
-        reviewed={r.event_id: r.reason for r in reviews if r.stage in SETTLING_STAGES},
+        reviewed={r.event_id: r.reason for r in reviews if r.stage in SETTLING_STAGES and r.event_id not in reviewed},
         dead=dead,
-        approvals=[r.review_id for r in reviews if r.reason == "risky_action"],
+        approvals=[r.review_id for r in reviews if r.reason == "risky_action"
+                   and ActionRequest.model_validate_json(r.action).idempotency_key not in executed],
         action_failures=action_failures,
         executions=dict(Counter(f"{e.action} {e.status}" for e in executions)),
         latency_ms=[float(d.decided_at_ms - d.trigger_timestamp_ms) for d in decisions if d.trigger_timestamp_ms],
@@ -123,7 +130,7 @@ def read(workflow: Workflow, settings: KafkaSettings, suffix: str, model: type[M
     return [model.model_validate(serde.decode(msg.value())) for msg in snapshot(settings, spec.name)]
 
 
-def _dead_letter_id(workflow: Workflow, headers: dict[str, str], value: bytes | None) -> str:
+def dead_letter_id(workflow: Workflow, headers: dict[str, str], value: bytes | None) -> str:
     """The event id inside a dead letter's original bytes, or where the bytes came from."""
     origin = headers.get("handoff.original.topic", "")
     where = f"{origin}:{headers.get('handoff.original.partition')}:{headers.get('handoff.original.offset')}"

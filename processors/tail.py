@@ -37,7 +37,7 @@ def snapshot(settings: KafkaSettings, topic: str, timeout: float = 30.0) -> list
         pending = set()
         assignment = []
         for p in meta.partitions:
-            low, high = _watermarks(consumer, TopicPartition(topic, p))
+            low, high = watermarks(consumer, TopicPartition(topic, p))
             if high > low:
                 pending.add(p)
                 assignment.append(TopicPartition(topic, p, OFFSET_BEGINNING))
@@ -61,7 +61,7 @@ def snapshot(settings: KafkaSettings, topic: str, timeout: float = 30.0) -> list
         consumer.close()
 
 
-def _watermarks(consumer: Consumer, tp: TopicPartition, attempts: int = 20) -> tuple[int, int]:
+def watermarks(consumer: Consumer, tp: TopicPartition, attempts: int = 20) -> tuple[int, int]:
     """Watermarks, retried while a just-created partition's leader is still being elected."""
     for attempt in range(attempts):
         try:
@@ -81,7 +81,7 @@ def count(settings: KafkaSettings, *topics: str) -> int:
         total = 0
         for topic in topics:
             for p in consumer.list_topics(topic, timeout=10).topics[topic].partitions:
-                low, high = _watermarks(consumer, TopicPartition(topic, p))
+                low, high = watermarks(consumer, TopicPartition(topic, p))
                 total += high - low
         return total
     finally:
@@ -97,7 +97,7 @@ def lag(settings: KafkaSettings, group: str, topics: list[str]) -> int:
                       for p in consumer.list_topics(topic, timeout=10).topics[topic].partitions]
         total = 0
         for tp in consumer.committed(partitions, timeout=10):
-            low, high = _watermarks(consumer, tp)
+            low, high = watermarks(consumer, tp)
             total += high - (tp.offset if tp.offset >= 0 else low)
         return total
     finally:
