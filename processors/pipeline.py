@@ -30,7 +30,7 @@ from processors.stages.join import Join
 from processors.stages.review import Review
 from processors.stages.route import Route
 from processors.stages.validate import Validate
-from processors.tail import lag
+from processors.tail import LagProbe
 from processors.workflow import CascadeModel, EmbeddedModel, ScriptedModel, Workflow
 
 log = logging.getLogger("handoff.pipeline")
@@ -107,12 +107,9 @@ class Pipeline:
         if self.errors:
             raise self.errors[0]
 
-    def lag(self) -> int:
-        """Uncommitted input records over all stages, upstream first (see :func:`drained`)."""
-        total = 0
-        for runtime in self.runtimes:
-            total += lag(self.settings, self.settings.group_id(runtime.group), runtime.input_topics)
-        return total
+    def lag(self, probe: LagProbe) -> int:
+        """Uncommitted input records over all stages, upstream first (see :meth:`run_until_drained`)."""
+        return sum(probe.lag(self.settings.group_id(runtime.group), runtime.input_topics) for runtime in self.runtimes)
 
     def run_until_drained(self, timeout: float, quiet_checks: int = 2, interval: float = 1.0) -> bool:
         """Run until every stage has committed all its input (``quiet_checks`` times in a row,
@@ -125,10 +122,14 @@ class Pipeline:
 
         def drained() -> bool:
             nonlocal quiet
-            while time.monotonic() < deadline and quiet < quiet_checks and not self.errors:
-                time.sleep(interval)
-                quiet = quiet + 1 if self.lag() == 0 else 0
-            self.stop()
+            probe = LagProbe(self.settings)
+            try:
+                while time.monotonic() < deadline and quiet < quiet_checks and not self.errors:
+                    time.sleep(interval)
+                    quiet = quiet + 1 if self.lag(probe) == 0 else 0
+            finally:
+                probe.close()
+                self.stop()
             return quiet >= quiet_checks
 
         watcher = concurrent.futures.ThreadPoolExecutor(1).submit(drained)

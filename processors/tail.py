@@ -11,7 +11,8 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import (OFFSET_BEGINNING, Consumer, ConsumerGroupTopicPartitions, KafkaError, KafkaException,
+                             Message, TopicPartition)
 
 from processors.kafka import KafkaSettings
 from processors.serde import AvroSerde, DecodeError
@@ -88,20 +89,34 @@ def count(settings: KafkaSettings, *topics: str) -> int:
         consumer.close()
 
 
-def lag(settings: KafkaSettings, group: str, topics: list[str]) -> int:
-    """Records in ``topics`` that consumer ``group`` (full name) has not committed yet."""
-    consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": group,
-                         "enable.auto.commit": False})
-    try:
-        partitions = [TopicPartition(topic, p) for topic in topics
-                      for p in consumer.list_topics(topic, timeout=10).topics[topic].partitions]
+class LagProbe:
+    """How many records of some topics a consumer group has not committed yet, asked again and
+    again (a drain check asks every second) over one admin client and one reader, not a new
+    consumer per question."""
+
+    def __init__(self, settings: KafkaSettings):
+        self.admin = settings.admin()
+        self.reader = _reader(settings)
+        self._partitions: dict[str, list[int]] = {}
+
+    def lag(self, group: str, topics: list[str]) -> int:
+        """Uncommitted records of ``topics`` for consumer ``group`` (its full name)."""
+        partitions = [TopicPartition(topic, p) for topic in topics for p in self._partitions_of(topic)]
+        request = ConsumerGroupTopicPartitions(group, partitions)
+        committed = self.admin.list_consumer_group_offsets([request])[group].result(timeout=10).topic_partitions
         total = 0
-        for tp in consumer.committed(partitions, timeout=10):
-            low, high = watermarks(consumer, tp)
+        for tp in committed:
+            low, high = watermarks(self.reader, TopicPartition(tp.topic, tp.partition))
             total += high - (tp.offset if tp.offset >= 0 else low)
         return total
-    finally:
-        consumer.close()
+
+    def close(self) -> None:
+        self.reader.close()
+
+    def _partitions_of(self, topic: str) -> list[int]:
+        if topic not in self._partitions:
+            self._partitions[topic] = list(self.reader.list_topics(topic, timeout=10).topics[topic].partitions)
+        return self._partitions[topic]
 
 
 def follow(settings: KafkaSettings, topic: str, from_beginning: bool = True) -> Iterator[Message]:

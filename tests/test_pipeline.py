@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 
 import orjson
+from prometheus_client import REGISTRY
 
 from processors.pipeline import Pipeline
 from processors.providers.scripted import ScriptedProvider, Timeout
@@ -51,6 +52,8 @@ def test_each_poison_kind_takes_its_path_and_the_stages_carry_on(kafka, receiver
     produce(kafka, workflow, [events["after_poison"]])  # ...and a valid one behind the poison, same key
     produce(kafka, workflow, [events["ok"]])  # a duplicate event id: recognised, not processed twice
 
+    webhook_retries = {"workflow": workflow.name, "stage": "execute"}
+    retried_before = REGISTRY.get_sample_value("handoff_retries_total", webhook_retries) or 0.0
     assert Pipeline(workflow, kafka, provider=provider).run_until_drained(timeout=120)
     summary = collect(workflow, kafka)
 
@@ -68,6 +71,8 @@ def test_each_poison_kind_takes_its_path_and_the_stages_carry_on(kafka, receiver
                                        "e_hook5xx:open_escalation": "action_http_5xx_exhausted"}
     assert set(receiver.applied) == {"e_escalate:open_escalation", "e_no_reason:open_escalation"}
     assert summary.executions == {"notify_team done": 8, "open_escalation done": 2}
+    # e_hook5xx: four attempts, all 503 -> three webhook retries counted like model retries
+    assert REGISTRY.get_sample_value("handoff_retries_total", webhook_retries) - retried_before == 3
 
     dlq = snapshot(kafka, workflow.topics[workflow.topic("dlq")].name)
     timeout_letter = next(m for m in dlq if m.value() == sent["e_timeout"])

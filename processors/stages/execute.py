@@ -26,6 +26,7 @@ import os
 import httpx
 import orjson
 
+from processors import metrics
 from processors.actions.webhook import ActionFailed, ActionResult, WebhookAction
 from processors.checks import SchemaCheck
 from processors.control import Control, approval_risk
@@ -82,7 +83,9 @@ class Execute(WorkflowStage):
             try:
                 result = await self.webhooks[request.action].run(key, arguments)
             except ActionFailed as exc:
+                self._retried(exc.attempts)
                 raise DeadLetter(f"action_{exc.reason}", str(exc), attempts=exc.attempts) from exc
+            self._retried(result.attempts)
             outputs = []
         else:
             result = ActionResult(http_status=None, response=None, attempts=1, latency_ms=0.0)
@@ -93,6 +96,11 @@ class Execute(WorkflowStage):
         ledger = self.done.record(key, ActionDone(idempotency_key=key, event_id=request.event_id,
                                                   action=request.action, executed_at_ms=now_ms()))
         return outputs + [ledger] + self._executed(request, "done", result)
+
+    def _retried(self, attempts: int) -> None:
+        """Webhook retries count in ``handoff_retries_total`` like model retries do."""
+        if attempts > 1:
+            metrics.RETRIES.labels(self.workflow.name, self.name).inc(attempts - 1)
 
     def _allowed(self, request: ActionRequest) -> tuple[Action, dict]:
         """The declared action and its parsed arguments, if it may run with them; DeadLetter otherwise."""
