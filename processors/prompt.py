@@ -9,11 +9,14 @@ model answer records the exact name and version that produced it.
 from __future__ import annotations
 
 import re
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from processors.checks import SchemaCheck
 
 _PLACEHOLDER = re.compile(r"\{\{\s*([\w.]+)\s*\}\}")
 
@@ -58,6 +61,11 @@ class PromptSpec(BaseModel):
         if undeclared:
             raise ValueError(f"template uses undeclared inputs: {sorted(undeclared)}")
         return self
+
+    @cached_property
+    def answer_check(self) -> SchemaCheck:
+        """The output schema, compiled once: validate runs it on every answer of this version."""
+        return SchemaCheck(self.output_schema, "(answer)")
 
     @property
     def ref(self) -> dict[str, str]:

@@ -212,21 +212,29 @@ class Workflow(Strict):
         """Every version of the workflow's prompt on disk, oldest first (versions sort by date)."""
         return sorted(p.stem for p in self.prompt_dir.glob("*.yaml"))
 
+    @cached_property
+    def loaded_prompt_specs(self) -> dict[str, PromptSpec]:
+        """Prompt specs read so far, by version: a stage asks for one per record."""
+        return {self.prompt_spec.version: self.prompt_spec}
+
     def prompt_spec_for(self, version: str) -> PromptSpec:
-        """The spec of another version of the same prompt (a label on the control topic may point to it)."""
-        if version == self.prompt_spec.version:
-            return self.prompt_spec
-        path = self.prompt_dir / f"{version}.yaml"
-        if not path.exists():
-            raise WorkflowError(f"no version {version!r} of prompt {self.prompt_spec.name} "
-                                f"(known: {self.prompt_versions()})")
-        return load_prompt(path)
+        """The spec of another version of the same prompt (a label on the control topic may point to
+        it), read from disk once."""
+        spec = self.loaded_prompt_specs.get(version)
+        if spec is None:
+            path = self.prompt_dir / f"{version}.yaml"
+            if not path.exists():
+                raise WorkflowError(f"no version {version!r} of prompt {self.prompt_spec.name} "
+                                    f"(known: {self.prompt_versions()})")
+            spec = self.loaded_prompt_specs[version] = load_prompt(path)
+        return spec
 
     def with_prompt(self, version: str) -> Workflow:
         """This workflow running ``version`` of its prompt (evals, replay, promotion)."""
         spec = self.prompt_spec_for(version)
         copy = self.model_copy(update={"prompt": f"{spec.name}@{spec.version}"})
         copy.__dict__["prompt_spec"] = spec
+        copy.__dict__["loaded_prompt_specs"] = {**self.loaded_prompt_specs, version: spec}
         return copy
 
     @cached_property

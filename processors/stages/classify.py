@@ -60,7 +60,6 @@ class Classify(WorkflowStage):
         super().__init__(workflow, control)
         self.provider = provider
         self.usage = metrics.ModelUsage(workflow.name)
-        self.specs = {workflow.prompt_spec.version: workflow.prompt_spec}
 
     async def process(self, record: Record) -> list[Emit]:
         control = self.control.state
@@ -99,15 +98,12 @@ class Classify(WorkflowStage):
                            raw_answer=answer.text, answer=item.answer)]
 
     def spec(self, version: str | None) -> PromptSpec:
-        """The prompt spec of ``version`` (the workflow file's when None), read from disk once."""
-        version = version or self.workflow.prompt_spec.version
-        spec = self.specs.get(version)
-        if spec is None:
-            try:
-                spec = self.specs[version] = self.workflow.prompt_spec_for(version)
-            except WorkflowError as exc:
-                raise DeadLetter("unknown_prompt_version", str(exc)) from exc
-        return spec
+        """The prompt spec of ``version`` (the workflow file's when None); a version with no file
+        dead-letters the record."""
+        try:
+            return self.workflow.prompt_spec_for(version or self.workflow.prompt_spec.version)
+        except WorkflowError as exc:
+            raise DeadLetter("unknown_prompt_version", str(exc)) from exc
 
     def _killed(self, record: Record, event: dict, event_id: str, spec: PromptSpec, control: ControlState,
                 replay: str | None, repaired: WorkItem | None) -> list[Emit]:

@@ -23,7 +23,6 @@ that produced it, whichever version the production label points to now.
 from __future__ import annotations
 
 from processors import metrics, rules
-from processors.checks import SchemaCheck
 from processors.control import Control, review_threshold
 from processors.kafka import KafkaSettings
 from processors.ledger import Ledger
@@ -42,7 +41,6 @@ class Validate(WorkflowStage):
 
     def __init__(self, workflow: Workflow, settings: KafkaSettings, control: Control | ControlState | None = None):
         super().__init__(workflow, control)
-        self.schemas = {workflow.prompt_spec.version: SchemaCheck(workflow.prompt_spec.output_schema, "(answer)")}
         seen = workflow.topic("seen")
         self.seen = Ledger(settings, seen, workflow.topics[seen], SeenEvent)
 
@@ -52,16 +50,8 @@ class Validate(WorkflowStage):
     def errors(self, answer: dict | None, item: WorkItem) -> list[str]:
         if answer is None:
             return ["the answer is not a JSON object"]
-        return self.schema(item.prompt.version).errors(answer) or rules.check(self.workflow.rules, answer,
-                                                                              item.event_dict())
-
-    def schema(self, version: str) -> SchemaCheck:
-        """The output schema check of a prompt version, built once."""
-        check = self.schemas.get(version)
-        if check is None:
-            check = self.schemas[version] = SchemaCheck(self.workflow.prompt_spec_for(version).output_schema,
-                                                        "(answer)")
-        return check
+        return self.workflow.prompt_spec_for(item.prompt.version).answer_check.errors(answer) \
+            or rules.check(self.workflow.rules, answer, item.event_dict())
 
     async def process(self, record: Record) -> list[Emit]:
         control = self.control.state
