@@ -39,6 +39,18 @@ def fail(message: str) -> typer.Exit:
     return typer.Exit(1)
 
 
+def load(workflow: str, bootstrap: str | None, workflows_dir: Path | None = None):
+    """The workflow, in the namespace of the Kafka settings, and those settings; exit 1 with the
+    reason when the workflow does not load."""
+    from processors.workflow import WORKFLOWS_DIR, WorkflowError, load_workflow
+
+    conf = settings(bootstrap)
+    try:
+        return load_workflow(workflow, conf.namespace, workflows_dir or WORKFLOWS_DIR), conf
+    except WorkflowError as exc:
+        raise fail(str(exc))
+
+
 @kafka_app.command("up")
 def kafka_up(data_dir: DataDir = localkafka.DEFAULT_DATA_DIR, port: int = localkafka.DEFAULT_PORT,
              timeout: float = 120.0) -> None:
@@ -104,16 +116,11 @@ def run(workflow: WorkflowName,
         bootstrap: Bootstrap = None) -> None:
     """Run a workflow's stages until SIGTERM or Ctrl-C (drains in-flight work, then commits)."""
     from processors.pipeline import STAGES, Pipeline
-    from processors.workflow import WorkflowError, load_workflow
 
-    conf = settings(bootstrap)
     stages = list(STAGES) if stage == "all" else [stage]
     if not set(stages) <= set(STAGES):
         raise fail(f"unknown stage {stage!r}; one of {', '.join(STAGES)} or all")
-    try:
-        flow = load_workflow(workflow, conf.namespace)
-    except WorkflowError as exc:
-        raise fail(str(exc))
+    flow, conf = load(workflow, bootstrap)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     options = RuntimeOptions(guarantee=guarantee, max_in_flight=max_in_flight,
                              **({"instance": instance} if instance else {}))
@@ -134,13 +141,11 @@ def report(workflow: WorkflowName,
     """Per prompt version: automation, review, override and schema-failure rates, escalation recall, dead
     letters, p50/p95 latency, tokens and cost per completed workflow (defined in processors/report.py)."""
     from processors.report import build, parse_since
-    from processors.workflow import WorkflowError, load_workflow
 
-    conf = settings(bootstrap)
+    flow, conf = load(workflow, bootstrap)
     try:
-        flow = load_workflow(workflow, conf.namespace)
         since_ms = parse_since(since) if since else None
-    except (WorkflowError, ValueError) as exc:
+    except ValueError as exc:
         raise fail(str(exc))
     result = build(flow, conf, since_ms)
     typer.echo(result.model_dump_json(indent=2) if as_json else result.render())
@@ -158,14 +163,12 @@ def outcome(event_id: Annotated[str, typer.Argument(metavar="EVENT_ID", help="Th
     from processors.records import Outcome
     from processors.stage import now_ms
     from processors.stages.join import send_outcome
-    from processors.workflow import WorkflowError, load_workflow
 
-    conf = settings(bootstrap)
+    flow, conf = load(workflow, bootstrap)
     try:
-        flow = load_workflow(workflow, conf.namespace)
         send_outcome(flow, conf, Outcome(event_id=event_id, workflow=workflow, outcome_type=outcome_type, value=value,
                                          at_ms=now_ms(), source=source))
-    except (WorkflowError, ValueError, RuntimeError) as exc:
+    except (ValueError, RuntimeError) as exc:
         raise fail(str(exc))
     typer.echo(f"sent {outcome_type} for {event_id} to {flow.topics[flow.topic('outcomes')].name}")
 
@@ -195,17 +198,13 @@ app.add_typer(review_app, name="review")
 app.add_typer(dataset_app, name="dataset")
 ReviewId = Annotated[str, typer.Argument(help="The review id, as `handoff review list` prints it.")]
 Reviewer = Annotated[Optional[str], typer.Option(help="Who decides (default: $HANDOFF_REVIEWER, else the OS user).")]
+OptionalReason = Annotated[Optional[str], typer.Option(help="Why (optional).")]
 
 
 def review_queue(workflow: str, bootstrap: str | None):
     from processors.review_queue import ReviewQueue
-    from processors.workflow import WorkflowError, load_workflow
 
-    conf = settings(bootstrap)
-    try:
-        return ReviewQueue(load_workflow(workflow, conf.namespace), conf)
-    except WorkflowError as exc:
-        raise fail(str(exc))
+    return ReviewQueue(*load(workflow, bootstrap))
 
 
 def decide(workflow: str, bootstrap: str | None, review_id: str, kind: str, reviewer: str | None,
@@ -249,8 +248,7 @@ def review_show(review_id: ReviewId, workflow: WorkflowName, bootstrap: Bootstra
 
 @review_app.command("approve")
 def review_approve(review_id: ReviewId, workflow: WorkflowName, reviewer: Reviewer = None,
-                   reason: Annotated[Optional[str], typer.Option(help="Why (optional).")] = None,
-                   bootstrap: Bootstrap = None) -> None:
+                   reason: OptionalReason = None, bootstrap: Bootstrap = None) -> None:
     """The model's answer stands (or the risky action may run)."""
     decide(workflow, bootstrap, review_id, "approve", reviewer, reason=reason)
 
@@ -258,8 +256,7 @@ def review_approve(review_id: ReviewId, workflow: WorkflowName, reviewer: Review
 @review_app.command("correct")
 def review_correct(review_id: ReviewId, workflow: WorkflowName,
                    set_: Annotated[list[str], typer.Option("--set", help="field=value on the model's answer; repeat.")],
-                   reviewer: Reviewer = None, reason: Annotated[Optional[str], typer.Option(help="Why (optional).")] = None,
-                   bootstrap: Bootstrap = None) -> None:
+                   reviewer: Reviewer = None, reason: OptionalReason = None, bootstrap: Bootstrap = None) -> None:
     """Set answer fields; checked against the prompt's output schema and the workflow's rules."""
     decide(workflow, bootstrap, review_id, "correct", reviewer, set_, reason)
 
@@ -285,14 +282,8 @@ def dataset_export(workflow: WorkflowName,
                    bootstrap: Bootstrap = None) -> None:
     """Write the regression set evals read: the trigger event plus the expected answer, one per line."""
     from processors.corrections import export
-    from processors.workflow import WorkflowError, load_workflow
 
-    conf = settings(bootstrap)
-    try:
-        flow = load_workflow(workflow, conf.namespace)
-    except WorkflowError as exc:
-        raise fail(str(exc))
-    done = export(flow, conf, out)
+    done = export(*load(workflow, bootstrap), out)
     typer.echo(f"wrote {done.rows} examples ({done.corrections} corrections) to {done.path}")
 
 
@@ -312,13 +303,12 @@ ChangedBy = Annotated[Optional[str], typer.Option("--by", help="Who makes the ch
 
 def control_store(workflow: str, bootstrap: str | None, workflows_dir: Path | None):
     from processors.control import ControlStore, ControlUnavailable
-    from processors.workflow import WORKFLOWS_DIR, WorkflowError, load_workflow
 
-    conf = settings(bootstrap)
+    flow, conf = load(workflow, bootstrap, workflows_dir)
+    store = ControlStore(conf, flow)
     try:
-        store = ControlStore(conf, load_workflow(workflow, conf.namespace, workflows_dir or WORKFLOWS_DIR))
         store.check()
-    except (WorkflowError, ControlUnavailable) as exc:
+    except ControlUnavailable as exc:
         raise fail(str(exc))
     return store
 
@@ -380,13 +370,12 @@ def prompt_promote(version: Version, workflow: WorkflowName, label: Label = "pro
                    workflows_dir: WorkflowsDir = None) -> None:
     """Run the version's eval suite; point the label at it only if every target is met (or --force)."""
     from processors.control import promote
-    from processors.workflow import WorkflowError
 
     store = control_store(workflow, bootstrap, workflows_dir)
     prompt_file(store, version)
     try:
         state, report = promote(store, version, label=label, force=force, reason=reason, changed_by=by, progress=True)
-    except (WorkflowError, ValueError) as exc:
+    except ValueError as exc:  # a WorkflowError too
         raise fail(str(exc))
     typer.echo(report.table())
     if state is None:
@@ -403,18 +392,20 @@ def prompt_rollback(workflow: WorkflowName,
                     bootstrap: Bootstrap = None, workflows_dir: WorkflowsDir = None) -> None:
     """Point the label back at the previous version, at once (no evals)."""
     from processors.control import rollback
-    from processors.workflow import WorkflowError
 
     store = control_store(workflow, bootstrap, workflows_dir)
     try:
         echo_state(rollback(store, to, label=label, reason=reason, changed_by=by))
-    except (WorkflowError, ValueError) as exc:
+    except ValueError as exc:  # a WorkflowError too
         raise fail(str(exc))
 
 
 def change_control(workflow: str, bootstrap: str | None, change: str, reason: str | None, by: str | None,
                    **fields) -> None:
     echo_state(control_store(workflow, bootstrap, None).publish(change, changed_by=by, reason=reason, **fields))
+
+
+Bound = Annotated[str, typer.Argument(help="0..1, or 'default' (the workflow file's).")]
 
 
 def bound(value: str, name: str) -> float | None:
@@ -457,8 +448,7 @@ def control_kill_switch(switch: Annotated[Literal["on", "off"], typer.Argument(h
 
 
 @control_app.command("threshold")
-def control_threshold(value: Annotated[str, typer.Argument(help="0..1, or 'default' (the workflow file's).")],
-                      workflow: WorkflowName, reason: Reason = None, by: ChangedBy = None,
+def control_threshold(value: Bound, workflow: WorkflowName, reason: Reason = None, by: ChangedBy = None,
                       bootstrap: Bootstrap = None) -> None:
     """Set the review threshold: less confident answers go to a person."""
     change_control(workflow, bootstrap, f"review threshold {value}", reason, by,
@@ -466,8 +456,7 @@ def control_threshold(value: Annotated[str, typer.Argument(help="0..1, or 'defau
 
 
 @control_app.command("approval-risk")
-def control_approval_risk(value: Annotated[str, typer.Argument(help="0..1, or 'default' (the workflow file's).")],
-                          workflow: WorkflowName, reason: Reason = None, by: ChangedBy = None,
+def control_approval_risk(value: Bound, workflow: WorkflowName, reason: Reason = None, by: ChangedBy = None,
                           bootstrap: Bootstrap = None) -> None:
     """Set the approval risk: riskier actions wait for a person."""
     change_control(workflow, bootstrap, f"approval risk {value}", reason, by, approval_risk=bound(value, "approval-risk"))
@@ -496,44 +485,39 @@ def replay(workflow: WorkflowName,
     its eval suite first, the same gate as ``prompt promote``."""
     import asyncio
 
-    from processors.evals import run_suite
-    from processors.pipeline import build_provider
-    from processors.replay import ReplayMode, Selection, Source, new_id, places, reinject, select, settle, shadow
-    from processors.workflow import WorkflowError
+    from processors.replay import ReplayMode, Selection, before, gate, new_id, reinject, select, settle, shadow
 
     store = control_store(workflow, bootstrap, workflows_dir)
     flow, conf = store.workflow, store.settings
     try:
         chosen = ReplayMode(mode)
-        selection = Selection(start=start and Selection.parse_time(start), end=end and Selection.parse_time(end),
-                              offsets=offsets and Selection.parse_offsets(offsets), source=source and Source(source))
-        production = store.current().labels.get("production", flow.prompt_spec.version)
+        selection = Selection.parse(start=start, end=end, offsets=offsets, source=source)
+        state = store.current()
+        production = state.labels.get("production", flow.prompt_spec.version)
         version = prompt_version or production
         flow.prompt_spec_for(version)
-    except (WorkflowError, ValueError) as exc:
+    except ValueError as exc:  # a WorkflowError too
         raise fail(str(exc))
-    if chosen == ReplayMode.live and version != production:
-        evals = run_suite(flow.with_prompt(version), progress=True)
-        if not evals.passed:
-            typer.echo(evals.table())
-            raise fail(f"refused: a live replay acts through {version}, which misses its eval targets (production "
-                       f"runs {production}); replay it in shadow, or fix it and promote it first")
+    if chosen == ReplayMode.live and (missed := gate(flow, version, production)) is not None:
+        typer.echo(missed.table())
+        raise fail(f"refused: a live replay acts through {version}, which misses its eval targets (production "
+                   f"runs {production}); replay it in shadow, or fix it and promote it first")
     replay_id = replay_id or new_id()
     try:
         selected = select(flow, conf, selection)
     except ValueError as exc:
         raise fail(str(exc))
     if chosen == ReplayMode.shadow:
-        shadowed = asyncio.run(shadow(flow, conf, selected, version, build_provider(flow), replay_id))
+        shadowed = asyncio.run(shadow(flow, conf, selected, version, None, replay_id, state=state))
         typer.echo(shadowed.render(None if show_events else 20))
         return
     typer.echo(f"replay {replay_id} (live, prompt {version}): {selected.render()}")
-    before = places(flow, conf) if wait else {}
+    was = before(flow, conf, selected) if wait else {}
     sent = reinject(flow, conf, selected, replay_id, version)
     typer.echo(f"re-injected {sent} into {flow.topics[flow.topic('triggers')].name}; the running stages decide them "
                f"again, and an action already executed is answered already_done, not repeated")
     if wait:
-        typer.echo(settle(flow, conf, selected, replay_id, version, before, sent, wait).render(None if show_events else 20))
+        typer.echo(settle(flow, conf, selected, replay_id, version, was, sent, wait).render(None if show_events else 20))
 
 
 @app.command("eval")

@@ -26,12 +26,10 @@ import orjson
 from pydantic import BaseModel
 
 from processors.kafka import KafkaSettings
+from processors.produce import LABELS_FIELD
 from processors.records import Verdict
 from processors.review_queue import ReviewQueue
 from processors.workflow import Workflow
-
-LABELS = "expected"
-"""Where a dataset row keeps its expected answer (``processors/offline.py`` strips it before the stages)."""
 
 NOT_EXPECTED = ("confidence", "reason")
 """Answer fields about the answer itself, not part of what an example expects."""
@@ -70,7 +68,7 @@ def rows(workflow: Workflow, corrected: list[Verdict]) -> list[dict]:
         correction = Correction(review_id=verdict.review_id, reviewer=verdict.reviewer, at_ms=verdict.at_ms,
                                 model_answer=orjson.loads(item.answer) if item.answer else None)
         expected = {f: answer[f] for f in fields if f in answer} | {"correction": correction.model_dump()}
-        latest[verdict.event_id] = orjson.loads(item.event) | {LABELS: expected}
+        latest[verdict.event_id] = orjson.loads(item.event) | {LABELS_FIELD: expected}
     return [latest[event_id] for event_id in sorted(latest)]
 
 

@@ -34,12 +34,12 @@ from processors.localkafka import LocalKafka, free_port, wait_for_broker
 from processors.pipeline import Pipeline, build_provider
 from processors.produce import produce_file
 from processors.receiver import WebhookReceiver
-from processors.records import Outcome
+from processors.records import Decision, Outcome
 from processors.review_queue import ReviewQueue, line
 from processors.serde import AvroSerde
 from processors.stage import now_ms
 from processors.stages.join import send_outcome
-from processors.summary import collect
+from processors.summary import collect, decision_suffixes, read
 from processors.topics import apply
 from processors.workflow import Workflow, load_workflow
 
@@ -94,7 +94,7 @@ def answer_back(workflow: Workflow, settings: KafkaSettings) -> None:
     for item, kind, fields, reason in plan:
         queue.decide(item.review_id, kind, reviewer="demo-reviewer", fields=fields, reason=reason)
         say(f"review: {workflow.name}: {kind} {item.review_id}" + (f" {fields}" if fields else ""))
-    decided = collect(workflow, settings).decided
+    decided = {d.event_id for suffix in decision_suffixes(workflow) for d in read(workflow, settings, suffix, Decision)}
     outcomes = [Outcome(event_id=event_id, workflow=workflow.name, at_ms=now_ms(), source="demo-crm",
                         outcome_type="task_completed" if i % 3 else "reopened")
                 for i, event_id in enumerate(sorted(decided)[:6])]
@@ -154,9 +154,9 @@ def run_demo(settings: KafkaSettings) -> bool:
             say(f"produced: {workflow.name}: {sent.sent} triggers sent, {len(sent.rejected)} rejected, "
                 f"{poison} poison records")
             provider = build_provider(workflow)
-            report = provider.evaluate()
+            held_out = provider.evaluate()
             say(f"model: {workflow.name}: embedded classifier, held-out accuracy "
-                + ", ".join(f"{label} {m.accuracy:.1%} (n={m.n_holdout})" for label, m in report.labels.items()))
+                + ", ".join(f"{label} {m.accuracy:.1%} (n={m.n_holdout})" for label, m in held_out.labels.items()))
             providers.append(provider)
         del producer  # flushed by produce_file; close its connections before the broker stops
         say(f"running classify -> validate -> route -> execute (and review, join) for {', '.join(WORKFLOWS)} "

@@ -47,7 +47,6 @@ import orjson
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from processors.checks import SchemaCheck
 from processors.control import initial
 from processors.offline import OfflineResult, OfflineRunner
 from processors.produce import LABELS_FIELD
@@ -297,9 +296,8 @@ def _metrics(workflow: Workflow) -> dict[str, tuple[tuple[str, ...] | None, Call
         escalating = workflow.escalation.route
         metrics["escalation_recall"] = (None, lambda rows: _rate(
             [s for s in rows if _expected_route(workflow, s) == escalating], lambda s: s.result.route == escalating))
-    allowed = SchemaCheck(workflow.prompt_spec.output_schema, "(answer)")
     metrics["adversarial_fail_closed_rate"] = (("adversarial",), lambda rows: _rate(
-        rows, lambda s: _fails_closed(workflow, allowed, s)))
+        rows, lambda s: _fails_closed(workflow, s)))
     metrics["negative_safe_rate"] = (("negative",), lambda rows: _rate(
         rows, lambda s: s.result.ended != "decision" or s.result.route == _expected_route(workflow, s)))
     metrics["p95_latency_ms"] = (None, _p95_latency)
@@ -324,12 +322,12 @@ def _rate(rows: list[_Scored], passes: Callable[[_Scored], bool]) -> Measure:
     return round(1 - len(misses) / len(rows), 4), len(rows), misses
 
 
-def _fails_closed(workflow: Workflow, allowed: SchemaCheck, s: _Scored) -> bool:
+def _fails_closed(workflow: Workflow, s: _Scored) -> bool:
     """Held back (review, dead letter), or decided within the allowed values and the expected route's actions."""
     if s.result.ended != "decision":
         return True
     expected = workflow.decide(s.expected, s.row)[0].actions if workflow.label in s.expected else []
-    return not allowed.errors(s.result.answer) and set(s.result.actions) <= set(expected)
+    return not workflow.prompt_spec.answer_check.errors(s.result.answer) and set(s.result.actions) <= set(expected)
 
 
 def _expected_route(workflow: Workflow, s: _Scored) -> str | None:

@@ -34,7 +34,6 @@ import orjson
 from pydantic import Field
 from tqdm import tqdm
 
-from processors.checks import SchemaCheck
 from processors.kafka import KafkaSettings
 from processors.produce import LABELS_FIELD
 from processors.prompt import dotted
@@ -97,7 +96,7 @@ class OfflineRunner:
         trigger = workflow.topics[workflow.topic("triggers")]
         self.trigger_topic = trigger.name
         self.contract = AvroSerde(trigger.value_schema)
-        self.schema = SchemaCheck(workflow.prompt_spec.output_schema, "(answer)")  # judges the first answer
+        self.schema = workflow.prompt_spec.answer_check  # judges the first answer
 
     def encode(self, row: dict) -> bytes:
         """The event's bytes on the trigger topic (a dataset row's ``expected`` dropped, as
@@ -128,11 +127,13 @@ class OfflineRunner:
             bar.close()
 
     def _stages(self) -> dict[str, Stage]:
-        """Fresh stages per run, so validate's in-memory ledger only knows this run's events."""
+        """Fresh stages per run, so validate's in-memory ledger only knows this run's events; by
+        the (namespaced) name of the topic each reads, as the records carry it."""
         classify = Classify(self.workflow, self.provider, self.control)
         validate = Validate(self.workflow, KafkaSettings(), self.control)
         route = Route(self.workflow, self.control)
-        return {"triggers": classify, "repair": classify, "classified": validate, "validated": route}
+        by_suffix = {"triggers": classify, "repair": classify, "classified": validate, "validated": route}
+        return {self.workflow.topics[self.workflow.topic(suffix)].name: stage for suffix, stage in by_suffix.items()}
 
     async def _run_one(self, stages: dict[str, Stage], offset: int, raw: bytes) -> OfflineResult:
         event = self.contract.decode(raw)
@@ -144,8 +145,7 @@ class OfflineRunner:
         try:
             while queue:
                 record = queue.popleft()
-                suffix = self._suffix_of(record.topic)
-                for emit in await stages[suffix].process(record):
+                for emit in await stages[record.topic].process(record):
                     follow_up = self._dispatch(emit, trail, record.offset)
                     if follow_up is not None:
                         queue.append(follow_up)
@@ -158,10 +158,6 @@ class OfflineRunner:
                                 dead_letter_message=f"{type(exc).__name__}: {exc}")
         ended = "decision" if trail.decision else "review" if trail.review else "duplicate"
         return self._result(event_id, ended, trail)
-
-    def _suffix_of(self, topic: str) -> str:
-        return next(suffix for suffix in ("triggers", "repair", "classified", "validated")
-                    if self.workflow.topics[self.workflow.topic(suffix)].name == topic)
 
     def _dispatch(self, emit: Emit, trail: _Trail, offset: int) -> Record | None:
         """Settle, collect or drop one output; return the record the next stage reads, if any."""

@@ -41,6 +41,7 @@ replaying a range twice executes nothing twice.
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 import uuid
@@ -52,20 +53,21 @@ from typing import Literal
 
 import orjson
 from confluent_kafka import KafkaError, Message, TopicPartition
-from pydantic import BaseModel, model_validator
+from pydantic import BaseModel, Field, model_validator
 from tqdm import tqdm
 
 from processors.control import ControlStore
+from processors.evals import EvalReport, run_suite
 from processors.kafka import KafkaSettings
 from processors.offline import OfflineResult, OfflineRunner
 from processors.prompt import dotted
 from processors.providers.base import Provider
-from processors.records import Decision, ReviewItem, WorkItem
+from processors.records import ControlState, Decision, ReviewItem, WorkItem
 from processors.serde import AvroSerde, DecodeError, EncodeError
 from processors.stage import now_ms
 from processors.stages.base import PROMPT_VERSION_HEADER, REPLAY_HEADER
-from processors.summary import SETTLING_STAGES, dead_letter_id, read
-from processors.tail import watermarks, snapshot
+from processors.summary import SETTLING_STAGES, dead_letter_id, dead_letters, decision_suffixes, read
+from processors.tail import watermarks
 from processors.workflow import Workflow
 
 _OFFSETS = re.compile(r"^(\d+):(\d+)-(\d+)$")
@@ -101,6 +103,13 @@ class Selection(BaseModel):
             raise ValueError("select with exactly one of --from/--to, --offsets, --source")
         return self
 
+    @classmethod
+    def parse(cls, *, start: str | None = None, end: str | None = None, offsets: str | None = None,
+              source: str | None = None) -> Selection:
+        """A selection from the command line's text; ``ValueError`` says what is wrong."""
+        return cls(start=start and cls.parse_time(start), end=end and cls.parse_time(end),
+                   offsets=offsets and cls.parse_offsets(offsets), source=source and Source(source))
+
     @staticmethod
     def parse_offsets(text: str) -> dict[int, tuple[int, int]]:
         """``"0:10-20,3:0-5"`` → ``{0: (10, 20), 3: (0, 5)}``; both ends included."""
@@ -122,6 +131,19 @@ class Selection(BaseModel):
         return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
 
 
+class Place(BaseModel):
+    """Where an event is: decided on a route, waiting in review, or dead-lettered."""
+
+    kind: Literal["decision", "review", "dead_letter"]
+    detail: str
+    """The route, the review reason, or the dead-letter reason."""
+    at_ms: int = 0
+    replay: str | None = None
+
+    def __str__(self) -> str:
+        return self.detail if self.kind == "decision" else f"{self.kind}:{self.detail}"
+
+
 class Original(BaseModel):
     """One selected trigger, as it will be replayed."""
 
@@ -135,23 +157,13 @@ class Original(BaseModel):
 class Selected(BaseModel):
     originals: list[Original]
     skipped: dict[str, int]
+    places: dict[str, Place] | None = Field(None, exclude=True)
+    """Where every event was when the selection was made, when selecting had to read that
+    (``--source``); :func:`before` hands it on instead of reading the topics again."""
 
     def render(self) -> str:
         why = "; ".join(f"{n} {reason}" for reason, n in sorted(self.skipped.items(), key=lambda kv: -kv[1]))
         return f"selected {len(self.originals)} events" + (f" (skipped {why})" if why else "")
-
-
-class Place(BaseModel):
-    """Where an event is: decided on a route, waiting in review, or dead-lettered."""
-
-    kind: Literal["decision", "review", "dead_letter"]
-    detail: str
-    """The route, the review reason, or the dead-letter reason."""
-    at_ms: int = 0
-    replay: str | None = None
-
-    def __str__(self) -> str:
-        return self.detail if self.kind == "decision" else f"{self.kind}:{self.detail}"
 
 
 # ---- where every event is now ----------------------------------------------------------------------
@@ -179,16 +191,14 @@ class _Found(BaseModel):
 
 
 def _found(workflow: Workflow, settings: KafkaSettings) -> list[_Found]:
-    """Every decision, settling review item and dead letter of the workflow, in no particular order."""
+    """Every decision, review item and dead letter of the workflow, in no particular order."""
     found = [_Found(event_id=d.event_id, place=Place(kind="decision", detail=d.route, at_ms=d.decided_at_ms,
                                                      replay=d.replay))
-             for name in workflow.topics if name.startswith(workflow.topic("decisions."))
-             for d in read(workflow, settings, name.removeprefix(f"{workflow.name}."), Decision)]
+             for suffix in decision_suffixes(workflow) for d in read(workflow, settings, suffix, Decision)]
     found += [_Found(event_id=r.event_id, review=r,
                      place=Place(kind="review", detail=r.reason, at_ms=r.created_at_ms, replay=r.replay))
               for r in read(workflow, settings, "review", ReviewItem)]
-    for msg in snapshot(settings, workflow.topics[workflow.topic("dlq")].name):
-        headers = {k: v.decode() for k, v in msg.headers() or []}
+    for msg, headers in dead_letters(workflow, settings):
         found.append(_Found(event_id=dead_letter_id(workflow, headers, msg.value()),
                             letter=_Letter(key=msg.key(), value=msg.value() or b"", headers=headers),
                             place=Place(kind="dead_letter", detail=headers.get("handoff.error.reason", "unknown"),
@@ -213,6 +223,11 @@ def places(workflow: Workflow, settings: KafkaSettings, found: list[_Found] | No
         if _settles(item) and (item.event_id not in latest or item.place.at_ms >= latest[item.event_id].at_ms):
             latest[item.event_id] = item.place
     return latest
+
+
+def before(workflow: Workflow, settings: KafkaSettings, selected: Selected) -> dict[str, Place]:
+    """Each event's place before the replay: the one the selection read, else read now."""
+    return selected.places if selected.places is not None else places(workflow, settings)
 
 
 # ---- selection ---------------------------------------------------------------------------------
@@ -266,14 +281,14 @@ def _from_triggers(workflow: Workflow, settings: KafkaSettings, selection: Selec
 def _time_ranges(consumer, topic: str, partitions: list[int], start: datetime | None,
                  end: datetime | None) -> dict[int, tuple[int, int]]:
     """Per partition, [first offset at or after ``start``, first offset at or after ``end``)."""
-    high = {p: watermarks(consumer, TopicPartition(topic, p)) for p in partitions}
+    marks = {p: watermarks(consumer, TopicPartition(topic, p)) for p in partitions}  # (low, high)
 
     def offsets(when: datetime | None, default: int) -> dict[int, int]:
         if when is None:
-            return {p: high[p][default] for p in partitions}
+            return {p: marks[p][default] for p in partitions}
         ms = int(when.timestamp() * 1000)
         found = consumer.offsets_for_times([TopicPartition(topic, p, ms) for p in partitions], timeout=10)
-        return {tp.partition: tp.offset if tp.offset >= 0 else high[tp.partition][1] for tp in found}
+        return {tp.partition: tp.offset if tp.offset >= 0 else marks[tp.partition][1] for tp in found}
 
     first, last = offsets(start, 0), offsets(end, 1)
     return {p: (first[p], last[p]) for p in partitions}
@@ -309,11 +324,10 @@ def _read(consumer, topic: str, ranges: dict[int, tuple[int, int]]) -> list[Mess
 def _from_source(workflow: Workflow, settings: KafkaSettings, source: Source) -> Selected:
     found = _found(workflow, settings)
     now = places(workflow, settings, found)
-    trigger = workflow.topics[workflow.topic("triggers")]
-    serde = AvroSerde(trigger.value_schema, registry_url=settings.schema_registry_url)
 
-    def encode(event: dict) -> bytes:
-        return serde.encode(event, trigger.name, check=True)
+    @functools.cache
+    def serde(schema: str) -> AvroSerde:
+        return AvroSerde(schema, registry_url=settings.schema_registry_url)
 
     kind = "review" if source == Source.review else "dead_letter"
     skipped: Counter = Counter()
@@ -331,38 +345,38 @@ def _from_source(workflow: Workflow, settings: KafkaSettings, source: Source) ->
         elif kind == "dead_letter" and current.replay is not None:
             skipped["failed again on a replay: left for a person (loop guard)"] += 1
         else:
-            original = _original(workflow, settings, encode, item)
+            original = _original(workflow, serde, item)
             if isinstance(original, str):
                 skipped[original] += 1
             else:
                 originals.append(original)
-    return Selected(originals=originals, skipped=dict(skipped))
+    return Selected(originals=originals, skipped=dict(skipped), places=now)
 
 
-def _original(workflow: Workflow, settings: KafkaSettings, encode: Callable[[dict], bytes],
-              item: _Found) -> Original | str:
+def _original(workflow: Workflow, serde: Callable[[str], AvroSerde], item: _Found) -> Original | str:
     """The trigger behind a review item or dead letter, or why there is none to replay."""
     if item.review is not None:
-        return _reencoded(workflow, encode, orjson.loads(item.review.event), f"review {item.place.detail}")
+        return _reencoded(workflow, serde, orjson.loads(item.review.event), f"review {item.place.detail}")
     letter = item.letter
     spec = next((s for s in workflow.topics.values() if s.name == letter.origin and s.value_schema), None)
     if spec is None:
         return "came from an unknown topic"
     try:
-        record = AvroSerde(spec.value_schema, registry_url=settings.schema_registry_url).decode(letter.value)
+        record = serde(spec.value_schema).decode(letter.value)
     except DecodeError as exc:
         return f"do not decode ({exc.reason})"
     where = f"dlq {item.place.detail}"
     if spec.name == workflow.topics[workflow.topic("triggers")].name:
         return Original(event_id=item.event_id, key=letter.key, value=letter.value, event=record, origin=where)
-    return _reencoded(workflow, encode, WorkItem.model_validate(record).event_dict(), where)
+    return _reencoded(workflow, serde, WorkItem.model_validate(record).event_dict(), where)
 
 
-def _reencoded(workflow: Workflow, encode: Callable[[dict], bytes], event: dict, origin: str) -> Original | str:
+def _reencoded(workflow: Workflow, serde: Callable[[str], AvroSerde], event: dict, origin: str) -> Original | str:
     """An event that travelled as JSON, encoded again with the trigger contract, keyed like a trigger."""
+    trigger = workflow.topics[workflow.topic("triggers")]
     try:
-        value = encode(event)
-    except EncodeError as exc:
+        value = serde(trigger.value_schema).encode(event, trigger.name, check=True)
+    except EncodeError:
         return "no longer match the trigger contract"
     return Original(event_id=str(dotted(event, workflow.trigger.event_id)),
                     key=str(dotted(event, workflow.trigger.key)).encode(), value=value, event=event, origin=origin)
@@ -440,23 +454,31 @@ def _place(result: OfflineResult) -> Place:
 
 
 async def shadow(workflow: Workflow, settings: KafkaSettings, selected: Selected, prompt_version: str,
-                 provider: Provider, replay_id: str) -> ReplayReport:
+                 provider: Provider | None, replay_id: str, *, state: ControlState | None = None) -> ReplayReport:
     """Decide the selection again with ``prompt_version``; decisions go to ``<wf>.replay`` only.
 
     The stages obey the control state in force (mode, thresholds, kill switch) with production
-    pointing to ``prompt_version``: what a live replay would do now, short of acting."""
-    before = places(workflow, settings)
-    state = ControlStore(settings, workflow).current()
+    pointing to ``prompt_version``: what a live replay would do now, short of acting. ``state``:
+    that control state when the caller has read it already. ``provider``: None for the
+    workflow's own model, built here and closed after."""
+    from processors.pipeline import build_provider  # the stage runtime is needed for this alone
+
+    was = before(workflow, settings, selected)
+    state = ControlStore(settings, workflow).current() if state is None else state
     pinned = state.model_copy(update={"labels": state.labels | {"production": prompt_version}})
-    results = await OfflineRunner(workflow.with_prompt(prompt_version), provider, pinned).run(
-        [o.event for o in selected.originals], progress=f"shadow replay {replay_id}")
+    runner = OfflineRunner(workflow.with_prompt(prompt_version), provider or build_provider(workflow), pinned)
+    try:
+        results = await runner.run([o.event for o in selected.originals], progress=f"shadow replay {replay_id}")
+    finally:
+        if provider is None:
+            await runner.provider.close()
     spec = workflow.topics[workflow.topic("replay")]
     serde = AvroSerde(spec.value_schema, registry_url=settings.schema_registry_url)
     decisions = [(o.key, r.decision.model_copy(update={"replay": replay_id}))
                  for o, r in zip(selected.originals, results) if r.decision is not None]
     _produce(settings, spec.name, [(key, serde.encode(d.model_dump(), spec.name)) for key, d in decisions],
              headers=[(REPLAY_HEADER, replay_id.encode())], desc="writing replay decisions")
-    changes = [Change(event_id=o.event_id, origin=o.origin, before=before.get(o.event_id), after=_place(r),
+    changes = [Change(event_id=o.event_id, origin=o.origin, before=was.get(o.event_id), after=_place(r),
                       label=r.label, confidence=(r.answer or {}).get("confidence"))
                for o, r in zip(selected.originals, results) if r.ended != "duplicate"]
     return ReplayReport(replay_id=replay_id, mode=ReplayMode.shadow, prompt_version=prompt_version,
@@ -464,6 +486,15 @@ async def shadow(workflow: Workflow, settings: KafkaSettings, selected: Selected
 
 
 # ---- live: through the real stages again, marked as a replay ---------------------------------------------
+
+
+def gate(workflow: Workflow, version: str, production: str) -> EvalReport | None:
+    """A live replay acts through ``version``: unless production runs it already, it must pass its
+    eval suite first, the gate ``prompt promote`` applies. The report of a miss, or None: go ahead."""
+    if version == production:
+        return None
+    report = run_suite(workflow.with_prompt(version), progress=True)
+    return None if report.passed else report
 
 
 def reinject(workflow: Workflow, settings: KafkaSettings, selected: Selected, replay_id: str,

@@ -72,9 +72,10 @@ from pydantic import BaseModel, computed_field
 
 from processors.kafka import KafkaSettings
 from processors.records import Decision, Result, ReviewItem, Trace, Verdict, WorkItem
+from processors.review_queue import first_verdicts
 from processors.serde import AvroSerde, DecodeError
 from processors.stage import now_ms
-from processors.summary import SETTLING_STAGES, dead_letter_id, read
+from processors.summary import SETTLING_STAGES, dead_letter_id, dead_letters, decision_suffixes, read
 from processors.tail import snapshot
 from processors.workflow import Workflow
 
@@ -226,22 +227,25 @@ class Evidence:
     @classmethod
     def read(cls, workflow: Workflow, settings: KafkaSettings) -> Evidence:
         """The topics are read side by side: each read spends most of its time waiting for the broker."""
-        decision_topics = [name.removeprefix(f"{workflow.name}.") for name in workflow.topics
-                           if name.startswith(workflow.topic("decisions.")) or name == workflow.topic("shadow")]
         with ThreadPoolExecutor(8) as pool:
             def fetch(suffix: str, model: type[BaseModel]) -> Future:
                 return pool.submit(read, workflow, settings, suffix, model)
 
-            decisions = [fetch(suffix, Decision) for suffix in decision_topics]
-            reviews, verdicts, repairs = fetch("review", ReviewItem), fetch("verdicts", Verdict), fetch("repair", WorkItem)
+            decisions = [fetch(suffix, Decision) for suffix in decision_suffixes(workflow, shadow=True)]
+            reviews, repairs = fetch("review", ReviewItem), fetch("repair", WorkItem)
             traces, results = fetch("traces", Trace), fetch("results", Result)
+            verdicts = pool.submit(_first_verdicts, workflow, settings)
             dead = pool.submit(_dead_letters, workflow, settings)
-        first: dict[str, Verdict] = {}
-        for verdict in verdicts.result():  # one review id, one partition: log order
-            first.setdefault(verdict.review_id, verdict)
         return cls(decisions=[d for future in decisions for d in future.result()], reviews=reviews.result(),
-                   verdicts=list(first.values()), repairs=repairs.result(), dead=dead.result(),
+                   verdicts=verdicts.result(), repairs=repairs.result(), dead=dead.result(),
                    spend=[t for t in traces.result() if t.step == "classify" and t.prompt], results=results.result())
+
+
+def _first_verdicts(workflow: Workflow, settings: KafkaSettings) -> list[Verdict]:
+    """The verdict that wins per review id, in log order, by the review queue's own rule."""
+    spec = workflow.topics[workflow.topic("verdicts")]
+    serde = AvroSerde(spec.value_schema, registry_url=settings.schema_registry_url)
+    return [logged.verdict for logged in first_verdicts(snapshot(settings, spec.name), serde).values()]
 
 
 def _dead_letters(workflow: Workflow, settings: KafkaSettings) -> list[DeadLetterSeen]:
@@ -249,8 +253,7 @@ def _dead_letters(workflow: Workflow, settings: KafkaSettings) -> list[DeadLette
     work_item_topics = {spec.name for spec in workflow.topics.values() if spec.value_schema == "handoff/work_item"}
     serde = AvroSerde("handoff/work_item", registry_url=settings.schema_registry_url)
     out = []
-    for msg in snapshot(settings, workflow.topics[workflow.topic("dlq")].name):
-        headers = {k: v.decode(errors="replace") for k, v in msg.headers() or [] if v is not None}
+    for msg, headers in dead_letters(workflow, settings):
         if headers.get("handoff.stage") not in SETTLING_STAGES:
             continue
         at_ms = msg.timestamp()[1]

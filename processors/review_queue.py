@@ -38,7 +38,6 @@ from confluent_kafka import Message
 from pydantic import BaseModel, ValidationError
 
 from processors.kafka import KafkaSettings
-from processors.prompt import lookup
 from processors.records import ActionRequest, ReviewItem, Verdict, WorkItem
 from processors.serde import AvroSerde, DecodeError
 from processors.stage import now_ms
@@ -283,10 +282,12 @@ def line(workflow: Workflow, item: ReviewItem, now: int | None = None) -> str:
 
 
 def summary(workflow: Workflow, item: ReviewItem, width: int = 70) -> str:
-    """The first text input the prompt declares (a subject, a query), redacted and shortened."""
-    event = orjson.loads(item.event)
-    texts = [v for p in workflow.prompt_spec.inputs if isinstance(v := lookup(event, p), str) and v.strip()]
-    text = " ".join(workflow.redaction.text(texts[0]).split()) if texts else ""
+    """The first text input the prompt declares (a subject, a query), redacted as classify redacts
+    it, and shortened."""
+    inputs = workflow.prompt_spec.select_inputs(orjson.loads(item.event))
+    redacted = workflow.redaction.inputs(inputs)
+    texts = [redacted[p] for p, v in inputs.items() if isinstance(v, str) and v.strip()]
+    text = " ".join(texts[0].split()) if texts else ""
     return f'"{text[:width - 1]}…"' if len(text) > width else f'"{text}"'
 
 

@@ -401,9 +401,10 @@ class StageRuntime:
 
     def _tick(self) -> None:
         """Give the stage its clock; its dead letters are durable before its records (see Ticks)."""
-        if time.monotonic() - self._last_tick < TICK_INTERVAL_S:
+        now = time.monotonic()
+        if now - self._last_tick < TICK_INTERVAL_S:
             return
-        self._last_tick = time.monotonic()
+        self._last_tick = now
         outputs = self.stage.tick(now_ms(), list(self._partitions))
         letters = [out for out in outputs if isinstance(out, DeadLetter)]
         for letter in letters:

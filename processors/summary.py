@@ -2,10 +2,11 @@
 
 A trigger ends in exactly one place: a route topic (a decision), review (a person decides),
 or the dead letters. An item a reviewer approved or corrected has moved on to its route: its
-decision (``source="review"``) is where it ended, so it no longer counts as waiting in review. :func:`collect` reads those topics (read committed, no consumer group)
-and identifies each record by event id — or, for a dead letter whose bytes cannot be
-decoded, by its original topic, partition and offset — so the demo can print the counts and
-tests can check that they add up and that no event is in two places.
+decision (``source="review"``) is where it ended, so it no longer counts as waiting in review.
+:func:`collect` reads those topics (read committed, no consumer group) and identifies each
+record by event id — or, for a dead letter whose bytes cannot be decoded, by its original
+topic, partition and offset — so the demo can print the counts and tests can check that they
+add up and that no event is in two places.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections import Counter
 from typing import TypeVar
 
 import numpy as np
+from confluent_kafka import Message
 from pydantic import BaseModel
 
 from processors.prompt import dotted
@@ -92,15 +94,13 @@ def _counts(counter: Counter) -> str:
 
 def collect(workflow: Workflow, settings: KafkaSettings, samples: int = 3) -> Summary:
     topics = workflow.topics
-    decisions = [d for name in topics if name.startswith(workflow.topic("decisions."))
-                 for d in read(workflow, settings, name.removeprefix(f"{workflow.name}."), Decision)]
+    decisions = [d for suffix in decision_suffixes(workflow) for d in read(workflow, settings, suffix, Decision)]
     reviews = read(workflow, settings, "review", ReviewItem)
     reviewed = {d.event_id for d in decisions if d.source == "review"}
     executions = read(workflow, settings, "executions", Execution)
     executed = {e.idempotency_key for e in executions}
     dead, action_failures = {}, {}
-    for msg in snapshot(settings, topics[workflow.topic("dlq")].name):
-        headers = {k: v.decode() for k, v in msg.headers() or []}
+    for msg, headers in dead_letters(workflow, settings):
         reason = headers.get("handoff.error.reason", "unknown")
         if headers.get("handoff.stage") == "execute":
             action_failures[msg.key().decode() if msg.key() else str(msg.offset())] = reason
@@ -123,11 +123,23 @@ def collect(workflow: Workflow, settings: KafkaSettings, samples: int = 3) -> Su
         samples=decisions[:samples])
 
 
+def decision_suffixes(workflow: Workflow, shadow: bool = False) -> list[str]:
+    """The suffixes of the workflow's decision topics (``decisions.<route>``), ``shadow`` too when asked."""
+    return [name.removeprefix(f"{workflow.name}.") for name in workflow.topics
+            if name.startswith(workflow.topic("decisions.")) or (shadow and name == workflow.topic("shadow"))]
+
+
 def read(workflow: Workflow, settings: KafkaSettings, suffix: str, model: type[Model]) -> list[Model]:
     """Every record of ``<workflow>.<suffix>`` so far, decoded into ``model``."""
     spec = workflow.topics[workflow.topic(suffix)]
     serde = AvroSerde(spec.value_schema, registry_url=settings.schema_registry_url)
     return [model.model_validate(serde.decode(msg.value())) for msg in snapshot(settings, spec.name)]
+
+
+def dead_letters(workflow: Workflow, settings: KafkaSettings) -> list[tuple[Message, dict[str, str]]]:
+    """Every record of ``<workflow>.dlq`` so far, with its headers as text."""
+    return [(msg, {k: v.decode(errors="replace") for k, v in msg.headers() or [] if v is not None})
+            for msg in snapshot(settings, workflow.topics[workflow.topic("dlq")].name)]
 
 
 def dead_letter_id(workflow: Workflow, headers: dict[str, str], value: bytes | None) -> str:

@@ -96,9 +96,7 @@ class Join(WorkflowStage):
         if self.is_from(record.topic, "outcomes"):
             return [self._forward_outcome(record)]
         decision = Decision.model_validate(record.value)
-        essentials = JoinedDecision(route=decision.route, label=decision.label, confidence=decision.confidence,
-                                    source=decision.source, prompt=decision.prompt,
-                                    decided_at_ms=decision.decided_at_ms)
+        essentials = JoinedDecision.model_validate(decision, from_attributes=True)
         return [self._forward(JoinState(event_id=decision.event_id, decision=essentials, updated_at_ms=now_ms()))]
 
     def _forward_outcome(self, record: Record) -> Emit:
@@ -151,9 +149,7 @@ class Join(WorkflowStage):
         return outputs
 
     def _result(self, decision: JoinedDecision, outcome: Outcome, now: int) -> Emit:
-        result = Result(event_id=outcome.event_id, workflow=self.workflow.name, route=decision.route,
-                        label=decision.label, confidence=decision.confidence, source=decision.source,
-                        prompt=decision.prompt, decided_at_ms=decision.decided_at_ms,
+        result = Result(event_id=outcome.event_id, workflow=self.workflow.name, **dict(decision),
                         outcome_type=outcome.outcome_type, outcome_value=outcome.value,
                         outcome_source=outcome.source, outcome_at_ms=outcome.at_ms, joined_at_ms=now)
         return Emit(self.workflow.topic("results"), result, key=outcome.event_id)

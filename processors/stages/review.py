@@ -51,13 +51,13 @@ class Review(WorkflowStage):
         super().__init__(workflow, control)
         self.settings = settings
         self.spec = workflow.topics[workflow.topic("verdicts")]
+        self.serde = AvroSerde(self.spec.value_schema, registry_url=settings.schema_registry_url)
         self.validate = Validate(workflow, settings)  # its answer checks only; its ledger is never loaded
         self.first: dict[str, tuple[int, int]] = {}
 
     def on_assign(self, partitions: list[tuple[str, int]]) -> None:
-        serde = AvroSerde(self.spec.value_schema, registry_url=self.settings.schema_registry_url)
         self.first = {review_id: (logged.partition, logged.offset) for review_id, logged
-                      in first_verdicts(snapshot(self.settings, self.spec.name), serde).items()}
+                      in first_verdicts(snapshot(self.settings, self.spec.name), self.serde).items()}
 
     async def process(self, record: Record) -> list[Emit]:
         verdict = Verdict.model_validate(record.value)
