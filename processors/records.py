@@ -181,6 +181,9 @@ class Outcome(BaseModel):
     source: str
 
 
+VerdictKind = Literal["approve", "correct", "reject"]
+
+
 class Verdict(BaseModel):
     """``handoff/verdict``: a person's verdict on a review item; the first one per review id wins."""
 
@@ -189,7 +192,7 @@ class Verdict(BaseModel):
     event_id: str
     workflow: str
     reviewer: str
-    verdict: Literal["approve", "correct", "reject"]
+    verdict: VerdictKind
     answer: str | None = None
     reason: str | None = None
     at_ms: int

@@ -199,7 +199,7 @@ def _found(workflow: Workflow, settings: KafkaSettings) -> list[_Found]:
                      place=Place(kind="review", detail=r.reason, at_ms=r.created_at_ms, replay=r.replay))
               for r in read(workflow, settings, "review", ReviewItem)]
     for msg, headers in dead_letters(workflow, settings):
-        found.append(_Found(event_id=dead_letter_id(workflow, headers, msg.value()),
+        found.append(_Found(event_id=dead_letter_id(workflow, settings, headers, msg.value()),
                             letter=_Letter(key=msg.key(), value=msg.value() or b"", headers=headers),
                             place=Place(kind="dead_letter", detail=headers.get("handoff.error.reason", "unknown"),
                                         at_ms=msg.timestamp()[1], replay=headers.get(REPLAY_HEADER))))

@@ -264,7 +264,7 @@ def _dead_letters(workflow: Workflow, settings: KafkaSettings) -> list[DeadLette
                 continue
             except DecodeError:
                 pass  # identified by where it came from, below
-        out.append(DeadLetterSeen(dead_letter_id(workflow, headers, msg.value()), None, at_ms))
+        out.append(DeadLetterSeen(dead_letter_id(workflow, settings, headers, msg.value()), None, at_ms))
     return out
 
 

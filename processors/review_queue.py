@@ -31,21 +31,20 @@ import getpass
 import os
 import uuid
 from collections.abc import Iterable, Iterator
-from typing import Literal, TypeVar
+from typing import TypeVar
 
 import orjson
 from confluent_kafka import Message
 from pydantic import BaseModel, ValidationError
 
 from processors.kafka import KafkaSettings
-from processors.records import ActionRequest, ReviewItem, Verdict, WorkItem
+from processors.records import ActionRequest, ReviewItem, Verdict, VerdictKind
 from processors.serde import AvroSerde, DecodeError
 from processors.stage import now_ms
-from processors.stages.validate import Validate
+from processors.stages.validate import answer_errors
 from processors.tail import snapshot
 from processors.workflow import Workflow
 
-Kind = Literal["approve", "correct", "reject"]
 Record = TypeVar("Record", bound=BaseModel)
 
 RISKY = "risky_action"
@@ -120,7 +119,6 @@ class ReviewQueue:
         self.verdict_topic = workflow.topics[workflow.topic("verdicts")]
         self._items = AvroSerde(self.review_topic.value_schema, registry_url=settings.schema_registry_url)
         self._verdicts = AvroSerde(self.verdict_topic.value_schema, registry_url=settings.schema_registry_url)
-        self._validate = Validate(workflow, settings)  # its answer checks only; its ledger is never loaded
         self.skipped: set[str] = set()
         """Records read that are not review items or verdicts, named by topic, partition and offset."""
 
@@ -150,12 +148,12 @@ class ReviewQueue:
 
     # ---- deciding ------------------------------------------------------------------------------
 
-    def decide(self, review_id: str, kind: Kind, *, reviewer: str | None = None,
+    def decide(self, review_id: str, kind: VerdictKind, *, reviewer: str | None = None,
                fields: dict[str, str] | None = None, reason: str | None = None) -> Verdict:
         """Build, check and submit a verdict; raises VerdictRefused, InvalidVerdict or UnknownItem."""
         return self.submit(self.verdict(review_id, kind, reviewer=reviewer, fields=fields, reason=reason))
 
-    def verdict(self, review_id: str, kind: Kind, *, reviewer: str | None = None,
+    def verdict(self, review_id: str, kind: VerdictKind, *, reviewer: str | None = None,
                 fields: dict[str, str] | None = None, reason: str | None = None) -> Verdict:
         """Steps 1 and 2: the verdict this reviewer would write, refused early if the item is decided."""
         item, decided = self.get(review_id)
@@ -170,7 +168,7 @@ class ReviewQueue:
         verdict = Verdict(verdict_id=uuid.uuid4().hex, review_id=review_id, event_id=item.event_id,
                           workflow=self.workflow.name, reviewer=reviewer_name(reviewer), verdict=kind,
                           answer=answer, reason=reason, at_ms=now_ms(), item=item.model_dump_json())
-        errors = verdict_errors(self.workflow, self._validate, verdict)
+        errors = verdict_errors(self.workflow, verdict)
         if errors:
             raise InvalidVerdict(f"{kind} of {review_id} refused:\n  " + "\n  ".join(errors))
         return verdict
@@ -235,7 +233,7 @@ def next_step(verdict: Verdict) -> str:
     return "the reviewed answer goes on to route, then its actions run once"
 
 
-def verdict_errors(workflow: Workflow, validate: Validate, verdict: Verdict) -> list[str]:
+def verdict_errors(workflow: Workflow, verdict: Verdict) -> list[str]:
     """Why ``verdict`` cannot apply to its item (empty: it can). The CLI refuses such a verdict;
     the ``review`` stage dead-letters one that was written anyway by another client."""
     try:
@@ -258,9 +256,8 @@ def verdict_errors(workflow: Workflow, validate: Validate, verdict: Verdict) -> 
         answer = orjson.loads(verdict.answer)
     except orjson.JSONDecodeError:
         answer = None
-    context = WorkItem(event_id=item.event_id, workflow=item.workflow, event=item.event, prompt=item.prompt,
-                       model=item.model)
-    problems = validate.errors(answer if isinstance(answer, dict) else None, context)
+    problems = answer_errors(workflow, answer if isinstance(answer, dict) else None, item.prompt.version,
+                             orjson.loads(item.event))
     if problems and verdict.verdict == "approve":
         return [f"the model's answer is not valid ({p}); use correct --set field=value" for p in problems]
     return problems

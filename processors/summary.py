@@ -105,7 +105,7 @@ def collect(workflow: Workflow, settings: KafkaSettings, samples: int = 3) -> Su
         if headers.get("handoff.stage") == "execute":
             action_failures[msg.key().decode() if msg.key() else str(msg.offset())] = reason
         elif headers.get("handoff.stage") in SETTLING_STAGES:
-            dead[dead_letter_id(workflow, headers, msg.value())] = reason
+            dead[dead_letter_id(workflow, settings, headers, msg.value())] = reason
     triggers = topics[workflow.topic("triggers")].name
     return Summary(
         workflow=workflow.name, triggers=sum(1 for _ in snapshot(settings, triggers)),
@@ -142,7 +142,7 @@ def dead_letters(workflow: Workflow, settings: KafkaSettings) -> list[tuple[Mess
             for msg in snapshot(settings, workflow.topics[workflow.topic("dlq")].name)]
 
 
-def dead_letter_id(workflow: Workflow, headers: dict[str, str], value: bytes | None) -> str:
+def dead_letter_id(workflow: Workflow, settings: KafkaSettings, headers: dict[str, str], value: bytes | None) -> str:
     """The event id inside a dead letter's original bytes, or where the bytes came from."""
     origin = headers.get("handoff.original.topic", "")
     where = f"{origin}:{headers.get('handoff.original.partition')}:{headers.get('handoff.original.offset')}"
@@ -150,7 +150,7 @@ def dead_letter_id(workflow: Workflow, headers: dict[str, str], value: bytes | N
     if spec is None:
         return where
     try:
-        record = AvroSerde(spec.value_schema).decode(value)
+        record = AvroSerde(spec.value_schema, registry_url=settings.schema_registry_url).decode(value)
     except DecodeError:
         return where
     is_trigger = spec.name == workflow.topics[workflow.topic("triggers")].name

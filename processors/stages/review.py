@@ -37,7 +37,6 @@ from processors.review_queue import RISKY, first_verdicts, verdict_errors
 from processors.serde import AvroSerde
 from processors.stage import DeadLetter, Emit, Record
 from processors.stages.base import WorkflowStage
-from processors.stages.validate import Validate
 from processors.tail import snapshot
 from processors.workflow import Workflow
 
@@ -52,7 +51,6 @@ class Review(WorkflowStage):
         self.settings = settings
         self.spec = workflow.topics[workflow.topic("verdicts")]
         self.serde = AvroSerde(self.spec.value_schema, registry_url=settings.schema_registry_url)
-        self.validate = Validate(workflow, settings)  # its answer checks only; its ledger is never loaded
         self.first: dict[str, tuple[int, int]] = {}
 
     def on_assign(self, partitions: list[tuple[str, int]]) -> None:
@@ -67,7 +65,7 @@ class Review(WorkflowStage):
             return [self.trace(verdict.event_id, error=f"verdict {verdict.verdict_id} ({verdict.verdict} by "
                                f"{verdict.reviewer}) refused: {verdict.review_id} was decided first by the verdict "
                                f"at partition {first[0]} offset {first[1]}")]
-        errors = verdict_errors(self.workflow, self.validate, verdict)
+        errors = verdict_errors(self.workflow, verdict)
         if errors:
             raise DeadLetter("invalid_verdict", "; ".join(errors))
         item = verdict.review_item()

@@ -34,6 +34,15 @@ from processors.workflow import Workflow
 MAX_ATTEMPTS = 2  # the first answer and one repair
 
 
+def answer_errors(workflow: Workflow, answer: dict | None, prompt_version: str, event: dict) -> list[str]:
+    """Why an answer cannot be used (empty: it can): not a JSON object, then the output schema of the
+    prompt version that produced it, then the business rules. A reviewer's correction meets the same checks."""
+    if answer is None:
+        return ["the answer is not a JSON object"]
+    return workflow.prompt_spec_for(prompt_version).answer_check.errors(answer) \
+        or rules.check(workflow.rules, answer, event)
+
+
 class Validate(WorkflowStage):
     name = "validate"
     input_suffixes = ["classified"]
@@ -48,10 +57,7 @@ class Validate(WorkflowStage):
         self.seen.load()
 
     def errors(self, answer: dict | None, item: WorkItem) -> list[str]:
-        if answer is None:
-            return ["the answer is not a JSON object"]
-        return self.workflow.prompt_spec_for(item.prompt.version).answer_check.errors(answer) \
-            or rules.check(self.workflow.rules, answer, item.event_dict())
+        return answer_errors(self.workflow, answer, item.prompt.version, item.event_dict())
 
     async def process(self, record: Record) -> list[Emit]:
         control = self.control.state
