@@ -15,23 +15,25 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import orjson
 import typer
-from confluent_kafka import Consumer
+from confluent_kafka import TIMESTAMP_CREATE_TIME, Consumer, Message
 from tqdm import tqdm
 
 from processors.kafka import KafkaSettings
 from processors.localkafka import LocalKafka, free_port
-from processors.pipeline import Pipeline, build_provider
+from processors.pipeline import Pipeline, build_provider, build_stage
 from processors.providers.scripted import ScriptedProvider
 from processors.records import PromptRef, WorkItem, dumps
-from processors.runtime import RuntimeOptions
+from processors.runtime import RuntimeOptions, StageRuntime
 from processors.serde import AvroSerde
 from processors.stage import now_ms
-from processors.tail import snapshot
+from processors.tail import LagProbe, snapshot
 from processors.topics import apply
 from processors.workflow import Workflow, load_workflow
 
@@ -44,21 +46,21 @@ window of 500 in-flight records rarely holds one customer twice. Per-key order i
 either way; with few keys, throughput is bounded by the longest chain of one key."""
 
 
-def events(workflow: Workflow, n: int) -> list[dict]:
-    """``n`` trigger events from the held-out BANKING77 queries, cycled with fresh event ids."""
+def events(workflow: Workflow, n: int, run: str = "bench") -> list[dict]:
+    """``n`` trigger events from the held-out BANKING77 queries, cycled with event ids fresh to ``run``."""
     lines = (workflow.folder / "datasets/queries.jsonl").read_bytes().splitlines()
     base = [orjson.loads(line) for line in lines if line.strip()]
-    return [base[i % len(base)] | {"event_id": f"bench_{i}",
+    return [base[i % len(base)] | {"event_id": f"{run}_{i}",
                                    "customer": base[i % len(base)]["customer"] | {"id": f"c{(i * 7919) % CUSTOMERS}"}}
             for i in range(n)]
 
 
-def produce(settings: KafkaSettings, topic: str, serde: AvroSerde, records: list[tuple[str, dict]]) -> None:
+def produce(settings: KafkaSettings, topic: str, records: list[tuple[str, bytes]]) -> None:
     producer = settings.producer(**{"linger.ms": 20})
     for key, value in tqdm(records, desc=f"producing to {topic.split('.', 1)[-1]}", unit="rec", leave=False):
         while True:
             try:
-                producer.produce(topic, key=key, value=serde.encode(value))
+                producer.produce(topic, key=key, value=value)
                 break
             except BufferError:
                 producer.poll(0.05)
@@ -73,18 +75,70 @@ def throughput(settings: KafkaSettings, topics: list[str], expected: int, since_
     return len(stamps) / max((max(stamps) - min(stamps)) / 1000, 1e-3)
 
 
-def bench_validate_route(workflow: Workflow, settings: KafkaSettings, n: int) -> float:
+def preclassified(workflow: Workflow, n: int, run: str) -> list[tuple[str, bytes]]:
+    """``n`` work items for ``<workflow>.classified`` as classify would have written them, with event
+    ids fresh to ``run`` (validate drops a second run's items as duplicates)."""
     prompt = PromptRef(name=workflow.prompt_spec.name, version=workflow.prompt_spec.version)
-    items = [(e["customer"]["id"], WorkItem(
+    serde = AvroSerde(workflow.topics[workflow.topic("classified")].value_schema)
+    return [(e["customer"]["id"], serde.encode(WorkItem(
         event_id=e["event_id"], workflow=workflow.name, event=dumps({k: v for k, v in e.items() if k != "expected"}),
         prompt=prompt, model="bench:preclassified", raw_answer="",
-        answer=dumps({"intent": e["expected"]["intent"], "confidence": 0.95, "reason": "pre-classified"})).model_dump())
-        for e in events(workflow, n)]
-    produce(settings, workflow.topics[workflow.topic("classified")].name, AvroSerde("handoff/work_item"), items)
+        answer=dumps({"intent": e["expected"]["intent"], "confidence": 0.95, "reason": "pre-classified"})).model_dump()))
+        for e in events(workflow, n, run)]
+
+
+def decision_topics(workflow: Workflow) -> list[str]:
+    return [s.name for name, s in workflow.topics.items() if name.startswith(workflow.topic("decisions."))]
+
+
+def bench_validate_route(workflow: Workflow, settings: KafkaSettings, n: int) -> float:
+    """Both stages in this process, one thread each (``handoff run --stage all``)."""
+    produce(settings, workflow.topics[workflow.topic("classified")].name, preclassified(workflow, n, "one_process"))
     started = now_ms()
     Pipeline(workflow, settings, ["validate", "route"]).run_until_drained(timeout=600)
-    decisions = [s.name for name, s in workflow.topics.items() if name.startswith(workflow.topic("decisions."))]
-    return throughput(settings, decisions, n, started)
+    return throughput(settings, decision_topics(workflow), n, started)
+
+
+def bench_validate_route_processes(workflow: Workflow, settings: KafkaSettings, n: int) -> float:
+    """Each stage in its own ``handoff run --stage`` process, as production deploys them."""
+    produce(settings, workflow.topics[workflow.topic("classified")].name, preclassified(workflow, n, "processes"))
+    env = os.environ | {"KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers, "HANDOFF_NAMESPACE": settings.namespace}
+    started = now_ms()
+    stages = [subprocess.Popen([sys.executable, "-m", "processors.cli", "run", "--workflow", workflow.name,
+                                "--stage", stage], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+              for stage in ("validate", "route")]
+    probe = LagProbe(settings)
+    groups = [(settings.group_id(f"handoff.{workflow.name}.{stage}"), [workflow.topics[workflow.topic(suffix)].name])
+              for stage, suffix in (("validate", "classified"), ("route", "validated"))]
+    try:
+        deadline, quiet = time.monotonic() + 600, 0
+        while quiet < 2 and time.monotonic() < deadline and all(p.poll() is None for p in stages):
+            time.sleep(1)
+            quiet = quiet + 1 if sum(probe.lag(group, topics) for group, topics in groups) == 0 else 0
+    finally:
+        probe.close()
+        for process in stages:
+            process.terminate()
+        for process in stages:
+            process.wait(30)
+    return throughput(settings, decision_topics(workflow), n, started)
+
+
+def bench_stage_work(workflow: Workflow, settings: KafkaSettings, n: int) -> float:
+    """Validate's and route's own work per event — decode, rules, routing, encoding every output — on
+    one thread with no Kafka client at all: what (a) would reach if the runtime and the broker were free."""
+    validate, route = (StageRuntime(build_stage(name, workflow, settings), workflow.name, workflow.topics, settings)
+                       for name in ("validate", "route"))
+    classified, validated = (workflow.topics[workflow.topic(suffix)].name for suffix in ("classified", "validated"))
+    items = preclassified(workflow, n, "stage_work")
+    started = time.perf_counter()
+    for offset, (key, value) in enumerate(items):
+        for out in validate.handle(Message(topic=classified, partition=0, offset=offset, key=key.encode(), value=value,
+                                           timestamp=(TIMESTAMP_CREATE_TIME, now_ms()))):
+            if out.topic == validated:
+                route.handle(Message(topic=validated, partition=0, offset=offset, key=out.key, value=out.value,
+                                     timestamp=(TIMESTAMP_CREATE_TIME, now_ms())))
+    return n / (time.perf_counter() - started)
 
 
 def bench_classify(workflow: Workflow, settings: KafkaSettings, n: int, latency: float, in_flight: int) -> float:
@@ -136,16 +190,21 @@ def run(settings: KafkaSettings, n: int, latency: float, in_flight: int) -> None
     os.environ.setdefault("HANDOFF_WEBHOOK_URL", "http://127.0.0.1:9")  # execute does not run here
     # The reference runs first: it also warms the broker's JVM, which would otherwise tax (a).
     trigger = workflow.topics[workflow.topic("triggers")]
-    produce(settings, trigger.name, AvroSerde(trigger.value_schema),
-            [(e["customer"]["id"], {k: v for k, v in e.items() if k != "expected"}) for e in events(workflow, n)])
+    serde = AvroSerde(trigger.value_schema)
+    produce(settings, trigger.name, [(e["customer"]["id"], serde.encode({k: v for k, v in e.items() if k != "expected"}))
+                                     for e in events(workflow, n)])
     c = bench_plain_loop(workflow, settings, n)
     print(f"(c) plain consume-decode-encode-produce loop:    {c:8.0f} events/s  ({n} events)", flush=True)
-    a = bench_validate_route(workflow, settings, n)
-    print(f"(a) validate + route, pre-classified:            {a:8.0f} events/s", flush=True)
+    a = bench_validate_route_processes(workflow, settings, n)
+    print(f"(a) validate + route, pre-classified, one process per stage: {a:8.0f} events/s", flush=True)
+    a1 = bench_validate_route(workflow, settings, n)
+    print(f"    validate + route in one process:                         {a1:8.0f} events/s", flush=True)
+    work = bench_stage_work(workflow, settings, n)
+    print(f"    their own work alone, one thread, no Kafka (the ceiling): {work:8.0f} events/s", flush=True)
     b = bench_classify(workflow, settings, n, latency, in_flight)
     print(f"(b) classify, scripted {latency * 1000:.0f} ms, {in_flight} in flight:  {b:8.0f} events/s  "
           f"(latency-bound ceiling {in_flight / latency:.0f}/s)", flush=True)
-    print(f"ratios: (a)/(c) = {a / c:.2f}, (b)/(c) = {b / c:.2f}", flush=True)
+    print(f"ratios: (a)/(c) = {a / c:.2f} (target 0.5), ceiling/(c) = {work / c:.2f}, (b)/(c) = {b / c:.2f}", flush=True)
 
 
 def main(events_per_run: int = typer.Option(5000, "--events", help="Events per measurement."),

@@ -8,6 +8,7 @@ computed by ``handoff report`` (:mod:`processors.report`), not here.
 
 from __future__ import annotations
 
+import collections
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import Counter, Histogram, start_http_server
@@ -25,8 +26,12 @@ COST = Counter("handoff_cost_usd_total", "Model cost in US dollars.", ["workflow
 
 
 class StageMetrics:
-    """The per-record metrics of one stage of one workflow. Label children are looked up once:
-    a lookup costs several times the increment, and these run for every record."""
+    """The per-record metrics of one stage of one workflow.
+
+    Records in and out are counted in plain integers and added to the Prometheus counters by
+    :meth:`flush`, which the runtime calls once per loop step: each counter increment takes a lock,
+    and a stage writes several records per input. A scrape sees them at most one step late.
+    """
 
     def __init__(self, workflow: str, stage: str):
         self.workflow = workflow
@@ -34,15 +39,26 @@ class StageMetrics:
         self._in = EVENTS_IN.labels(workflow, stage)
         self._latency = LATENCY.labels(workflow, stage)
         self._out: dict[str, Counter] = {}
+        self._consumed = 0
+        self._produced: collections.Counter[str] = collections.Counter()
 
     def consumed(self) -> None:
-        self._in.inc()
+        self._consumed += 1
 
     def produced(self, topic: str) -> None:
-        child = self._out.get(topic)
-        if child is None:
-            child = self._out[topic] = EVENTS_OUT.labels(self.workflow, self.stage, topic)
-        child.inc()
+        self._produced[topic] += 1
+
+    def flush(self) -> None:
+        """Add what was counted since the last flush to the Prometheus counters."""
+        if self._consumed:
+            self._in.inc(self._consumed)
+            self._consumed = 0
+        for topic, count in self._produced.items():
+            child = self._out.get(topic)
+            if child is None:
+                child = self._out[topic] = EVENTS_OUT.labels(self.workflow, self.stage, topic)
+            child.inc(count)
+        self._produced.clear()
 
     def dead_lettered(self, reason: str) -> None:
         DEAD_LETTERS.labels(self.workflow, self.stage, reason).inc()

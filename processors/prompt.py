@@ -21,14 +21,15 @@ from processors.checks import SchemaCheck
 _PLACEHOLDER = re.compile(r"\{\{\s*([\w.]+)\s*\}\}")
 
 
-def dotted(record: dict, path: str) -> Any:
-    """``dotted(r, "ticket.subject")`` is ``r["ticket"]["subject"]``."""
-    for part in path.split("."):
+def dotted(record: dict, path: str | tuple[str, ...]) -> Any:
+    """``dotted(r, "ticket.subject")`` is ``r["ticket"]["subject"]``; a path looked up for every
+    record can be split once and passed as ``("ticket", "subject")``."""
+    for part in path.split(".") if isinstance(path, str) else path:
         record = record[part]
     return record
 
 
-def lookup(record: dict, path: str, default: Any = None) -> Any:
+def lookup(record: dict, path: str | tuple[str, ...], default: Any = None) -> Any:
     """``dotted``, or ``default`` when the path is absent."""
     try:
         return dotted(record, path)

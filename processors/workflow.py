@@ -93,9 +93,10 @@ class RouteRule(Strict):
     actions: list[str] = Field(default_factory=list)
 
     @cached_property
-    def _alternatives(self) -> list[list[tuple[str, frozenset[str]]]]:
-        return [[(path, frozenset([want] if isinstance(want, str) else want)) for path, want in alternative.items()]
-                for alternative in self.when]
+    def _alternatives(self) -> list[list[tuple[tuple[str, ...], frozenset[str]]]]:
+        """``when`` with its paths split once: routing runs for every record."""
+        return [[(tuple(path.split(".")), frozenset([want] if isinstance(want, str) else want))
+                 for path, want in alternative.items()] for alternative in self.when]
 
     def matches(self, view: dict) -> bool:
         return not self.when or any(all(_member(lookup(view, path), allowed) for path, allowed in alternative)

@@ -59,7 +59,7 @@ class Route(WorkflowStage):
                             tokens_in=item.tokens_in, tokens_out=item.tokens_out, cost_usd=item.cost_usd,
                             control_version=control.version, replay=item.replay)
         outputs = [Emit(topic, decision, key=record.key)]
-        requests = [] if shadow else [self._request(name, decision, answer, event) for name in route.actions]
+        requests = [] if shadow else self._requests(route.actions, decision, answer, event)
         outputs += [Emit(self.workflow.topic("actions"), r, key=r.idempotency_key) for r in requests]
         outputs.append(self.trace(item.event_id, decision={"route": route_name, "rule": rule, "topic": topic},
                                   action_request=[r.action for r in requests]))
@@ -79,9 +79,15 @@ class Route(WorkflowStage):
                  if self.workflow.actions[name].risk > bound]
         return f"partial mode: {', '.join(risky)} above the low-risk bound {bound}" if risky else None
 
-    def _request(self, name: str, decision: Decision, answer: dict, event: dict) -> ActionRequest:
-        view = {"answer": answer, "event": event, "decision": decision.model_dump(include={"route", "label", "confidence"})}
-        arguments = self.workflow.actions[name].build_arguments(view)
-        return ActionRequest(event_id=decision.event_id, workflow=self.workflow.name, action=name,
-                             idempotency_key=f"{decision.event_id}:{name}", arguments=dumps(arguments),
-                             route=decision.route, decision=decision.model_dump_json(), requested_at_ms=now_ms())
+    def _requests(self, actions: list[str], decision: Decision, answer: dict, event: dict) -> list[ActionRequest]:
+        """One request per action of the route, each carrying the whole decision as JSON."""
+        if not actions:
+            return []
+        view = {"answer": answer, "event": event,
+                "decision": {"route": decision.route, "label": decision.label, "confidence": decision.confidence}}
+        decided = decision.model_dump_json()
+        return [ActionRequest(event_id=decision.event_id, workflow=self.workflow.name, action=name,
+                              idempotency_key=f"{decision.event_id}:{name}",
+                              arguments=dumps(self.workflow.actions[name].build_arguments(view)),
+                              route=decision.route, decision=decided, requested_at_ms=decision.decided_at_ms)
+                for name in actions]
