@@ -112,7 +112,10 @@ def run(workflow: WorkflowName,
         instance: Annotated[Optional[str], typer.Option(help="exactly_once: this process's stable instance name "
                                                                "(default: the host name).")] = None,
         metrics_port: Annotated[Optional[int], typer.Option(envvar="HANDOFF_METRICS_PORT", help=(
-            "Serve Prometheus metrics on 127.0.0.1:PORT/metrics (default: off)."))] = None,
+            "Serve Prometheus metrics on ADDR:PORT/metrics (default: off)."))] = None,
+        metrics_addr: Annotated[str, typer.Option(envvar="HANDOFF_METRICS_ADDR", help=(
+            "Address the metrics server binds: loopback by default; 0.0.0.0 for a scraper on another host."))]
+        = "127.0.0.1",
         bootstrap: Bootstrap = None) -> None:
     """Run a workflow's stages until SIGTERM or Ctrl-C (drains in-flight work, then commits)."""
     from processors.pipeline import STAGES, Pipeline
@@ -128,7 +131,7 @@ def run(workflow: WorkflowName,
     if metrics_port is not None:
         from processors import metrics
 
-        typer.echo(f"metrics on http://127.0.0.1:{metrics.serve(metrics_port).server_port}/metrics")
+        typer.echo(f"metrics on http://{metrics_addr}:{metrics.serve(metrics_port, metrics_addr).server_port}/metrics")
     Pipeline(flow, conf, stages, options).run()
 
 

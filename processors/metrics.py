@@ -21,6 +21,9 @@ LATENCY = Histogram("handoff_stage_latency_seconds", "Time to process one record
 VALIDATION_FAILURES = Counter("handoff_validation_failures_total", "Invalid model answers, by reason.", ["workflow", "reason"])
 REVIEWS = Counter("handoff_reviews_total", "Items sent to review, by reason.", ["workflow", "reason"])
 RETRIES = Counter("handoff_retries_total", "Retried model calls and actions.", ["workflow", "stage"])
+MODEL_LATENCY = Histogram("handoff_model_latency_seconds", "Time from asking the model to its answer (the answer used, "
+                          "retries excluded).", ["workflow", "model"],
+                          buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60))
 TOKENS = Counter("handoff_tokens_total", "Model tokens, by direction.", ["workflow", "direction"])
 COST = Counter("handoff_cost_usd_total", "Model cost in US dollars.", ["workflow"])
 
@@ -68,21 +71,28 @@ class StageMetrics:
 
 
 class ModelUsage:
-    """Tokens and cost of a workflow's model calls."""
+    """Latency, tokens and cost of a workflow's model calls."""
 
     def __init__(self, workflow: str):
+        self.workflow = workflow
+        self._latency: dict[str, Histogram] = {}
         self._tokens_in = TOKENS.labels(workflow, "in")
         self._tokens_out = TOKENS.labels(workflow, "out")
         self._cost = COST.labels(workflow)
 
-    def record(self, tokens_in: int, tokens_out: int, cost_usd: float) -> None:
+    def record(self, model: str, latency_ms: float, tokens_in: int, tokens_out: int, cost_usd: float) -> None:
+        latency = self._latency.get(model)
+        if latency is None:
+            latency = self._latency[model] = MODEL_LATENCY.labels(self.workflow, model)
+        latency.observe(latency_ms / 1000)
         self._tokens_in.inc(tokens_in)
         self._tokens_out.inc(tokens_out)
         self._cost.inc(cost_usd)
 
 
-def serve(port: int) -> WSGIServer:
-    """Serve ``/metrics`` on loopback (``port`` 0: any free port, see ``server_port``). Loopback only:
-    a scraper on the same host or pod reaches it; nothing else on the network does."""
-    server, _thread = start_http_server(port, addr="127.0.0.1")
+def serve(port: int, addr: str = "127.0.0.1") -> WSGIServer:
+    """Serve ``/metrics`` on ``addr`` (``port`` 0: any free port, see ``server_port``). Loopback by
+    default: a scraper on the same host or pod reaches it, nothing else on the network does; a
+    scraper elsewhere (Prometheus in another pod) needs ``0.0.0.0`` or the pod's address."""
+    server, _thread = start_http_server(port, addr=addr)
     return server

@@ -409,6 +409,8 @@ class StageRuntime:
         self._last_tick = now
         outputs = self.stage.tick(now_ms(), list(self._partitions))
         letters = [out for out in outputs if isinstance(out, DeadLetter)]
+        if any(letter.original is None for letter in letters):  # a bug in the stage, not a bad record
+            raise TypeError(f"stage {self.stage.name}: a DeadLetter returned by tick() must carry the original record")
         for letter in letters:
             self._produce(self._dead_letter(letter.original, letter.reason, letter, letter.attempts,
                                             letter.first_failure_ms))

@@ -101,6 +101,9 @@ def test_a_running_pipeline_counts_what_happened(kafka, receiver, served):
     assert delta("handoff_cost_usd_total", **WF) == pytest.approx(
         sum(price_of("gpt-4.1-mini").cost(*a.usage) for a in answered))
     assert delta("handoff_model_requests_total", model="openai:gpt-4.1-mini", outcome="http_503") == 1
+    # model latency: one observation per answer used (4 triggers, the repair); the 503 is a retry, not counted
+    assert delta("handoff_model_latency_seconds_count", **WF, model="openai:gpt-4.1-mini") == 5
+    assert delta("handoff_model_latency_seconds_sum", **WF, model="openai:gpt-4.1-mini") > 0
 
     # the report, read from what the stages wrote, agrees: the poison counts only in the all-versions row
     report = build(workflow, kafka)

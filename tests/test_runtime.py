@@ -133,3 +133,20 @@ def test_a_missing_broker_is_a_clear_error_not_a_hang():
     started = time.monotonic()
     with pytest.raises(BrokerUnavailable, match="answered"):
         runtime.run(until=lambda: time.monotonic() - started > 60)
+
+
+class ForgetfulTicker(EchoStage):
+    """A buggy stage: its tick dead-letters a record it never kept."""
+
+    def tick(self, now_ms, partitions):
+        return [DeadLetter("expired", "waited too long")]
+
+
+def test_a_tick_dead_letter_without_its_record_stops_the_stage_with_a_clear_error(kafka):
+    """Such a dead letter has no bytes to keep: a stage bug, reported as one, never an AttributeError."""
+    topics = load_topics("support_ticket", kafka.namespace)
+    apply(kafka.admin(), list(topics.values()))
+    runtime = StageRuntime(ForgetfulTicker({}), "support_ticket", topics, kafka)
+    started = time.monotonic()
+    with pytest.raises(TypeError, match="tick\\(\\) must carry the original record"):
+        runtime.run(until=lambda: time.monotonic() - started > 30)

@@ -84,7 +84,7 @@ class Classify(WorkflowStage):
                                max_tokens=spec.max_tokens, repair_errors=errors, event_id=event_id)
         answer = await self._ask(request)
         parsed = parse_answer(answer.text)
-        self.usage.record(answer.tokens_in, answer.tokens_out, answer.cost_usd)
+        self.usage.record(answer.model, answer.latency_ms, answer.tokens_in, answer.tokens_out, answer.cost_usd)
         prompt = PromptRef(name=spec.name, version=spec.version)
         item = WorkItem(event_id=event_id, workflow=self.workflow.name, event=dumps(event), attempt=attempt,
                         prompt=prompt, model=answer.model, raw_answer=answer.text,
