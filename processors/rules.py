@@ -7,6 +7,7 @@ sure it did. A rule takes the parsed answer and the trigger event and returns wh
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 Rule = Callable[[dict, dict], str | None]
@@ -30,7 +31,51 @@ def reason_is_not_an_instruction(answer: dict, event: dict) -> str | None:
     return None
 
 
-RULES: dict[str, Rule] = {rule.__name__: rule for rule in (high_urgency_needs_reason, reason_is_not_an_instruction)}
+_ADDRESSED_TO_THE_MODEL = re.compile(
+    r"""\b(?:ignore|disregard|forget|override)\b[^.\n]{0,40}\b(?:instructions?|rules?|prompts?|guidelines?)\b
+      | <\s*/?\s*(?:system|assistant|instructions?)\s*>
+      | (?:^|[\n.!?\[(<{-]\s*)(?:system|assistant|ai|developer)\b[\w ]{0,20}:
+      | \b(?:note\s+to|dear|hey)\s+the\s+(?:ai|assistant|model|bot)\b
+      | \b(?:classify|categori[sz]e|mark|label)\s+(?:this|it)?\s*as\b
+      | \b(?:answer|respond|reply|output)\s+with\s+(?:intent|category|urgency|confidence)\b
+      | \boutput\s+intent\b
+      | \b(?:intent|category|urgency|confidence)\s*=
+      | \bwith\s+confidence\s+(?:1(?:\.0+)?|100\s*%)(?!\d)""",
+    re.IGNORECASE | re.VERBOSE)
+
+
+def event_does_not_instruct_the_model(answer: dict, event: dict) -> str | None:
+    """Text in the event that speaks to the model — overriding its instructions, posing as the
+    system, or dictating the answer — is a prompt injection whatever the model answered: fail
+    closed to a person. It reads the event, not the answer, because an injection that worked leaves
+    no trace in a well-formed answer. Phrasings it does not know pass; it narrows the hole, a
+    person's review of what it catches closes it."""
+    for text in _texts(event):
+        found = _ADDRESSED_TO_THE_MODEL.search(text)
+        if found:
+            return f"the event addresses the model ({found.group(0).strip()!r}): possible prompt injection"
+    return None
+
+
+def _texts(value: object) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [text for item in value.values() for text in _texts(item)]
+    if isinstance(value, list):
+        return [text for item in value for text in _texts(item)]
+    return []
+
+
+RULES: dict[str, Rule] = {rule.__name__: rule for rule in (high_urgency_needs_reason, reason_is_not_an_instruction,
+                                                           event_does_not_instruct_the_model)}
+EVENT_RULES = frozenset({event_does_not_instruct_the_model.__name__})
+"""Rules that judge the event, not the answer: no answer can pass them, so asking the model again is waste."""
+
+
+def unrepairable(errors: list[str]) -> bool:
+    """Did a rule on the event itself fail? (``errors`` as :func:`check` returns them.)"""
+    return any(error.split(":", 1)[0] in EVENT_RULES for error in errors)
 
 
 def check(names: list[str], answer: dict, event: dict) -> list[str]:

@@ -6,6 +6,9 @@ review threshold. Then:
 
 * invalid on attempt 1 → back to classify on the repair topic, with the errors (one repair);
 * invalid on attempt 2 → review (``invalid_output``): fail closed, never guess;
+* a rule on the event itself failed (``rules.EVENT_RULES``: the event tries to instruct the model)
+  → review (``event_rule``) at once: no repaired answer could pass, and a repair would hand the
+  model the same text again;
 * valid but not confident enough → review (``low_confidence``);
 * valid → the validated topic, for route.
 
@@ -70,13 +73,15 @@ class Validate(WorkflowStage):
         for problem in errors:
             metrics.VALIDATION_FAILURES.labels(self.workflow.name, problem.split(":")[0]).inc()
         trace = self.trace(item.event_id, answer=item.answer, validation=errors or "ok")
-        if errors and item.attempt < MAX_ATTEMPTS:
+        event_rule = rules.unrepairable(errors)
+        if errors and item.attempt < MAX_ATTEMPTS and not event_rule:
             retry = item.model_copy(update={"validation_errors": errors, "control_version": control.version})
             return [Emit(self.workflow.topic("repair"), retry, key=record.key), trace]
         settled = [] if item.replay else [self.seen.record(item.event_id, SeenEvent(
             event_id=item.event_id, partition=record.partition, offset=record.offset, at_ms=now_ms()))]
         if errors:
-            return [self._review("invalid_output", item, record, errors, control), *settled, trace]
+            reason = "event_rule" if event_rule else "invalid_output"
+            return [self._review(reason, item, record, errors, control), *settled, trace]
         confidence = answer.get("confidence", 0.0)
         threshold = review_threshold(self.workflow, control)
         if confidence < threshold:
