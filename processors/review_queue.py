@@ -37,6 +37,7 @@ import orjson
 from confluent_kafka import Message
 from pydantic import BaseModel, ValidationError
 
+from processors import rules
 from processors.kafka import KafkaSettings
 from processors.records import ActionRequest, ReviewItem, Verdict, VerdictKind
 from processors.serde import AvroSerde, DecodeError
@@ -256,8 +257,9 @@ def verdict_errors(workflow: Workflow, verdict: Verdict) -> list[str]:
         answer = orjson.loads(verdict.answer)
     except orjson.JSONDecodeError:
         answer = None
-    problems = answer_errors(workflow, answer if isinstance(answer, dict) else None, item.prompt.version,
-                             orjson.loads(item.event))
+    problems = [problem for problem in answer_errors(workflow, answer if isinstance(answer, dict) else None,
+                                                     item.prompt.version, orjson.loads(item.event))
+                if not rules.judges_the_event(problem)]  # the person has read the event; their answer is judged
     if problems and verdict.verdict == "approve":
         return [f"the model's answer is not valid ({p}); use correct --set field=value" for p in problems]
     return problems

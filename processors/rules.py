@@ -73,9 +73,10 @@ EVENT_RULES = frozenset({event_does_not_instruct_the_model.__name__})
 """Rules that judge the event, not the answer: no answer can pass them, so asking the model again is waste."""
 
 
-def unrepairable(errors: list[str]) -> bool:
-    """Did a rule on the event itself fail? (``errors`` as :func:`check` returns them.)"""
-    return any(error.split(":", 1)[0] in EVENT_RULES for error in errors)
+def judges_the_event(error: str) -> bool:
+    """Is ``error`` (as :func:`check` returns it) from a rule on the event itself? Such an error says
+    the event must not be left to the model; it says nothing against a person's answer."""
+    return error.split(":", 1)[0] in EVENT_RULES
 
 
 def check(names: list[str], answer: dict, event: dict) -> list[str]:

@@ -73,7 +73,7 @@ class Validate(WorkflowStage):
         for problem in errors:
             metrics.VALIDATION_FAILURES.labels(self.workflow.name, problem.split(":")[0]).inc()
         trace = self.trace(item.event_id, answer=item.answer, validation=errors or "ok")
-        event_rule = rules.unrepairable(errors)
+        event_rule = any(map(rules.judges_the_event, errors))
         if errors and item.attempt < MAX_ATTEMPTS and not event_rule:
             retry = item.model_copy(update={"validation_errors": errors, "control_version": control.version})
             return [Emit(self.workflow.topic("repair"), retry, key=record.key), trace]
