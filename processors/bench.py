@@ -145,6 +145,7 @@ def bench_stage_work(workflow: Workflow, settings: KafkaSettings, n: int) -> flo
                        for name in ("validate", "route"))
     classified, validated = (workflow.topics[workflow.topic(suffix)].name for suffix in ("classified", "validated"))
     items = preclassified(workflow, n, "stage_work")
+    validate.tune_gc()  # as a stage process runs
     started = time.perf_counter()
     for offset, (key, value) in enumerate(items):
         for out in validate.handle(Message(topic=classified, partition=0, offset=offset, key=key.encode(), value=value,

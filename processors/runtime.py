@@ -68,6 +68,7 @@ derives again from its durable state after a restart. A delivery failure stops t
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import queue
 import signal
@@ -119,6 +120,12 @@ class RuntimeOptions(BaseModel):
         "Records consumed but not yet started before partitions pause. More rides out the refetch "
         "after a resume without starving the stage; less holds less memory and replays less."))
     poll_batch: int = Field(500, ge=1, description="Records taken per consume call.")
+    gc_young_threshold: int | None = Field(100_000, ge=1, description=(
+        "Allocations between collections of Python's youngest garbage-collector generation, for the "
+        "whole process (Python's default: 700; None leaves it). A record's objects die young and "
+        "reference counting frees them, so each collection mostly rescans the records in flight: rarer "
+        "collections gave classify about 20% more events/s in `make bench`, with no more memory. The "
+        "cost: objects caught in reference cycles (an exception and its traceback) live a little longer."))
     broker_timeout_s: float = Field(60.0, gt=0, description=(
         "How long all brokers may be unreachable before the stage gives up with a clear error."))
     group: str | None = Field(None, description="Consumer group; default handoff.<workflow>.<stage>.")
@@ -263,6 +270,7 @@ class StageRuntime:
     def run(self, until=None) -> None:
         """Consume until :meth:`stop`, a signal, or ``until()`` returns True (checked each loop)."""
         self._install_signal_handlers()
+        self.tune_gc()
         exactly_once = self.options.guarantee == Guarantee.exactly_once
         member = f"{self.settings.group_id(self.group)}.{self.options.instance}"
         self.consumer = self.settings.consumer(self.group, error_cb=self._on_error,
@@ -302,6 +310,11 @@ class StageRuntime:
                 self.events.run(self.stage.close(), timeout=30)
                 self.events.stop()
                 del self.producer, self.consumer  # librdkafka handles are destroyed with the last reference
+
+    def tune_gc(self) -> None:
+        """Apply ``gc_young_threshold`` (process-wide): ``run`` does it, so does a caller that times ``handle``."""
+        if self.options.gc_young_threshold is not None:
+            gc.set_threshold(self.options.gc_young_threshold, *gc.get_threshold()[1:])
 
     def _install_signal_handlers(self) -> None:
         if threading.current_thread() is threading.main_thread():
