@@ -36,13 +36,14 @@ from tqdm import tqdm
 
 from processors.kafka import KafkaSettings
 from processors.localkafka import LocalKafka, free_port
-from processors.pipeline import Pipeline, build_provider, build_stage
+from processors.pipeline import Pipeline, build_provider, build_stage, wait_until_drained
 from processors.providers.scripted import ScriptedProvider
 from processors.records import PromptRef, WorkItem, dumps
 from processors.runtime import RuntimeOptions, StageRuntime
 from processors.serde import AvroSerde
 from processors.stage import now_ms
-from processors.tail import LagProbe, snapshot
+from processors.summary import decision_suffixes
+from processors.tail import snapshot
 from processors.topics import apply
 from processors.workflow import Workflow, load_workflow
 
@@ -97,8 +98,14 @@ def preclassified(workflow: Workflow, n: int, run: str) -> list[tuple[str, bytes
         for e in events(workflow, n, run)]
 
 
+def runtimes(workflow: Workflow, settings: KafkaSettings, stages: list[str]) -> list[StageRuntime]:
+    """The stages' runtimes as ``handoff run`` builds them, not started (no Kafka client yet)."""
+    return [StageRuntime(build_stage(stage, workflow, settings), workflow.name, workflow.topics, settings)
+            for stage in stages]
+
+
 def decision_topics(workflow: Workflow) -> list[str]:
-    return [s.name for name, s in workflow.topics.items() if name.startswith(workflow.topic("decisions."))]
+    return [workflow.topics[workflow.topic(suffix)].name for suffix in decision_suffixes(workflow)]
 
 
 def bench_validate_route(workflow: Workflow, settings: KafkaSettings, n: int) -> float:
@@ -119,16 +126,9 @@ def bench_validate_route_processes(workflow: Workflow, settings: KafkaSettings, 
     stages = [subprocess.Popen([sys.executable, "-m", "processors.cli", "run", "--workflow", workflow.name,
                                 "--stage", stage], env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
               for stage, log in logs.items()]
-    probe = LagProbe(settings)
-    groups = [(settings.group_id(f"handoff.{workflow.name}.{stage}"), [workflow.topics[workflow.topic(suffix)].name])
-              for stage, suffix in (("validate", "classified"), ("route", "validated"))]
-    try:
-        deadline, quiet = time.monotonic() + 600, 0
-        while quiet < 2 and time.monotonic() < deadline and all(p.poll() is None for p in stages):
-            time.sleep(1)
-            quiet = quiet + 1 if sum(probe.lag(group, topics) for group, topics in groups) == 0 else 0
+    try:  # the drain check asks about the stages' groups and input topics: the same runtimes, not run here
+        wait_until_drained(settings, runtimes(workflow, settings, list(logs)), timeout=600, running=lambda: all(p.poll() is None for p in stages))
     finally:
-        probe.close()
         for process in stages:
             process.terminate()
         for process in stages:
@@ -141,8 +141,7 @@ def bench_validate_route_processes(workflow: Workflow, settings: KafkaSettings, 
 def bench_stage_work(workflow: Workflow, settings: KafkaSettings, n: int) -> float:
     """Validate's and route's own work per event — decode, rules, routing, encoding every output — on
     one thread with no Kafka client at all: what (a) would reach if the runtime and the broker were free."""
-    validate, route = (StageRuntime(build_stage(name, workflow, settings), workflow.name, workflow.topics, settings)
-                       for name in ("validate", "route"))
+    validate, route = runtimes(workflow, settings, ["validate", "route"])
     classified, validated = (workflow.topics[workflow.topic(suffix)].name for suffix in ("classified", "validated"))
     items = preclassified(workflow, n, "stage_work")
     validate.tune_gc()  # as a stage process runs

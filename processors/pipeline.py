@@ -72,6 +72,28 @@ def build_stage(name: str, workflow: Workflow, settings: KafkaSettings, provider
     raise ValueError(f"unknown stage {name!r}; one of {', '.join(STAGES)}")
 
 
+def wait_until_drained(settings: KafkaSettings, runtimes: list[StageRuntime], timeout: float, quiet_checks: int = 2,
+                       interval: float = 1.0, running: Callable[[], bool] = lambda: True) -> bool:
+    """Wait until every runtime's consumer group has committed all its input, ``quiet_checks`` times
+    in a row ``interval`` apart (repairs loop back upstream, so one quiet look is not enough), or
+    ``timeout``, or ``running()`` turns False; True when drained. The runtimes may run in this
+    process or in others (their group names are what counts).
+
+    Under ``exactly_once`` transaction markers keep the lag above zero: use counts instead.
+    """
+    deadline = time.monotonic() + timeout
+    quiet = 0
+    probe = LagProbe(settings)
+    try:
+        while time.monotonic() < deadline and quiet < quiet_checks and running():
+            time.sleep(interval)
+            lag = sum(probe.lag(settings.group_id(r.group), r.input_topics) for r in runtimes)
+            quiet = quiet + 1 if lag == 0 else 0
+    finally:
+        probe.close()
+    return quiet >= quiet_checks
+
+
 class Pipeline:
     """Runs the named stages of one workflow, each in its own thread, until stopped."""
 
@@ -107,30 +129,15 @@ class Pipeline:
         if self.errors:
             raise self.errors[0]
 
-    def lag(self, probe: LagProbe) -> int:
-        """Uncommitted input records over all stages, upstream first (see :meth:`run_until_drained`)."""
-        return sum(probe.lag(self.settings.group_id(runtime.group), runtime.input_topics) for runtime in self.runtimes)
-
     def run_until_drained(self, timeout: float, quiet_checks: int = 2, interval: float = 1.0) -> bool:
-        """Run until every stage has committed all its input (``quiet_checks`` times in a row,
-        since repairs loop back upstream), or ``timeout``; True when drained.
-
-        Under ``exactly_once`` transaction markers keep the lag above zero: use counts instead.
-        """
-        deadline = time.monotonic() + timeout
-        quiet = 0
-
+        """Run until every stage has committed all its input (see :func:`wait_until_drained`), or
+        ``timeout``; True when drained."""
         def drained() -> bool:
-            nonlocal quiet
-            probe = LagProbe(self.settings)
             try:
-                while time.monotonic() < deadline and quiet < quiet_checks and not self.errors:
-                    time.sleep(interval)
-                    quiet = quiet + 1 if self.lag(probe) == 0 else 0
+                return wait_until_drained(self.settings, self.runtimes, timeout, quiet_checks, interval,
+                                          running=lambda: not self.errors)
             finally:
-                probe.close()
                 self.stop()
-            return quiet >= quiet_checks
 
         watcher = concurrent.futures.ThreadPoolExecutor(1).submit(drained)
         self.run()
