@@ -26,13 +26,13 @@ topics: kafka-up
 	$(BIN)/handoff topics apply --workflow support_ticket
 
 demo: install
-	$(BIN)/python -m processors.demo
+	$(BIN)/python -m processors.dev.demo
 
 test: install
 	$(BIN)/python -m pytest
 
 bench: install
-	$(BIN)/python -m processors.bench
+	$(BIN)/python -m processors.dev.bench
 
 clean:
 	-$(BIN)/handoff kafka down

@@ -16,49 +16,31 @@ import threading
 import time
 from collections.abc import Callable
 
-from processors.control import Control, ControlWatcher
-from processors.kafka import KafkaSettings
+from processors.control.state import Control
+from processors.control.watcher import ControlWatcher
+from processors.kafka.read import LagProbe
+from processors.kafka.settings import KafkaSettings
 from processors.providers.base import Provider
-from processors.providers.cascade import CascadeProvider
-from processors.providers.embedded import EmbeddedProvider
-from processors.providers.scripted import ScriptedProvider
-from processors.runtime import RuntimeOptions, StageRuntime
-from processors.stage import Stage
+from processors.runtime.runtime import RuntimeOptions, StageRuntime
+from processors.runtime.stage import Stage
 from processors.stages.classify import Classify
 from processors.stages.execute import Execute
 from processors.stages.join import Join
 from processors.stages.review import Review
 from processors.stages.route import Route
 from processors.stages.validate import Validate
-from processors.tail import LagProbe
-from processors.workflow import CascadeModel, EmbeddedModel, ScriptedModel, Workflow
+from processors.workflow.workflow import Workflow
 
 log = logging.getLogger("handoff.pipeline")
 
 STAGES = ("classify", "validate", "route", "execute", "review", "join")
 
 
-def build_provider(workflow: Workflow) -> Provider:
-    """The provider the workflow declares under ``model``. HTTP providers redact what they send
-    with the workflow's redaction, and read their API keys from the environment now."""
-    model = workflow.model
-    if isinstance(model, EmbeddedModel):
-        return EmbeddedProvider(model.training, workflow.folder)
-    if isinstance(model, ScriptedModel):
-        if model.script:
-            return ScriptedProvider.from_file(workflow.folder / model.script, latency=model.latency_s)
-        return ScriptedProvider(latency=model.latency_s)
-    if isinstance(model, CascadeModel):
-        return CascadeProvider(EmbeddedProvider(model.first.training, workflow.folder),
-                               model.then.provider(workflow.redaction.text), model.threshold, workflow.name)
-    return model.provider(workflow.redaction.text)
-
-
 def build_stage(name: str, workflow: Workflow, settings: KafkaSettings, provider: Provider | None = None,
                 control: Control | None = None) -> Stage:
     """``control``: what the stage obeys (the pipeline's watcher); pinned to ``initial(workflow)`` when None."""
     if name == "classify":
-        return Classify(workflow, provider or build_provider(workflow), control)
+        return Classify(workflow, provider or workflow.provider(), control)
     if name == "validate":
         return Validate(workflow, settings, control)
     if name == "route":

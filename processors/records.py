@@ -12,6 +12,9 @@ from typing import Literal
 import orjson
 from pydantic import BaseModel, Field
 
+LABELS_FIELD = "expected"
+"""Sample files may carry the expected labels for evals on each line; they are not sent."""
+
 
 class PromptRef(BaseModel):
     name: str

@@ -1,7 +1,7 @@
 """One real Kafka broker per test session.
 
 Where it comes from, in order: ``KAFKA_BOOTSTRAP_SERVERS`` if set; testcontainers' Kafka
-module if a Docker engine answers; else the local JVM broker (``processors.localkafka``) in a
+module if a Docker engine answers; else the local JVM broker (``processors.dev.localkafka``) in a
 temporary folder. A test that needs Kafka never skips: if no broker can be had, it fails and
 says why.
 """
@@ -15,12 +15,20 @@ from pathlib import Path
 import orjson
 import pytest
 
-from processors.kafka import KafkaSettings
-from processors.localkafka import LocalKafka, LocalKafkaError, free_port, wait_for_broker
-from processors.receiver import WebhookReceiver
-from processors.serde import AvroSerde
-from processors.topics import apply
-from processors.workflow import WORKFLOWS_DIR, ModelRetries, Workflow, load_workflow
+from processors.avro.serde import AvroSerde
+from processors.dev.localkafka import (
+    LocalKafka,
+    LocalKafkaError,
+    free_port,
+    wait_for_broker,
+)
+from processors.dev.receiver import WebhookReceiver
+from processors.kafka.settings import KafkaSettings
+from processors.kafka.topics import apply
+from processors.project import EXAMPLES
+from processors.workflow.workflow import ModelRetries, Workflow, load_workflow
+
+WORKFLOWS = EXAMPLES / "workflows"
 
 
 def _docker_answers() -> bool:
@@ -96,7 +104,7 @@ def receiver(monkeypatch):
         yield hooks
 
 
-def deployed(name: str, kafka, root: Path = WORKFLOWS_DIR) -> Workflow:
+def deployed(name: str, kafka, root: Path = WORKFLOWS) -> Workflow:
     """The workflow (from ``root``) with its topics created in the test's namespace; model retries made quick."""
     workflow = load_workflow(name, kafka.namespace, root)
     workflow = workflow.model_copy(update={"retries": ModelRetries(attempts=3, backoff_initial_s=0.01,

@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from processors.loopback import LoopbackServer
+from processors.dev.loopback import LoopbackServer
 from processors.providers.scripted import schema_answer
 
 

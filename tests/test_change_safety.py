@@ -28,20 +28,25 @@ from starlette.responses import Response
 from starlette.routing import Route
 from typer.testing import CliRunner
 
-from processors.cli import app
-from processors.control import ControlStore, promote
-from processors.loopback import LoopbackServer
+from processors.cli.app import app
+from processors.control.store import ControlStore
+from processors.dev.loopback import LoopbackServer
+from processors.kafka.read import snapshot
+from processors.offline.outputs import read
+from processors.offline.promote import promote
+from processors.offline.replay import Selection, places, select
+from processors.ops.summary import collect
 from processors.pipeline import Pipeline
+from processors.project import EXAMPLES
 from processors.records import Decision, Execution, Notification
-from processors.replay import Selection, places, select
-from processors.summary import collect, read
-from processors.tail import snapshot
-from processors.workflow import WORKFLOWS_DIR, Workflow
+from processors.workflow.workflow import Workflow
 from tests.conftest import deployed, produce, tickets
+
+WORKFLOWS = EXAMPLES / "workflows"
 
 BROKEN, FIXED = "2026-06-01.1", "2026-06-02.1"
 JSON_ONLY = "Answer with one JSON object and nothing else."
-EVAL_DATASETS = WORKFLOWS_DIR / "support_ticket/datasets/evals"
+EVAL_DATASETS = WORKFLOWS / "support_ticket/datasets/evals"
 
 
 class TriageModel:
@@ -96,7 +101,7 @@ def rendered(workflow: Workflow, event: dict) -> str:
 def workflow_with_versions(tmp_path, model_url: str):
     """The shipped support_ticket workflow, its model the loopback server, with a broken and a fixed version."""
     folder = tmp_path / "support_ticket"
-    shutil.copytree(WORKFLOWS_DIR / "support_ticket", folder)
+    shutil.copytree(WORKFLOWS / "support_ticket", folder)
     declared = yaml.safe_load((folder / "workflow.yaml").read_text())
     declared["model"] = {"kind": "openai", "label": "triage", "model": "triage-1", "base_url": f"{model_url}/v1",
                          "api_key_env": None, "timeout_s": 0.5, "deadline_s": 1.0, "retries": {"attempts": 1},

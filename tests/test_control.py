@@ -16,20 +16,30 @@ import time
 import orjson
 import pytest
 
-from processors.control import ControlStore, ControlWatcher, rollback
-from processors.kafka import KafkaSettings
+from processors.avro.serde import AvroSerde
+from processors.control.store import ControlStore
+from processors.control.watcher import ControlWatcher
+from processors.kafka.settings import KafkaSettings
+from processors.offline.outputs import read
+from processors.offline.promote import rollback
 from processors.pipeline import Pipeline
 from processors.providers.base import ModelRequest
 from processors.providers.scripted import ScriptedProvider
-from processors.records import ControlState, Decision, PromptRef, ReviewItem, SeenEvent, WorkItem, dumps
-from processors.serde import AvroSerde
-from processors.stage import Record
+from processors.records import (
+    ControlState,
+    Decision,
+    PromptRef,
+    ReviewItem,
+    SeenEvent,
+    WorkItem,
+    dumps,
+)
+from processors.runtime.stage import Record
 from processors.stages.classify import Classify
 from processors.stages.execute import Execute
 from processors.stages.route import Route
 from processors.stages.validate import Validate
-from processors.summary import read
-from processors.workflow import load_workflow
+from processors.workflow.workflow import load_workflow
 from tests.conftest import deployed, produce, tickets
 
 NEW, OLD = "2026-05-29.1", "2026-05-20.3"  # support_ticket's production version and its rollback version

@@ -18,17 +18,17 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from processors.cli import app
-from processors.control import initial
-from processors.evals import EvalError, EvalReport, run_suite
-from processors.offline import OfflineRunner
-from processors.pipeline import Pipeline, build_provider
-from processors.prompt import lookup
+from processors.avro.serde import EncodeError
+from processors.cli.app import app
+from processors.control.state import initial
+from processors.offline.evals import EvalError, EvalReport, run_suite
+from processors.offline.runner import OfflineRunner
+from processors.ops.summary import collect
+from processors.paths import lookup
+from processors.pipeline import Pipeline
 from processors.providers.base import ModelRequest
 from processors.providers.scripted import ScriptedProvider, Timeout
-from processors.serde import EncodeError
-from processors.summary import collect
-from processors.workflow import load_workflow
+from processors.workflow.workflow import load_workflow
 from tests.conftest import ROOT, deployed, produce, tickets
 
 WORKFLOWS = ROOT / "workflows"
@@ -86,7 +86,7 @@ def test_eval_datasets_hold_no_training_rows():
     """Evals measure what the embedded model never saw: its held-out split, plus rows written for evals."""
     for name in ("support_ticket", "banking77"):
         workflow = load_workflow(name)
-        provider = build_provider(workflow)
+        provider = workflow.provider()
         trained = {provider.spec.compose(e.inputs) for e in provider.split()[0]}
         for path in (workflow.folder / "datasets/evals").glob("*.jsonl"):
             for row in rows(path):

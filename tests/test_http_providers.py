@@ -15,13 +15,24 @@ import yaml
 from prometheus_client import REGISTRY
 from pydantic import TypeAdapter
 
-from processors.localkafka import free_port
+from processors.dev.localkafka import free_port
+from processors.offline.outputs import read
+from processors.ops.summary import collect
 from processors.pipeline import Pipeline
-from processors.providers import (AnthropicModel, CascadeProvider, ChainModel, ModelRequest, OpenAIModel, Price,
-                                  ProviderError, ProviderRejected, ScriptedProvider, price_of)
+from processors.providers import (
+    AnthropicModel,
+    CascadeProvider,
+    ChainModel,
+    ModelRequest,
+    OpenAIModel,
+    Price,
+    ProviderError,
+    ProviderRejected,
+    ScriptedProvider,
+    price_of,
+)
 from processors.records import Decision, Trace
-from processors.summary import collect, read
-from processors.workflow import ModelRetries, Workflow
+from processors.workflow.workflow import ModelRetries, Workflow
 from tests.conftest import deployed, produce, tickets
 from tests.llm_server import LLMServer, Reply
 

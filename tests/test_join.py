@@ -12,14 +12,15 @@ import time
 import pytest
 from typer.testing import CliRunner
 
-from processors.cli import app
+from processors.avro.serde import AvroSerde
+from processors.cli.app import app
+from processors.kafka.read import snapshot
+from processors.offline.outputs import read
+from processors.ops.outcomes import send_outcome
 from processors.records import Decision, JoinState, Outcome, PromptRef, Result
-from processors.runtime import Guarantee, RuntimeOptions, StageRuntime
-from processors.serde import AvroSerde
-from processors.stages.join import Join, send_outcome
-from processors.summary import read
-from processors.tail import snapshot
-from processors.workflow import Outcomes
+from processors.runtime.runtime import Guarantee, RuntimeOptions, StageRuntime
+from processors.stages.join import Join
+from processors.workflow.workflow import Outcomes
 from tests.conftest import deployed
 from tests.test_recovery import handoff_run
 

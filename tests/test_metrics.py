@@ -19,14 +19,14 @@ import yaml
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-from processors import metrics
+from processors.avro.serde import AvroSerde
+from processors.ops.report import build
 from processors.pipeline import Pipeline
 from processors.providers.openai import OpenAIModel
 from processors.providers.pricing import price_of
 from processors.records import PromptRef, WorkItem, dumps
-from processors.report import build
-from processors.serde import AvroSerde
-from processors.workflow import ModelRetries
+from processors.runtime import metrics
+from processors.workflow.workflow import ModelRetries
 from tests.conftest import deployed, produce, tickets
 from tests.llm_server import LLMServer, Reply
 from tests.test_recovery import handoff_run, wait_for

@@ -12,11 +12,12 @@ import copy
 import orjson
 from prometheus_client import REGISTRY
 
+from processors.kafka.read import snapshot
+from processors.offline.outputs import read
+from processors.ops.summary import collect
 from processors.pipeline import Pipeline
 from processors.providers.scripted import ScriptedProvider, Timeout
 from processors.records import Notification, Trace, WorkItem
-from processors.summary import collect, read
-from processors.tail import snapshot
 from tests.conftest import deployed, produce, tickets
 
 BILLING = {"category": "billing", "urgency": "low", "confidence": 0.95, "reason": "A question about an invoice."}

@@ -8,11 +8,10 @@ from fastavro import parse_schema, schemaless_reader
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 from typer.testing import CliRunner
 
-from processors.cli import app
-from processors.tail import snapshot
-from processors.topics import apply, load_topics
+from processors.cli.app import app
+from processors.kafka.read import snapshot
+from processors.kafka.topics import apply, load_topics
 from tests.test_serde import TICKET_V1
-
 
 
 def ticket(n: int, customer: str) -> dict:

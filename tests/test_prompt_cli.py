@@ -11,10 +11,13 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from processors.cli import app
-from processors.control import ControlStore
-from processors.workflow import WORKFLOWS_DIR, load_workflow
+from processors.cli.app import app
+from processors.control.store import ControlStore
+from processors.project import EXAMPLES
+from processors.workflow.workflow import load_workflow
 from tests.conftest import deployed
+
+WORKFLOWS = EXAMPLES / "workflows"
 
 NEW, OLD = "2026-05-29.1", "2026-05-20.3"
 BROKEN = "2026-06-02.1"
@@ -24,7 +27,7 @@ BROKEN = "2026-06-02.1"
 def workflows(tmp_path) -> Path:
     """support_ticket with one more prompt version, which sees only the customer's plan: the
     model cannot tell tickets apart, so the eval suite must fail it."""
-    shutil.copytree(WORKFLOWS_DIR / "support_ticket", tmp_path / "support_ticket")
+    shutil.copytree(WORKFLOWS / "support_ticket", tmp_path / "support_ticket")
     prompts = tmp_path / "support_ticket/prompts/support_ticket_classifier"
     text = (prompts / f"{NEW}.yaml").read_text()
     template = text[text.index("template: |"):text.index("output_schema:")]

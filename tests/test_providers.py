@@ -13,11 +13,23 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from processors.providers import (EmbeddedProvider, Fail, ModelRequest, ProviderError, ProviderRejected,
-                                  ProviderTimeout, ScriptedProvider, Step, Timeout, TrainingSpec)
-from processors.workflow import WORKFLOWS_DIR
+from processors.project import EXAMPLES
+from processors.providers import (
+    EmbeddedProvider,
+    Fail,
+    ModelRequest,
+    ProviderError,
+    ProviderRejected,
+    ProviderTimeout,
+    ScriptedProvider,
+    Step,
+    Timeout,
+    TrainingSpec,
+)
 
-BANKING = WORKFLOWS_DIR / "banking77"
+WORKFLOWS = EXAMPLES / "workflows"
+
+BANKING = WORKFLOWS / "banking77"
 INTENTS = set(json.loads((BANKING / "datasets" / "categories.json").read_text()))
 INTENT_SCHEMA = {"type": "object", "properties": {"intent": {"type": "string"}, "confidence": {"type": "number"},
                                                   "reason": {"type": "string"}}}

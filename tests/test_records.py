@@ -3,8 +3,8 @@
 import pytest
 
 from processors import records
-from processors.contracts import default_store
-from processors.serde import AvroSerde
+from processors.avro.contracts import default_store
+from processors.avro.serde import AvroSerde
 
 PROMPT = records.PromptRef(name="p", version="1")
 SAMPLES = {

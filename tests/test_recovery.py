@@ -12,16 +12,16 @@ from collections import Counter
 
 import pytest
 
-from processors.serde import AvroSerde
-from processors.summary import collect
-from processors.tail import count, snapshot
+from processors.avro.serde import AvroSerde
+from processors.kafka.read import count, snapshot
+from processors.ops.summary import collect
 from tests.conftest import SECRET, deployed, produce, tickets
 
 
 def handoff_run(kafka, receiver, log, *args) -> subprocess.Popen:
     env = os.environ | {"KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers, "HANDOFF_NAMESPACE": kafka.namespace,
                         "HANDOFF_WEBHOOK_URL": receiver.url, "HANDOFF_WEBHOOK_SECRET": SECRET}
-    return subprocess.Popen([sys.executable, "-m", "processors.cli", "run", "--workflow", "support_ticket", *args],
+    return subprocess.Popen([sys.executable, "-m", "processors.cli.app", "run", "--workflow", "support_ticket", *args],
                             env=env, stdout=log, stderr=subprocess.STDOUT)
 
 

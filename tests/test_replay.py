@@ -10,16 +10,17 @@ from datetime import datetime, timezone
 import pytest
 from typer.testing import CliRunner
 
-from processors.cli import app
-from processors.control import ControlStore
+from processors.avro.serde import AvroSerde
+from processors.cli.app import app
+from processors.control.store import ControlStore
+from processors.kafka.read import snapshot
+from processors.offline.outputs import read
+from processors.offline.replay import Selection, Source, reinject, select, shadow
+from processors.ops.summary import collect
 from processors.pipeline import Pipeline
 from processors.providers.scripted import ScriptedProvider, Timeout
 from processors.records import Decision, Execution
-from processors.replay import Selection, Source, reinject, select, shadow
-from processors.serde import AvroSerde
 from processors.stages.base import PROMPT_VERSION_HEADER, REPLAY_HEADER
-from processors.summary import collect, read
-from processors.tail import snapshot
 from tests.conftest import deployed, produce, tickets
 
 BILLING = {"category": "billing", "urgency": "low", "confidence": 0.95, "reason": "A question about an invoice."}

@@ -32,12 +32,21 @@ import orjson
 import pytest
 from typer.testing import CliRunner
 
-from processors.cli import app
-from processors.records import (Decision, PromptRef, Result, ReviewItem, Trace, Verdict, WorkItem, dumps)
-from processors.report import ALL_VERSIONS, build, parse_since
-from processors.serde import AvroSerde
-from processors.stage import now_ms
-from processors.workflow import WorkflowError, load_workflow
+from processors.avro.serde import AvroSerde
+from processors.cli.app import app
+from processors.ops.report import ALL_VERSIONS, build, parse_since
+from processors.records import (
+    Decision,
+    PromptRef,
+    Result,
+    ReviewItem,
+    Trace,
+    Verdict,
+    WorkItem,
+    dumps,
+)
+from processors.runtime.stage import now_ms
+from processors.workflow.workflow import WorkflowError, load_workflow
 from tests.conftest import deployed, tickets
 
 NOW = now_ms()

@@ -10,14 +10,21 @@ import orjson
 import pytest
 from typer.testing import CliRunner
 
-from processors.cli import app
+from processors.avro.serde import AvroSerde
+from processors.cli.app import app
+from processors.kafka.read import snapshot
+from processors.offline.outputs import read
+from processors.ops.review_queue import InvalidVerdict, ReviewQueue, VerdictRefused
 from processors.pipeline import Pipeline
 from processors.providers.scripted import ScriptedProvider
-from processors.records import Decision, Execution, Notification, ReviewItem, Trace, WorkItem
-from processors.review_queue import InvalidVerdict, ReviewQueue, VerdictRefused
-from processors.serde import AvroSerde
-from processors.summary import read
-from processors.tail import snapshot
+from processors.records import (
+    Decision,
+    Execution,
+    Notification,
+    ReviewItem,
+    Trace,
+    WorkItem,
+)
 from tests.conftest import deployed, produce, tickets
 
 HOW_TO = {"category": "how_to", "urgency": "low", "confidence": 0.5, "reason": "Asks how to change a setting."}

@@ -8,10 +8,12 @@ import csv
 import orjson
 import pytest
 
-from processors import rules
-from processors.workflow import WORKFLOWS_DIR
+from processors.project import EXAMPLES
+from processors.workflow import rules
 
-BANKING77_TRAIN = WORKFLOWS_DIR / "banking77/datasets/train.csv"  # the whole data set: 10,003 queries
+WORKFLOWS = EXAMPLES / "workflows"
+
+BANKING77_TRAIN = WORKFLOWS / "banking77/datasets/train.csv"  # the whole data set: 10,003 queries
 
 
 def rows(path) -> list[dict]:
@@ -24,7 +26,7 @@ def without_labels(row: dict) -> dict:
 
 @pytest.mark.parametrize("workflow", ["support_ticket", "banking77"])
 def test_every_injection_in_the_eval_sets_is_caught(workflow):
-    injections = rows(WORKFLOWS_DIR / workflow / "datasets/evals/adversarial.jsonl")
+    injections = rows(WORKFLOWS / workflow / "datasets/evals/adversarial.jsonl")
     missed = [row["event_id"] for row in injections
               if rules.event_does_not_instruct_the_model({}, without_labels(row)) is None]
     assert injections and missed == []
@@ -33,7 +35,7 @@ def test_every_injection_in_the_eval_sets_is_caught(workflow):
 @pytest.mark.parametrize("workflow", ["support_ticket", "banking77"])
 def test_ordinary_eval_rows_are_not_taken_for_injections(workflow):
     ordinary = [row for name in ("golden", "edge", "negative")
-                for row in rows(WORKFLOWS_DIR / workflow / f"datasets/evals/{name}.jsonl")]
+                for row in rows(WORKFLOWS / workflow / f"datasets/evals/{name}.jsonl")]
     flagged = [row["event_id"] for row in ordinary if rules.event_does_not_instruct_the_model({}, without_labels(row))]
     assert ordinary and flagged == []
 

@@ -8,11 +8,11 @@ import time
 import pytest
 from confluent_kafka import Producer
 
-from processors.runtime import RuntimeOptions, StageRuntime
-from processors.serde import AvroSerde
-from processors.stage import DeadLetter, Emit, Record, Stage
-from processors.tail import count, snapshot
-from processors.topics import apply, load_topics
+from processors.avro.serde import AvroSerde
+from processors.kafka.read import count, snapshot
+from processors.kafka.topics import apply, load_topics
+from processors.runtime.runtime import RuntimeOptions, StageRuntime
+from processors.runtime.stage import DeadLetter, Emit, Record, Stage
 from tests.test_serde import TICKET_V1
 
 
@@ -123,9 +123,9 @@ def every(seconds: float, check):
 
 def test_a_missing_broker_is_a_clear_error_not_a_hang():
     """No broker answers: the runtime gives up after broker_timeout_s with BrokerUnavailable."""
-    from processors.kafka import KafkaSettings
-    from processors.localkafka import free_port
-    from processors.runtime import BrokerUnavailable
+    from processors.dev.localkafka import free_port
+    from processors.kafka.settings import KafkaSettings
+    from processors.runtime.runtime import BrokerUnavailable
 
     settings = KafkaSettings(bootstrap_servers=f"127.0.0.1:{free_port()}", namespace="nobroker")
     topics = load_topics("support_ticket", settings.namespace)

@@ -7,8 +7,15 @@ import struct
 import pytest
 from fastavro import schemaless_reader
 
-from processors.contracts import ContractStore
-from processors.serde import AvroSerde, EncodeError, NotAvro, SchemaMismatch, Truncated, UnknownSchema
+from processors.avro.contracts import ContractStore
+from processors.avro.serde import (
+    AvroSerde,
+    EncodeError,
+    NotAvro,
+    SchemaMismatch,
+    Truncated,
+    UnknownSchema,
+)
 
 TICKET_V1 = {
     "event": "support_ticket.created", "event_id": "evt_01HY9K2P0A7", "created_at": "2026-05-29T14:22:10Z",
@@ -105,8 +112,9 @@ def test_encode_reports_every_field_error():
 
 def test_fastavro_alone_reads_single_object_bytes():
     """What a plain consumer does: strip 10 bytes, find the fingerprint among schemas/, decode."""
-    from fastavro.schema import load_schema, fingerprint, to_parsing_canonical_form
     from pathlib import Path
+
+    from fastavro.schema import fingerprint, load_schema, to_parsing_canonical_form
 
     data = AvroSerde("support_ticket/created.v1").encode(TICKET_V1)
     schemas = {}

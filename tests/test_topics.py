@@ -2,9 +2,15 @@
 
 import time
 
-from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource, NewPartitions, ResourceType
+from confluent_kafka.admin import (
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    NewPartitions,
+    ResourceType,
+)
 
-from processors.topics import apply, load_topics, plan
+from processors.kafka.topics import apply, load_topics, plan
 
 
 def test_apply_creates_then_changes_nothing(kafka):

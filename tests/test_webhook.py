@@ -11,8 +11,14 @@ import httpx
 import orjson
 import pytest
 
-from processors.actions.webhook import ActionFailed, ActionResult, WebhookAction, sign, verify
-from processors.receiver import WebhookReceiver
+from processors.actions.webhook import (
+    ActionFailed,
+    ActionResult,
+    WebhookAction,
+    sign,
+    verify,
+)
+from processors.dev.receiver import WebhookReceiver
 
 SECRET = "s3cret"
 ARGS = {"ticket_id": "T-1", "priority": "high", "note": "naïve ✓"}

@@ -8,15 +8,18 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from processors.cli import app
-from processors.workflow import WORKFLOWS_DIR, WorkflowError, load_workflow
+from processors.cli.app import app
+from processors.project import EXAMPLES
+from processors.workflow.workflow import WorkflowError, load_workflow
 from tests.conftest import deployed, produce, tickets
+
+WORKFLOWS = EXAMPLES / "workflows"
 
 
 @pytest.fixture
 def editable(tmp_path) -> Path:
     """A copy of the support_ticket workflow folder to break on purpose."""
-    shutil.copytree(WORKFLOWS_DIR / "support_ticket", tmp_path / "support_ticket",
+    shutil.copytree(WORKFLOWS / "support_ticket", tmp_path / "support_ticket",
                     ignore=shutil.ignore_patterns("datasets"))
     return tmp_path
 

@@ -1,11 +1,23 @@
 """Model providers: everything that turns a rendered prompt into answer text."""
 
 from processors.providers.anthropic import AnthropicModel, AnthropicProvider
-from processors.providers.base import (Attempt, ModelAnswer, ModelRequest, Provider, ProviderError, ProviderRejected,
-                                       ProviderTimeout)
+from processors.providers.base import (
+                                       Attempt,
+                                       ModelAnswer,
+                                       ModelRequest,
+                                       Provider,
+                                       ProviderError,
+                                       ProviderRejected,
+                                       ProviderTimeout,
+)
 from processors.providers.cascade import CascadeProvider, CascadeReport
 from processors.providers.chain import ChainModel, ChainProvider, Cooldown
-from processors.providers.embedded import EmbeddedProvider, Example, HoldoutReport, TrainingSpec
+from processors.providers.embedded import (
+                                       EmbeddedProvider,
+                                       Example,
+                                       HoldoutReport,
+                                       TrainingSpec,
+)
 from processors.providers.http import HttpRetries
 from processors.providers.limits import RateLimits
 from processors.providers.openai import OpenAIModel, OpenAIProvider

@@ -22,8 +22,15 @@ from prometheus_client import Counter
 from pydantic import BaseModel, ConfigDict, Field
 
 from processors.providers.anthropic import AnthropicModel
-from processors.providers.base import (Attempt, ModelAnswer, ModelRequest, Provider, ProviderError, ProviderRejected,
-                                       ProviderTimeout)
+from processors.providers.base import (
+    Attempt,
+    ModelAnswer,
+    ModelRequest,
+    Provider,
+    ProviderError,
+    ProviderRejected,
+    ProviderTimeout,
+)
 from processors.providers.deadline import Deadline
 from processors.providers.http import HttpProvider
 from processors.providers.openai import OpenAIModel

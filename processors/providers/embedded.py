@@ -31,7 +31,7 @@ import numpy as np
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from processors.prompt import lookup
+from processors.paths import lookup
 from processors.providers.base import ModelAnswer, ModelRequest, Provider
 
 CACHE_DIR = Path.home() / ".cache" / "handoff"

@@ -31,10 +31,22 @@ import httpx
 import orjson
 from prometheus_client import Counter
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential_jitter
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    wait_exponential_jitter,
+)
 
-from processors.providers.base import (Attempt, ModelAnswer, ModelRequest, Provider, ProviderError, ProviderRejected,
-                                       ProviderTimeout)
+from processors.providers.base import (
+    Attempt,
+    ModelAnswer,
+    ModelRequest,
+    Provider,
+    ProviderError,
+    ProviderRejected,
+    ProviderTimeout,
+)
 from processors.providers.deadline import Deadline
 from processors.providers.limits import RateLimiter, RateLimits
 from processors.providers.pricing import Price, price_of

@@ -40,8 +40,14 @@ import orjson
 import yaml
 from pydantic import BaseModel, ConfigDict, model_validator
 
-from processors.providers.base import (ModelAnswer, ModelRequest, Provider, ProviderError, ProviderRejected,
-                                       ProviderTimeout)
+from processors.providers.base import (
+    ModelAnswer,
+    ModelRequest,
+    Provider,
+    ProviderError,
+    ProviderRejected,
+    ProviderTimeout,
+)
 
 
 @dataclass(frozen=True)

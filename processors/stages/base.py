@@ -8,11 +8,11 @@ offline runs (evals, shadow replays) pin a fixed state, so a stage never needs K
 
 from __future__ import annotations
 
-from processors import metrics
-from processors.control import Control, initial
+from processors.control.state import Control, initial
 from processors.records import ControlState, PromptRef, ReviewItem, Trace, Usage, dumps
-from processors.stage import Emit, Stage, now_ms
-from processors.workflow import Workflow
+from processors.runtime import metrics
+from processors.runtime.stage import Emit, Stage, now_ms
+from processors.workflow.workflow import Workflow
 
 REPLAY_HEADER = "handoff-replay"
 """A trigger carrying this header (the replay id) is a deliberate re-run: see classify and validate."""

@@ -28,16 +28,28 @@ import asyncio
 import time
 
 import orjson
-from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
 
-from processors import metrics
-from processors.control import Control
-from processors.prompt import PromptSpec, dotted
-from processors.providers.base import ModelAnswer, ModelRequest, Provider, ProviderError, ProviderTimeout
+from processors.control.state import Control
+from processors.paths import dotted
+from processors.providers.base import (
+    ModelAnswer,
+    ModelRequest,
+    Provider,
+    ProviderError,
+    ProviderTimeout,
+)
 from processors.records import ControlState, PromptRef, Usage, WorkItem, dumps
-from processors.stage import DeadLetter, Emit, Record, now_ms
+from processors.runtime import metrics
+from processors.runtime.stage import DeadLetter, Emit, Record, now_ms
 from processors.stages.base import PROMPT_VERSION_HEADER, REPLAY_HEADER, WorkflowStage
-from processors.workflow import Workflow, WorkflowError
+from processors.workflow.prompt import PromptSpec
+from processors.workflow.workflow import Workflow, WorkflowError
 
 
 def parse_answer(text: str) -> dict | None:

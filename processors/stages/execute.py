@@ -26,16 +26,22 @@ import os
 import httpx
 import orjson
 
-from processors import metrics
 from processors.actions.webhook import ActionFailed, ActionResult, WebhookAction
-from processors.checks import SchemaCheck
-from processors.control import Control, approval_risk
-from processors.kafka import KafkaSettings
-from processors.ledger import Ledger
-from processors.records import ActionDone, ActionRequest, ControlState, Execution, Notification
-from processors.stage import DeadLetter, Emit, Record, now_ms
+from processors.control.state import Control, approval_risk
+from processors.kafka.settings import KafkaSettings
+from processors.records import (
+    ActionDone,
+    ActionRequest,
+    ControlState,
+    Execution,
+    Notification,
+)
+from processors.runtime import metrics
+from processors.runtime.ledger import Ledger
+from processors.runtime.stage import DeadLetter, Emit, Record, now_ms
 from processors.stages.base import WorkflowStage
-from processors.workflow import Action, ActionKind, Workflow
+from processors.workflow.checks import SchemaCheck
+from processors.workflow.workflow import Action, ActionKind, Workflow
 
 
 class Execute(WorkflowStage):

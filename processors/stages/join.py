@@ -11,7 +11,7 @@ offset order on the consumer thread, so the state needs no lock) does it in thre
    another workflow, goes to the dead letters here. Both sides of an event now meet in one inbox
    partition, in the order they were forwarded, whatever partitioner the outcome's producer used.
 2. **Merge.** An inbox record is merged into the event's state, kept in the compacted
-   ``<wf>.joins`` changelog and loaded on assign (a :class:`~processors.ledger.Ledger`). A decision
+   ``<wf>.joins`` changelog and loaded on assign (a :class:`~processors.runtime.ledger.Ledger`). A decision
    is kept; a later one (a live replay, a reviewer's correction) replaces it. An outcome is added
    unless its ``outcome_id`` (event id, type, at_ms, source) is already there. While a decision
    is known, every waiting outcome is joined: one :class:`Result` on ``<wf>.results`` per
@@ -39,13 +39,19 @@ same record, recognisable by event id, outcome type, outcome at_ms and source.
 
 from __future__ import annotations
 
-from processors.kafka import KafkaSettings
-from processors.ledger import Ledger
-from processors.records import Decision, JoinedDecision, JoinedOutcome, JoinState, Outcome, Result
-from processors.serde import AvroSerde
-from processors.stage import DeadLetter, Emit, Record, now_ms
+from processors.kafka.settings import KafkaSettings
+from processors.records import (
+    Decision,
+    JoinedDecision,
+    JoinedOutcome,
+    JoinState,
+    Outcome,
+    Result,
+)
+from processors.runtime.ledger import Ledger
+from processors.runtime.stage import DeadLetter, Emit, Record, now_ms
 from processors.stages.base import WorkflowStage
-from processors.workflow import Workflow
+from processors.workflow.workflow import Workflow
 
 
 class JoinLedger(Ledger[JoinState]):
@@ -185,16 +191,3 @@ def _redriven(known: JoinedOutcome, incoming: JoinedOutcome) -> bool:
 def outcome_id(outcome: Outcome) -> str:
     """The same outcome reported twice has the same id, so it is joined once."""
     return f"{outcome.event_id}|{outcome.outcome_type}|{outcome.at_ms}|{outcome.source}"
-
-
-def send_outcome(workflow: Workflow, settings: KafkaSettings, outcome: Outcome) -> None:
-    """Report an outcome by hand (``handoff outcome``) or from a test: keyed by event id, like any system's."""
-    if outcome.outcome_type not in workflow.outcomes.types:
-        raise ValueError(f"outcome type {outcome.outcome_type!r} is not one of {workflow.outcomes.types}")
-    spec = workflow.topics[workflow.topic("outcomes")]
-    producer = settings.producer()
-    producer.produce(spec.name, key=outcome.event_id,
-                     value=AvroSerde(spec.value_schema, registry_url=settings.schema_registry_url)
-                     .encode(outcome.model_dump(), spec.name))
-    if producer.flush(30):
-        raise RuntimeError(f"outcome for {outcome.event_id} not delivered to {spec.name}")

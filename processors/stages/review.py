@@ -1,10 +1,10 @@
 """Review: a person's verdict continues the item it decides, or closes it.
 
 Input: ``<workflow>.verdicts``, keyed by review id, written by ``handoff review``
-(:mod:`processors.review_queue`). Only the **first** verdict in the log on a review id is
+(:mod:`processors.ops.review_queue`). Only the **first** verdict in the log on a review id is
 applied; a later one gets a trace saying it was refused, nothing else. The stage knows which
 verdict came first without any state of its own: on assign it reads the verdicts topic up to
-now and keeps the first offset per review id (:func:`~processors.review_queue.first_verdicts`;
+now and keeps the first offset per review id (:func:`~processors.ops.review_queue.first_verdicts`;
 unlike a ledger, which keeps the last entry per key); verdicts that arrive later are met in
 log order, so the first one it meets on a review id it has not seen is the first.
 
@@ -29,16 +29,23 @@ from __future__ import annotations
 
 import orjson
 
-from processors.control import Control
-from processors.kafka import KafkaSettings
-from processors.prompt import lookup
-from processors.records import ActionRequest, ControlState, ReviewItem, Verdict, WorkItem
-from processors.review_queue import RISKY, first_verdicts, verdict_errors
-from processors.serde import AvroSerde
-from processors.stage import DeadLetter, Emit, Record
+from processors.avro.serde import AvroSerde
+from processors.control.state import Control
+from processors.kafka.read import snapshot
+from processors.kafka.settings import KafkaSettings
+from processors.paths import lookup
+from processors.records import (
+    ActionRequest,
+    ControlState,
+    ReviewItem,
+    Verdict,
+    WorkItem,
+)
+from processors.runtime.stage import DeadLetter, Emit, Record
 from processors.stages.base import WorkflowStage
-from processors.tail import snapshot
-from processors.workflow import Workflow
+from processors.workflow.answers import RISKY, verdict_errors
+from processors.workflow.verdict_log import first_verdicts
+from processors.workflow.workflow import Workflow
 
 
 class Review(WorkflowStage):

@@ -22,11 +22,11 @@ under; a replayed item's decision carries its replay id.
 
 from __future__ import annotations
 
-from processors.control import review_threshold
+from processors.control.state import review_threshold
 from processors.records import ActionRequest, ControlState, Decision, WorkItem, dumps
-from processors.stage import DeadLetter, Emit, Record, now_ms
+from processors.runtime.stage import DeadLetter, Emit, Record, now_ms
 from processors.stages.base import WorkflowStage
-from processors.workflow import RouteRule
+from processors.workflow.workflow import RouteRule
 
 
 class Route(WorkflowStage):

@@ -25,25 +25,18 @@ that produced it, whichever version the production label points to now.
 
 from __future__ import annotations
 
-from processors import metrics, rules
-from processors.control import Control, review_threshold
-from processors.kafka import KafkaSettings
-from processors.ledger import Ledger
+from processors.control.state import Control, review_threshold
+from processors.kafka.settings import KafkaSettings
 from processors.records import ControlState, SeenEvent, WorkItem
-from processors.stage import Emit, Record, now_ms
+from processors.runtime import metrics
+from processors.runtime.ledger import Ledger
+from processors.runtime.stage import Emit, Record, now_ms
 from processors.stages.base import WorkflowStage
-from processors.workflow import Workflow
+from processors.workflow import rules
+from processors.workflow.answers import answer_errors
+from processors.workflow.workflow import Workflow
 
 MAX_ATTEMPTS = 2  # the first answer and one repair
-
-
-def answer_errors(workflow: Workflow, answer: dict | None, prompt_version: str, event: dict) -> list[str]:
-    """Why an answer cannot be used (empty: it can): not a JSON object, then the output schema of the
-    prompt version that produced it, then the business rules. A reviewer's correction meets the same checks."""
-    if answer is None:
-        return ["the answer is not a JSON object"]
-    return workflow.prompt_spec_for(prompt_version).answer_check.errors(answer) \
-        or rules.check(workflow.rules, answer, event)
 
 
 class Validate(WorkflowStage):

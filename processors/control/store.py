@@ -1,0 +1,85 @@
+"""The control topic: what a workflow's running stages obey, changed without a restart.
+
+``<workflow>.control`` is compacted, one partition, keyed by workflow name. Each change is a
+whole new :class:`~processors.records.ControlState` with ``version`` one higher than the
+state it was based on, so the latest record is the state in force and a reader never has to
+merge. Every output a stage writes records the version that was in force (``control_version``).
+
+Stages read the state from a :class:`Control`: pinned to one state (offline runs, evals,
+shadow replays) or a :class:`ControlWatcher`, which follows the topic on a background thread.
+The watcher reads the topic to its end before it returns from ``start`` — the pipeline starts
+it before any stage consumes — so a restarted stage never processes a record under a stale
+state; afterwards it polls every half second, so a change is in force within about a second.
+A stage reads ``control.state`` once per record and uses that one state for all it decides and
+writes about the record.
+
+Writers (``handoff prompt promote``, ``handoff control …``) read the current state, apply one
+change and publish the next version, waiting for the broker's acknowledgement. Two writers
+racing on the same version both land; the later offset wins, and each change names who made
+it and why, so the history on the topic (until compaction) shows what happened.
+"""
+
+from __future__ import annotations
+
+import getpass
+
+from processors.avro.serde import AvroSerde
+from processors.control.state import initial
+from processors.kafka.read import snapshot
+from processors.kafka.settings import KafkaSettings
+from processors.records import ControlState
+from processors.runtime.stage import now_ms
+from processors.workflow.workflow import Workflow
+
+
+class ControlUnavailable(RuntimeError):
+    """The control topic cannot be read: most often it was never created."""
+
+
+class ControlStore:
+    """Read and publish a workflow's control state."""
+
+    def __init__(self, settings: KafkaSettings, workflow: Workflow):
+        self.settings = settings
+        self.workflow = workflow
+        self.spec = workflow.topics[workflow.topic("control")]
+        self.serde = AvroSerde(self.spec.value_schema)
+
+    def check(self) -> None:
+        """Fail now, with what to do, when the control topic is missing."""
+        admin = self.settings.admin()
+        topic = admin.list_topics(self.spec.name, timeout=10).topics.get(self.spec.name)
+        if topic is None or topic.error is not None:
+            raise ControlUnavailable(f"control topic {self.spec.name}: {topic.error if topic else 'missing'} "
+                                     f"(create it: handoff topics apply --workflow {self.workflow.name})")
+
+    def history(self) -> list[ControlState]:
+        """Every state still on the topic, oldest first (compaction keeps at least the latest)."""
+        return [state for msg in snapshot(self.settings, self.spec.name) if (state := self.decode(msg)) is not None]
+
+    def decode(self, msg) -> ControlState | None:
+        """The state a control record carries, or None when it belongs to another workflow (or is a tombstone)."""
+        if msg.value() is None or msg.key() != self.workflow.name.encode():
+            return None
+        return ControlState.model_validate(self.serde.decode(msg.value()))
+
+    def current(self) -> ControlState:
+        states = self.history()
+        return states[-1] if states else initial(self.workflow)
+
+    def publish(self, change: str, *, changed_by: str | None = None, reason: str | None = None,
+                forced: bool = False, **fields) -> ControlState:
+        """Apply ``fields`` (labels, mode, kill_switch, review_threshold, approval_risk) to the
+        current state and publish it as the next version; returns the published state. ``labels``
+        are set one by one: the labels not named keep their versions."""
+        current = self.current()
+        if "labels" in fields:
+            fields["labels"] = {**current.labels, **fields["labels"]}
+        state = ControlState.model_validate({**current.model_dump(), **fields, "version": current.version + 1,
+                                             "changed_by": changed_by or getpass.getuser(), "change": change,
+                                             "reason": reason, "forced": forced, "at_ms": now_ms()})
+        producer = self.settings.producer()
+        producer.produce(self.spec.name, key=self.workflow.name, value=self.serde.encode(state.model_dump()))
+        if producer.flush(10) != 0:
+            raise RuntimeError(f"control change not acknowledged by the broker ({self.settings.bootstrap_servers})")
+        return state

@@ -1,0 +1,253 @@
+"""The review queue: what people must decide, and their verdicts, as a view rebuilt from topics.
+
+``<workflow>.review`` holds the review items the stages wrote (low confidence, invalid output,
+risky actions, …); ``<workflow>.verdicts`` holds people's verdicts on them, keyed by review id.
+There is no database: every command reads both topics from the beginning (``tail.snapshot``,
+no consumer group) and the **open queue** is the review items minus those with a verdict.
+
+**First verdict wins**, and "first" means first in the log. Verdicts are keyed by review id, so
+all verdicts on one item land in one partition, in the order the broker accepted them.
+Deciding an item (:meth:`ReviewQueue.decide`) is:
+
+1. Refuse at once if the view already holds a verdict on the item (the common case).
+2. Build the verdict and check it applies to the item (:func:`verdict_errors`): a corrected
+   answer must satisfy the prompt's output schema and the workflow's rules, an approval needs
+   an answer (or an action) to approve, a rejection needs a reason. A bad one is never written.
+3. Write it, wait for the broker's acknowledgement, which says at which partition and offset
+   it landed, and read the verdicts up to there. If an earlier verdict on the same review id
+   is in the log, two reviewers raced: this verdict is recorded but void, and the reviewer is
+   told who decided what and when (:class:`VerdictRefused`).
+
+The ``review`` stage (:mod:`processors.stages.review`) reads the same log with the same rule
+(:func:`first_verdicts`) and applies only the first verdict per review id, so what a reviewer
+is told and what happens can never disagree. Each verdict carries its review item as JSON, so
+applying it needs no lookup.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import getpass
+import os
+import uuid
+from typing import TypeVar
+
+import orjson
+from confluent_kafka import Message
+from pydantic import BaseModel
+
+from processors.avro.serde import AvroSerde
+from processors.kafka.read import snapshot
+from processors.kafka.settings import KafkaSettings
+from processors.records import ActionRequest, ReviewItem, Verdict, VerdictKind
+from processors.runtime.stage import now_ms
+from processors.workflow.answers import RISKY, verdict_errors
+from processors.workflow.verdict_log import Logged, decoded, first_verdicts
+from processors.workflow.workflow import Workflow
+
+Record = TypeVar("Record", bound=BaseModel)
+
+JSON_TYPES = {"number", "integer", "boolean", "array", "object", "null"}
+"""Output-schema types whose ``--set`` values are read as JSON; other values are strings."""
+
+
+class VerdictRefused(Exception):
+    """Someone decided the item first; ``void`` when this verdict was written anyway (a race)."""
+
+    def __init__(self, first: Verdict, void: bool):
+        self.first = first
+        self.void = void
+        when = _iso(first.at_ms)
+        detail = f"{first.verdict} by {first.reviewer} at {when}" + (f" ({first.reason})" if first.reason else "")
+        super().__init__(f"{first.review_id} was already decided: {detail}"
+                         + ("; your verdict was recorded but is void" if void else ""))
+
+
+class InvalidVerdict(ValueError):
+    """The verdict cannot apply to the item; the message lists why."""
+
+
+class UnknownItem(KeyError):
+    def __str__(self) -> str:
+        return f"no review item {self.args[0]!r} in this workflow's review topic"
+
+
+def reviewer_name(given: str | None = None) -> str:
+    """``--reviewer``, else ``HANDOFF_REVIEWER``, else the OS user."""
+    return given or os.environ.get("HANDOFF_REVIEWER") or getpass.getuser()
+
+
+class ReviewQueue:
+    """One workflow's review items and verdicts, read from its topics on each call."""
+
+    def __init__(self, workflow: Workflow, settings: KafkaSettings):
+        self.workflow = workflow
+        self.settings = settings
+        self.review_topic = workflow.topics[workflow.topic("review")]
+        self.verdict_topic = workflow.topics[workflow.topic("verdicts")]
+        self._items = AvroSerde(self.review_topic.value_schema, registry_url=settings.schema_registry_url)
+        self._verdicts = AvroSerde(self.verdict_topic.value_schema, registry_url=settings.schema_registry_url)
+        self.skipped: set[str] = set()
+        """Records read that are not review items or verdicts, named by topic, partition and offset."""
+
+    # ---- the view ------------------------------------------------------------------------------
+
+    def items(self) -> dict[str, ReviewItem]:
+        """Every review item by review id (an item written twice by a redelivery counts once)."""
+        items: dict[str, ReviewItem] = {}
+        for _msg, item in decoded(snapshot(self.settings, self.review_topic.name), self._items, ReviewItem,
+                                  self.skipped):
+            items.setdefault(item.review_id, item)
+        return items
+
+    def verdicts(self) -> dict[str, Logged]:
+        return first_verdicts(snapshot(self.settings, self.verdict_topic.name), self._verdicts, self.skipped)
+
+    def open_items(self) -> list[ReviewItem]:
+        """Review items without a verdict, oldest first."""
+        decided = self.verdicts()
+        return sorted((i for i in self.items().values() if i.review_id not in decided), key=lambda i: i.created_at_ms)
+
+    def get(self, review_id: str) -> tuple[ReviewItem, Logged | None]:
+        item = self.items().get(review_id)
+        if item is None:
+            raise UnknownItem(review_id)
+        return item, self.verdicts().get(review_id)
+
+    # ---- deciding ------------------------------------------------------------------------------
+
+    def decide(self, review_id: str, kind: VerdictKind, *, reviewer: str | None = None,
+               fields: dict[str, str] | None = None, reason: str | None = None) -> Verdict:
+        """Build, check and submit a verdict; raises VerdictRefused, InvalidVerdict or UnknownItem."""
+        return self.submit(self.verdict(review_id, kind, reviewer=reviewer, fields=fields, reason=reason))
+
+    def verdict(self, review_id: str, kind: VerdictKind, *, reviewer: str | None = None,
+                fields: dict[str, str] | None = None, reason: str | None = None) -> Verdict:
+        """Steps 1 and 2: the verdict this reviewer would write, refused early if the item is decided."""
+        item, decided = self.get(review_id)
+        if decided is not None:
+            raise VerdictRefused(decided.verdict, void=False)
+        if kind == "correct":
+            answer = orjson.dumps(self.corrected(item, fields or {})).decode()
+        elif fields:
+            raise InvalidVerdict("--set belongs to correct; approve takes the answer as it is")
+        else:
+            answer = item.answer if kind == "approve" and item.reason != RISKY else None
+        verdict = Verdict(verdict_id=uuid.uuid4().hex, review_id=review_id, event_id=item.event_id,
+                          workflow=self.workflow.name, reviewer=reviewer_name(reviewer), verdict=kind,
+                          answer=answer, reason=reason, at_ms=now_ms(), item=item.model_dump_json())
+        errors = verdict_errors(self.workflow, verdict)
+        if errors:
+            raise InvalidVerdict(f"{kind} of {review_id} refused:\n  " + "\n  ".join(errors))
+        return verdict
+
+    def submit(self, verdict: Verdict) -> Verdict:
+        """Step 3: write the verdict and confirm it is the first in the log on its review id."""
+        landed: list[Message] = []
+        producer = self.settings.producer()
+        producer.produce(self.verdict_topic.name, key=verdict.review_id,
+                         value=self._verdicts.encode(verdict.model_dump()),
+                         on_delivery=lambda err, msg: landed.append(msg) if err is None else None)
+        if producer.flush(10) != 0 or not landed:
+            raise RuntimeError(f"verdict on {verdict.review_id} not acknowledged by the broker "
+                               f"({self.settings.bootstrap_servers}); nothing was decided, try again")
+        mine = landed[0]
+        before = (m for m in snapshot(self.settings, self.verdict_topic.name)
+                  if m.partition() == mine.partition() and m.offset() <= mine.offset())
+        first = first_verdicts(before, self._verdicts)[verdict.review_id].verdict
+        if first.verdict_id != verdict.verdict_id:
+            raise VerdictRefused(first, void=True)
+        return verdict
+
+    def corrected(self, item: ReviewItem, fields: dict[str, str]) -> dict:
+        """The model's answer (an empty one when it gave none) with the reviewer's fields set.
+
+        A person's answer is certain: ``confidence`` becomes 1 unless the reviewer sets it.
+        Values of numeric, boolean, array or object fields are read as JSON.
+        """
+        properties = self.workflow.prompt_spec.output_schema.get("properties", {})
+        answer = orjson.loads(item.answer) if item.answer else {}
+        if "confidence" in properties:
+            answer["confidence"] = 1.0
+        for name, text in fields.items():
+            if properties.get(name, {}).get("type") in JSON_TYPES:
+                try:
+                    answer[name] = orjson.loads(text)
+                except orjson.JSONDecodeError:
+                    raise InvalidVerdict(f"--set {name}={text}: {name} needs a JSON "
+                                         f"{properties[name]['type']}") from None
+            else:
+                answer[name] = text
+        return answer
+
+
+def parse_fields(pairs: list[str]) -> dict[str, str]:
+    """``--set field=value`` options as a mapping."""
+    fields = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.strip():
+            raise InvalidVerdict(f"--set {pair!r}: expected field=value")
+        fields[name.strip()] = value
+    return fields
+
+
+def next_step(verdict: Verdict) -> str:
+    """What the ``review`` stage does with a verdict that won."""
+    if verdict.verdict == "reject":
+        return "closed: nothing continues"
+    if verdict.review_item().reason == RISKY:
+        return "the action runs once (the review stage hands it to execute, approved)"
+    return "the reviewed answer goes on to route, then its actions run once"
+
+
+# ---- what a reviewer reads -----------------------------------------------------------------------
+
+def line(workflow: Workflow, item: ReviewItem, now: int | None = None) -> str:
+    """One open item: id, reason, age, what the model said (or the action), the event in short."""
+    if item.reason == RISKY:
+        what = f"action {ActionRequest.model_validate_json(item.action).action}" if item.action else "action ?"
+    elif item.answer:
+        answer = orjson.loads(item.answer)
+        what = f"{workflow.label}={answer.get(workflow.label)} ({answer.get('confidence', '?')})"
+    else:
+        what = "no valid answer"
+    return f"{item.review_id}  {item.reason}  {_age((now or now_ms()) - item.created_at_ms)}  {what}  " \
+           f"{summary(workflow, item)}"
+
+
+def summary(workflow: Workflow, item: ReviewItem, width: int = 70) -> str:
+    """The first text input the prompt declares (a subject, a query), redacted as classify redacts
+    it, and shortened."""
+    inputs = workflow.prompt_spec.select_inputs(orjson.loads(item.event))
+    redacted = workflow.redaction.inputs(inputs)
+    texts = [redacted[p] for p, v in inputs.items() if isinstance(v, str) and v.strip()]
+    text = " ".join(texts[0].split()) if texts else ""
+    return f'"{text[:width - 1]}…"' if len(text) > width else f'"{text}"'
+
+
+def context(item: ReviewItem, decided: Logged | None) -> dict:
+    """Everything about an item, its JSON texts parsed: what ``review show`` prints."""
+    out = item.model_dump()
+    for name in ("event", "answer", "action"):
+        if out[name] is not None:
+            out[name] = orjson.loads(out[name])
+    if out["action"] is not None:
+        out["action"]["arguments"] = orjson.loads(out["action"]["arguments"])
+        out["action"].pop("decision")  # the same answer and event again
+    verdict = decided.verdict.model_dump(exclude={"item"}) if decided else None
+    if verdict and verdict["answer"] is not None:
+        verdict["answer"] = orjson.loads(verdict["answer"])
+    return {"open": decided is None, "item": out, "verdict": verdict}
+
+
+def _age(ms: int) -> str:
+    seconds = max(ms, 0) // 1000
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def _iso(ms: int) -> str:
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")

@@ -1,0 +1,33 @@
+"""Where a project's data lives: ``workflows/``, ``schemas/`` and ``topics/`` under one root.
+
+``HANDOFF_PROJECT`` names the root; without it the shipped examples (the folder this package
+was checked out in) are the project. Every loader asks here, never relative to its own file,
+so a workflow of your own runs without editing the package.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+EXAMPLES = Path(__file__).resolve().parent.parent
+"""The shipped examples: ``workflows/support_ticket`` and ``workflows/banking77`` with their schemas and topics."""
+
+PROJECT_ENV = "HANDOFF_PROJECT"
+
+
+def root() -> Path:
+    """The project folder in force: ``HANDOFF_PROJECT`` when set, else the shipped examples."""
+    return Path(os.environ.get(PROJECT_ENV) or EXAMPLES)
+
+
+def workflows_dir() -> Path:
+    return root() / "workflows"
+
+
+def schemas_dir() -> Path:
+    return root() / "schemas"
+
+
+def topics_dir() -> Path:
+    return root() / "topics"

@@ -1,0 +1,311 @@
+"""A workflow is files, not code: ``workflows/<name>/workflow.yaml`` declares it.
+
+It names the trigger contract and its key, the prompt spec (a versioned file under
+``prompts/``), the model provider, the business rules that check an answer, the review
+threshold, the routes (first match wins) and the actions each route requests. Loading checks
+everything a running stage would otherwise trip over later — unknown rule, route without a
+topic, action without a granted scope — and names the file and field that is wrong.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from enum import StrEnum
+from functools import cached_property
+from pathlib import Path
+from string import Template
+from typing import Annotated, Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from processors import project
+from processors.kafka.topics import TopicSpec, load_topics
+from processors.paths import lookup
+from processors.providers.base import Provider
+from processors.providers.build import ModelConfig, build_provider
+from processors.records import Mode
+from processors.redaction import Redaction
+from processors.workflow import rules
+from processors.workflow.prompt import PromptSpec, load_prompt
+
+_ROUTE_FIELD = re.compile(r"^\{(answer\.[\w.]+)\}$")
+
+
+class WorkflowError(ValueError):
+    """A workflow file is wrong; the message names the file and the field."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Trigger(Strict):
+    event: str = Field(description="The event type, e.g. support_ticket.created.")
+    schema_: str = Field(alias="schema", description="Contract name under schemas/; read with its latest version.")
+    key: str = Field(description="Dotted path of the record key, so one entity's events stay in order.")
+    event_id: str = "event_id"
+
+
+class ModelRetries(Strict):
+    """A retry hides a blip; too many hold a record (and its key) for a long time. For the HTTP
+    kinds these re-run the whole call, whose own retries and deadline already cover HTTP failures."""
+
+    attempts: int = Field(3, ge=1)
+    backoff_initial_s: float = 0.2
+    backoff_max_s: float = 2.0
+    timeout_s: float = Field(30.0, description=(
+        "Per call; past it the call counts as a retryable failure. Not applied to the HTTP kinds, which "
+        "bound themselves (timeout_s, deadline_s) and may wait for rate budget longer than this."))
+
+
+class RouteRule(Strict):
+    """``when`` is a list of alternatives, each a map of path → allowed value(s); the route
+    matches when all paths of one alternative match. No ``when`` matches everything."""
+
+    name: str = Field(description="A route name, or {answer.field} to route by that field's value.")
+    when: list[dict[str, str | list[str]]] = Field(default_factory=list)
+    actions: list[str] = Field(default_factory=list)
+
+    @cached_property
+    def _alternatives(self) -> list[list[tuple[tuple[str, ...], frozenset[str]]]]:
+        """``when`` with its paths split once: routing runs for every record."""
+        return [[(tuple(path.split(".")), frozenset([want] if isinstance(want, str) else want))
+                 for path, want in alternative.items()] for alternative in self.when]
+
+    def matches(self, view: dict) -> bool:
+        return not self.when or any(all(_member(lookup(view, path), allowed) for path, allowed in alternative)
+                                    for alternative in self._alternatives)
+
+    def resolve(self, view: dict) -> str:
+        field = _ROUTE_FIELD.match(self.name)
+        return str(lookup(view, field.group(1))) if field else self.name
+
+    def rule_name(self, index: int) -> str:
+        return f"routes[{index}]:{self.name}"
+
+
+class Escalation(Strict):
+    """The route for what must not wait, so reports and evals can measure how much of it the model catches."""
+
+    route: str = Field(description="The escalating route (support_ticket: escalation; banking77: security).")
+    missed_outcomes: list[str] = Field(default_factory=list, description=(
+        "Outcome types that, reported for a decision on another route, mean it should have been escalated "
+        "(e.g. reopened). Empty: only reviewers' corrections reveal a missed escalation."))
+
+
+OUTCOME_TYPES = ("qualified", "disqualified", "reply_received", "call_booked", "task_completed", "human_edited",
+                 "approved", "rejected", "reopened", "closed_won", "closed_lost")
+
+
+class Outcomes(Strict):
+    """Business outcomes joined back to decisions (processors/stages/join.py)."""
+
+    wait_for_decision_s: float = Field(86400.0, gt=0, description=(
+        "How long an outcome that arrived before its decision waits for it before it goes to the dead letters "
+        "(decision_never_came). Longer tolerates slower pipelines; shorter surfaces wrong event ids sooner."))
+    types: list[str] = Field(default_factory=lambda: list(OUTCOME_TYPES), description=(
+        "The outcome types this workflow accepts; any other goes to the dead letters (unknown_outcome_type)."))
+
+
+class ActionKind(StrEnum):
+    webhook = "webhook"
+    emit = "emit"
+
+
+class Action(Strict):
+    kind: ActionKind
+    scope: str = Field(description="The permission this action needs; the workflow must grant it.")
+    risk: float = Field(0.0, ge=0, le=1, description="Above the workflow's approval_risk a person approves first.")
+    arguments: dict[str, str] = Field(description="Argument name → dotted path into answer./event./decision.")
+    arguments_schema: dict = Field(description="JSON Schema the arguments must satisfy before anything runs.")
+    url: str | None = Field(None, description="webhook: ${ENV} references are expanded when the stage starts.")
+    secret_env: str | None = Field(None, description="webhook: env var holding the HMAC-SHA256 signing secret.")
+    timeout_s: float = 5.0
+    max_attempts: int = 4
+    topic: str | None = Field(None, description="emit: the declared topic the notification goes to.")
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> Action:
+        if self.kind == ActionKind.webhook and not self.url:
+            raise ValueError("a webhook action needs url")
+        if self.kind == ActionKind.emit and not self.topic:
+            raise ValueError("an emit action needs topic")
+        return self
+
+    def resolved_url(self) -> str:
+        try:
+            return Template(self.url or "").substitute(os.environ)
+        except KeyError as exc:
+            raise WorkflowError(f"action url {self.url!r} needs environment variable {exc.args[0]}") from None
+
+    def build_arguments(self, view: dict) -> dict[str, Any]:
+        return {name: lookup(view, path) for name, path in self.arguments.items()}
+
+
+class Workflow(Strict):
+    name: str
+    description: str = ""
+    trigger: Trigger
+    prompt: str = Field(description="<prompt name>@<version>: prompts/<name>/<version>.yaml.")
+    label: str = Field(description="The answer field that names the decision (category, intent…).")
+    model: Annotated[ModelConfig,
+                     Field(discriminator="kind")]
+    retries: ModelRetries = ModelRetries()
+    rules: list[str] = Field(default_factory=list, description="Business rules from processors/rules.py.")
+    review_threshold: float = Field(0.75, ge=0, le=1, description="Answers less confident than this go to review.")
+    approval_risk: float = Field(0.7, ge=0, le=1, description="Actions riskier than this wait for a person.")
+    mode: Mode = Field("full", description=(
+        "The rollout mode until the control topic says otherwise (processors/stages/route.py): shadow decides "
+        "and writes to <wf>.shadow, never acts; suggest sends every answer to review; partial acts only on "
+        "confident answers whose actions are all low-risk; full acts on every validated answer."))
+    partial_max_risk: float = Field(0.2, ge=0, le=1, description=(
+        "partial mode: the highest action risk still run without a person."))
+    redaction: Redaction = Redaction()
+    grants: list[str] = Field(default_factory=list, description="Permission scopes this workflow's actions may use.")
+    routes: list[RouteRule]
+    actions: dict[str, Action] = Field(default_factory=dict)
+    escalation: Escalation | None = Field(None, description="Which route escalates; none: no escalation recall.")
+    outcomes: Outcomes = Outcomes()
+
+    folder: Path = Field(Path("."), exclude=True)
+    namespace: str = Field("", exclude=True)
+
+    @property
+    def prompt_path(self) -> Path:
+        name, _, version = self.prompt.partition("@")
+        return self.folder / "prompts" / name / f"{version}.yaml"
+
+    @cached_property
+    def prompt_spec(self) -> PromptSpec:
+        return load_prompt(self.prompt_path)
+
+    @property
+    def prompt_dir(self) -> Path:
+        return self.prompt_path.parent
+
+    def prompt_versions(self) -> list[str]:
+        """Every version of the workflow's prompt on disk, oldest first (versions sort by date)."""
+        return sorted(p.stem for p in self.prompt_dir.glob("*.yaml"))
+
+    @cached_property
+    def loaded_prompt_specs(self) -> dict[str, PromptSpec]:
+        """Prompt specs read so far, by version: a stage asks for one per record."""
+        return {self.prompt_spec.version: self.prompt_spec}
+
+    def prompt_spec_for(self, version: str) -> PromptSpec:
+        """The spec of another version of the same prompt (a label on the control topic may point to
+        it), read from disk once."""
+        spec = self.loaded_prompt_specs.get(version)
+        if spec is None:
+            path = self.prompt_dir / f"{version}.yaml"
+            if not path.exists():
+                raise WorkflowError(f"no version {version!r} of prompt {self.prompt_spec.name} "
+                                    f"(known: {self.prompt_versions()})")
+            spec = self.loaded_prompt_specs[version] = load_prompt(path)
+        return spec
+
+    def provider(self) -> Provider:
+        """The provider ``model`` declares, built now (HTTP kinds read their API keys from the environment)."""
+        return build_provider(self.model, self.folder, self.redaction, self.name)
+
+    def with_prompt(self, version: str) -> Workflow:
+        """This workflow running ``version`` of its prompt (evals, replay, promotion)."""
+        spec = self.prompt_spec_for(version)
+        copy = self.model_copy(update={"prompt": f"{spec.name}@{spec.version}"})
+        copy.__dict__["prompt_spec"] = spec
+        copy.__dict__["loaded_prompt_specs"] = {**self.loaded_prompt_specs, version: spec}
+        return copy
+
+    @cached_property
+    def topics(self) -> dict[str, TopicSpec]:
+        return load_topics(self.name, self.namespace)
+
+    def topic(self, suffix: str) -> str:
+        """The declared topic name ``<workflow>.<suffix>``."""
+        return f"{self.name}.{suffix}"
+
+    def decide(self, answer: dict, event: dict) -> tuple[RouteRule, str, str]:
+        """The first route whose conditions hold: (route, resolved route name, rule label)."""
+        view = {"answer": answer, "event": event}
+        for index, route in enumerate(self.routes):
+            if route.matches(view):
+                return route, route.resolve(view), route.rule_name(index)
+        raise LookupError("no route matched; the last route should have no conditions")
+
+    def check(self) -> None:
+        """Cross-file checks: prompt, rules, routes → topics, actions → scopes and topics."""
+        problems = []
+        triggers = self.topics.get(self.topic("triggers"))
+        if triggers is None or triggers.value_schema != self.trigger.schema_:
+            problems.append(f"trigger.schema: topics/{self.name}.yaml must declare {self.topic('triggers')} "
+                            f"with value_schema {self.trigger.schema_}")
+        spec = self.prompt_spec
+        properties = spec.output_schema.get("properties", {})
+        if self.label not in properties:
+            problems.append(f"label: {self.label!r} is not a property of the prompt's output_schema")
+        problems += [f"rules: unknown rule {r!r} (known: {sorted(rules.RULES)})" for r in self.rules
+                     if r not in rules.RULES]
+        for index, route in enumerate(self.routes):
+            for name in self._route_names(route, properties):
+                if self.topic(f"decisions.{name}") not in self.topics:
+                    problems.append(f"routes[{index}]: no topic {self.topic(f'decisions.{name}')} declared")
+            problems += [f"routes[{index}].actions: unknown action {a!r}" for a in route.actions
+                         if a not in self.actions]
+        routes = {name for route in self.routes for name in self._route_names(route, properties)}
+        if self.escalation and self.escalation.route not in routes:
+            problems.append(f"escalation.route: {self.escalation.route!r} is not a route of this workflow")
+        problems += [f"escalation.missed_outcomes: {t!r} is not in outcomes.types" for t in
+                     (self.escalation.missed_outcomes if self.escalation else []) if t not in self.outcomes.types]
+        if self.routes and self.routes[-1].when:
+            problems.append("routes: the last route must have no conditions, so every answer has a route")
+        for name, action in self.actions.items():
+            if action.scope not in self.grants:
+                problems.append(f"actions.{name}.scope: {action.scope!r} is not granted (grants: {self.grants})")
+            if action.topic and action.topic not in self.topics:
+                problems.append(f"actions.{name}.topic: {action.topic!r} is not declared in topics/{self.name}.yaml")
+        if problems:
+            raise WorkflowError(f"{self.folder / 'workflow.yaml'}:\n  " + "\n  ".join(problems))
+
+    @staticmethod
+    def _route_names(route: RouteRule, properties: dict) -> list[str]:
+        field = _ROUTE_FIELD.match(route.name)
+        if not field:
+            return [route.name]
+        return list(properties.get(field.group(1).removeprefix("answer."), {}).get("enum", []))
+
+
+def _member(value: Any, allowed: frozenset[str]) -> bool:
+    try:
+        return value in allowed
+    except TypeError:  # a list or an object where a value was expected: no match
+        return False
+
+
+def load_workflow(name: str, namespace: str = "", root: Path | None = None) -> Workflow:
+    """Load and check ``<root>/<name>/workflow.yaml`` (``root``: the project's ``workflows/``); every
+    error names the file and field."""
+    root = root or project.workflows_dir()
+    path = root / name / "workflow.yaml"
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        known = sorted(p.name for p in root.iterdir() if (p / "workflow.yaml").exists())
+        raise WorkflowError(f"no workflow {name!r}: {path} does not exist (known: {known})") from None
+    try:
+        workflow = Workflow.model_validate({**raw, "folder": path.parent, "namespace": namespace})
+    except ValidationError as exc:
+        raise WorkflowError(_describe(path, exc)) from None
+    try:
+        workflow.prompt_spec  # noqa: B018 - load it now, so a bad prompt file fails here
+    except FileNotFoundError as exc:
+        raise WorkflowError(f"{path}:\n  prompt: {exc.filename} does not exist") from None
+    except ValidationError as exc:
+        raise WorkflowError(_describe(workflow.prompt_path, exc)) from None
+    workflow.check()
+    return workflow
+
+
+def _describe(path: Path, exc: ValidationError) -> str:
+    return f"{path}:\n  " + "\n  ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
