@@ -80,7 +80,7 @@ def review(event_id: str, version: str, reason: str = "low_confidence", model_an
 def verdict(item: ReviewItem, kind: str, corrected: str | None = None, reviewer: str = "ana") -> Verdict:
     return Verdict(verdict_id=f"{item.review_id}:{reviewer}", review_id=item.review_id, event_id=item.event_id,
                    workflow="support_ticket", reviewer=reviewer, verdict=kind, answer=corrected, at_ms=NOW,
-                   item=item.model_dump_json())
+                   item=item)
 
 
 def work_item(event_id: str, version: str) -> WorkItem:

@@ -44,6 +44,7 @@ from processors.records import (
     Decision,
     PromptRef,
     ReviewItem,
+    ReviewReason,
     Usage,
     WorkItem,
 )
@@ -65,7 +66,7 @@ class OfflineResult(Usage):
     route: str | None = None
     label: str | None = Field(None, description="The final answer's label field, decided or sent to review.")
     answer: dict | None = Field(None, description="The final parsed answer (None: no JSON object, or no answer).")
-    review_reason: str | None = None
+    review_reason: ReviewReason | None = None
     validation_errors: list[str] = Field(default_factory=list, description="Of the final answer, when reviewed.")
     dead_letter_reason: str | None = None
     dead_letter_message: str | None = None

@@ -34,7 +34,9 @@ from processors.records import (
     ActionRequest,
     ControlState,
     Execution,
+    ExecutionStatus,
     Notification,
+    ReviewReason,
 )
 from processors.runtime import metrics
 from processors.runtime.ledger import Ledger
@@ -72,16 +74,16 @@ class Execute(WorkflowStage):
         request = ActionRequest.model_validate(record.value)
         key = request.idempotency_key
         if self.done.get(key) is not None:
-            return self._executed(request, "already_done", ActionResult(http_status=None, response=None,
-                                                                         attempts=0, latency_ms=0.0))
+            return self._executed(request, ExecutionStatus.already_done,
+                                  ActionResult(http_status=None, response=None, attempts=0, latency_ms=0.0))
         action, arguments = self._allowed(request)
         control = self.control.state
         bound = approval_risk(self.workflow, control)
         if action.risk > bound and request.approved_by is None:
-            decision = request.decision_record()
-            return [self.review("risky_action", event_id=request.event_id, event=decision.event,
+            decision = request.decision
+            return [self.review(ReviewReason.risky_action, event_id=request.event_id, event=decision.event,
                                 prompt=decision.prompt, model=decision.model, key=request.event_id,
-                                suffix=f":{request.action}", answer=decision.answer, action=request.model_dump_json(),
+                                suffix=f":{request.action}", answer=decision.answer, action=request,
                                 control_version=control.version, replay=decision.replay),
                     self.trace(request.event_id, action_request=request.arguments,
                                error=f"risk {action.risk} above {bound}: awaiting approval")]
@@ -101,7 +103,7 @@ class Execute(WorkflowStage):
                             key=request.event_id)]
         ledger = self.done.record(key, ActionDone(idempotency_key=key, event_id=request.event_id,
                                                   action=request.action, executed_at_ms=now_ms()))
-        return outputs + [ledger] + self._executed(request, "done", result)
+        return outputs + [ledger] + self._executed(request, ExecutionStatus.done, result)
 
     def _retried(self, attempts: int) -> None:
         """Webhook retries count in ``handoff_retries_total`` like model retries do."""
@@ -124,7 +126,7 @@ class Execute(WorkflowStage):
             raise DeadLetter("invalid_arguments", "; ".join(errors))
         return action, arguments
 
-    def _executed(self, request: ActionRequest, status: str, result: ActionResult) -> list[Emit]:
+    def _executed(self, request: ActionRequest, status: ExecutionStatus, result: ActionResult) -> list[Emit]:
         execution = Execution(event_id=request.event_id, workflow=self.workflow.name, action=request.action,
                               idempotency_key=request.idempotency_key, status=status, attempts=result.attempts,
                               http_status=result.http_status, response=result.response,

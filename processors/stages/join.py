@@ -45,6 +45,7 @@ from processors.records import (
     JoinedDecision,
     JoinedOutcome,
     JoinState,
+    JoinStatus,
     Outcome,
     Result,
 )
@@ -73,7 +74,7 @@ class JoinLedger(Ledger[JoinState]):
         return super().record(key, entry)
 
     def _index(self, key: str, state: JoinState) -> None:
-        arrivals = [o.received_at_ms for o in state.outcomes if o.status == "waiting"]
+        arrivals = [o.received_at_ms for o in state.outcomes if o.status == JoinStatus.waiting]
         if arrivals:
             self.waiting[key] = min(arrivals)
         else:
@@ -112,7 +113,7 @@ class Join(WorkflowStage):
         if outcome.outcome_type not in self.workflow.outcomes.types:
             raise DeadLetter("unknown_outcome_type", f"outcome type {outcome.outcome_type!r} is not one of "
                                                      f"{self.workflow.name}'s outcomes.types {self.workflow.outcomes.types}")
-        waiting = JoinedOutcome(outcome_id=outcome_id(outcome), status="waiting", outcome=outcome,
+        waiting = JoinedOutcome(outcome_id=outcome_id(outcome), status=JoinStatus.waiting, outcome=outcome,
                                 received_at_ms=record.timestamp_ms, original=record.original())
         return self._forward(JoinState(event_id=outcome.event_id, outcomes=[waiting], updated_at_ms=now_ms()))
 
@@ -142,8 +143,8 @@ class Join(WorkflowStage):
         now = now_ms()
         results = []
         if state.decision is not None:
-            for waiting in (o for o in state.outcomes if o.status == "waiting"):
-                waiting.status, waiting.original = "joined", None
+            for waiting in (o for o in state.outcomes if o.status == JoinStatus.waiting):
+                waiting.status, waiting.original = JoinStatus.joined, None
                 results.append(self._result(state.decision, waiting.outcome, now))
         state.owner_partition, state.updated_at_ms = record.partition, now
         outputs = results + [self.joins.record(state.event_id, state)]
@@ -151,7 +152,7 @@ class Join(WorkflowStage):
             outputs.append(self.trace(state.event_id, decision=state.decision.model_dump() if state.decision else None,
                                       inputs={"joined": [r.value.outcome_type for r in results],
                                               "waiting": [o.outcome_id for o in state.outcomes
-                                                          if o.status == "waiting"]}))
+                                                          if o.status == JoinStatus.waiting]}))
         return outputs
 
     def _result(self, decision: JoinedDecision, outcome: Outcome, now: int) -> Emit:
@@ -168,12 +169,13 @@ class Join(WorkflowStage):
         outputs: list[Emit | DeadLetter] = []
         for key in due:
             state = self.joins.get(key)
-            for expired in (o for o in state.outcomes if o.status == "waiting" and o.received_at_ms + self.wait_ms <= now):
+            for expired in (o for o in state.outcomes
+                            if o.status == JoinStatus.waiting and o.received_at_ms + self.wait_ms <= now):
                 outputs.append(DeadLetter(
                     "decision_never_came", f"no decision for event {key} within "
                     f"{self.workflow.outcomes.wait_for_decision_s:g}s of outcome {expired.outcome_id}",
                     original=expired.original))
-                expired.status = "expired"
+                expired.status = JoinStatus.expired
             state.updated_at_ms = now
             outputs += [self.joins.record(key, state), self.trace(key, error="outcomes waited too long for their "
                                                                              "decision: dead-lettered")]
@@ -185,7 +187,7 @@ def _redriven(known: JoinedOutcome, incoming: JoinedOutcome) -> bool:
     def where(o: JoinedOutcome) -> tuple | None:
         return o.original and (o.original.topic, o.original.partition, o.original.offset)
 
-    return known.status == "expired" and where(incoming) != where(known)
+    return known.status == JoinStatus.expired and where(incoming) != where(known)
 
 
 def outcome_id(outcome: Outcome) -> str:

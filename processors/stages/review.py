@@ -35,15 +35,16 @@ from processors.kafka.read import snapshot
 from processors.kafka.settings import KafkaSettings
 from processors.paths import lookup
 from processors.records import (
-    ActionRequest,
     ControlState,
     ReviewItem,
+    ReviewReason,
     Verdict,
+    VerdictKind,
     WorkItem,
 )
 from processors.runtime.stage import DeadLetter, Emit, Record
 from processors.stages.base import WorkflowStage
-from processors.workflow.answers import RISKY, verdict_errors
+from processors.workflow.answers import verdict_errors
 from processors.workflow.verdict_log import first_verdicts
 from processors.workflow.workflow import Workflow
 
@@ -75,14 +76,13 @@ class Review(WorkflowStage):
         errors = verdict_errors(self.workflow, verdict)
         if errors:
             raise DeadLetter("invalid_verdict", "; ".join(errors))
-        item = verdict.review_item()
+        item = verdict.item
         said = {"review_id": verdict.review_id, "verdict": verdict.verdict, "reviewer": verdict.reviewer,
                 "reason": verdict.reason}
-        if verdict.verdict == "reject":
+        if verdict.verdict == VerdictKind.reject:
             return [self.trace(verdict.event_id, decision=said | {"closed": item.reason})]
-        if item.reason == RISKY:
-            request = ActionRequest.model_validate_json(item.action)
-            request = request.model_copy(update={"approved_by": verdict.reviewer})
+        if item.reason == ReviewReason.risky_action:
+            request = item.action.model_copy(update={"approved_by": verdict.reviewer})
             return [Emit(self.workflow.topic("actions"), request, key=request.idempotency_key),
                     self.trace(verdict.event_id, decision=said, action_request=request.arguments)]
         return [Emit(self.workflow.topic("validated"), self._reviewed(item, verdict), key=self._trigger_key(item)),
