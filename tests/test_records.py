@@ -13,8 +13,8 @@ DECISION = records.Decision(event_id="e", workflow="w", route="billing", rule="r
 REQUEST = records.ActionRequest(event_id="e", workflow="w", action="a", idempotency_key="e:a", arguments="{}",
                                 route="billing", decision=DECISION, requested_at_ms=1)
 APPROVAL = records.ReviewItem(review_id="e:risky_action:a", event_id="e", workflow="w", reason="risky_action",
-                           stage="execute", event="{}", answer="{}", action=REQUEST, prompt=PROMPT, model="m",
-                           created_at_ms=1)
+                              stage="execute", event="{}", answer="{}", action=REQUEST, prompt=PROMPT, model="m",
+                              created_at_ms=1)
 SAMPLES = {
     "handoff/prompt_ref": PROMPT,
     "handoff/work_item": records.WorkItem(event_id="e", workflow="w", event="{}", prompt=PROMPT, model="m",
@@ -31,8 +31,8 @@ SAMPLES = {
                                                  arguments="{}", at_ms=1),
     "handoff/trace": records.Trace(run_id="e", workflow="w", step="classify", at_ms=1, prompt=PROMPT, cost_usd=0.1),
     "handoff/outcome": records.Outcome(event_id="e", workflow="w", outcome_type="reopened", at_ms=1, source="crm"),
-    "handoff/verdict": records.Verdict(verdict_id="v", review_id="e:low", event_id="e", workflow="w", reviewer="ana",
-                                       verdict="approve", at_ms=1, item=APPROVAL),
+    "handoff/verdict": records.Verdict(verdict_id="v", review_id=APPROVAL.review_id, event_id="e", workflow="w",
+                                       reviewer="ana", verdict="approve", at_ms=1, item=APPROVAL),
     "handoff/result": records.Result(event_id="e", workflow="w", route="billing", label="billing", confidence=0.9,
                                      source="model", prompt=PROMPT, decided_at_ms=1, outcome_type="reopened",
                                      outcome_source="crm", outcome_at_ms=2, joined_at_ms=3),
@@ -71,9 +71,10 @@ def test_nested_records_decode_as_records_of_their_own_type():
 
 
 def test_a_nested_record_is_defined_once_and_changes_the_fingerprint_of_what_carries_it(tmp_path):
+    (tmp_path / "handoff").mkdir()
     for name in ("prompt_ref", "decision", "action_request"):
-        (tmp_path / "handoff").mkdir(exist_ok=True)
-        (tmp_path / "handoff" / f"{name}.avsc").write_bytes((project.schemas_dir() / "handoff" / f"{name}.avsc").read_bytes())
+        path = f"handoff/{name}.avsc"
+        (tmp_path / path).write_bytes((project.schemas_dir() / path).read_bytes())
     before = ContractStore(tmp_path)
     decision = orjson.loads((tmp_path / "handoff/decision.avsc").read_bytes())
     decision["fields"].append({"name": "note", "type": ["null", "string"], "default": None})
