@@ -42,15 +42,15 @@ def build_stage(name: str, workflow: Workflow, settings: KafkaSettings, provider
     if name == "classify":
         return Classify(workflow, provider or workflow.provider(), control)
     if name == "validate":
-        return Validate(workflow, settings, control)
+        return Validate(workflow, control)
     if name == "route":
         return Route(workflow, control)
     if name == "execute":
-        return Execute(workflow, settings, control)
+        return Execute(workflow, control)
     if name == "review":
         return Review(workflow, settings, control)
     if name == "join":
-        return Join(workflow, settings)
+        return Join(workflow)
     raise ValueError(f"unknown stage {name!r}; one of {', '.join(STAGES)}")
 
 

@@ -37,10 +37,10 @@ from confluent_kafka import Message
 from pydantic import BaseModel
 
 from processors.avro.serde import AvroSerde
+from processors.clock import now_ms
 from processors.kafka.read import snapshot
 from processors.kafka.settings import KafkaSettings
 from processors.records import ActionRequest, ReviewItem, Verdict, VerdictKind
-from processors.runtime.stage import now_ms
 from processors.workflow.answers import RISKY, verdict_errors
 from processors.workflow.verdict_log import Logged, decoded, first_verdicts
 from processors.workflow.workflow import Workflow

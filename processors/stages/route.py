@@ -22,9 +22,10 @@ under; a replayed item's decision carries its replay id.
 
 from __future__ import annotations
 
+from processors.clock import now_ms
 from processors.control.state import review_threshold
 from processors.records import ActionRequest, ControlState, Decision, WorkItem, dumps
-from processors.runtime.stage import DeadLetter, Emit, Record, now_ms
+from processors.runtime.stage import DeadLetter, Emit, Record
 from processors.stages.base import WorkflowStage
 from processors.workflow.workflow import RouteRule
 
