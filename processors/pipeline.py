@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 from processors.control.state import Control
 from processors.control.watcher import ControlWatcher
-from processors.kafka.read import LagProbe
+from processors.kafka.lag import LagProbe
 from processors.kafka.settings import KafkaSettings
 from processors.providers.base import Provider
 from processors.runtime.runtime import RuntimeOptions, StageRuntime
