@@ -45,12 +45,10 @@ from enum import Enum
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from processors.runtime.options import Guarantee
-from processors.runtime.partition import PartitionBook
+from processors.runtime.partition import Books, PartitionBook
 
 TIMEOUT_S = 30  # per broker call of a commit, a transaction step or a final flush
 ABORT_TIMEOUT_S = 5  # closing: the broker aborts a transaction left open anyway, when the id is reused or times out
-
-Books = dict[tuple[str, int], PartitionBook]
 
 
 class DeliveryFailed(RuntimeError):

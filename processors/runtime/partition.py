@@ -70,3 +70,7 @@ class PartitionBook:
                 return
             self.unacked.popitem(last=False)
             self.acked_to = offset + 1
+
+
+Books = dict[tuple[str, int], PartitionBook]
+"""The books of the partitions a runtime owns, by (topic, partition)."""

@@ -2,7 +2,7 @@
 
 Model calls take 0.2–5 s, so a stage that handled one record at a time would crawl. The
 runtime runs ``Stage.process`` for many records at once on an asyncio loop in a helper
-thread, while the main thread owns the Kafka clients. Its parts, each with its own protocol:
+thread (:mod:`.event_loop`), while the main thread owns the Kafka clients. Its parts, each with its own protocol:
 the stage contract (:mod:`.stage`), key scheduling (:mod:`.keys`), the partition bookkeeping
 (:mod:`.partition`), the commit protocol of each guarantee (:mod:`.commit`) and dead letters
 (:mod:`.dead_letter`). The rules:
@@ -76,12 +76,13 @@ from processors.kafka.settings import KafkaSettings
 from processors.kafka.topics import TopicSpec
 from processors.records import Original
 from processors.runtime import metrics
-from processors.runtime.commit import Books, Moment, committer_for
+from processors.runtime.commit import Moment, committer_for
 from processors.runtime.dead_letter import dead_letter, original
+from processors.runtime.event_loop import EventLoop, run_inline
 from processors.runtime.keys import KeyScheduler, Started
 from processors.runtime.options import Guarantee, RuntimeOptions  # noqa: F401  Guarantee: still imported from here by the CLI
 from processors.runtime.output import Output
-from processors.runtime.partition import PartitionBook
+from processors.runtime.partition import Books, PartitionBook
 from processors.runtime.stage import DeadLetter, Emit, Record, Stage
 
 log = logging.getLogger("handoff.runtime")
@@ -91,35 +92,6 @@ TICK_INTERVAL_S = 1.0
 
 class BrokerUnavailable(RuntimeError):
     """No broker answered for longer than ``broker_timeout_s``."""
-
-
-class _EventLoop:
-    """An asyncio loop in a daemon thread; stage coroutines run here."""
-
-    def __init__(self):
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="handoff-stage-loop", daemon=True)
-        self.thread.start()
-
-    def run(self, coro, timeout: float | None = None):
-        """Run ``coro`` on the loop and wait for its result (start-up and close, not records)."""
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def stop(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
-        if not self.thread.is_alive():  # a loop still running (a stage stuck past 5 s) cannot be closed
-            self.loop.close()
-
-
-def _run_inline(coro):
-    """Run a coroutine that never suspends to completion on this thread and return its result."""
-    try:
-        coro.send(None)
-    except StopIteration as done:
-        return done.value
-    coro.close()
-    raise RuntimeError("an inline stage awaited something: set `inline = False` on it")
 
 
 class StageRuntime:
@@ -171,7 +143,7 @@ class StageRuntime:
                                                   "group.instance.id": member,
                                                   "fetch.error.backoff.ms": 20})
         self.producer = self.settings.producer(error_cb=self._on_error, **self.committer.producer_config(member))
-        self.events = _EventLoop()
+        self.events = EventLoop()
         try:
             self.events.run(self.stage.start(), timeout=120)
             self.committer.start(self.producer, self.consumer)
@@ -396,7 +368,7 @@ class StageRuntime:
     def handle(self, msg: Message) -> list[Output]:
         """One record of an inline stage through decode, ``process`` and encode, on this thread.
         Touches no Kafka client: ``make bench`` times it to show what a stage's own work costs."""
-        return _run_inline(self._process(msg))
+        return run_inline(self._process(msg))
 
     async def _process(self, msg: Message) -> list[Output]:
         """Decode, run the stage, encode; any failure becomes a dead letter, never an exception."""
