@@ -16,9 +16,9 @@ Each trigger is first encoded and decoded with the trigger topic's contract, so 
 the record it would read from Kafka (defaults filled in), and an event that could never be
 produced is refused with the contract's error instead of being evaluated.
 
-Validate's duplicate ledger is never restored offline (no runtime reads its topic); it only remembers what one ``run`` call
-settled, so an event id seen twice in one call is reported as ``duplicate`` (as the pipeline
-would drop it), while separate calls are independent.
+Validate's duplicate ledger is never restored offline (no runtime reads its topic); it only
+remembers what one ``run`` call settled, so an event id seen twice in one call is reported as
+``duplicate`` (as the pipeline would drop it), while separate calls are independent.
 """
 
 from __future__ import annotations

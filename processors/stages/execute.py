@@ -3,8 +3,8 @@
 In order, for each request:
 
 1. **Already done?** The idempotency ledger (``<workflow>.actions.done``, compacted, restored
-   by the runtime on assign) knows every key whose effect was applied; a known key is answered with an
-   ``already_done`` execution and nothing runs — across restarts and replays.
+   by the runtime on assign) knows every key whose effect was applied; a known key is answered
+   with an ``already_done`` execution and nothing runs — across restarts and replays.
 2. **Allowed?** The action must exist and its scope must be granted to the workflow; its
    arguments must satisfy its JSON Schema. Otherwise → dead letters, nothing runs.
 3. **Risky?** Risk above the ``approval_risk`` in force (the control state's when set, else
