@@ -34,6 +34,7 @@ from typer.testing import CliRunner
 
 from processors.avro.serde import AvroSerde
 from processors.cli.app import app
+from processors.clock import now_ms
 from processors.ops.report import ALL_VERSIONS, build, parse_since
 from processors.records import (
     Decision,
@@ -45,7 +46,6 @@ from processors.records import (
     WorkItem,
     dumps,
 )
-from processors.runtime.stage import now_ms
 from processors.workflow.workflow import WorkflowError, load_workflow
 from tests.conftest import deployed, tickets
 

@@ -29,6 +29,7 @@ import orjson
 from confluent_kafka import Producer
 
 from processors.avro.serde import AvroSerde
+from processors.clock import now_ms
 from processors.dev.localkafka import LocalKafka, free_port, wait_for_broker
 from processors.dev.receiver import WebhookReceiver
 from processors.kafka.settings import KafkaSettings
@@ -41,7 +42,6 @@ from processors.ops.review_queue import ReviewQueue, line
 from processors.ops.summary import collect
 from processors.pipeline import Pipeline
 from processors.records import Decision, Outcome, ReviewReason, VerdictKind
-from processors.runtime.stage import now_ms
 from processors.workflow.workflow import Workflow, load_workflow
 
 WORKFLOWS = {"support_ticket": "datasets/tickets.jsonl", "banking77": "datasets/queries.jsonl"}

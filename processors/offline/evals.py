@@ -48,12 +48,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from processors.avro.serde import EncodeError
+from processors.clock import now_ms
 from processors.control.state import initial
 from processors.offline.runner import OfflineResult, OfflineRunner
 from processors.paths import dotted
 from processors.providers.base import Provider
 from processors.records import LABELS_FIELD, ControlState, Mode, PromptRef
-from processors.runtime.stage import now_ms
 from processors.workflow.workflow import Workflow
 
 ANSWER_DATASETS = ("golden", "edge")

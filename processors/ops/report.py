@@ -71,6 +71,7 @@ import orjson
 from pydantic import BaseModel, computed_field
 
 from processors.avro.serde import AvroSerde, DecodeError
+from processors.clock import now_ms
 from processors.kafka.read import snapshot
 from processors.kafka.settings import KafkaSettings
 from processors.offline.outputs import (
@@ -91,7 +92,7 @@ from processors.records import (
     VerdictKind,
     WorkItem,
 )
-from processors.runtime.stage import now_ms
+from processors.runtime.dead_letter import Header
 from processors.workflow.verdict_log import first_verdicts
 from processors.workflow.workflow import Workflow
 
@@ -270,10 +271,10 @@ def _dead_letters(workflow: Workflow, settings: KafkaSettings) -> list[DeadLette
     serde = AvroSerde("handoff/work_item", registry_url=settings.schema_registry_url)
     out = []
     for msg, headers in dead_letters(workflow, settings):
-        if headers.get("handoff.stage") not in SETTLING_STAGES:
+        if headers.get(Header.stage) not in SETTLING_STAGES:
             continue
         at_ms = msg.timestamp()[1]
-        if headers.get("handoff.original.topic") in work_item_topics:
+        if headers.get(Header.original_topic) in work_item_topics:
             try:
                 item = WorkItem.model_validate(serde.decode(msg.value()))
                 out.append(DeadLetterSeen(item.event_id, item.prompt.version, at_ms))

@@ -37,10 +37,15 @@ from confluent_kafka import Message
 from pydantic import BaseModel
 
 from processors.avro.serde import AvroSerde
+from processors.clock import now_ms
 from processors.kafka.read import snapshot
 from processors.kafka.settings import KafkaSettings
-from processors.records import ReviewItem, ReviewReason, Verdict, VerdictKind
-from processors.runtime.stage import now_ms
+from processors.records import (
+    ReviewItem,
+    ReviewReason,
+    Verdict,
+    VerdictKind,
+)
 from processors.workflow.answers import verdict_errors
 from processors.workflow.verdict_log import Logged, decoded, first_verdicts
 from processors.workflow.workflow import Workflow

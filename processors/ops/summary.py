@@ -26,7 +26,14 @@ from processors.offline.outputs import (
     decision_suffixes,
     read,
 )
-from processors.records import Decision, DecisionSource, Execution, ReviewItem, ReviewReason
+from processors.records import (
+    Decision,
+    DecisionSource,
+    Execution,
+    ReviewItem,
+    ReviewReason,
+)
+from processors.runtime.dead_letter import Header
 from processors.workflow.workflow import Workflow
 
 Model = TypeVar("Model", bound=BaseModel)
@@ -101,10 +108,10 @@ def collect(workflow: Workflow, settings: KafkaSettings, samples: int = 3) -> Su
     executed = {e.idempotency_key for e in executions}
     dead, action_failures = {}, {}
     for msg, headers in dead_letters(workflow, settings):
-        reason = headers.get("handoff.error.reason", "unknown")
-        if headers.get("handoff.stage") == "execute":
+        reason = headers.get(Header.error_reason, "unknown")
+        if headers.get(Header.stage) == "execute":
             action_failures[msg.key().decode() if msg.key() else str(msg.offset())] = reason
-        elif headers.get("handoff.stage") in SETTLING_STAGES:
+        elif headers.get(Header.stage) in SETTLING_STAGES:
             dead[dead_letter_id(workflow, settings, headers, msg.value())] = reason
     triggers = topics[workflow.topic("triggers")].name
     return Summary(

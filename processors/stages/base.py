@@ -8,10 +8,19 @@ offline runs (evals, shadow replays) pin a fixed state, so a stage never needs K
 
 from __future__ import annotations
 
+from processors.clock import now_ms
 from processors.control.state import Control, initial
-from processors.records import ControlState, PromptRef, ReviewItem, ReviewReason, Trace, Usage, dumps
+from processors.records import (
+    ControlState,
+    PromptRef,
+    ReviewItem,
+    ReviewReason,
+    Trace,
+    Usage,
+    dumps,
+)
 from processors.runtime import metrics
-from processors.runtime.stage import Emit, Stage, now_ms
+from processors.runtime.stage import Emit, Stage
 from processors.workflow.workflow import Workflow
 
 REPLAY_HEADER = "handoff-replay"

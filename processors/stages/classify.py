@@ -35,6 +35,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from processors.clock import now_ms
 from processors.control.state import Control
 from processors.paths import dotted
 from processors.providers.base import (
@@ -44,9 +45,16 @@ from processors.providers.base import (
     ProviderError,
     ProviderTimeout,
 )
-from processors.records import ControlState, PromptRef, ReviewReason, Usage, WorkItem, dumps
+from processors.records import (
+    ControlState,
+    PromptRef,
+    ReviewReason,
+    Usage,
+    WorkItem,
+    dumps,
+)
 from processors.runtime import metrics
-from processors.runtime.stage import DeadLetter, Emit, Record, now_ms
+from processors.runtime.stage import DeadLetter, Emit, Record
 from processors.stages.base import PROMPT_VERSION_HEADER, REPLAY_HEADER, WorkflowStage
 from processors.workflow.prompt import PromptSpec
 from processors.workflow.workflow import Workflow, WorkflowError

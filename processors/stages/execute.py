@@ -2,9 +2,9 @@
 
 In order, for each request:
 
-1. **Already done?** The idempotency ledger (``<workflow>.actions.done``, compacted, loaded
-   on assign) knows every key whose effect was applied; a known key is answered with an
-   ``already_done`` execution and nothing runs — across restarts and replays.
+1. **Already done?** The idempotency ledger (``<workflow>.actions.done``, compacted, restored
+   by the runtime on assign) knows every key whose effect was applied; a known key is answered
+   with an ``already_done`` execution and nothing runs — across restarts and replays.
 2. **Allowed?** The action must exist and its scope must be granted to the workflow; its
    arguments must satisfy its JSON Schema. Otherwise → dead letters, nothing runs.
 3. **Risky?** Risk above the ``approval_risk`` in force (the control state's when set, else
@@ -27,8 +27,8 @@ import httpx
 import orjson
 
 from processors.actions.webhook import ActionFailed, ActionResult, WebhookAction
+from processors.clock import now_ms
 from processors.control.state import Control, approval_risk
-from processors.kafka.settings import KafkaSettings
 from processors.records import (
     ActionDone,
     ActionRequest,
@@ -40,7 +40,7 @@ from processors.records import (
 )
 from processors.runtime import metrics
 from processors.runtime.ledger import Ledger
-from processors.runtime.stage import DeadLetter, Emit, Record, now_ms
+from processors.runtime.stage import DeadLetter, Emit, Record, Table
 from processors.stages.base import WorkflowStage
 from processors.workflow.checks import SchemaCheck
 from processors.workflow.workflow import Action, ActionKind, Workflow
@@ -50,10 +50,10 @@ class Execute(WorkflowStage):
     name = "execute"
     input_suffixes = ["actions"]
 
-    def __init__(self, workflow: Workflow, settings: KafkaSettings, control: Control | ControlState | None = None):
+    def __init__(self, workflow: Workflow, control: Control | ControlState | None = None):
         super().__init__(workflow, control)
         done = workflow.topic("actions.done")
-        self.done = Ledger(settings, done, workflow.topics[done], ActionDone)
+        self.done = Ledger(done, workflow.topics[done], ActionDone)
         self.schemas = {name: SchemaCheck(a.arguments_schema, "(arguments)") for name, a in workflow.actions.items()}
         self.webhooks: dict[str, WebhookAction] = {}
 
@@ -67,8 +67,8 @@ class Execute(WorkflowStage):
     async def close(self) -> None:
         await self.http.aclose()
 
-    def on_assign(self, partitions: list[tuple[str, int]]) -> None:
-        self.done.load()
+    def tables(self) -> list[Table]:
+        return [self.done]
 
     async def process(self, record: Record) -> list[Emit]:
         request = ActionRequest.model_validate(record.value)

@@ -11,9 +11,9 @@ offset order on the consumer thread, so the state needs no lock) does it in thre
    another workflow, goes to the dead letters here. Both sides of an event now meet in one inbox
    partition, in the order they were forwarded, whatever partitioner the outcome's producer used.
 2. **Merge.** An inbox record is merged into the event's state, kept in the compacted
-   ``<wf>.joins`` changelog and loaded on assign (a :class:`~processors.runtime.ledger.Ledger`). A decision
-   is kept; a later one (a live replay, a reviewer's correction) replaces it. An outcome is added
-   unless its ``outcome_id`` (event id, type, at_ms, source) is already there. While a decision
+   ``<wf>.joins`` changelog and restored by the runtime on assign (a
+   :class:`~processors.runtime.ledger.Ledger`). A decision is kept; a later one (a live replay, a
+   reviewer's correction) replaces it. An outcome is added unless its ``outcome_id`` (event id, type, at_ms, source) is already there. While a decision
    is known, every waiting outcome is joined: one :class:`Result` on ``<wf>.results`` per
    outcome, released with the new state entry.
 3. **Expire.** Every second (:meth:`Stage.tick`) an outcome that has waited
@@ -24,7 +24,7 @@ offset order on the consumer thread, so the state needs no lock) does it in thre
 **Many instances.** The state of an event id is written only by the instance that owns its
 inbox partition (recorded in the entry as ``owner_partition``), and that instance sees every
 decision and outcome of the event: the join is correct with any number of instances. A new
-owner (rebalance, restart) reloads the changelog on assign, after the previous owner committed
+owner (rebalance, restart) gets the changelog restored on assign, after the previous owner committed
 (the eager rebalance revokes, and commits, before it assigns). Each instance keeps the whole
 changelog in memory: one small entry per event id with a decision or an outcome (no event text).
 
@@ -39,7 +39,11 @@ same record, recognisable by event id, outcome type, outcome at_ms and source.
 
 from __future__ import annotations
 
-from processors.kafka.settings import KafkaSettings
+from collections.abc import Iterable
+
+from confluent_kafka import Message
+
+from processors.clock import now_ms
 from processors.records import (
     Decision,
     JoinedDecision,
@@ -50,7 +54,7 @@ from processors.records import (
     Result,
 )
 from processors.runtime.ledger import Ledger
-from processors.runtime.stage import DeadLetter, Emit, Record, now_ms
+from processors.runtime.stage import DeadLetter, Emit, Record, Table
 from processors.stages.base import WorkflowStage
 from processors.workflow.workflow import Workflow
 
@@ -62,12 +66,11 @@ class JoinLedger(Ledger[JoinState]):
         super().__init__(*args, **kwargs)
         self.waiting: dict[str, int] = {}
 
-    def load(self) -> int:
-        count = super().load()
+    def restore(self, messages: Iterable[Message]) -> None:
+        super().restore(messages)
         self.waiting = {}
         for key, state in self._entries.items():
             self._index(key, state)
-        return count
 
     def record(self, key: str, entry: JoinState) -> Emit:
         self._index(key, entry)
@@ -86,16 +89,16 @@ class Join(WorkflowStage):
     input_suffixes = ["outcomes", "joins.inbox"]  # and every decisions.<route> topic, added below
     inline = True
 
-    def __init__(self, workflow: Workflow, settings: KafkaSettings):
+    def __init__(self, workflow: Workflow):
         super().__init__(workflow)
         self.inputs += [name for name in workflow.topics if name.startswith(workflow.topic("decisions."))]
         joins = workflow.topic("joins")
-        self.joins = JoinLedger(settings, joins, workflow.topics[joins], JoinState)
+        self.joins = JoinLedger(joins, workflow.topics[joins], JoinState)
         self.inbox = workflow.topics[workflow.topic("joins.inbox")].name
         self.wait_ms = int(workflow.outcomes.wait_for_decision_s * 1000)
 
-    def on_assign(self, partitions: list[tuple[str, int]]) -> None:
-        self.joins.load()
+    def tables(self) -> list[Table]:
+        return [self.joins]
 
     async def process(self, record: Record) -> list[Emit]:
         if record.topic == self.inbox:

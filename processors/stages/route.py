@@ -22,6 +22,7 @@ under; a replayed item's decision carries its replay id.
 
 from __future__ import annotations
 
+from processors.clock import now_ms
 from processors.control.state import review_threshold
 from processors.records import (
     ActionRequest,
@@ -33,7 +34,7 @@ from processors.records import (
     WorkItem,
     dumps,
 )
-from processors.runtime.stage import DeadLetter, Emit, Record, now_ms
+from processors.runtime.stage import DeadLetter, Emit, Record
 from processors.stages.base import WorkflowStage
 from processors.workflow.workflow import RouteRule
 

@@ -25,12 +25,12 @@ that produced it, whichever version the production label points to now.
 
 from __future__ import annotations
 
+from processors.clock import now_ms
 from processors.control.state import Control, review_threshold
-from processors.kafka.settings import KafkaSettings
 from processors.records import ControlState, ReviewReason, SeenEvent, WorkItem
 from processors.runtime import metrics
 from processors.runtime.ledger import Ledger
-from processors.runtime.stage import Emit, Record, now_ms
+from processors.runtime.stage import Emit, Record, Table
 from processors.stages.base import WorkflowStage
 from processors.workflow.answers import AnswerErrors, answer_errors
 from processors.workflow.workflow import Workflow
@@ -43,13 +43,13 @@ class Validate(WorkflowStage):
     input_suffixes = ["classified"]
     inline = True
 
-    def __init__(self, workflow: Workflow, settings: KafkaSettings, control: Control | ControlState | None = None):
+    def __init__(self, workflow: Workflow, control: Control | ControlState | None = None):
         super().__init__(workflow, control)
         seen = workflow.topic("seen")
-        self.seen = Ledger(settings, seen, workflow.topics[seen], SeenEvent)
+        self.seen = Ledger(seen, workflow.topics[seen], SeenEvent)
 
-    def on_assign(self, partitions: list[tuple[str, int]]) -> None:
-        self.seen.load()
+    def tables(self) -> list[Table]:
+        return [self.seen]
 
     def errors(self, answer: dict | None, item: WorkItem) -> AnswerErrors:
         return answer_errors(self.workflow, answer, item.prompt.version, item.event_dict())
