@@ -59,9 +59,8 @@ def wait_until_drained(settings: KafkaSettings, runtimes: list[StageRuntime], ti
     """Wait until every runtime's consumer group has committed all its input, ``quiet_checks`` times
     in a row ``interval`` apart (repairs loop back upstream, so one quiet look is not enough), or
     ``timeout``, or ``running()`` turns False; True when drained. The runtimes may run in this
-    process or in others (their group names are what counts).
-
-    Under ``exactly_once`` transaction markers keep the lag above zero: use counts instead.
+    process or in others (their group names are what counts). A look whose lag is unknown (a broker
+    restarting: :class:`LagProbe`) is not quiet.
     """
     deadline = time.monotonic() + timeout
     quiet = 0
@@ -69,8 +68,8 @@ def wait_until_drained(settings: KafkaSettings, runtimes: list[StageRuntime], ti
     try:
         while time.monotonic() < deadline and quiet < quiet_checks and running():
             time.sleep(interval)
-            lag = sum(probe.lag(settings.group_id(r.group), r.input_topics) for r in runtimes)
-            quiet = quiet + 1 if lag == 0 else 0
+            lags = [probe.lag(settings.group_id(r.group), r.input_topics) for r in runtimes]
+            quiet = quiet + 1 if all(lag == 0 for lag in lags) else 0
     finally:
         probe.close()
     return quiet >= quiet_checks

@@ -9,7 +9,9 @@ hash). Start-up is three steps, each with a clear failure:
 3. start ``kafka.Kafka`` detached and wait until it answers a metadata request.
 
 The broker listens on 127.0.0.1 only. Its pid, ports and logs live in the data folder, so
-``stop`` works from another process (``make kafka-down``).
+``stop`` works from another process (``make kafka-down``), and ``start`` after ``stop`` restarts the
+same broker, with its data and its controller port (a test restarting its broker mid-stream).
+The same classpath carries Kafka's command-line tools (:meth:`LocalKafka.tool`).
 """
 
 from __future__ import annotations
@@ -107,6 +109,22 @@ class LocalKafka:
             raise LocalKafkaError(f"maven could not resolve the Kafka classpath:\n{result.stdout}{result.stderr}")
         return cache.read_text()
 
+    def tool(self, main_class: str, *args: str, timeout: float = 120.0) -> str:
+        """Run one of Kafka's command-line tools against this broker (``--bootstrap-server`` is added);
+        its standard output, or :class:`LocalKafkaError` with what it printed."""
+        result = subprocess.run(["java", "-cp", self.classpath(), main_class, "--bootstrap-server", self.bootstrap, *args],
+                                capture_output=True, text=True, timeout=timeout)
+        if result.returncode != 0:
+            raise LocalKafkaError(f"{main_class} exited with {result.returncode}:\n{result.stdout}{result.stderr}")
+        return result.stdout
+
+    def _controller_port(self) -> int:
+        """Chosen once per data folder: the quorum's voter is recorded with it when formatting."""
+        saved = self.data_dir / "controller.port"
+        if not saved.exists():
+            saved.write_text(str(free_port()))
+        return int(saved.read_text())
+
     def running_pid(self) -> int | None:
         try:
             pid = int(self._pid_file.read_text())
@@ -130,7 +148,7 @@ class LocalKafka:
             (DEPLOY_DIR / "server.properties")
             .read_text()
             .replace("${port}", str(self.port))
-            .replace("${controller_port}", str(free_port()))
+            .replace("${controller_port}", str(self._controller_port()))
             .replace("${data_dir}", str(self.data_dir / "log"))
         )
         java = ["java", "-Xms256m", "-Xmx1g", "-XX:+UseG1GC", "-Djava.awt.headless=true",

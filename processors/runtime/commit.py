@@ -6,14 +6,16 @@ transactions, the dead letters of a tick, every commit and the shutdown go throu
 committer. The runtime calls it in this order:
 
 1. :meth:`Committer.producer_config` — before the producer is created.
-2. :meth:`Committer.start` — once, after ``Stage.start`` and before the consumer subscribes.
+2. :meth:`Committer.start` — after ``Stage.start`` and before the consumer subscribes; again, with
+   a new producer, after a lost transaction (**Watchdog** below).
 3. :meth:`Committer.delivery` — for every output handed to the producer.
 4. :meth:`Committer.flush_dead_letters` — in a tick, after the stage's dead letters were handed
    to the producer and before its other outputs; :meth:`Committer.tick_produced` — after a tick
    produced anything.
 5. :meth:`Committer.commit` — every ``commit_interval_s`` (:attr:`Moment.interval`), for the revoked
    partitions in the revoke callback (:attr:`Moment.revoke`), and once after the last drain
-   (:attr:`Moment.shutdown`). A failure raises: the runtime stops and commits nothing more.
+   (:attr:`Moment.shutdown`). A failure raises: the runtime stops and commits nothing more; a
+   :class:`TransactionLost` instead makes it start over from the committed offsets.
 6. :meth:`Committer.close` — always, last, after a clean stop or a failure.
 
 **at_least_once** (:class:`AtLeastOnceCommitter`). Every released output carries a delivery
@@ -31,16 +33,51 @@ durable state after a restart.
 is always open; ``send_offsets_to_transaction`` adds the released offsets (``released_to``) and
 ``commit_transaction`` publishes outputs and offsets atomically; a new transaction begins at
 once. A tick's outputs belong to no input offset: they join the open transaction, which the next
-commit publishes even when no offset moved. Any transaction error is fatal: the runtime stops
-without committing, the broker aborts the open transaction, and a restart reprocesses from the
-last committed offsets. ``read_committed`` readers therefore never see an output twice.
+commit publishes even when no offset moved. A transaction that fails is lost, never retried:
+the committer raises :class:`TransactionLost`, and the runtime starts over (below). ``read_committed``
+readers therefore never see an output twice.
+
+**Committed offsets past markers.** A record's mark is the offset after it; on a transactional input
+partition that offset holds the upstream transaction's commit marker, which no consumer ever
+receives, so a group committed there would show a lag of 1 forever (``kafka-consumer-groups
+--describe``, any lag alert, the drain check). When every consumed record of a partition is released
+(and, under at_least_once, acknowledged) and none waits in the runtime's buffer, the runtime moves
+its marks to the consumer's ``position()``, which is past the markers and aborted records it skipped
+(:meth:`PartitionBook.settle`); both guarantees then commit there.
+
+**Watchdog** (exactly_once). librdkafka does not always honour the timeout of a transactional call:
+after a broker restart the coordinator request of ``send_offsets_to_transaction`` is never timed out
+(librdkafka issues #5456, #5511) and the call blocks forever, with the broker healthy again. So every
+transactional call (``init_transactions``, ``begin_transaction``, ``send_offsets_to_transaction``,
+``commit_transaction``, ``abort_transaction``) runs on a worker thread of its own (:func:`watched`;
+the client releases the GIL inside them), and the consumer thread waits for it up to
+:data:`WATCHDOG_S`, a little longer than the timeout passed to the call. A call that outlives its
+watchdog, or raises, raises :class:`TransactionLost`. The runtime then starts over:
+
+1. it drops the producer without waiting for it (a call may still run inside it: the worker thread's
+   reference keeps it alive until the call returns, so librdkafka never frees it under the call);
+2. it drops every book, key and buffered record, as if every partition had been lost;
+3. it creates a new producer with the same transactional id and starts the committer on it (:meth:`Committer.start`): its
+   ``init_transactions`` fences the old producer (its pending requests are refused, its open
+   transaction is aborted), so nothing of the lost transaction ever becomes visible;
+4. it re-reads the stage's tables and seeks every owned partition back to its committed offset.
+
+Each attempt that fails (the broker still down) is tried again, a second apart, until
+``broker_timeout_s``; then the runtime raises ``BrokerUnavailable`` and exits non-zero with one line,
+for a supervisor to restart it. The limits: a lost transaction's work is done again (its outputs
+were aborted, so nothing shows twice); a stuck call leaves a worker thread blocked until librdkafka
+returns, if ever (a daemon thread: it never holds the process up at exit); a lost transaction at
+shutdown is not started over, its work is redone by the next owner. The group membership is kept
+throughout: a watchdog never costs a rebalance.
 """
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from enum import Enum
+from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
@@ -49,10 +86,37 @@ from processors.runtime.partition import Books, PartitionBook
 
 TIMEOUT_S = 30  # per broker call of a commit, a transaction step or a final flush
 ABORT_TIMEOUT_S = 5  # closing: the broker aborts a transaction left open anyway, when the id is reused or times out
+WATCHDOG_S = TIMEOUT_S + 5  # a transactional call that has not returned by then never will (see Watchdog)
 
 
 class DeliveryFailed(RuntimeError):
     """The producer could not deliver a released output; offsets were not committed."""
+
+
+class TransactionLost(RuntimeError):
+    """A transactional call raised or outlived its watchdog: the open transaction can never commit.
+    The runtime starts over from the committed offsets with a new producer (module docstring)."""
+
+
+def watched(call: Callable[..., Any], *args: Any, limit: float = WATCHDOG_S) -> Any:
+    """``call(*args)`` on a daemon thread, waited for up to ``limit`` seconds: its result, or
+    :class:`TransactionLost` if it raised ``KafkaException`` or had not returned by then."""
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["result"] = call(*args)
+        except KafkaException as exc:
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=run, name=f"watched-{call.__name__}", daemon=True)
+    worker.start()
+    worker.join(limit)
+    if worker.is_alive():
+        raise TransactionLost(f"{call.__name__} did not return within {limit:.0f}s (librdkafka #5456)")
+    if "error" in outcome:
+        raise TransactionLost(f"{call.__name__} failed: {outcome['error']}") from outcome["error"]
+    return outcome.get("result")
 
 
 class Moment(Enum):
@@ -80,8 +144,9 @@ class Committer(ABC):
         return {}
 
     def start(self, producer: Producer, consumer: Consumer) -> None:
-        """Called once on the consumer thread, after ``Stage.start`` and before the consumer
-        subscribes (so before any record). Raises what the broker raises (fatal: the stage stops)."""
+        """Called on the consumer thread, after ``Stage.start`` and before the consumer subscribes (so
+        before any record), and again with a new producer after a :class:`TransactionLost`. Raises
+        :class:`TransactionLost` (tried again) or what the broker raises (fatal: the stage stops)."""
         self.producer, self.consumer = producer, consumer
 
     def delivery(self, book: PartitionBook | None, offset: int | None) -> Callable:
@@ -109,7 +174,8 @@ class Committer(ABC):
         """Make the offsets of ``books`` durable whose outputs are, and set their ``committed_to``.
         Called on the consumer thread; ``books`` are every owned partition (interval, shutdown) or the
         revoked ones (revoke). Waits up to :data:`TIMEOUT_S` per broker call when ``moment`` is not
-        ``interval``. Raises :class:`DeliveryFailed` or ``KafkaException``: the runtime then stops."""
+        ``interval``. Raises :class:`DeliveryFailed` or ``KafkaException``: the runtime then stops;
+        :class:`TransactionLost`: the runtime starts over from the committed offsets."""
 
     def close(self) -> None:
         """Called last, always (clean stop or failure), before the producer's final flush and
@@ -172,11 +238,14 @@ class ExactlyOnceCommitter(Committer):
         return {"transactional.id": member}
 
     def start(self, producer: Producer, consumer: Consumer) -> None:
-        """1. ``init_transactions`` (up to :data:`TIMEOUT_S`): fence a predecessor with this id.
-        2. Begin the transaction every output will be produced in."""
+        """1. ``init_transactions`` (up to :data:`TIMEOUT_S`): fence a predecessor with this id (another
+           process's, or this process's own lost producer).
+        2. Begin the transaction every output will be produced in.
+        Each call is watched (:func:`watched`); raises :class:`TransactionLost`."""
         super().start(producer, consumer)
-        self.producer.init_transactions(TIMEOUT_S)
-        self.producer.begin_transaction()
+        self._ticked = False
+        watched(self.producer.init_transactions, TIMEOUT_S)
+        watched(self.producer.begin_transaction)
 
     def flush_dead_letters(self) -> None:
         """Nothing: the dead letters are in the open transaction, published with the tick's other outputs."""
@@ -189,27 +258,28 @@ class ExactlyOnceCommitter(Committer):
         2. ``send_offsets_to_transaction`` the ``released_to`` of each partition where it moved.
         3. ``commit_transaction``: outputs and offsets become visible together.
         4. Begin the next transaction at once.
-        Each broker call waits up to :data:`TIMEOUT_S`; any error is fatal (raised as it comes)."""
+        Each broker call waits up to :data:`TIMEOUT_S`, watched (:func:`watched`); any error raises
+        :class:`TransactionLost` as it comes."""
         due = self.due(books)
         if not due and moment is not Moment.shutdown and not self._ticked:
             return
         self._ticked = False
         if due:
-            self.producer.send_offsets_to_transaction(
-                [TopicPartition(t, p, offset) for (t, p), _, offset in due],
-                self.consumer.consumer_group_metadata(), TIMEOUT_S)
-        self.producer.commit_transaction(TIMEOUT_S)
-        self.producer.begin_transaction()
+            watched(self.producer.send_offsets_to_transaction,
+                    [TopicPartition(t, p, offset) for (t, p), _, offset in due],
+                    self.consumer.consumer_group_metadata(), TIMEOUT_S)
+        watched(self.producer.commit_transaction, TIMEOUT_S)
+        watched(self.producer.begin_transaction)
         for _, book, offset in due:
             book.committed_to = offset
 
     def close(self) -> None:
-        """Abort the open transaction (up to :data:`ABORT_TIMEOUT_S`): an empty one after a clean
-        shutdown, a failed one after an error; a broker that does not answer aborts it itself."""
+        """Abort the open transaction (up to :data:`ABORT_TIMEOUT_S`, watched): an empty one after a
+        clean shutdown, a failed one after an error; a broker that does not answer aborts it itself."""
         if self.producer is not None:
             try:
-                self.producer.abort_transaction(ABORT_TIMEOUT_S)
-            except KafkaException:
+                watched(self.producer.abort_transaction, ABORT_TIMEOUT_S, limit=ABORT_TIMEOUT_S + 5)
+            except TransactionLost:
                 pass
         super().close()
 

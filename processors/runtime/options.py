@@ -45,11 +45,21 @@ class RuntimeOptions(BaseModel):
         "collections gave classify about 20% more events/s in `make bench`, with no more memory. The "
         "cost: objects caught in reference cycles (an exception and its traceback) live a little longer."))
     broker_timeout_s: float = Field(60.0, gt=0, description=(
-        "How long all brokers may be unreachable before the stage gives up with a clear error."))
+        "How long all brokers may be unreachable, or a lost transaction may fail to start over "
+        "(exactly_once), before the stage gives up with a clear error and exits for its supervisor to "
+        "restart it. Longer rides out a longer broker outage in the process (an in-process pipeline has "
+        "no supervisor); shorter hands a stuck process to the supervisor sooner."))
     group: str | None = Field(None, description="Consumer group; default handoff.<workflow>.<stage>.")
     instance: str = Field(default_factory=socket.gethostname, description=(
         "This process's stable name within its group: its static group membership and, under "
         "exactly_once, its transactional id. Kept across restarts, a restarted process takes its "
         "predecessor's partitions at once instead of after the session timeout, and fences its open "
-        "transaction instead of leaving it to time out. The cost: a process that stops for good holds "
-        "its partitions until the session timeout. Give each instance of one stage on one host its own name."))
+        "transaction instead of leaving it to time out. The cost: a process that dies (SIGKILL, a crash) "
+        "holds its partitions until the session timeout (45 s); a graceful stop leaves the group, see "
+        "leave_group_on_stop. Give each instance of one stage on one host its own name."))
+    leave_group_on_stop: bool = Field(True, description=(
+        "On a graceful stop (SIGTERM, Ctrl-C), leave the consumer group, so the other instances take "
+        "this one's partitions at once: a static member's close sends no LeaveGroup (KIP-345; under "
+        "Kafka 4's consumer protocol it keeps its partitions too), so without this a scale-in stalls "
+        "its partitions for the session timeout. The cost: a graceful restart of the same instance "
+        "(a rolling deploy) moves its partitions away and back, two rebalances instead of none."))

@@ -6,7 +6,8 @@ the producer, so outputs leave in input order per partition and the committed of
 passes a record whose outputs were not produced. Three marks follow the prefix: ``released_to``
 (what exactly_once commits), ``acked_to`` (every output acknowledged by the broker: what
 at_least_once commits) and ``committed_to`` (the last commit, so an unchanged mark is not
-committed again). Each mark is the offset *after* the record it names, as Kafka commits it.
+committed again). Each mark is the offset *after* the record it names, as Kafka commits it, or the
+consumer's position past the transaction markers that follow it (:meth:`PartitionBook.settle`).
 """
 
 from __future__ import annotations
@@ -62,6 +63,15 @@ class PartitionBook:
         """The broker acknowledged one output of the released record at ``offset``."""
         self.unacked[offset] -= 1
         self._advance()
+
+    def settle(self, position: int) -> None:
+        """The consumer's ``position`` in this partition, when none of its consumed records waits in the
+        runtime's buffer: if every record this book holds is released and acknowledged, the marks move
+        to it, past what the consumer skipped after the last record (an upstream transaction's commit
+        marker, aborted records), so the committed offset can reach the partition's end. Only once this
+        assignment released a record: until then a position may predate a seek."""
+        if self.released_to is not None and not self.pending and not self.unacked and position > self.released_to:
+            self.released_to = self.acked_to = position
 
     def _advance(self) -> None:
         while self.unacked:

@@ -49,9 +49,14 @@ their decision). Its outputs — dead letters of records the stage kept, and rec
 input offset; the committer makes the dead letters durable no later than the records (see
 :mod:`.commit`). A delivery failure stops the runtime.
 
-**Shutdown.** SIGTERM or SIGINT stop intake, drain in-flight work (bounded), commit, close.
+**Shutdown.** SIGTERM or SIGINT stop intake, drain in-flight work (bounded), commit, leave the
+group (``leave_group_on_stop``: a static member sends no LeaveGroup on close, so its partitions
+would wait for the session timeout), close.
 **Broker gone.** If no broker answers for ``broker_timeout_s``, the runtime raises
 :class:`BrokerUnavailable` instead of waiting forever; uncommitted work is replayed on restart.
+**Lost transaction.** A transactional call that fails or hangs (:mod:`.commit`, Watchdog) makes the
+runtime start over inside the process: a new producer fences the old one, and every owned partition
+resumes from its committed offset; no process restart, no rebalance.
 """
 
 from __future__ import annotations
@@ -66,7 +71,7 @@ import time
 import traceback
 from collections import deque
 
-from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, Message, TopicPartition
 from pydantic import BaseModel
 
 from processors.avro.serde import AvroSerde, DecodeError
@@ -76,7 +81,7 @@ from processors.kafka.settings import KafkaSettings
 from processors.kafka.topics import TopicSpec
 from processors.records import Original
 from processors.runtime import metrics
-from processors.runtime.commit import Moment, committer_for
+from processors.runtime.commit import TIMEOUT_S, Moment, TransactionLost, committer_for
 from processors.runtime.dead_letter import dead_letter, original
 from processors.runtime.event_loop import EventLoop, run_inline
 from processors.runtime.keys import KeyScheduler, Started
@@ -88,6 +93,7 @@ from processors.runtime.stage import DeadLetter, Emit, Record, Stage
 log = logging.getLogger("handoff.runtime")
 
 TICK_INTERVAL_S = 1.0
+RETRY_S = 1.0  # between attempts to start over after a lost transaction
 
 
 class BrokerUnavailable(RuntimeError):
@@ -137,22 +143,24 @@ class StageRuntime:
         """Consume until :meth:`stop`, a signal, or ``until()`` returns True (checked each loop)."""
         self._install_signal_handlers()
         self.tune_gc()
-        member = f"{self.settings.group_id(self.group)}.{self.options.instance}"
+        self.member = f"{self.settings.group_id(self.group)}.{self.options.instance}"
         self.consumer = self.settings.consumer(self.group, error_cb=self._on_error,
                                                **{"partition.assignment.strategy": "range",
-                                                  "group.instance.id": member,
+                                                  "group.instance.id": self.member,
                                                   "fetch.error.backoff.ms": 20})
-        self.producer = self.settings.producer(error_cb=self._on_error, **self.committer.producer_config(member))
+        self.producer = self._new_producer()
         self.events = EventLoop()
         try:
             self.events.run(self.stage.start(), timeout=120)
-            self.committer.start(self.producer, self.consumer)
+            self._retried(self._start_committer)
             self.consumer.subscribe(self.input_topics, on_assign=self._on_assign,
                                     on_revoke=self._on_revoke, on_lost=self._on_lost)
             while not self._stopping.is_set() and not (until and until()):
                 self._step()
             self._drain(list(self._partitions))
             self._commit(Moment.shutdown)
+            if self.options.leave_group_on_stop:
+                self._leave_group()
         except BaseException:
             self._failed = True  # commit nothing more: a restart replays from the last commit
             raise
@@ -166,6 +174,60 @@ class StageRuntime:
                 self.events.run(self.stage.close(), timeout=30)
                 self.events.stop()
                 del self.producer, self.consumer  # librdkafka handles are destroyed with the last reference
+
+    def _new_producer(self):
+        return self.settings.producer(error_cb=self._on_error, **self.committer.producer_config(self.member))
+
+    def _start_committer(self) -> None:
+        """Start the committer on the producer; if that loses its transaction, the next attempt gets a new one."""
+        try:
+            self.committer.start(self.producer, self.consumer)
+        except TransactionLost:
+            self.producer = self._new_producer()  # the old one may still be inside a call: never reused
+            raise
+
+    def _retried(self, attempt) -> None:
+        """``attempt()`` until it no longer loses a transaction or meets a broker error, a second apart,
+        for up to ``broker_timeout_s``; then :class:`BrokerUnavailable`, for a supervisor to restart us."""
+        deadline = time.monotonic() + self.options.broker_timeout_s
+        while True:
+            try:
+                return attempt()
+            except (TransactionLost, KafkaException) as exc:
+                if time.monotonic() >= deadline:
+                    raise BrokerUnavailable(f"stage {self.stage.name} could not resume its transactions for "
+                                            f"{self.options.broker_timeout_s:.0f}s ({exc}); restart it: "
+                                            f"uncommitted records will be reprocessed") from exc
+                log.warning("stage %s: %s; trying again", self.stage.name, exc)
+                time.sleep(RETRY_S)
+
+    def _start_over(self, lost: TransactionLost, keep: list[tuple[str, int]]) -> None:
+        """The open transaction is lost (:mod:`.commit`, Watchdog): drop the producer and everything
+        since the last commit, fence the old producer with a new one, and resume the ``keep``
+        partitions from their committed offsets with the stage's tables read again."""
+        log.warning("stage %s: %s; starting over from the committed offsets with a new producer",
+                    self.stage.name, lost)
+        owned = [TopicPartition(t, p) for t, p in keep]
+        self._on_lost(self.consumer, [TopicPartition(t, p) for t, p in self._partitions])
+        self.producer = self._new_producer()  # the old one may still be inside a call: dropped, never reused
+
+        def resume() -> None:
+            self._start_committer()
+            committed = self.consumer.committed(owned, timeout=TIMEOUT_S) if owned else []
+            self._on_assign(self.consumer, owned)
+            for tp in committed:
+                self.consumer.seek(TopicPartition(tp.topic, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_BEGINNING))
+
+        self._retried(resume)
+        log.info("stage %s: resumed %d partitions from their committed offsets", self.stage.name, len(owned))
+
+    def _leave_group(self) -> None:
+        """Unsubscribe and serve the revoke it brings (bounded): unlike a static member's close, an
+        unsubscribe sends LeaveGroup, so the others take these partitions now, not after the session timeout."""
+        self.consumer.unsubscribe()
+        deadline = time.monotonic() + self.options.drain_timeout_s
+        while self._partitions and time.monotonic() < deadline:
+            self.consumer.consume(self.options.poll_batch, timeout=0.1)  # records now are past the commit: dropped
 
     def tune_gc(self) -> None:
         """Apply ``gc_young_threshold`` (process-wide): ``run`` does it, so does a caller that times ``handle``."""
@@ -296,10 +358,22 @@ class StageRuntime:
             self._paused = False
 
     def _commit(self, moment: Moment, partitions: set[tuple[str, int]] | None = None) -> None:
-        """Commit the offsets whose outputs are durable, of ``partitions`` (a revoke) or all (see :mod:`.commit`)."""
+        """Commit the offsets whose outputs are durable, of ``partitions`` (a revoke) or all (see
+        :mod:`.commit`), past the transaction markers the consumer skipped. A lost transaction starts
+        over, except at shutdown: what it held is redone by the next owner."""
         self._last_commit = time.monotonic()
-        self.committer.commit({tp: book for tp, book in self._partitions.items()
-                               if partitions is None or tp in partitions}, moment)
+        books = {tp: book for tp, book in self._partitions.items() if partitions is None or tp in partitions}
+        buffered = {(msg.topic(), msg.partition()) for msg in self._buffer}
+        for tp in self.consumer.position([TopicPartition(t, p) for t, p in books if (t, p) not in buffered]):
+            books[(tp.topic, tp.partition)].settle(tp.offset)
+        try:
+            self.committer.commit(books, moment)
+        except TransactionLost as lost:
+            if moment is Moment.shutdown:
+                log.warning("stage %s: %s at shutdown; the next owner redoes the uncommitted records",
+                            self.stage.name, lost)
+                return
+            self._start_over(lost, [tp for tp in self._partitions if partitions is None or tp not in partitions])
 
     # ---- rebalance ---------------------------------------------------------------------------
 
