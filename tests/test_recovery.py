@@ -33,12 +33,17 @@ def wait_for(check, timeout: float, what: str, proc: subprocess.Popen) -> None:
         time.sleep(0.3)
 
 
+def decisions(workflow) -> list[str]:
+    """The workflow's decision topics (one per route)."""
+    return [s.name for n, s in workflow.topics.items() if n.startswith(f"{workflow.name}.decisions.")]
+
+
 @pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
 def test_sigkill_mid_stream_then_restart_loses_nothing(kafka, receiver, tmp_path, guarantee):
     workflow = deployed("support_ticket", kafka)
     sample = tickets()
     produce(kafka, workflow, sample)
-    decision_topics = [s.name for n, s in workflow.topics.items() if n.startswith("support_ticket.decisions.")]
+    decision_topics = decisions(workflow)
     args = ["--guarantee", guarantee, "--max-in-flight", "8"]
 
     with open(tmp_path / "run.log", "wb") as log:
@@ -55,11 +60,17 @@ def test_sigkill_mid_stream_then_restart_loses_nothing(kafka, receiver, tmp_path
         assert second.wait(60) == 0, (tmp_path / "run.log").read_text()[-3000:]
 
     assert killed_at < len(sample), "the kill should land mid-stream"
+    assert_placed_once(kafka, receiver, workflow, guarantee, len(sample))
+
+
+def assert_placed_once(kafka, receiver, workflow, guarantee: str, triggers: int) -> None:
+    """Every trigger placed once, each escalation applied once (the receiver counts by Idempotency-Key),
+    and under exactly_once a read_committed reader sees every decision once."""
     summary = collect(workflow, kafka)
-    assert summary.placed == summary.triggers == len(sample) and not summary.in_two_places()
+    assert summary.placed == summary.triggers == triggers and not summary.in_two_places()
     escalated = {e for e, route in summary.decided.items() if route == "escalation"}
     assert set(receiver.applied) == {f"{e}:open_escalation" for e in escalated}, "each escalation took effect once"
     if guarantee == "exactly_once":
         serde = AvroSerde("handoff/decision")
-        per_event = Counter(serde.decode(m.value())["event_id"] for t in decision_topics for m in snapshot(kafka, t))
+        per_event = Counter(serde.decode(m.value())["event_id"] for t in decisions(workflow) for m in snapshot(kafka, t))
         assert per_event and max(per_event.values()) == 1, "read_committed sees every decision once"

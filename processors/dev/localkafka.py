@@ -112,8 +112,8 @@ class LocalKafka:
     def tool(self, main_class: str, *args: str, timeout: float = 120.0) -> str:
         """Run one of Kafka's command-line tools against this broker (``--bootstrap-server`` is added);
         its standard output, or :class:`LocalKafkaError` with what it printed."""
-        result = subprocess.run(["java", "-cp", self.classpath(), main_class, "--bootstrap-server", self.bootstrap, *args],
-                                capture_output=True, text=True, timeout=timeout)
+        command = ["java", "-cp", self.classpath(), main_class, "--bootstrap-server", self.bootstrap, *args]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
         if result.returncode != 0:
             raise LocalKafkaError(f"{main_class} exited with {result.returncode}:\n{result.stdout}{result.stderr}")
         return result.stdout

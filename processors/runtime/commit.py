@@ -57,8 +57,8 @@ watchdog, or raises, raises :class:`TransactionLost`. The runtime then starts ov
 1. it drops the producer without waiting for it (a call may still run inside it: the worker thread's
    reference keeps it alive until the call returns, so librdkafka never frees it under the call);
 2. it drops every book, key and buffered record, as if every partition had been lost;
-3. it creates a new producer with the same transactional id and starts the committer on it (:meth:`Committer.start`): its
-   ``init_transactions`` fences the old producer (its pending requests are refused, its open
+3. it creates a new producer with the same transactional id and :meth:`Committer.start` runs on it:
+   its ``init_transactions`` fences the old producer (its pending requests are refused, its open
    transaction is aborted), so nothing of the lost transaction ever becomes visible;
 4. it re-reads the stage's tables and seeks every owned partition back to its committed offset.
 
@@ -68,7 +68,10 @@ for a supervisor to restart it. The limits: a lost transaction's work is done ag
 were aborted, so nothing shows twice); a stuck call leaves a worker thread blocked until librdkafka
 returns, if ever (a daemon thread: it never holds the process up at exit); a lost transaction at
 shutdown is not started over, its work is redone by the next owner. The group membership is kept
-throughout: a watchdog never costs a rebalance.
+throughout: a watchdog never costs a rebalance. A stuck call costs :data:`WATCHDOG_S` of stall
+(measured: a broker down 12 s hung two of six stages; each resumed about 1 s after its watchdog
+fired). Another process with the same transactional id (two instances given one name) is fenced
+the same way; their consumers' static memberships fence each other too, and that error is fatal.
 """
 
 from __future__ import annotations

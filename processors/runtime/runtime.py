@@ -212,18 +212,20 @@ class StageRuntime:
         self.producer = self._new_producer()  # the old one may still be inside a call: dropped, never reused
 
         def resume() -> None:
-            self._start_committer()
             committed = self.consumer.committed(owned, timeout=TIMEOUT_S) if owned else []
+            self._start_committer()
             self._on_assign(self.consumer, owned)
             for tp in committed:
-                self.consumer.seek(TopicPartition(tp.topic, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_BEGINNING))
+                start = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
+                self.consumer.seek(TopicPartition(tp.topic, tp.partition, start))
 
         self._retried(resume)
         log.info("stage %s: resumed %d partitions from their committed offsets", self.stage.name, len(owned))
 
     def _leave_group(self) -> None:
         """Unsubscribe and serve the revoke it brings (bounded): unlike a static member's close, an
-        unsubscribe sends LeaveGroup, so the others take these partitions now, not after the session timeout."""
+        unsubscribe sends LeaveGroup, so the others take these partitions now, not after the session
+        timeout; ``close`` then waits for its answer (at most 5 s, librdkafka's own bound)."""
         self.consumer.unsubscribe()
         deadline = time.monotonic() + self.options.drain_timeout_s
         while self._partitions and time.monotonic() < deadline:
