@@ -10,7 +10,8 @@ from typer.testing import CliRunner
 
 from processors.cli.app import app
 from processors.kafka.read import snapshot
-from processors.kafka.topics import apply, load_topics
+from processors.kafka.topics import apply
+from processors.workflow.workflow import load_topics
 from tests.test_serde import TICKET_V1
 
 

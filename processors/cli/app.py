@@ -12,8 +12,8 @@ import typer
 
 from processors.dev import localkafka
 from processors.kafka.settings import KafkaSettings
+from processors.kafka.topics import Role
 from processors.kafka.topics import apply as apply_topics
-from processors.kafka.topics import load_topics
 from processors.records import Mode
 from processors.runtime.runtime import Guarantee, RuntimeOptions
 
@@ -73,6 +73,8 @@ def kafka_down(data_dir: DataDir = localkafka.DEFAULT_DATA_DIR) -> None:
 def topics_apply(workflow: WorkflowName, bootstrap: Bootstrap = None,
                  dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan, change nothing.")] = False) -> None:
     """Create missing topics; report drift without touching existing ones."""
+    from processors.workflow.workflow import load_topics
+
     conf = settings(bootstrap)
     specs = list(load_topics(workflow, conf.namespace).values())
     changes = apply_topics(conf.admin(), specs, dry_run=dry_run)
@@ -90,9 +92,10 @@ def produce(file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, he
     """Send trigger events, Avro-encoded and keyed; report bad lines by number."""
     from processors.avro.serde import AvroSerde
     from processors.ops.produce import produce_file
+    from processors.workflow.workflow import load_topics
 
     conf = settings(bootstrap)
-    trigger = load_topics(workflow, conf.namespace)[f"{workflow}.triggers"]
+    trigger = load_topics(workflow, conf.namespace)[f"{workflow}.{Role.triggers}"]
     serde = AvroSerde(schema or trigger.value_schema, registry_url=conf.schema_registry_url)
     summary = produce_file(file, conf.producer(), trigger.name, serde, trigger.key_field)
     for bad in summary.rejected:
@@ -173,7 +176,7 @@ def outcome(event_id: Annotated[str, typer.Argument(metavar="EVENT_ID", help="Th
                                          at_ms=now_ms(), source=source))
     except (ValueError, RuntimeError) as exc:
         raise fail(str(exc))
-    typer.echo(f"sent {outcome_type} for {event_id} to {flow.topics[flow.topic('outcomes')].name}")
+    typer.echo(f"sent {outcome_type} for {event_id} to {flow.spec(Role.outcomes).name}")
 
 
 @app.command()
@@ -181,15 +184,15 @@ def tail(topic: Annotated[str, typer.Argument(help="Declared topic name, e.g. su
          follow_: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new records.")] = False,
          bootstrap: Bootstrap = None) -> None:
     """Print a handoff topic's records decoded as JSON, one per line."""
-    from processors.avro.serde import AvroSerde
     from processors.kafka.read import describe, follow, snapshot
+    from processors.workflow.workflow import WorkflowError, load_topics
 
     conf = settings(bootstrap)
     try:
         spec = load_topics(topic.split(".")[0], conf.namespace)[topic]
-    except (FileNotFoundError, KeyError):
-        raise fail(f"{topic} is not a declared topic (topics/<workflow>.yaml)")
-    serde = AvroSerde(spec.value_schema, registry_url=conf.schema_registry_url) if spec.value_schema else None
+    except (WorkflowError, KeyError):
+        raise fail(f"{topic} is not a topic of a workflow (workflows/<workflow>/, topics/<workflow>.yaml)")
+    serde = spec.serde(conf) if spec.value_schema else None
     for msg in follow(conf, spec.name) if follow_ else snapshot(conf, spec.name):
         typer.echo(orjson.dumps(describe(msg, serde)).decode())
 
@@ -533,7 +536,7 @@ def replay(workflow: WorkflowName,
     typer.echo(f"replay {replay_id} (live, prompt {version}): {selected.render()}")
     was = before(flow, conf, selected) if wait else {}
     sent = reinject(flow, conf, selected, replay_id, version)
-    typer.echo(f"re-injected {sent} into {flow.topics[flow.topic('triggers')].name}; the running stages decide them "
+    typer.echo(f"re-injected {sent} into {flow.spec(Role.triggers).name}; the running stages decide them "
                f"again, and an action already executed is answered already_done, not repeated")
     if wait:
         typer.echo(settle(flow, conf, selected, replay_id, version, was, sent, wait).render(None if show_events else 20))

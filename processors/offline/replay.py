@@ -41,12 +41,10 @@ replaying a range twice executes nothing twice.
 
 from __future__ import annotations
 
-import functools
 import re
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
 from datetime import datetime, timezone
 from enum import StrEnum
 from typing import Literal
@@ -56,10 +54,12 @@ from confluent_kafka import KafkaError, Message, TopicPartition
 from pydantic import BaseModel, Field, model_validator
 from tqdm import tqdm
 
-from processors.avro.serde import AvroSerde, DecodeError, EncodeError
+from processors.avro.serde import DecodeError, EncodeError
 from processors.control.store import ControlStore
 from processors.kafka.read import watermarks
 from processors.kafka.settings import KafkaSettings
+from processors.kafka.topics import Role
+from processors.kafka.write import write
 from processors.offline.evals import EvalReport, run_suite
 from processors.offline.outputs import (
     SETTLING_STAGES,
@@ -203,7 +203,7 @@ def _found(workflow: Workflow, settings: KafkaSettings) -> list[_Found]:
              for suffix in decision_suffixes(workflow) for d in read(workflow, settings, suffix, Decision)]
     found += [_Found(event_id=r.event_id, review=r,
                      place=Place(kind="review", detail=r.reason, at_ms=r.created_at_ms, replay=r.replay))
-              for r in read(workflow, settings, "review", ReviewItem)]
+              for r in read(workflow, settings, Role.review, ReviewItem)]
     for msg, headers in dead_letters(workflow, settings):
         found.append(_Found(event_id=dead_letter_id(workflow, settings, headers, msg.value()),
                             letter=_Letter(key=msg.key(), value=msg.value() or b"", headers=headers),
@@ -246,8 +246,8 @@ def select(workflow: Workflow, settings: KafkaSettings, selection: Selection) ->
 
 
 def _from_triggers(workflow: Workflow, settings: KafkaSettings, selection: Selection) -> Selected:
-    spec = workflow.topics[workflow.topic("triggers")]
-    serde = AvroSerde(spec.value_schema, registry_url=settings.schema_registry_url)
+    spec = workflow.spec(Role.triggers)
+    serde = spec.serde(settings)
     consumer = settings.consumer("replay", **{"enable.partition.eof": True})
     try:
         partitions = sorted(consumer.list_topics(spec.name, timeout=10).topics[spec.name].partitions)
@@ -330,11 +330,6 @@ def _read(consumer, topic: str, ranges: dict[int, tuple[int, int]]) -> list[Mess
 def _from_source(workflow: Workflow, settings: KafkaSettings, source: Source) -> Selected:
     found = _found(workflow, settings)
     now = places(workflow, settings, found)
-
-    @functools.cache
-    def serde(schema: str) -> AvroSerde:
-        return AvroSerde(schema, registry_url=settings.schema_registry_url)
-
     kind = "review" if source == Source.review else "dead_letter"
     skipped: Counter = Counter()
     latest: dict[str, _Found] = {}  # per event, its latest record of this kind
@@ -351,7 +346,7 @@ def _from_source(workflow: Workflow, settings: KafkaSettings, source: Source) ->
         elif kind == "dead_letter" and current.replay is not None:
             skipped["failed again on a replay: left for a person (loop guard)"] += 1
         else:
-            original = _original(workflow, serde, item)
+            original = _original(workflow, settings, item)
             if isinstance(original, str):
                 skipped[original] += 1
             else:
@@ -359,29 +354,29 @@ def _from_source(workflow: Workflow, settings: KafkaSettings, source: Source) ->
     return Selected(originals=originals, skipped=dict(skipped), places=now)
 
 
-def _original(workflow: Workflow, serde: Callable[[str], AvroSerde], item: _Found) -> Original | str:
+def _original(workflow: Workflow, settings: KafkaSettings, item: _Found) -> Original | str:
     """The trigger behind a review item or dead letter, or why there is none to replay."""
     if item.review is not None:
-        return _reencoded(workflow, serde, orjson.loads(item.review.event), f"review {item.place.detail}")
+        return _reencoded(workflow, settings, orjson.loads(item.review.event), f"review {item.place.detail}")
     letter = item.letter
     spec = next((s for s in workflow.topics.values() if s.name == letter.origin and s.value_schema), None)
     if spec is None:
         return "came from an unknown topic"
     try:
-        record = serde(spec.value_schema).decode(letter.value)
+        record = spec.serde(settings).decode(letter.value)
     except DecodeError as exc:
         return f"do not decode ({exc.reason})"
     where = f"dlq {item.place.detail}"
-    if spec.name == workflow.topics[workflow.topic("triggers")].name:
+    if spec.name == workflow.spec(Role.triggers).name:
         return Original(event_id=item.event_id, key=letter.key, value=letter.value, event=record, origin=where)
-    return _reencoded(workflow, serde, WorkItem.model_validate(record).event_dict(), where)
+    return _reencoded(workflow, settings, WorkItem.model_validate(record).event_dict(), where)
 
 
-def _reencoded(workflow: Workflow, serde: Callable[[str], AvroSerde], event: dict, origin: str) -> Original | str:
+def _reencoded(workflow: Workflow, settings: KafkaSettings, event: dict, origin: str) -> Original | str:
     """An event that travelled as JSON, encoded again with the trigger contract, keyed like a trigger."""
-    trigger = workflow.topics[workflow.topic("triggers")]
+    trigger = workflow.spec(Role.triggers)
     try:
-        value = serde(trigger.value_schema).encode(event, trigger.name, check=True)
+        value = trigger.serde(settings).encode(event, trigger.name, check=True)
     except EncodeError:
         return "no longer match the trigger contract"
     return Original(event_id=str(dotted(event, workflow.trigger.event_id)),
@@ -477,8 +472,8 @@ async def shadow(workflow: Workflow, settings: KafkaSettings, selected: Selected
     finally:
         if provider is None:
             await runner.provider.close()
-    spec = workflow.topics[workflow.topic("replay")]
-    serde = AvroSerde(spec.value_schema, registry_url=settings.schema_registry_url)
+    spec = workflow.spec(Role.replay)
+    serde = spec.serde(settings)
     decisions = [(o.key, r.decision.model_copy(update={"replay": replay_id}))
                  for o, r in zip(selected.originals, results) if r.decision is not None]
     _produce(settings, spec.name, [(key, serde.encode(d.model_dump(), spec.name)) for key, d in decisions],
@@ -509,7 +504,7 @@ def reinject(workflow: Workflow, settings: KafkaSettings, selected: Selected, re
     headers = [(REPLAY_HEADER, replay_id.encode())]
     if prompt_version is not None:
         headers.append((PROMPT_VERSION_HEADER, prompt_version.encode()))
-    return _produce(settings, workflow.topics[workflow.topic("triggers")].name,
+    return _produce(settings, workflow.spec(Role.triggers).name,
                     [(o.key, o.value) for o in selected.originals], headers=headers, desc=f"re-injecting {replay_id}")
 
 
@@ -532,31 +527,8 @@ def settle(workflow: Workflow, settings: KafkaSettings, selected: Selected, repl
                         changes=changes, written=written)
 
 
-class ReplayError(RuntimeError):
-    """The broker did not acknowledge every record a replay wrote."""
-
-
 def _produce(settings: KafkaSettings, topic: str, records: list[tuple[bytes | None, bytes]],
              headers: list[tuple[str, bytes]], desc: str) -> int:
-    producer = settings.producer()
-    failures: list[str] = []
-    with tqdm(total=len(records), desc=desc, unit="record", disable=None) as bar:
-        def delivered(err, _msg) -> None:
-            if err is not None:
-                failures.append(str(err))
-            else:
-                bar.update()
-
-        for key, value in records:
-            while True:
-                try:
-                    producer.produce(topic, key=key, value=value, headers=headers, on_delivery=delivered)
-                    break
-                except BufferError:  # the local queue is full: let deliveries drain
-                    producer.poll(0.5)
-            producer.poll(0)
-        remaining = producer.flush(60)
-    if remaining or failures:
-        raise ReplayError(f"{topic}: {remaining} records unacknowledged, {len(failures)} failed "
-                          f"({'; '.join(failures[:3])}); the replay is incomplete, run it again with the same --id")
+    write(settings.producer(), topic, records, what="replayed records", headers=headers, progress=desc,
+          then="the replay is incomplete, run it again with the same --id")
     return len(records)

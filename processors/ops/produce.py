@@ -15,6 +15,7 @@ from confluent_kafka import Producer
 from pydantic import BaseModel
 
 from processors.avro.serde import AvroSerde, EncodeError
+from processors.kafka.write import deliver
 from processors.paths import dotted
 from processors.records import LABELS_FIELD
 
@@ -55,27 +56,19 @@ def encode_lines(path: Path, serde: AvroSerde, topic: str, key_field: str | None
 
 def produce_file(path: Path, producer: Producer, topic: str, serde: AvroSerde, key_field: str | None) -> ProduceSummary:
     summary = ProduceSummary()
+    numbers: list[int] = []  # the line number of each record sent, by its index
 
-    def delivered(number: int):
-        def report(err, _msg):
-            if err is None:
-                summary.sent += 1
+    def good_lines() -> Iterator[tuple[bytes | None, bytes]]:
+        for number, key, value in encode_lines(path, serde, topic, key_field):
+            if isinstance(value, str):
+                summary.rejected.append(Rejected(line=number, reason=value))
             else:
-                summary.failed.append(Rejected(line=number, reason=str(err)))
-        return report
+                numbers.append(number)
+                yield key, value
 
-    for number, key, value in encode_lines(path, serde, topic, key_field):
-        if isinstance(value, str):
-            summary.rejected.append(Rejected(line=number, reason=value))
-            continue
-        while True:
-            try:
-                producer.produce(topic, value=value, key=key, on_delivery=delivered(number))
-                break
-            except BufferError:  # local queue full: let deliveries drain, then retry
-                producer.poll(0.5)
-        producer.poll(0)
-    remaining = producer.flush(60)
-    if remaining:
-        summary.failed.append(Rejected(line=0, reason=f"{remaining} records not acknowledged within 60s"))
+    deliveries = deliver(producer, topic, good_lines())
+    summary.sent = len(deliveries.acknowledged)
+    summary.failed = [Rejected(line=numbers[index], reason=reason) for index, reason in deliveries.failed.items()]
+    if deliveries.unanswered:
+        summary.failed.append(Rejected(line=0, reason=f"{deliveries.unanswered} records not acknowledged within 60s"))
     return summary

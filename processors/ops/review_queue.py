@@ -33,12 +33,12 @@ import uuid
 from typing import TypeVar
 
 import orjson
-from confluent_kafka import Message
 from pydantic import BaseModel
 
-from processors.avro.serde import AvroSerde
 from processors.kafka.read import snapshot
 from processors.kafka.settings import KafkaSettings
+from processors.kafka.topics import Role
+from processors.kafka.write import write
 from processors.records import ActionRequest, ReviewItem, Verdict, VerdictKind
 from processors.runtime.stage import now_ms
 from processors.workflow.answers import RISKY, verdict_errors
@@ -83,10 +83,10 @@ class ReviewQueue:
     def __init__(self, workflow: Workflow, settings: KafkaSettings):
         self.workflow = workflow
         self.settings = settings
-        self.review_topic = workflow.topics[workflow.topic("review")]
-        self.verdict_topic = workflow.topics[workflow.topic("verdicts")]
-        self._items = AvroSerde(self.review_topic.value_schema, registry_url=settings.schema_registry_url)
-        self._verdicts = AvroSerde(self.verdict_topic.value_schema, registry_url=settings.schema_registry_url)
+        self.review_topic = workflow.spec(Role.review)
+        self.verdict_topic = workflow.spec(Role.verdicts)
+        self._items = self.review_topic.serde(settings)
+        self._verdicts = self.verdict_topic.serde(settings)
         self.skipped: set[str] = set()
         """Records read that are not review items or verdicts, named by topic, partition and offset."""
 
@@ -143,15 +143,9 @@ class ReviewQueue:
 
     def submit(self, verdict: Verdict) -> Verdict:
         """Step 3: write the verdict and confirm it is the first in the log on its review id."""
-        landed: list[Message] = []
-        producer = self.settings.producer()
-        producer.produce(self.verdict_topic.name, key=verdict.review_id,
-                         value=self._verdicts.encode(verdict.model_dump()),
-                         on_delivery=lambda err, msg: landed.append(msg) if err is None else None)
-        if producer.flush(10) != 0 or not landed:
-            raise RuntimeError(f"verdict on {verdict.review_id} not acknowledged by the broker "
-                               f"({self.settings.bootstrap_servers}); nothing was decided, try again")
-        mine = landed[0]
+        [mine] = write(self.settings.producer(), self.verdict_topic.name,
+                       [(verdict.review_id, self._verdicts.encode(verdict.model_dump(), self.verdict_topic.name))],
+                       what=f"verdict on {verdict.review_id}", then="nothing was decided, try again", timeout_s=10)
         before = (m for m in snapshot(self.settings, self.verdict_topic.name)
                   if m.partition() == mine.partition() and m.offset() <= mine.offset())
         first = first_verdicts(before, self._verdicts)[verdict.review_id].verdict

@@ -19,6 +19,7 @@ from pydantic import BaseModel
 
 from processors.kafka.read import snapshot
 from processors.kafka.settings import KafkaSettings
+from processors.kafka.topics import Role
 from processors.offline.outputs import (
     SETTLING_STAGES,
     dead_letter_id,
@@ -93,11 +94,10 @@ def _counts(counter: Counter) -> str:
 
 
 def collect(workflow: Workflow, settings: KafkaSettings, samples: int = 3) -> Summary:
-    topics = workflow.topics
     decisions = [d for suffix in decision_suffixes(workflow) for d in read(workflow, settings, suffix, Decision)]
-    reviews = read(workflow, settings, "review", ReviewItem)
+    reviews = read(workflow, settings, Role.review, ReviewItem)
     reviewed = {d.event_id for d in decisions if d.source == "review"}
-    executions = read(workflow, settings, "executions", Execution)
+    executions = read(workflow, settings, Role.executions, Execution)
     executed = {e.idempotency_key for e in executions}
     dead, action_failures = {}, {}
     for msg, headers in dead_letters(workflow, settings):
@@ -106,7 +106,7 @@ def collect(workflow: Workflow, settings: KafkaSettings, samples: int = 3) -> Su
             action_failures[msg.key().decode() if msg.key() else str(msg.offset())] = reason
         elif headers.get("handoff.stage") in SETTLING_STAGES:
             dead[dead_letter_id(workflow, settings, headers, msg.value())] = reason
-    triggers = topics[workflow.topic("triggers")].name
+    triggers = workflow.spec(Role.triggers).name
     return Summary(
         workflow=workflow.name, triggers=sum(1 for _ in snapshot(settings, triggers)),
         decided={d.event_id: d.route for d in decisions},

@@ -14,7 +14,6 @@ from typing import Generic, TypeVar
 
 from pydantic import BaseModel
 
-from processors.avro.serde import AvroSerde
 from processors.kafka.read import snapshot
 from processors.kafka.settings import KafkaSettings
 from processors.kafka.topics import TopicSpec
@@ -29,7 +28,7 @@ class Ledger(Generic[Entry]):
         self.declared = declared
         self.spec = spec
         self.model = model
-        self._serde = AvroSerde(spec.value_schema)
+        self._serde = spec.serde(settings)  # the framing the runtime writes the entries in
         self._entries: dict[str, Entry] = {}
 
     def load(self) -> int:

@@ -36,6 +36,7 @@ from tenacity import (
 )
 
 from processors.control.state import Control
+from processors.kafka.topics import Role
 from processors.paths import dotted
 from processors.providers.base import (
     ModelAnswer,
@@ -66,7 +67,7 @@ def parse_answer(text: str) -> dict | None:
 
 class Classify(WorkflowStage):
     name = "classify"
-    input_suffixes = ["triggers", "repair"]
+    input_roles = [Role.triggers, Role.repair]
 
     def __init__(self, workflow: Workflow, provider: Provider, control: Control | ControlState | None = None):
         super().__init__(workflow, control)
@@ -76,7 +77,7 @@ class Classify(WorkflowStage):
     async def process(self, record: Record) -> list[Emit]:
         control = self.control.state
         repaired = None
-        if self.is_from(record.topic, "repair"):
+        if self.is_from(record.topic, Role.repair):
             repaired = WorkItem.model_validate(record.value)
             event, attempt, errors, trigger_ms = (repaired.event_dict(), 2, repaired.validation_errors,
                                                   repaired.trigger_timestamp_ms)
@@ -105,7 +106,7 @@ class Classify(WorkflowStage):
                         cost_usd=answer.cost_usd, control_version=control.version, replay=replay)
         tried = [self.trace(event_id, usage=Usage(latency_ms=a.latency_ms), prompt=prompt, model=a.model,
                             error=a.outcome) for a in answer.attempts[:-1]]  # their cost is in the answer's
-        return [Emit(self.workflow.topic("classified"), item, key=record.key), *tried,
+        return [Emit(self.workflow.topic(Role.classified), item, key=record.key), *tried,
                 self.trace(event_id, usage=item, prompt=prompt, model=answer.model, inputs=inputs,
                            raw_answer=answer.text, answer=item.answer)]
 

@@ -29,6 +29,7 @@ import orjson
 from processors.actions.webhook import ActionFailed, ActionResult, WebhookAction
 from processors.control.state import Control, approval_risk
 from processors.kafka.settings import KafkaSettings
+from processors.kafka.topics import Role
 from processors.records import (
     ActionDone,
     ActionRequest,
@@ -46,12 +47,11 @@ from processors.workflow.workflow import Action, ActionKind, Workflow
 
 class Execute(WorkflowStage):
     name = "execute"
-    input_suffixes = ["actions"]
+    input_roles = [Role.actions]
 
     def __init__(self, workflow: Workflow, settings: KafkaSettings, control: Control | ControlState | None = None):
         super().__init__(workflow, control)
-        done = workflow.topic("actions.done")
-        self.done = Ledger(settings, done, workflow.topics[done], ActionDone)
+        self.done = Ledger(settings, workflow.topic(Role.actions_done), workflow.spec(Role.actions_done), ActionDone)
         self.schemas = {name: SchemaCheck(a.arguments_schema, "(arguments)") for name, a in workflow.actions.items()}
         self.webhooks: dict[str, WebhookAction] = {}
 
@@ -129,7 +129,7 @@ class Execute(WorkflowStage):
                               idempotency_key=request.idempotency_key, status=status, attempts=result.attempts,
                               http_status=result.http_status, response=result.response,
                               latency_ms=result.latency_ms, executed_at_ms=now_ms())
-        return [Emit(self.workflow.topic("executions"), execution, key=request.event_id),
+        return [Emit(self.workflow.topic(Role.executions), execution, key=request.event_id),
                 self.trace(request.event_id, action_request=request.arguments,
                            action_response={"status": status, "http_status": result.http_status,
                                             "attempts": result.attempts})]

@@ -40,6 +40,7 @@ same record, recognisable by event id, outcome type, outcome at_ms and source.
 from __future__ import annotations
 
 from processors.kafka.settings import KafkaSettings
+from processors.kafka.topics import Role
 from processors.records import (
     Decision,
     JoinedDecision,
@@ -82,15 +83,14 @@ class JoinLedger(Ledger[JoinState]):
 
 class Join(WorkflowStage):
     name = "join"
-    input_suffixes = ["outcomes", "joins.inbox"]  # and every decisions.<route> topic, added below
+    input_roles = [Role.outcomes, Role.joins_inbox]  # and every decisions.<route> topic, added below
     inline = True
 
     def __init__(self, workflow: Workflow, settings: KafkaSettings):
         super().__init__(workflow)
-        self.inputs += [name for name in workflow.topics if name.startswith(workflow.topic("decisions."))]
-        joins = workflow.topic("joins")
-        self.joins = JoinLedger(settings, joins, workflow.topics[joins], JoinState)
-        self.inbox = workflow.topics[workflow.topic("joins.inbox")].name
+        self.inputs += [workflow.topic(Role.decisions, route) for route in workflow.route_names]
+        self.joins = JoinLedger(settings, workflow.topic(Role.joins), workflow.spec(Role.joins), JoinState)
+        self.inbox = workflow.spec(Role.joins_inbox).name
         self.wait_ms = int(workflow.outcomes.wait_for_decision_s * 1000)
 
     def on_assign(self, partitions: list[tuple[str, int]]) -> None:
@@ -99,7 +99,7 @@ class Join(WorkflowStage):
     async def process(self, record: Record) -> list[Emit]:
         if record.topic == self.inbox:
             return self._merge(record)
-        if self.is_from(record.topic, "outcomes"):
+        if self.is_from(record.topic, Role.outcomes):
             return [self._forward_outcome(record)]
         decision = Decision.model_validate(record.value)
         essentials = JoinedDecision.model_validate(decision, from_attributes=True)
@@ -117,7 +117,7 @@ class Join(WorkflowStage):
         return self._forward(JoinState(event_id=outcome.event_id, outcomes=[waiting], updated_at_ms=now_ms()))
 
     def _forward(self, partial: JoinState) -> Emit:
-        return Emit(self.workflow.topic("joins.inbox"), partial, key=partial.event_id)
+        return Emit(self.workflow.topic(Role.joins_inbox), partial, key=partial.event_id)
 
     def _merge(self, record: Record) -> list[Emit]:
         incoming = JoinState.model_validate(record.value)
@@ -158,7 +158,7 @@ class Join(WorkflowStage):
         result = Result(event_id=outcome.event_id, workflow=self.workflow.name, **dict(decision),
                         outcome_type=outcome.outcome_type, outcome_value=outcome.value,
                         outcome_source=outcome.source, outcome_at_ms=outcome.at_ms, joined_at_ms=now)
-        return Emit(self.workflow.topic("results"), result, key=outcome.event_id)
+        return Emit(self.workflow.topic(Role.results), result, key=outcome.event_id)
 
     def tick(self, now: int, partitions: list[tuple[str, int]]) -> list[Emit | DeadLetter]:
         """Dead-letter the outcomes of owned events that waited past the limit for their decision."""

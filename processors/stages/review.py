@@ -29,10 +29,10 @@ from __future__ import annotations
 
 import orjson
 
-from processors.avro.serde import AvroSerde
 from processors.control.state import Control
 from processors.kafka.read import snapshot
 from processors.kafka.settings import KafkaSettings
+from processors.kafka.topics import Role
 from processors.paths import lookup
 from processors.records import (
     ActionRequest,
@@ -50,14 +50,14 @@ from processors.workflow.workflow import Workflow
 
 class Review(WorkflowStage):
     name = "review"
-    input_suffixes = ["verdicts"]
+    input_roles = [Role.verdicts]
     inline = True
 
     def __init__(self, workflow: Workflow, settings: KafkaSettings, control: Control | ControlState | None = None):
         super().__init__(workflow, control)
         self.settings = settings
-        self.spec = workflow.topics[workflow.topic("verdicts")]
-        self.serde = AvroSerde(self.spec.value_schema, registry_url=settings.schema_registry_url)
+        self.spec = workflow.spec(Role.verdicts)
+        self.serde = self.spec.serde(settings)
         self.first: dict[str, tuple[int, int]] = {}
 
     def on_assign(self, partitions: list[tuple[str, int]]) -> None:
@@ -83,9 +83,9 @@ class Review(WorkflowStage):
         if item.reason == RISKY:
             request = ActionRequest.model_validate_json(item.action)
             request = request.model_copy(update={"approved_by": verdict.reviewer})
-            return [Emit(self.workflow.topic("actions"), request, key=request.idempotency_key),
+            return [Emit(self.workflow.topic(Role.actions), request, key=request.idempotency_key),
                     self.trace(verdict.event_id, decision=said, action_request=request.arguments)]
-        return [Emit(self.workflow.topic("validated"), self._reviewed(item, verdict), key=self._trigger_key(item)),
+        return [Emit(self.workflow.topic(Role.validated), self._reviewed(item, verdict), key=self._trigger_key(item)),
                 self.trace(verdict.event_id, decision=said, answer=verdict.answer)]
 
     def _reviewed(self, item: ReviewItem, verdict: Verdict) -> WorkItem:

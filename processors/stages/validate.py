@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from processors.control.state import Control, review_threshold
 from processors.kafka.settings import KafkaSettings
+from processors.kafka.topics import Role
 from processors.records import ControlState, SeenEvent, WorkItem
 from processors.runtime import metrics
 from processors.runtime.ledger import Ledger
@@ -41,13 +42,12 @@ MAX_ATTEMPTS = 2  # the first answer and one repair
 
 class Validate(WorkflowStage):
     name = "validate"
-    input_suffixes = ["classified"]
+    input_roles = [Role.classified]
     inline = True
 
     def __init__(self, workflow: Workflow, settings: KafkaSettings, control: Control | ControlState | None = None):
         super().__init__(workflow, control)
-        seen = workflow.topic("seen")
-        self.seen = Ledger(settings, seen, workflow.topics[seen], SeenEvent)
+        self.seen = Ledger(settings, workflow.topic(Role.seen), workflow.spec(Role.seen), SeenEvent)
 
     def on_assign(self, partitions: list[tuple[str, int]]) -> None:
         self.seen.load()
@@ -69,7 +69,7 @@ class Validate(WorkflowStage):
         event_rule = any(map(rules.judges_the_event, errors))
         if errors and item.attempt < MAX_ATTEMPTS and not event_rule:
             retry = item.model_copy(update={"validation_errors": errors, "control_version": control.version})
-            return [Emit(self.workflow.topic("repair"), retry, key=record.key), trace]
+            return [Emit(self.workflow.topic(Role.repair), retry, key=record.key), trace]
         settled = [] if item.replay else [self.seen.record(item.event_id, SeenEvent(
             event_id=item.event_id, partition=record.partition, offset=record.offset, at_ms=now_ms()))]
         if errors:
@@ -81,7 +81,7 @@ class Validate(WorkflowStage):
             return [self._review("low_confidence", item, record, [f"confidence {confidence} is below {threshold}"],
                                  control), *settled, trace]
         item.control_version = control.version  # this stage's own copy, decoded for this record
-        return [Emit(self.workflow.topic("validated"), item, key=record.key), *settled, trace]
+        return [Emit(self.workflow.topic(Role.validated), item, key=record.key), *settled, trace]
 
     def _review(self, reason: str, item: WorkItem, record: Record, errors: list[str], control: ControlState) -> Emit:
         return self.review(reason, event_id=item.event_id, event=item.event, prompt=item.prompt, model=item.model,
