@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from pydantic import ValidationError
+
 EXAMPLES = Path(__file__).resolve().parent.parent
 """The shipped examples: ``workflows/support_ticket`` and ``workflows/banking77`` with their schemas and topics."""
 
@@ -31,3 +33,8 @@ def schemas_dir() -> Path:
 
 def topics_dir() -> Path:
     return root() / "topics"
+
+
+def describe(path: Path, exc: ValidationError) -> str:
+    """A data file's validation errors, one line per field under the file's name: what a person fixes."""
+    return f"{path}:\n  " + "\n  ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())

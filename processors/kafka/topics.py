@@ -199,8 +199,7 @@ def workflow_topics(workflow: str, routes: Iterable[str], namespace: str = "",
     except FileNotFoundError:
         raise TopicFileError(f"{path} does not exist: it declares the workflow's trigger topic") from None
     except ValidationError as exc:
-        raise TopicFileError(f"{path}:\n  " + "\n  ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
-                                                           for e in exc.errors())) from None
+        raise TopicFileError(project.describe(path, exc)) from None
     if declared.workflow != workflow:
         raise TopicFileError(f"{path}: workflow: {declared.workflow!r}, expected {workflow!r}")
     derived = {topic_name(workflow, Role.triggers): declared.trigger}

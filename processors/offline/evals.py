@@ -47,6 +47,7 @@ import orjson
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from processors import project
 from processors.avro.serde import EncodeError
 from processors.control.state import initial
 from processors.offline.runner import OfflineResult, OfflineRunner
@@ -168,8 +169,7 @@ def load_suite(workflow: Workflow) -> Suite:
     except FileNotFoundError:
         raise EvalError(f"{path}: the eval suite of {workflow.prompt_spec.name} does not exist") from None
     except ValidationError as exc:
-        raise EvalError(f"{path}:\n  " + "\n  ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
-                                                      for e in exc.errors())) from None
+        raise EvalError(project.describe(path, exc)) from None
     known = list(_metrics(workflow))
     unknown = set(suite.targets) - set(known)
     if unknown:

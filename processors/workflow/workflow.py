@@ -307,13 +307,13 @@ def load_workflow(name: str, namespace: str = "", root: Path | None = None) -> W
     try:
         workflow = Workflow.model_validate({**raw, "folder": path.parent, "namespace": namespace})
     except ValidationError as exc:
-        raise WorkflowError(_describe(path, exc)) from None
+        raise WorkflowError(project.describe(path, exc)) from None
     try:
         workflow.prompt_spec  # noqa: B018 - load it now, so a bad prompt file fails here
     except FileNotFoundError as exc:
         raise WorkflowError(f"{path}:\n  prompt: {exc.filename} does not exist") from None
     except ValidationError as exc:
-        raise WorkflowError(_describe(workflow.prompt_path, exc)) from None
+        raise WorkflowError(project.describe(workflow.prompt_path, exc)) from None
     workflow.check()
     return workflow
 
@@ -322,7 +322,3 @@ def load_topics(name: str, namespace: str = "") -> dict[str, TopicSpec]:
     """A workflow's topics by declared name (``handoff topics apply``, ``handoff tail``). They are derived
     from the workflow (its routes), so it is loaded and checked first."""
     return load_workflow(name, namespace).topics
-
-
-def _describe(path: Path, exc: ValidationError) -> str:
-    return f"{path}:\n  " + "\n  ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
