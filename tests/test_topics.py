@@ -50,6 +50,9 @@ def test_drift_is_reported_and_left_alone(kafka):
     resource = ConfigResource(ResourceType.TOPIC, dlq.name, incremental_configs=[
         ConfigEntry("retention.ms", "1000", incremental_operation=AlterConfigOpType.SET)])
     admin.incremental_alter_configs([resource])[resource].result(timeout=10)
+    described = ConfigResource(ResourceType.TOPIC, dlq.name)
+    while admin.describe_configs([described])[described].result(timeout=10)["retention.ms"].value != "1000":
+        time.sleep(0.1)  # the broker applies the controller's config change a moment later
 
     changes = {c.topic: c for c in apply(admin, list(specs.values()))}
     assert changes[triggers.name].action == "drift"
