@@ -73,10 +73,8 @@ def kafka_down(data_dir: DataDir = localkafka.DEFAULT_DATA_DIR) -> None:
 def topics_apply(workflow: WorkflowName, bootstrap: Bootstrap = None,
                  dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan, change nothing.")] = False) -> None:
     """Create missing topics; report drift without touching existing ones."""
-    from processors.workflow.workflow import load_topics
-
-    conf = settings(bootstrap)
-    specs = list(load_topics(workflow, conf.namespace).values())
+    flow, conf = load(workflow, bootstrap)
+    specs = list(flow.topics.values())
     changes = apply_topics(conf.admin(), specs, dry_run=dry_run)
     for change in changes:
         typer.echo(("would " if dry_run and change.action == "create" else "") + str(change))
@@ -92,10 +90,9 @@ def produce(file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, he
     """Send trigger events, Avro-encoded and keyed; report bad lines by number."""
     from processors.avro.serde import AvroSerde
     from processors.ops.produce import produce_file
-    from processors.workflow.workflow import load_topics
 
-    conf = settings(bootstrap)
-    trigger = load_topics(workflow, conf.namespace)[f"{workflow}.{Role.triggers}"]
+    flow, conf = load(workflow, bootstrap)
+    trigger = flow.spec(Role.triggers)
     serde = AvroSerde(schema or trigger.value_schema, registry_url=conf.schema_registry_url)
     summary = produce_file(file, conf.producer(), trigger.name, serde, trigger.key_field)
     for bad in summary.rejected:
