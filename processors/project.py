@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TypeVar
 
-from pydantic import ValidationError
+import yaml
+from pydantic import BaseModel, ValidationError
+
+Model = TypeVar("Model", bound=BaseModel)
 
 EXAMPLES = Path(__file__).resolve().parent.parent
 """The shipped examples: ``workflows/support_ticket`` and ``workflows/banking77`` with their schemas and topics."""
@@ -38,3 +42,14 @@ def topics_dir() -> Path:
 def describe(path: Path, exc: ValidationError) -> str:
     """A data file's validation errors, one line per field under the file's name: what a person fixes."""
     return f"{path}:\n  " + "\n  ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+
+
+def read_model(path: Path, model: type[Model], error: type[Exception], missing: str) -> Model:
+    """A YAML data file as ``model``, or ``error`` naming the file: ``missing`` when there is none,
+    each wrong field when it does not validate."""
+    try:
+        return model.model_validate(yaml.safe_load(path.read_text()))
+    except FileNotFoundError:
+        raise error(f"{path}: {missing}") from None
+    except ValidationError as exc:
+        raise error(describe(path, exc)) from None

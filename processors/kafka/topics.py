@@ -27,10 +27,9 @@ from enum import StrEnum
 from functools import cache
 from pathlib import Path
 
-import yaml
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from processors import project
 from processors.avro.serde import AvroSerde
@@ -194,12 +193,7 @@ def workflow_topics(workflow: str, routes: Iterable[str], namespace: str = "",
     the trigger topic and overrides from ``<root>/<workflow>.yaml`` (``root``: the project's
     ``topics/``), the engine's topics, and one decisions topic per route, in that order."""
     path = (root or project.topics_dir()) / f"{workflow}.yaml"
-    try:
-        declared = TopicFile.model_validate(yaml.safe_load(path.read_text()))
-    except FileNotFoundError:
-        raise TopicFileError(f"{path} does not exist: it declares the workflow's trigger topic") from None
-    except ValidationError as exc:
-        raise TopicFileError(project.describe(path, exc)) from None
+    declared = project.read_model(path, TopicFile, TopicFileError, "does not exist; it declares the trigger topic")
     if declared.workflow != workflow:
         raise TopicFileError(f"{path}: workflow: {declared.workflow!r}, expected {workflow!r}")
     derived = {topic_name(workflow, Role.triggers): declared.trigger}

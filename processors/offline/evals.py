@@ -44,8 +44,7 @@ from pathlib import Path
 
 import numpy as np
 import orjson
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from processors import project
 from processors.avro.serde import EncodeError
@@ -164,12 +163,7 @@ def suite_path(workflow: Workflow) -> Path:
 
 def load_suite(workflow: Workflow) -> Suite:
     path = suite_path(workflow)
-    try:
-        suite = Suite.model_validate(yaml.safe_load(path.read_text()))
-    except FileNotFoundError:
-        raise EvalError(f"{path}: the eval suite of {workflow.prompt_spec.name} does not exist") from None
-    except ValidationError as exc:
-        raise EvalError(project.describe(path, exc)) from None
+    suite = project.read_model(path, Suite, EvalError, f"the eval suite of {workflow.prompt_spec.name} does not exist")
     known = list(_metrics(workflow))
     unknown = set(suite.targets) - set(known)
     if unknown:
