@@ -113,7 +113,12 @@ def _serde(value_schema: str, registry_url: str | None) -> AvroSerde:
 
 FOREVER = -1
 THIRTY_DAYS_MS = 30 * 24 * 3600 * 1000
-_LEDGER = {"cleanup_policy": CleanupPolicy.compact, "retention_ms": FOREVER}
+
+
+def _compacted(**fields) -> TopicSettings:
+    """Keyed state (a ledger, the joiner's changelog, control): the latest value per key, kept forever."""
+    return TopicSettings(cleanup_policy=CleanupPolicy.compact, retention_ms=FOREVER, **fields)
+
 
 ENGINE_TOPICS: dict[Role, TopicSettings] = {
     Role.classified: TopicSettings(value_schema="handoff/work_item",
@@ -128,11 +133,11 @@ ENGINE_TOPICS: dict[Role, TopicSettings] = {
     Role.actions: TopicSettings(value_schema="handoff/action_request",
                                 doc="Action requests for the execute stage, keyed by idempotency key."),
     Role.executions: TopicSettings(value_schema="handoff/execution", doc="Results of executed actions."),
-    Role.actions_done: TopicSettings(**_LEDGER, value_schema="handoff/action_done", doc=(
+    Role.actions_done: _compacted(value_schema="handoff/action_done", doc=(
         "Idempotency ledger: one entry per effect applied. Compacted, kept forever.")),
     Role.notifications: TopicSettings(value_schema="handoff/notification",
                                       doc="What emit actions write: team notifications, keyed by event id."),
-    Role.seen: TopicSettings(**_LEDGER, value_schema="handoff/seen_event", doc=(
+    Role.seen: _compacted(value_schema="handoff/seen_event", doc=(
         "Duplicate-event ledger: one entry per settled event id. Compacted, kept forever.")),
     Role.review: TopicSettings(value_schema="handoff/review_item", retention_ms=THIRTY_DAYS_MS,
                                doc="Items a person must decide: low confidence, invalid output, risky actions."),
@@ -144,13 +149,13 @@ ENGINE_TOPICS: dict[Role, TopicSettings] = {
         "Kept forever (corrections are data).")),
     Role.results: TopicSettings(value_schema="handoff/result",
                                 doc="Decisions joined with their business outcomes, keyed by event id."),
-    Role.joins: TopicSettings(**_LEDGER, value_schema="handoff/join_state", doc=(
+    Role.joins: _compacted(value_schema="handoff/join_state", doc=(
         "The outcome joiner's state (changelog): decisions and outcomes waiting for each other, "
         "keyed by event id.")),
     Role.joins_inbox: TopicSettings(value_schema="handoff/join_state", doc=(
         "Decisions and outcomes re-keyed by event id by the joiner, so one joiner instance sees both "
         "sides of an event.")),
-    Role.control: TopicSettings(**_LEDGER, partitions=1, value_schema="handoff/control_state", doc=(
+    Role.control: _compacted(partitions=1, value_schema="handoff/control_state", doc=(
         "Prompt labels, rollout mode, kill switch and thresholds, keyed by workflow: the latest record "
         "is in force.")),
     Role.replay: TopicSettings(value_schema="handoff/decision", doc=(
