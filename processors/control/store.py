@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import getpass
 
+from processors.clock import now_ms
 from processors.control.state import initial
 from processors.kafka.read import snapshot
 from processors.kafka.settings import KafkaSettings
 from processors.kafka.topics import Role
 from processors.kafka.write import write
 from processors.records import ControlState
-from processors.runtime.stage import now_ms
 from processors.workflow.workflow import Workflow
 
 

@@ -33,6 +33,7 @@ import orjson
 import typer
 from confluent_kafka import TIMESTAMP_CREATE_TIME, Consumer, Message
 
+from processors.clock import now_ms
 from processors.dev.localkafka import LocalKafka, free_port
 from processors.kafka.read import snapshot
 from processors.kafka.settings import KafkaSettings
@@ -42,7 +43,6 @@ from processors.pipeline import Pipeline, build_stage, wait_until_drained
 from processors.providers.scripted import ScriptedProvider
 from processors.records import PromptRef, WorkItem, dumps
 from processors.runtime.runtime import RuntimeOptions, StageRuntime
-from processors.runtime.stage import now_ms
 from processors.workflow.workflow import Workflow, load_workflow
 
 BENCH_BROKER_DIR = Path(".local/bench-kafka")
@@ -91,7 +91,7 @@ def preclassified(workflow: Workflow, settings: KafkaSettings, n: int, run: str)
 
 def runtimes(workflow: Workflow, settings: KafkaSettings, stages: list[str]) -> list[StageRuntime]:
     """The stages' runtimes as ``handoff run`` builds them, not started (no Kafka client yet)."""
-    return [StageRuntime(build_stage(stage, workflow, settings), workflow.name, workflow.topics, settings)
+    return [StageRuntime(build_stage(stage, workflow), workflow.name, workflow.topics, settings)
             for stage in stages]
 
 

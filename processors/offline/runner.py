@@ -16,9 +16,9 @@ Each trigger is first encoded and decoded with the trigger topic's contract, so 
 the record it would read from Kafka (defaults filled in), and an event that could never be
 produced is refused with the contract's error instead of being evaluated.
 
-Validate's duplicate ledger is never loaded offline; it only remembers what one ``run`` call
-settled, so an event id seen twice in one call is reported as ``duplicate`` (as the pipeline
-would drop it), while separate calls are independent.
+Validate's duplicate ledger is never restored offline (no runtime reads its topic); it only
+remembers what one ``run`` call settled, so an event id seen twice in one call is reported as
+``duplicate`` (as the pipeline would drop it), while separate calls are independent.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ import orjson
 from pydantic import Field
 from tqdm import tqdm
 
+from processors.clock import now_ms
 from processors.kafka.settings import KafkaSettings
 from processors.kafka.topics import Role
 from processors.paths import dotted
@@ -44,10 +45,11 @@ from processors.records import (
     Decision,
     PromptRef,
     ReviewItem,
+    ReviewReason,
     Usage,
     WorkItem,
 )
-from processors.runtime.stage import DeadLetter, Emit, Record, Stage, now_ms
+from processors.runtime.stage import DeadLetter, Emit, Record, Stage
 from processors.stages.classify import Classify
 from processors.stages.route import Route
 from processors.stages.validate import Validate
@@ -56,8 +58,8 @@ from processors.workflow.workflow import Workflow
 log = logging.getLogger("handoff.offline")
 
 OFFLINE = KafkaSettings(schema_registry_url=None)
-"""The settings offline stages are built with: no broker is reached, and no registry either, so
-triggers are framed single-object and an eval runs anywhere."""
+"""How an offline run frames its triggers: single-object, with no registry to reach (nor a broker),
+so an eval runs anywhere."""
 
 
 class OfflineResult(Usage):
@@ -69,7 +71,7 @@ class OfflineResult(Usage):
     route: str | None = None
     label: str | None = Field(None, description="The final answer's label field, decided or sent to review.")
     answer: dict | None = Field(None, description="The final parsed answer (None: no JSON object, or no answer).")
-    review_reason: str | None = None
+    review_reason: ReviewReason | None = None
     validation_errors: list[str] = Field(default_factory=list, description="Of the final answer, when reviewed.")
     dead_letter_reason: str | None = None
     dead_letter_message: str | None = None
@@ -141,7 +143,7 @@ class OfflineRunner:
         """Fresh stages per run, so validate's in-memory ledger only knows this run's events; by
         the (namespaced) name of the topic each reads, as the records carry it."""
         classify = Classify(self.workflow, self.provider, self.control)
-        validate = Validate(self.workflow, OFFLINE, self.control)
+        validate = Validate(self.workflow, self.control)
         route = Route(self.workflow, self.control)
         by_role = {Role.triggers: classify, Role.repair: classify, Role.classified: validate, Role.validated: route}
         return {self.workflow.spec(role).name: stage for role, stage in by_role.items()}
