@@ -88,10 +88,10 @@ class Table(ABC):
     @abstractmethod
     def restore(self, messages: Iterable[Message], serde: AvroSerde) -> None:
         """Replace memory with ``messages``: the whole topic, read committed, up to its end as the
-        runtime found it, partition by partition in offset order. ``serde`` is the topic's, framed
-        as the runtime writes it (the Confluent wire format when a Schema Registry is set). Called on the consumer thread each
-        time partitions are assigned, before any of their records; what it raises stops the stage
-        (a stage must not run on state it could not read)."""
+        runtime found it, partition by partition in offset order, decoded with ``serde``: the topic's,
+        framed as the runtime writes it (the Confluent wire format when a Schema Registry is set).
+        Called on the consumer thread each time partitions are assigned, before any of their records;
+        what it raises stops the stage (a stage must not run on state it could not read)."""
 
 
 class Stage(ABC):
