@@ -28,7 +28,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from typer.testing import CliRunner
 
-from processors.cli.app import app
+from processors.cli.main import app
 from processors.control.store import ControlStore
 from processors.dev.loopback import LoopbackServer
 from processors.kafka.read import snapshot

@@ -8,7 +8,7 @@ from fastavro import parse_schema, schemaless_reader
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 from typer.testing import CliRunner
 
-from processors.cli.app import app
+from processors.cli.main import app
 from processors.kafka.read import snapshot
 from processors.kafka.topics import apply, load_topics
 from tests.test_serde import TICKET_V1
