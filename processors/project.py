@@ -52,7 +52,9 @@ def load_yaml(path: Path) -> Any:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1} column {mark.column + 1}: " if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc)
-        context = getattr(exc, "context", None)
+        context, start = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+        if context and start is not None:
+            context += f" that starts at line {start.line + 1} column {start.column + 1}"
         raise DataFileError(f"{path}: {where}not valid YAML: {problem}" + (f" ({context})" if context else "")) from None
 
 

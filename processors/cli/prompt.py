@@ -12,7 +12,6 @@ from processors.cli.control import ChangedBy, Reason, echo_state
 from processors.cli.params import Bootstrap, WorkflowName, WorkflowsDir, control_store, fail
 from processors.control.store import ControlStore
 from processors.offline.promote import promote, rollback
-from processors.workflow.workflow import WorkflowError
 
 app = typer.Typer(no_args_is_help=True, help="Prompt versions (files) and the labels that point at them "
                                              "(production, candidate…), kept on the control topic.")
@@ -23,7 +22,7 @@ Label = Annotated[str, typer.Option(help="The label to move.")]
 def prompt_file(store: ControlStore, version: str) -> Path:
     try:
         store.workflow.prompt_spec_for(version)
-    except WorkflowError as exc:
+    except ValueError as exc:  # a WorkflowError, or a file that does not load
         raise fail(str(exc))
     return store.workflow.prompt_dir / f"{version}.yaml"
 
