@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from processors.cli.params import Bootstrap, WorkflowName, WorkflowsDir, load, require_topics
+from processors.cli.params import Bootstrap, WorkflowName, WorkflowsDir, load, need_broker
 from processors.ops.corrections import export
 
 app = typer.Typer(no_args_is_help=True, help="Datasets made from what people decided.")
@@ -27,6 +27,6 @@ def dataset_export(workflow: WorkflowName,
                    bootstrap: Bootstrap = None, workflows_dir: WorkflowsDir = None) -> None:
     """Write the regression set evals read: the trigger event plus the expected answer, one per line."""
     flow, conf = load(workflow, bootstrap, workflows_dir)
-    require_topics(flow, conf)
+    need_broker(flow, conf)
     done = export(flow, conf, out)
     typer.echo(f"wrote {done.rows} examples ({done.corrections} corrections) to {done.path}")

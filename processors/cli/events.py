@@ -9,7 +9,7 @@ import orjson
 import typer
 
 from processors.avro.serde import AvroSerde
-from processors.cli.params import Bootstrap, WorkflowName, WorkflowsDir, fail, load, require_topics
+from processors.cli.params import Bootstrap, WorkflowName, WorkflowsDir, fail, load, need_broker
 from processors.kafka.broker import QUIET
 from processors.kafka.read import describe, follow, snapshot
 from processors.ops.produce import produce_file
@@ -22,7 +22,7 @@ def produce(file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, he
     """Send trigger events, Avro-encoded and keyed; name bad lines by number and exit 1 if there were any."""
     flow, conf = load(workflow, bootstrap, workflows_dir)
     trigger = flow.topics[flow.topic("triggers")]
-    require_topics(flow, conf, trigger.name)
+    need_broker(flow, conf, trigger.name)
     serde = AvroSerde(schema or trigger.value_schema, registry_url=conf.schema_registry_url)
     summary = produce_file(file, conf.producer(**QUIET), trigger.name, serde, trigger.key_field)
     for bad in summary.rejected:
@@ -43,7 +43,7 @@ def tail(topic: Annotated[str, typer.Argument(help="Declared topic name, e.g. su
     if spec is None:
         raise fail(f"{topic} is not a declared topic of {flow.name} (topics/{flow.name}.yaml declares "
                    f"{', '.join(sorted(flow.topics))})")
-    require_topics(flow, conf, spec.name)
+    need_broker(flow, conf, spec.name)
     serde = AvroSerde(spec.value_schema, registry_url=conf.schema_registry_url) if spec.value_schema else None
     for msg in follow(conf, spec.name) if follow_ else snapshot(conf, spec.name):
         typer.echo(orjson.dumps(describe(msg, serde)).decode())

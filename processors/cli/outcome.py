@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from processors.cli.params import Bootstrap, WorkflowName, WorkflowsDir, fail, load, require_topics
+from processors.cli.params import Bootstrap, WorkflowName, WorkflowsDir, fail, load, need_broker
 from processors.ops.outcomes import send_outcome
 from processors.records import Outcome
 from processors.runtime.stage import now_ms
@@ -22,7 +22,7 @@ def outcome(event_id: Annotated[str, typer.Argument(metavar="EVENT_ID", help="Th
     """Report a business outcome by hand; the join stage joins it to its decision on <workflow>.results."""
     flow, conf = load(workflow, bootstrap, workflows_dir)
     topic = flow.topics[flow.topic("outcomes")].name
-    require_topics(flow, conf, topic)
+    need_broker(flow, conf, topic)
     try:
         send_outcome(flow, conf, Outcome(event_id=event_id, workflow=workflow, outcome_type=outcome_type, value=value,
                                          at_ms=now_ms(), source=source))

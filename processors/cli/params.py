@@ -51,10 +51,11 @@ def load(workflow: str, bootstrap: str | None, workflows_dir: Path | None = None
         raise fail(str(exc))
 
 
-def require_topics(flow: Workflow, conf: KafkaSettings, *names: str) -> None:
-    """Exit 1 in one line when no broker answers, or when one of the topics ``names`` is missing."""
+def need_broker(flow: Workflow, conf: KafkaSettings, *topics: str) -> None:
+    """Exit 1 in one line unless a broker answers and has the ``topics``: asked before the command
+    makes clients of its own, which would log every refused connection."""
     try:
-        missing = missing_topics(conf, names)
+        missing = missing_topics(conf, topics)
     except BrokerUnreachable as exc:
         raise fail(str(exc))
     if missing:
@@ -65,7 +66,7 @@ def require_topics(flow: Workflow, conf: KafkaSettings, *names: str) -> None:
 def control_store(workflow: str, bootstrap: str | None, workflows_dir: Path | None) -> ControlStore:
     """The workflow's control store, its topic checked; exit 1 when it cannot be read."""
     flow, conf = load(workflow, bootstrap, workflows_dir)
-    require_topics(flow, conf)
+    need_broker(flow, conf)
     store = ControlStore(conf, flow)
     try:
         store.check()

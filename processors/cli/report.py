@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from processors.cli.params import Bootstrap, WorkflowName, WorkflowsDir, fail, load, require_topics
+from processors.cli.params import Bootstrap, WorkflowName, WorkflowsDir, fail, load, need_broker
 from processors.ops.report import build, parse_since
 
 
@@ -22,6 +22,6 @@ def report(workflow: WorkflowName,
         since_ms = parse_since(since) if since else None
     except ValueError as exc:
         raise fail(str(exc))
-    require_topics(flow, conf)
+    need_broker(flow, conf)
     result = build(flow, conf, since_ms)
     typer.echo(result.model_dump_json(indent=2) if as_json else result.render())

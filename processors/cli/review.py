@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import orjson
 import typer
 
-from processors.cli.params import Bootstrap, WorkflowName, WorkflowsDir, fail, load, require_topics
+from processors.cli.params import Bootstrap, WorkflowName, WorkflowsDir, fail, load, need_broker
 from processors.ops.review_queue import (
     InvalidVerdict,
     ReviewQueue,
@@ -29,7 +29,7 @@ OptionalReason = Annotated[Optional[str], typer.Option(help="Why (optional).")]
 
 def review_queue(workflow: str, bootstrap: str | None, workflows_dir: Path | None) -> ReviewQueue:
     flow, conf = load(workflow, bootstrap, workflows_dir)
-    require_topics(flow, conf)
+    need_broker(flow, conf)
     return ReviewQueue(flow, conf)
 
 

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from processors.actions.webhook import MissingSecret
-from processors.cli.params import Bootstrap, WorkflowName, WorkflowsDir, fail, load, require_topics
+from processors.cli.params import Bootstrap, WorkflowName, WorkflowsDir, fail, load, need_broker
 from processors.control.store import ControlUnavailable
 from processors.pipeline import STAGES, Pipeline
 from processors.runtime import metrics
@@ -33,7 +33,7 @@ def run(workflow: WorkflowName,
     if not set(stages) <= set(STAGES):
         raise fail(f"unknown stage {stage!r}; one of {', '.join(STAGES)} or all")
     flow, conf = load(workflow, bootstrap, workflows_dir)
-    require_topics(flow, conf)  # before any stage's clients exist: they would log every refused connection
+    need_broker(flow, conf)  # before any stage's clients exist
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     options = RuntimeOptions(guarantee=guarantee, max_in_flight=max_in_flight,
                              **({"instance": instance} if instance else {}))

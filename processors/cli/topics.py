@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from processors.cli.params import Bootstrap, WorkflowName, WorkflowsDir, load, require_topics
+from processors.cli.params import Bootstrap, WorkflowName, WorkflowsDir, load, need_broker
 from processors.kafka.broker import QUIET
 from processors.kafka.topics import apply
 
@@ -18,7 +18,7 @@ def topics_apply(workflow: WorkflowName, bootstrap: Bootstrap = None, workflows_
                  dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan, change nothing.")] = False) -> None:
     """Create missing topics; report drift without touching existing ones."""
     flow, conf = load(workflow, bootstrap, workflows_dir)
-    require_topics(flow, conf)
+    need_broker(flow, conf)
     changes = apply(conf.admin(**QUIET), list(flow.topics.values()), dry_run=dry_run)
     for change in changes:
         typer.echo(("would " if dry_run and change.action == "create" else "") + str(change))
