@@ -55,7 +55,8 @@ def load_yaml(path: Path) -> Any:
         context, start = getattr(exc, "context", None), getattr(exc, "context_mark", None)
         if context and start is not None:
             context += f" that starts at line {start.line + 1} column {start.column + 1}"
-        raise DataFileError(f"{path}: {where}not valid YAML: {problem}" + (f" ({context})" if context else "")) from None
+        detail = f"{problem} ({context})" if context else problem
+        raise DataFileError(f"{path}: {where}not valid YAML: {detail}") from None
 
 
 def describe(path: Path, exc: ValidationError) -> str:

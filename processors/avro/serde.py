@@ -75,18 +75,29 @@ def check_record(record: Any, contract: Contract) -> list[str]:
     """Every way ``record`` breaks ``contract``: wrong types, missing fields and fields the schema
     does not have, each named by its dotted path in the record (``customer.plan: missing``), so a
     person finds it in their JSON without knowing the schema's record names."""
-    return _errors(record, contract.schema, "", {})
+    return _errors(record, contract.schema, "", _definitions(contract.schema, {}))
+
+
+def _definitions(schema: Any, named: dict[str, Any]) -> dict[str, Any]:
+    """Every named type ``schema`` defines, by full name: a later use of one is only its name."""
+    if isinstance(schema, list):
+        for branch in schema:
+            _definitions(branch, named)
+    elif isinstance(schema, dict):
+        if schema.get("type") in ("record", "enum", "fixed"):
+            named[schema["name"]] = schema
+        inner = [f["type"] for f in schema.get("fields", [])] + [schema[k] for k in ("items", "values") if k in schema]
+        for sub in inner:
+            _definitions(sub, named)
+    return named
 
 
 def _errors(datum: Any, schema: Any, path: str, named: dict[str, Any]) -> list[str]:
     """``datum`` against ``schema`` at ``path``; records, arrays and maps are walked so an error names
-    the innermost field, anything else is fastavro's to judge. ``named`` collects named types as
-    they are defined, for later references by name."""
+    the innermost field, anything else is fastavro's to judge."""
     where = path or "record"
     if isinstance(schema, str) and schema in named:
         schema = named[schema]
-    if isinstance(schema, dict) and schema.get("type") in ("record", "enum", "fixed"):
-        named[schema["name"]] = schema
     if isinstance(schema, list):  # a union: fine if one branch takes it; a lone record branch is walked
         if any(not _errors(datum, branch, path, named) for branch in schema):
             return []
