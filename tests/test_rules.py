@@ -52,5 +52,6 @@ def test_the_message_names_what_was_found_and_the_rule_judges_the_event():
     problem = rules.event_does_not_instruct_the_model({"intent": "card_arrival"}, event)
     assert problem and "'<system>'" in problem
     errors = rules.check(["reason_is_not_an_instruction", "event_does_not_instruct_the_model"], {"reason": "ok"}, event)
-    assert errors == [f"event_does_not_instruct_the_model: {problem}"] and rules.judges_the_event(errors[0])
-    assert not rules.judges_the_event("high_urgency_needs_reason: urgency is high but the reason is short")
+    assert errors == [rules.RuleError("event_does_not_instruct_the_model", problem)] and errors[0].judges_the_event
+    assert str(errors[0]) == f"event_does_not_instruct_the_model: {problem}"
+    assert not rules.RuleError("high_urgency_needs_reason", "urgency is high but the reason is short").judges_the_event

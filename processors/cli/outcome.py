@@ -7,9 +7,9 @@ from typing import Annotated, Optional
 import typer
 
 from processors.cli.params import Bootstrap, WorkflowName, WorkflowsDir, fail, load, need_broker
+from processors.clock import now_ms
 from processors.ops.outcomes import send_outcome
 from processors.records import Outcome
-from processors.runtime.stage import now_ms
 
 
 def outcome(event_id: Annotated[str, typer.Argument(metavar="EVENT_ID", help="The decided event's id.")],

@@ -19,6 +19,7 @@ from processors.ops.review_queue import (
     next_step,
     parse_fields,
 )
+from processors.records import VerdictKind
 
 app = typer.Typer(no_args_is_help=True, help="The review queue: what people must decide. The first verdict "
                                              "on an item wins; a later one is refused.")
@@ -33,7 +34,7 @@ def review_queue(workflow: str, bootstrap: str | None, workflows_dir: Path | Non
     return ReviewQueue(flow, conf)
 
 
-def decide(queue: ReviewQueue, review_id: str, kind: str, reviewer: str | None, fields: list[str] = (),
+def decide(queue: ReviewQueue, review_id: str, kind: VerdictKind, reviewer: str | None, fields: list[str] = (),
            reason: str | None = None) -> None:
     """Write a verdict; exit 1 with the reason when it is refused or void."""
     try:
@@ -70,7 +71,7 @@ def review_show(review_id: ReviewId, workflow: WorkflowName, bootstrap: Bootstra
 def review_approve(review_id: ReviewId, workflow: WorkflowName, reviewer: Reviewer = None,
                    reason: OptionalReason = None, bootstrap: Bootstrap = None, workflows_dir: WorkflowsDir = None) -> None:
     """The model's answer stands (or the risky action may run)."""
-    decide(review_queue(workflow, bootstrap, workflows_dir), review_id, "approve", reviewer, reason=reason)
+    decide(review_queue(workflow, bootstrap, workflows_dir), review_id, VerdictKind.approve, reviewer, reason=reason)
 
 
 @app.command("correct")
@@ -79,7 +80,7 @@ def review_correct(review_id: ReviewId, workflow: WorkflowName,
                    reviewer: Reviewer = None, reason: OptionalReason = None, bootstrap: Bootstrap = None,
                    workflows_dir: WorkflowsDir = None) -> None:
     """Set answer fields; checked against the prompt's output schema and the workflow's rules."""
-    decide(review_queue(workflow, bootstrap, workflows_dir), review_id, "correct", reviewer, set_, reason)
+    decide(review_queue(workflow, bootstrap, workflows_dir), review_id, VerdictKind.correct, reviewer, set_, reason)
 
 
 @app.command("reject")
@@ -87,4 +88,4 @@ def review_reject(review_id: ReviewId, workflow: WorkflowName,
                   reason: Annotated[str, typer.Option(help="Why: recorded with the verdict.")],
                   reviewer: Reviewer = None, bootstrap: Bootstrap = None, workflows_dir: WorkflowsDir = None) -> None:
     """Close the item: nothing continues."""
-    decide(review_queue(workflow, bootstrap, workflows_dir), review_id, "reject", reviewer, reason=reason)
+    decide(review_queue(workflow, bootstrap, workflows_dir), review_id, VerdictKind.reject, reviewer, reason=reason)

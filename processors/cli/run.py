@@ -12,7 +12,8 @@ from processors.cli.params import Bootstrap, WorkflowName, WorkflowsDir, fail, l
 from processors.control.store import ControlUnavailable
 from processors.pipeline import STAGES, Pipeline
 from processors.runtime import metrics
-from processors.runtime.runtime import BrokerUnavailable, Guarantee, RuntimeOptions
+from processors.runtime.options import Guarantee, RuntimeOptions
+from processors.runtime.runtime import BrokerUnavailable
 from processors.workflow.workflow import WorkflowError
 
 

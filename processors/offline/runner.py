@@ -16,9 +16,9 @@ Each trigger is first encoded and decoded with the trigger topic's contract, so 
 the record it would read from Kafka (defaults filled in), and an event that could never be
 produced is refused with the contract's error instead of being evaluated.
 
-Validate's duplicate ledger is never loaded offline; it only remembers what one ``run`` call
-settled, so an event id seen twice in one call is reported as ``duplicate`` (as the pipeline
-would drop it), while separate calls are independent.
+Validate's duplicate ledger is never restored offline (no runtime reads its topic); it only
+remembers what one ``run`` call settled, so an event id seen twice in one call is reported as
+``duplicate`` (as the pipeline would drop it), while separate calls are independent.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from pydantic import Field
 from tqdm import tqdm
 
 from processors.avro.serde import AvroSerde
-from processors.kafka.settings import KafkaSettings
+from processors.clock import now_ms
 from processors.paths import dotted
 from processors.providers.base import Provider
 from processors.records import (
@@ -44,10 +44,11 @@ from processors.records import (
     Decision,
     PromptRef,
     ReviewItem,
+    ReviewReason,
     Usage,
     WorkItem,
 )
-from processors.runtime.stage import DeadLetter, Emit, Record, Stage, now_ms
+from processors.runtime.stage import DeadLetter, Emit, Record, Stage
 from processors.stages.classify import Classify
 from processors.stages.route import Route
 from processors.stages.validate import Validate
@@ -65,7 +66,7 @@ class OfflineResult(Usage):
     route: str | None = None
     label: str | None = Field(None, description="The final answer's label field, decided or sent to review.")
     answer: dict | None = Field(None, description="The final parsed answer (None: no JSON object, or no answer).")
-    review_reason: str | None = None
+    review_reason: ReviewReason | None = None
     validation_errors: list[str] = Field(default_factory=list, description="Of the final answer, when reviewed.")
     dead_letter_reason: str | None = None
     dead_letter_message: str | None = None
@@ -137,7 +138,7 @@ class OfflineRunner:
         """Fresh stages per run, so validate's in-memory ledger only knows this run's events; by
         the (namespaced) name of the topic each reads, as the records carry it."""
         classify = Classify(self.workflow, self.provider, self.control)
-        validate = Validate(self.workflow, KafkaSettings(), self.control)
+        validate = Validate(self.workflow, self.control)
         route = Route(self.workflow, self.control)
         by_suffix = {"triggers": classify, "repair": classify, "classified": validate, "validated": route}
         return {self.workflow.topics[self.workflow.topic(suffix)].name: stage for suffix, stage in by_suffix.items()}

@@ -8,10 +8,19 @@ offline runs (evals, shadow replays) pin a fixed state, so a stage never needs K
 
 from __future__ import annotations
 
+from processors.clock import now_ms
 from processors.control.state import Control, initial
-from processors.records import ControlState, PromptRef, ReviewItem, Trace, Usage, dumps
+from processors.records import (
+    ControlState,
+    PromptRef,
+    ReviewItem,
+    ReviewReason,
+    Trace,
+    Usage,
+    dumps,
+)
 from processors.runtime import metrics
-from processors.runtime.stage import Emit, Stage, now_ms
+from processors.runtime.stage import Emit, Stage
 from processors.workflow.workflow import Workflow
 
 REPLAY_HEADER = "handoff-replay"
@@ -43,7 +52,7 @@ class WorkflowStage(Stage):
                       **fields)
         return Emit(self.workflow.topic("traces"), trace, key=run_id)
 
-    def review(self, reason: str, *, event_id: str, event: str, prompt: PromptRef, model: str,
+    def review(self, reason: ReviewReason, *, event_id: str, event: str, prompt: PromptRef, model: str,
                key: bytes | str | None, suffix: str = "", control_version: int | None = None,
                replay: str | None = None, **context) -> Emit:
         """A review item with the whole context; ``review_id`` is stable so a redelivery cannot open it

@@ -35,6 +35,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from processors.clock import now_ms
 from processors.control.state import Control
 from processors.paths import dotted
 from processors.providers.base import (
@@ -44,9 +45,16 @@ from processors.providers.base import (
     ProviderError,
     ProviderTimeout,
 )
-from processors.records import ControlState, PromptRef, Usage, WorkItem, dumps
+from processors.records import (
+    ControlState,
+    PromptRef,
+    ReviewReason,
+    Usage,
+    WorkItem,
+    dumps,
+)
 from processors.runtime import metrics
-from processors.runtime.stage import DeadLetter, Emit, Record, now_ms
+from processors.runtime.stage import DeadLetter, Emit, Record
 from processors.stages.base import PROMPT_VERSION_HEADER, REPLAY_HEADER, WorkflowStage
 from processors.workflow.prompt import PromptSpec
 from processors.workflow.workflow import Workflow, WorkflowError
@@ -124,8 +132,8 @@ class Classify(WorkflowStage):
         prompt = PromptRef(name=spec.name, version=spec.version)
         context = {} if repaired is None else {"raw_answer": repaired.raw_answer,
                                                "validation_errors": repaired.validation_errors}
-        return [self.review("kill_switch", event_id=event_id, event=dumps(event), prompt=prompt, model="none",
-                            key=record.key, control_version=control.version, replay=replay, **context),
+        return [self.review(ReviewReason.kill_switch, event_id=event_id, event=dumps(event), prompt=prompt,
+                            model="none", key=record.key, control_version=control.version, replay=replay, **context),
                 self.trace(event_id, prompt=prompt, error=f"kill switch on (control version {control.version}): "
                                                           "no model call, sent to review")]
 

@@ -19,6 +19,7 @@ from processors.offline.outputs import (
     read,
 )
 from processors.records import Decision, ReviewItem
+from processors.runtime.dead_letter import Header
 from processors.stages.base import REPLAY_HEADER
 from processors.workflow.workflow import Workflow
 
@@ -45,7 +46,7 @@ class Letter(BaseModel):
 
     @property
     def origin(self) -> str:
-        return self.headers.get("handoff.original.topic", "")
+        return self.headers.get(Header.original_topic, "")
 
 
 class Found(BaseModel):
@@ -68,7 +69,7 @@ def found_records(workflow: Workflow, settings: KafkaSettings) -> list[Found]:
     for msg, headers in dead_letters(workflow, settings):
         found.append(Found(event_id=dead_letter_id(workflow, settings, headers, msg.value()),
                            letter=Letter(key=msg.key(), value=msg.value() or b"", headers=headers),
-                           place=Place(kind="dead_letter", detail=headers.get("handoff.error.reason", "unknown"),
+                           place=Place(kind="dead_letter", detail=headers.get(Header.error_reason, "unknown"),
                                        at_ms=msg.timestamp()[1], replay=headers.get(REPLAY_HEADER))))
     return found
 
@@ -79,7 +80,7 @@ def settles(found: Found) -> bool:
     if found.review is not None:
         return found.review.stage in SETTLING_STAGES
     if found.letter is not None:
-        return found.letter.headers.get("handoff.stage") in SETTLING_STAGES
+        return found.letter.headers.get(Header.stage) in SETTLING_STAGES
     return True
 
 

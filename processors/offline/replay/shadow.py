@@ -7,6 +7,7 @@ control state in force; its decisions go to ``<wf>.replay`` only, which nothing 
 from __future__ import annotations
 
 from processors.avro.serde import AvroSerde
+from processors.clock import now_ms
 from processors.control.store import ControlStore
 from processors.kafka.settings import KafkaSettings
 from processors.offline.replay.places import Place
@@ -16,7 +17,6 @@ from processors.offline.replay.writes import produce_acknowledged
 from processors.offline.runner import OfflineResult, OfflineRunner
 from processors.providers.base import Provider
 from processors.records import ControlState
-from processors.runtime.stage import now_ms
 from processors.stages.base import REPLAY_HEADER
 from processors.workflow.workflow import Workflow
 
