@@ -21,6 +21,7 @@ import struct
 from typing import Any, Protocol
 
 import orjson
+from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from fastavro import schemaless_reader, schemaless_writer
 from fastavro.read import SchemaResolutionError
 from fastavro.validation import validate
@@ -165,16 +166,12 @@ class RegistryFraming:
     """Confluent Schema Registry wire format, through confluent-kafka's registry client."""
 
     def __init__(self, url: str, store: ContractStore):
-        from confluent_kafka.schema_registry import SchemaRegistryClient
-
         self.client = SchemaRegistryClient({"url": url})
         self.store = store
         self._ids: dict[tuple[str, str], int] = {}
         self._by_id: dict[int, Contract] = {}
 
     def header(self, contract: Contract, topic: str) -> bytes:
-        from confluent_kafka.schema_registry import Schema
-
         key = (contract.name, topic)
         if key not in self._ids:
             self._ids[key] = self.client.register_schema(f"{topic}-value", Schema(contract.canonical, "AVRO"))

@@ -11,7 +11,20 @@ import os
 
 import typer
 
-from processors.cli import broker, control, dataset, evals, events, outcome, prompt, replay, report, review, run, topics
+from processors.cli import (
+    broker,
+    control,
+    dataset,
+    evals,
+    events,
+    outcome,
+    prompt,
+    replay,
+    report,
+    review,
+    run,
+    topics,
+)
 from processors.cli.params import Project
 from processors.project import PROJECT_ENV
 

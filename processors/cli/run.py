@@ -8,7 +8,14 @@ from typing import Annotated, Optional
 import typer
 
 from processors.actions.webhook import MissingSecret
-from processors.cli.params import Bootstrap, WorkflowName, WorkflowsDir, fail, load, need_broker
+from processors.cli.params import (
+    Bootstrap,
+    WorkflowName,
+    WorkflowsDir,
+    fail,
+    load,
+    need_broker,
+)
 from processors.control.store import ControlUnavailable
 from processors.pipeline import STAGES, Pipeline
 from processors.runtime import metrics

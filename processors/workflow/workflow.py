@@ -17,7 +17,6 @@ from pathlib import Path
 from string import Template
 from typing import Annotated, Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from processors import project

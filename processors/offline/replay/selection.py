@@ -21,12 +21,17 @@ from tqdm import tqdm
 from processors.avro.serde import AvroSerde, DecodeError, EncodeError
 from processors.kafka.read import watermarks
 from processors.kafka.settings import KafkaSettings
-from processors.offline.replay.places import Found, Place, found_records, places, settles
+from processors.offline.replay.places import (
+    Found,
+    Place,
+    found_records,
+    places,
+    settles,
+)
 from processors.paths import dotted
 from processors.records import WorkItem
 from processors.stages.base import REPLAY_HEADER
 from processors.workflow.workflow import Workflow
-
 
 _OFFSETS = re.compile(r"^(\d+):(\d+)-(\d+)$")
 
