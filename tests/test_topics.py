@@ -16,7 +16,8 @@ from confluent_kafka.admin import (
 
 from processors.avro.serde import RegistryFraming
 from processors.kafka.settings import KafkaSettings
-from processors.kafka.topics import Role, TopicFileError, TopicSpec, apply, plan, workflow_topics
+from processors.kafka.topics import Role, TopicSpec, apply, plan, workflow_topics
+from processors.project import DataFileError
 from processors.workflow.workflow import load_topics
 
 
@@ -117,7 +118,7 @@ def test_an_override_changes_only_the_topic_it_names(tmp_path):
     ({"workflow": "other"}, "workflow: 'other', expected 'flow'"),
 ])
 def test_a_wrong_topic_file_names_the_file_and_the_field(tmp_path, fields, message):
-    with pytest.raises(TopicFileError) as failure:
+    with pytest.raises(DataFileError) as failure:
         workflow_topics("flow", ["a", "b"], root=topic_file(tmp_path, **fields))
     assert str(tmp_path / "flow.yaml") in str(failure.value) and message in str(failure.value)
 

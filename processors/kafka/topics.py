@@ -29,7 +29,7 @@ from pathlib import Path
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from processors import project
 from processors.avro.serde import AvroSerde
@@ -188,19 +188,19 @@ class TopicFile(BaseModel):
     overrides: dict[str, TopicOverride] = Field(default_factory=dict)
 
 
-class TopicFileError(ValueError):
-    """``topics/<workflow>.yaml`` is missing or wrong; the message names the file and the field."""
-
-
 def workflow_topics(workflow: str, routes: Iterable[str], namespace: str = "",
                     root: Path | None = None) -> dict[str, TopicSpec]:
     """The workflow's topics keyed by their declared name, each ``name`` prefixed by ``namespace``:
     the trigger topic and overrides from ``<root>/<workflow>.yaml`` (``root``: the project's
-    ``topics/``), the engine's topics, and one decisions topic per route, in that order."""
+    ``topics/``), the engine's topics, and one decisions topic per route, in that order.
+    :class:`~processors.project.DataFileError` names the file, and the line or field, of a bad one."""
     path = (root or project.topics_dir()) / f"{workflow}.yaml"
-    declared = project.read_model(path, TopicFile, TopicFileError, "does not exist; it declares the trigger topic")
+    try:
+        declared = TopicFile.model_validate(project.load_yaml(path))
+    except ValidationError as exc:
+        raise project.DataFileError(project.describe(path, exc)) from None
     if declared.workflow != workflow:
-        raise TopicFileError(f"{path}: workflow: {declared.workflow!r}, expected {workflow!r}")
+        raise project.DataFileError(f"{path}: workflow: {declared.workflow!r}, expected {workflow!r}")
     derived = {topic_name(workflow, Role.triggers): declared.trigger}
     for role, settings in ENGINE_TOPICS.items():
         if role != Role.decisions:
@@ -211,8 +211,8 @@ def workflow_topics(workflow: str, routes: Iterable[str], namespace: str = "",
                 update={"doc": settings.doc.format(route=route)})
     unknown = sorted(set(declared.overrides) - {name.removeprefix(f"{workflow}.") for name in derived})
     if unknown:
-        raise TopicFileError(f"{path}: overrides: {', '.join(unknown)}: no such topic of {workflow} "
-                             f"(a role: {', '.join(Role)}; or decisions.<route>)")
+        raise project.DataFileError(f"{path}: overrides: {', '.join(unknown)}: no such topic of {workflow} "
+                                    f"(a role: {', '.join(Role)}; or decisions.<route>)")
     prefix = f"{namespace}." if namespace else ""
     topics = {}
     for name, settings in derived.items():

@@ -44,9 +44,9 @@ from pathlib import Path
 
 import numpy as np
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from processors import project
 from processors.avro.serde import EncodeError
 from processors.clock import now_ms
 from processors.control.state import initial
@@ -163,7 +163,13 @@ def suite_path(workflow: Workflow) -> Path:
 
 def load_suite(workflow: Workflow) -> Suite:
     path = suite_path(workflow)
-    suite = project.read_model(path, Suite, EvalError, f"the eval suite of {workflow.prompt_spec.name} does not exist")
+    try:
+        suite = Suite.model_validate(yaml.safe_load(path.read_text()))
+    except FileNotFoundError:
+        raise EvalError(f"{path}: the eval suite of {workflow.prompt_spec.name} does not exist") from None
+    except ValidationError as exc:
+        raise EvalError(f"{path}:\n  " + "\n  ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
+                                                      for e in exc.errors())) from None
     known = list(_metrics(workflow))
     unknown = set(suite.targets) - set(known)
     if unknown:
@@ -182,7 +188,7 @@ def load_dataset(runner: OfflineRunner, name: str, path: Path) -> Dataset:
         try:
             row = orjson.loads(line)
         except orjson.JSONDecodeError as exc:
-            raise EvalError(f"{where}: not JSON: {exc}") from None
+            raise EvalError(f"{where}: not JSON at column {exc.colno}: {exc.msg}") from None  # {where} is the file's line
         if not isinstance(row, dict) or not isinstance(row.get(LABELS_FIELD), dict):
             raise EvalError(f"{where}: a row is a trigger event with an {LABELS_FIELD!r} object")
         try:

@@ -17,11 +17,10 @@ from pathlib import Path
 from string import Template
 from typing import Annotated, Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from processors import project
-from processors.kafka.topics import Role, TopicFileError, TopicSpec, topic_name, workflow_topics
+from processors.kafka.topics import Role, TopicSpec, topic_name, workflow_topics
 from processors.paths import lookup
 from processors.providers.base import Provider
 from processors.providers.build import ModelConfig, build_provider
@@ -249,10 +248,7 @@ class Workflow(Strict):
     def check(self) -> None:
         """Cross-file checks: prompt, rules, routes → topics, actions → scopes and topics."""
         problems = []
-        try:
-            triggers = self.spec(Role.triggers)
-        except TopicFileError as exc:
-            raise WorkflowError(str(exc)) from None
+        triggers = self.spec(Role.triggers)
         if triggers.value_schema != self.trigger.schema_:
             problems.append(f"trigger.schema: topics/{self.name}.yaml must declare the trigger topic "
                             f"with value_schema {self.trigger.schema_}")
@@ -296,14 +292,22 @@ def _member(value: Any, allowed: frozenset[str]) -> bool:
 
 def load_workflow(name: str, namespace: str = "", root: Path | None = None) -> Workflow:
     """Load and check ``<root>/<name>/workflow.yaml`` (``root``: the project's ``workflows/``); every
-    error names the file and field."""
-    root = root or project.workflows_dir()
+    error names the file and field (or line and column, for a file that is not YAML)."""
+    try:
+        return _load(name, namespace, root or project.workflows_dir())
+    except project.DataFileError as exc:  # workflow, prompt or topics file
+        raise WorkflowError(str(exc)) from None
+
+
+def _load(name: str, namespace: str, root: Path) -> Workflow:
     path = root / name / "workflow.yaml"
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = project.load_yaml(path)
     except FileNotFoundError:
-        known = sorted(p.name for p in root.iterdir() if (p / "workflow.yaml").exists())
+        known = sorted(p.name for p in root.iterdir() if (p / "workflow.yaml").exists()) if root.is_dir() else []
         raise WorkflowError(f"no workflow {name!r}: {path} does not exist (known: {known})") from None
+    if not isinstance(raw, dict):
+        raise WorkflowError(f"{path}: expected the workflow's fields (a mapping), got {type(raw).__name__}")
     try:
         workflow = Workflow.model_validate({**raw, "folder": path.parent, "namespace": namespace})
     except ValidationError as exc:
@@ -314,11 +318,14 @@ def load_workflow(name: str, namespace: str = "", root: Path | None = None) -> W
         raise WorkflowError(f"{path}:\n  prompt: {exc.filename} does not exist") from None
     except ValidationError as exc:
         raise WorkflowError(project.describe(workflow.prompt_path, exc)) from None
-    workflow.check()
+    try:
+        workflow.check()  # reads topics/<name>.yaml too
+    except FileNotFoundError as exc:
+        raise WorkflowError(f"{path}:\n  topics: {exc.filename} does not exist") from None
     return workflow
 
 
 def load_topics(name: str, namespace: str = "") -> dict[str, TopicSpec]:
-    """A workflow's topics by declared name (``handoff topics apply``, ``handoff tail``). They are derived
-    from the workflow (its routes), so it is loaded and checked first."""
+    """A workflow's topics by declared name. They are derived from the workflow (its routes), so it is
+    loaded and checked first."""
     return load_workflow(name, namespace).topics
