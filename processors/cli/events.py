@@ -49,8 +49,7 @@ def tail(topic: Annotated[str, typer.Argument(help="Declared topic name, e.g. su
     flow, conf = load(topic.split(".")[0], bootstrap, workflows_dir)
     spec = flow.topics.get(topic)
     if spec is None:
-        raise fail(f"{topic} is not a declared topic of {flow.name} (topics/{flow.name}.yaml declares "
-                   f"{', '.join(sorted(flow.topics))})")
+        raise fail(f"{topic} is not a topic of {flow.name} (its topics: {', '.join(sorted(flow.topics))})")
     need_broker(flow, conf, spec.name)
     serde = spec.serde(conf) if spec.value_schema else None
     for msg in follow(conf, spec.name) if follow_ else snapshot(conf, spec.name):

@@ -1,4 +1,5 @@
-"""``handoff topics``: a workflow's topics as code, ``topics/<workflow>.yaml``, applied to the broker."""
+"""``handoff topics``: a workflow's topics as code — the engine's and one per route, derived; the trigger
+and overrides from ``topics/<workflow>.yaml`` — applied to the broker."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from processors.cli.params import (
 from processors.kafka.broker import QUIET
 from processors.kafka.topics import apply
 
-app = typer.Typer(no_args_is_help=True, help="Topics as code: topics/<workflow>.yaml.")
+app = typer.Typer(no_args_is_help=True, help="Topics as code: derived from the workflow, with topics/<workflow>.yaml.")
 
 
 @app.command("apply")
