@@ -40,7 +40,7 @@ def build_stage(name: str, workflow: Workflow, settings: KafkaSettings, provider
                 control: Control | None = None) -> Stage:
     """``control``: what the stage obeys (the pipeline's watcher); pinned to ``initial(workflow)`` when None."""
     if name == "classify":
-        return Classify(workflow, provider or workflow.provider(), control)
+        return Classify(workflow, settings, provider or workflow.provider(), control)
     if name == "validate":
         return Validate(workflow, settings, control)
     if name == "route":

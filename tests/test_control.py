@@ -242,19 +242,19 @@ def test_thresholds_come_from_the_control_state_when_set():
 def test_classify_asks_with_the_labelled_version_and_not_at_all_under_the_kill_switch():
     provider = ScriptedProvider(default=by_version)
     event = {k: v for k, v in tickets()[0].items() if k != "expected"}
-    rolled_back = run(Classify(WORKFLOW, provider, state(labels={"production": OLD})), event, "triggers")
+    rolled_back = run(Classify(WORKFLOW, KafkaSettings(), provider, state(labels={"production": OLD})), event, "triggers")
     assert rolled_back[0].value.prompt.version == OLD and rolled_back[0].value.control_version == 7
     assert [r.prompt_version for r in provider.requests] == [OLD]
 
-    replayed = run(Classify(WORKFLOW, provider, state()), event, "triggers",
+    replayed = run(Classify(WORKFLOW, KafkaSettings(), provider, state()), event, "triggers",
                    headers={"handoff-replay": b"r9", "handoff-prompt-version": OLD.encode()})
     assert (replayed[0].value.replay, replayed[0].value.prompt.version) == ("r9", OLD)
-    assert run(Classify(WORKFLOW, provider, state()), event, "triggers",
+    assert run(Classify(WORKFLOW, KafkaSettings(), provider, state()), event, "triggers",
                headers={"handoff-prompt-version": OLD.encode()})[0].value.prompt.version == NEW, \
         "the version header counts only on a replay"
 
     calls = len(provider.requests)
-    killed = run(Classify(WORKFLOW, provider, state(kill_switch=True)), event, "triggers",
+    killed = run(Classify(WORKFLOW, KafkaSettings(), provider, state(kill_switch=True)), event, "triggers",
                  headers={"handoff-replay": b"r9"})
     assert len(provider.requests) == calls, "no model call under the kill switch"
     review = killed[0].value

@@ -231,7 +231,7 @@ def decide(workflow: str, bootstrap: str | None, review_id: str, kind: str, revi
 
 @review_app.command("list")
 def review_list(workflow: WorkflowName, bootstrap: Bootstrap = None) -> None:
-    """Open items, oldest first: id, reason, age, the model's label and confidence (or the action), the event."""
+    """Open items, event_rule first, then oldest first: id, reason, age, the model's label and confidence (or the action), the event."""
     from processors.ops.review_queue import line
 
     queue = review_queue(workflow, bootstrap)

@@ -16,9 +16,9 @@ Each trigger is first encoded and decoded with the trigger topic's contract, so 
 the record it would read from Kafka (defaults filled in), and an event that could never be
 produced is refused with the contract's error instead of being evaluated.
 
-Validate's duplicate ledger is never loaded offline; it only remembers what one ``run`` call
-settled, so an event id seen twice in one call is reported as ``duplicate`` (as the pipeline
-would drop it), while separate calls are independent.
+The duplicate ledger is never loaded offline; classify and validate only remember what one
+``run`` call took on, so an event id seen twice in one call is reported as ``duplicate`` (as the
+pipeline would drop it, before the model is asked), while separate calls are independent.
 """
 
 from __future__ import annotations
@@ -134,9 +134,9 @@ class OfflineRunner:
             bar.close()
 
     def _stages(self) -> dict[str, Stage]:
-        """Fresh stages per run, so validate's in-memory ledger only knows this run's events; by
+        """Fresh stages per run, so their in-memory ledgers only know this run's events; by
         the (namespaced) name of the topic each reads, as the records carry it."""
-        classify = Classify(self.workflow, self.provider, self.control)
+        classify = Classify(self.workflow, KafkaSettings(), self.provider, self.control)
         validate = Validate(self.workflow, KafkaSettings(), self.control)
         route = Route(self.workflow, self.control)
         by_suffix = {"triggers": classify, "repair": classify, "classified": validate, "validated": route}

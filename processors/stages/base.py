@@ -9,8 +9,10 @@ offline runs (evals, shadow replays) pin a fixed state, so a stage never needs K
 from __future__ import annotations
 
 from processors.control.state import Control, initial
-from processors.records import ControlState, PromptRef, ReviewItem, Trace, Usage, dumps
+from processors.kafka.settings import KafkaSettings
+from processors.records import ControlState, PromptRef, ReviewItem, SeenEvent, Trace, Usage, dumps
 from processors.runtime import metrics
+from processors.runtime.ledger import Ledger
 from processors.runtime.stage import Emit, Stage, now_ms
 from processors.workflow.workflow import Workflow
 
@@ -18,6 +20,12 @@ REPLAY_HEADER = "handoff-replay"
 """A trigger carrying this header (the replay id) is a deliberate re-run: see classify and validate."""
 PROMPT_VERSION_HEADER = "handoff-prompt-version"
 """On a replayed trigger: the prompt version to answer with, instead of the production label's."""
+
+
+def seen_ledger(workflow: Workflow, settings: KafkaSettings) -> Ledger[SeenEvent]:
+    """The duplicate-event ledger (``<workflow>.seen``): classify and validate both consult it."""
+    seen = workflow.topic("seen")
+    return Ledger(settings, seen, workflow.topics[seen], SeenEvent)
 
 
 class WorkflowStage(Stage):

@@ -8,7 +8,8 @@ review threshold. Then:
 * invalid on attempt 2 → review (``invalid_output``): fail closed, never guess;
 * a rule on the event itself failed (``rules.EVENT_RULES``: the event tries to instruct the model)
   → review (``event_rule``) at once: no repaired answer could pass, and a repair would hand the
-  model the same text again;
+  model the same text again. Classify applies these rules before the model is asked, so this is
+  a second line;
 * valid but not confident enough → review (``low_confidence``);
 * valid → the validated topic, for route.
 
@@ -16,7 +17,9 @@ A duplicate event id is recognised with a compacted ledger (``<workflow>.seen``)
 record to settle an event is remembered with its partition and offset; a *different* record
 for the same event id later is dropped as a duplicate, while the *same* record re-read after
 a crash is processed again (its earlier outputs were never committed). A replayed item
-(``WorkItem.replay``) is a deliberate re-run: it neither consults nor updates the ledger.
+(``WorkItem.replay``) is a deliberate re-run: it neither consults nor updates the ledger. Classify
+drops duplicates before the model is asked; here are met those it could not know yet (a copy
+that arrived while the stage restarted, or was served by another instance in a rebalance).
 
 Control, read once per record: the review threshold in force (the control state's when set,
 else the workflow's); the answer is checked against the output schema of the prompt version
@@ -29,11 +32,10 @@ from processors.control.state import Control, review_threshold
 from processors.kafka.settings import KafkaSettings
 from processors.records import ControlState, SeenEvent, WorkItem
 from processors.runtime import metrics
-from processors.runtime.ledger import Ledger
 from processors.runtime.stage import Emit, Record, now_ms
-from processors.stages.base import WorkflowStage
+from processors.stages.base import WorkflowStage, seen_ledger
 from processors.workflow import rules
-from processors.workflow.answers import answer_errors
+from processors.workflow.answers import EVENT_RULE, answer_errors
 from processors.workflow.workflow import Workflow
 
 MAX_ATTEMPTS = 2  # the first answer and one repair
@@ -46,8 +48,7 @@ class Validate(WorkflowStage):
 
     def __init__(self, workflow: Workflow, settings: KafkaSettings, control: Control | ControlState | None = None):
         super().__init__(workflow, control)
-        seen = workflow.topic("seen")
-        self.seen = Ledger(settings, seen, workflow.topics[seen], SeenEvent)
+        self.seen = seen_ledger(workflow, settings)
 
     def on_assign(self, partitions: list[tuple[str, int]]) -> None:
         self.seen.load()
@@ -73,7 +74,7 @@ class Validate(WorkflowStage):
         settled = [] if item.replay else [self.seen.record(item.event_id, SeenEvent(
             event_id=item.event_id, partition=record.partition, offset=record.offset, at_ms=now_ms()))]
         if errors:
-            reason = "event_rule" if event_rule else "invalid_output"
+            reason = EVENT_RULE if event_rule else "invalid_output"
             return [self._review(reason, item, record, errors, control), *settled, trace]
         confidence = answer.get("confidence", 0.0)
         threshold = review_threshold(self.workflow, control)

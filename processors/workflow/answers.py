@@ -11,6 +11,8 @@ from processors.workflow.workflow import Workflow
 
 RISKY = "risky_action"
 """The one reason whose item is an action awaiting approval; every other reason holds an answer."""
+EVENT_RULE = "event_rule"
+"""The reason of an item whose event tries to instruct the model (a rule on the event failed)."""
 
 
 def answer_errors(workflow: Workflow, answer: dict | None, prompt_version: str, event: dict) -> list[str]:

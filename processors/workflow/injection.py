@@ -51,7 +51,7 @@ def _any(*words: str) -> str:
 
 
 LETTERS = r"\p{Latin}\p{Greek}\p{Cyrillic}"
-"""The scripts a word is read in (RE2's ``\w`` is ASCII only, and ``\pL`` makes each pattern ten times larger)."""
+"""The scripts a word is read in: RE2's word class is ASCII only, and all letters make each pattern ten times larger."""
 L = rf"[{LETTERS}0-9_]"  # a letter of a word
 SEP = rf"[^{LETTERS}0-9]{{1,4}}"  # between two words: spaces, punctuation, a hyphen, a line break
 

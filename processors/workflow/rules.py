@@ -67,6 +67,12 @@ def judges_the_event(error: str) -> bool:
     return error.split(":", 1)[0] in EVENT_RULES
 
 
+def check_event(names: list[str], event: dict) -> list[str]:
+    """:func:`check` of the rules among ``names`` that judge the event alone: they need no answer,
+    so they run before the model is asked."""
+    return check([name for name in names if name in EVENT_RULES], {}, event)
+
+
 def check(names: list[str], answer: dict, event: dict) -> list[str]:
     """Every failed rule's message, prefixed with the rule name."""
     return [f"{name}: {problem}" for name in names if (problem := RULES[name](answer, event))]
