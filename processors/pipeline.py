@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 from processors.control.state import Control
 from processors.control.watcher import ControlWatcher
-from processors.kafka.read import LagProbe
+from processors.kafka.lag import LagProbe
 from processors.kafka.settings import KafkaSettings
 from processors.providers.base import Provider
 from processors.runtime.runtime import RuntimeOptions, StageRuntime
@@ -40,17 +40,17 @@ def build_stage(name: str, workflow: Workflow, settings: KafkaSettings, provider
                 control: Control | None = None) -> Stage:
     """``control``: what the stage obeys (the pipeline's watcher); pinned to ``initial(workflow)`` when None."""
     if name == "classify":
-        return Classify(workflow, settings, provider or workflow.provider(), control)
+        return Classify(workflow, provider or workflow.provider(), control)
     if name == "validate":
-        return Validate(workflow, settings, control)
+        return Validate(workflow, control)
     if name == "route":
         return Route(workflow, control)
     if name == "execute":
-        return Execute(workflow, settings, control)
+        return Execute(workflow, control)
     if name == "review":
         return Review(workflow, settings, control)
     if name == "join":
-        return Join(workflow, settings)
+        return Join(workflow)
     raise ValueError(f"unknown stage {name!r}; one of {', '.join(STAGES)}")
 
 

@@ -2,12 +2,21 @@
 
 Stages build and read these models; the runtime encodes them with the topic's Avro contract.
 ``tests/test_records.py`` round-trips every model through its schema, so the two cannot drift.
-Answers and events travel as JSON text: their shape belongs to each workflow, not to handoff.
+A record that carries another carries it as a nested Avro record (``ActionRequest.decision``,
+``ReviewItem.action``, ``Verdict.item``). Answers and events travel as JSON text: their shape
+belongs to each workflow, not to handoff.
+
+A field with a fixed set of values is a ``StrEnum`` here and a ``string`` in Avro, not an Avro
+``enum``: a reader's Avro enum must know every symbol a writer uses, so a new member (a new
+review reason) would make every consumer built before it fail on the records that carry it —
+downstream teams read decisions and review items with their own code. As strings, old readers
+read the new value; these models reject one they do not know where handoff itself reads.
+(``JoinedOutcome.status`` is an Avro enum: the joiner's own state, read by nobody else.)
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from enum import StrEnum
 
 import orjson
 from pydantic import BaseModel, Field
@@ -16,7 +25,82 @@ LABELS_FIELD = "expected"
 """Sample files may carry the expected labels for evals on each line; they are not sent."""
 
 
+class ReviewReason(StrEnum):
+    """Why a person must decide an item (``ReviewItem.reason``, the ``handoff_reviews_total`` label)."""
+
+    low_confidence = "low_confidence"
+    """A valid answer whose confidence is below the review threshold in force (validate)."""
+    invalid_output = "invalid_output"
+    """The answer broke its output schema or a rule, again after the one repair (validate)."""
+    event_rule = "event_rule"
+    """A rule on the event itself failed (it tries to instruct the model): no answer can pass (validate)."""
+    risky_action = "risky_action"
+    """An action above the approval risk awaits approval; the only reason whose item holds an action
+    request (``ReviewItem.action``) rather than an answer to decide (execute)."""
+    kill_switch = "kill_switch"
+    """The kill switch is on: no model was asked, so there is no answer (classify)."""
+    suggest = "suggest"
+    """Rollout mode ``suggest``: every answer is a suggestion a person decides (route)."""
+    partial = "partial"
+    """Rollout mode ``partial``: not confident enough, or an action above the low-risk bound (route)."""
+
+
+class DecisionSource(StrEnum):
+    """Who produced a decided answer."""
+
+    model = "model"
+    """The model's answer, as validate let it through."""
+    review = "review"
+    """A reviewer's answer, approved or corrected, sent on by the review stage."""
+
+
+class ExecutionStatus(StrEnum):
+    """What execute did with an action request (a request that could not run is dead-lettered)."""
+
+    done = "done"
+    """The effect was applied (the webhook answered, the notification was written); the ledger has its key."""
+    already_done = "already_done"
+    """The idempotency ledger already held the key: nothing ran this time."""
+
+
+class VerdictKind(StrEnum):
+    """A person's verdict on a review item."""
+
+    approve = "approve"
+    """The answer as it is, or the risky action as requested."""
+    correct = "correct"
+    """The answer with the reviewer's fields set (never a risky action)."""
+    reject = "reject"
+    """Closed with a reason; nothing continues."""
+
+
+class JoinStatus(StrEnum):
+    """Where an outcome stands in the joiner's state."""
+
+    waiting = "waiting"
+    """Its decision has not been seen; the outcome record is kept to dead-letter it if none comes."""
+    joined = "joined"
+    """Written out as a result with its decision."""
+    expired = "expired"
+    """No decision came within the wait: dead-lettered."""
+
+
+class Mode(StrEnum):
+    """Rollout modes, least to most autonomous (applied in processors/stages/route.py)."""
+
+    shadow = "shadow"
+    """Decisions go to ``<workflow>.shadow``; no action is ever requested."""
+    suggest = "suggest"
+    """Every answer goes to review, the model's answer as the suggestion."""
+    partial = "partial"
+    """An answer acts on its own only when confident enough and every action of its route is low-risk."""
+    full = "full"
+    """Every validated answer is decided and its actions requested."""
+
+
 class PromptRef(BaseModel):
+    """``handoff/prompt_ref``: the prompt spec version that produced an answer."""
+
     name: str
     version: str
 
@@ -66,11 +150,25 @@ class Decision(Usage):
     prompt: PromptRef
     model: str
     shadow: bool = False
-    source: str = "model"
+    source: DecisionSource = DecisionSource.model
     decided_at_ms: int
     trigger_timestamp_ms: int = 0
     control_version: int = 0
     replay: str | None = None
+
+
+class ActionRequest(BaseModel):
+    """``handoff/action_request``: an action route asks execute to run, with the decision that asked."""
+
+    event_id: str
+    workflow: str
+    action: str
+    idempotency_key: str
+    arguments: str
+    route: str
+    decision: Decision
+    approved_by: str | None = None
+    requested_at_ms: int
 
 
 class ReviewItem(BaseModel):
@@ -79,35 +177,18 @@ class ReviewItem(BaseModel):
     review_id: str
     event_id: str
     workflow: str
-    reason: str
+    reason: ReviewReason
     stage: str
     event: str
     answer: str | None = None
     raw_answer: str | None = None
     validation_errors: list[str] = Field(default_factory=list)
-    action: str | None = None
+    action: ActionRequest | None = None
     prompt: PromptRef
     model: str
     created_at_ms: int
     control_version: int = 0
     replay: str | None = None
-
-
-class ActionRequest(BaseModel):
-    """``handoff/action_request``."""
-
-    event_id: str
-    workflow: str
-    action: str
-    idempotency_key: str
-    arguments: str
-    route: str
-    decision: str
-    approved_by: str | None = None
-    requested_at_ms: int
-
-    def decision_record(self) -> Decision:
-        return Decision.model_validate_json(self.decision)
 
 
 class Execution(BaseModel):
@@ -117,7 +198,7 @@ class Execution(BaseModel):
     workflow: str
     action: str
     idempotency_key: str
-    status: str
+    status: ExecutionStatus
     attempts: int
     http_status: int | None = None
     response: str | None = None
@@ -184,9 +265,6 @@ class Outcome(BaseModel):
     source: str
 
 
-VerdictKind = Literal["approve", "correct", "reject"]
-
-
 class Verdict(BaseModel):
     """``handoff/verdict``: a person's verdict on a review item; the first one per review id wins."""
 
@@ -199,10 +277,7 @@ class Verdict(BaseModel):
     answer: str | None = None
     reason: str | None = None
     at_ms: int
-    item: str = ""
-
-    def review_item(self) -> ReviewItem:
-        return ReviewItem.model_validate_json(self.item)
+    item: ReviewItem
 
 
 class Result(BaseModel):
@@ -213,7 +288,7 @@ class Result(BaseModel):
     route: str
     label: str
     confidence: float
-    source: str
+    source: DecisionSource
     prompt: PromptRef
     decided_at_ms: int
     outcome_type: str
@@ -242,14 +317,14 @@ class JoinedDecision(BaseModel):
     route: str
     label: str
     confidence: float
-    source: str
+    source: DecisionSource
     prompt: PromptRef
     decided_at_ms: int
 
 
 class JoinedOutcome(BaseModel):
     outcome_id: str
-    status: Literal["waiting", "joined", "expired"]
+    status: JoinStatus
     outcome: Outcome
     received_at_ms: int
     original: Original | None = None
@@ -266,17 +341,13 @@ class JoinState(BaseModel):
     updated_at_ms: int
 
 
-Mode = Literal["shadow", "suggest", "partial", "full"]
-"""Rollout modes, least to most autonomous (applied in processors/stages/route.py)."""
-
-
 class ControlState(BaseModel):
     """``handoff/control_state``: what a workflow's running stages obey; the latest version wins."""
 
     workflow: str
     version: int
     labels: dict[str, str] = Field(default_factory=dict)
-    mode: Mode = "full"
+    mode: Mode = Mode.full
     kill_switch: bool = False
     review_threshold: float | None = None
     approval_risk: float | None = None

@@ -227,14 +227,14 @@ def test_the_workflow_file_sets_the_default_mode():
 
 def test_thresholds_come_from_the_control_state_when_set():
     item = work_item(BILLING | {"confidence": 0.8}).model_dump()
-    assert places(run(Validate(WORKFLOW, KafkaSettings()), item, "classified")) == [("validated", "")]
-    strict = run(Validate(WORKFLOW, KafkaSettings(), state(review_threshold=0.9)), item, "classified")
+    assert places(run(Validate(WORKFLOW), item, "classified")) == [("validated", "")]
+    strict = run(Validate(WORKFLOW, state(review_threshold=0.9)), item, "classified")
     assert places(strict) == [("review", "low_confidence")] and strict[0].value.control_version == 7
     assert "below 0.9" in strict[0].value.validation_errors[0]
 
     request = next(e.value for e in run(Route(WORKFLOW), work_item(ESCALATE).model_dump(), "validated")
                    if getattr(e.value, "action", None) == "open_escalation")
-    cautious = Execute(WORKFLOW, KafkaSettings(), state(approval_risk=0.1))
+    cautious = Execute(WORKFLOW, state(approval_risk=0.1))
     held = run(cautious, request.model_dump(), "actions")
     assert places(held) == [("review", "risky_action")] and held[0].value.control_version == 7
 
@@ -242,19 +242,19 @@ def test_thresholds_come_from_the_control_state_when_set():
 def test_classify_asks_with_the_labelled_version_and_not_at_all_under_the_kill_switch():
     provider = ScriptedProvider(default=by_version)
     event = {k: v for k, v in tickets()[0].items() if k != "expected"}
-    rolled_back = run(Classify(WORKFLOW, KafkaSettings(), provider, state(labels={"production": OLD})), event, "triggers")
+    rolled_back = run(Classify(WORKFLOW, provider, state(labels={"production": OLD})), event, "triggers")
     assert rolled_back[0].value.prompt.version == OLD and rolled_back[0].value.control_version == 7
     assert [r.prompt_version for r in provider.requests] == [OLD]
 
-    replayed = run(Classify(WORKFLOW, KafkaSettings(), provider, state()), event, "triggers",
+    replayed = run(Classify(WORKFLOW, provider, state()), event, "triggers",
                    headers={"handoff-replay": b"r9", "handoff-prompt-version": OLD.encode()})
     assert (replayed[0].value.replay, replayed[0].value.prompt.version) == ("r9", OLD)
-    assert run(Classify(WORKFLOW, KafkaSettings(), provider, state()), event, "triggers",
+    assert run(Classify(WORKFLOW, provider, state()), event, "triggers",
                headers={"handoff-prompt-version": OLD.encode()})[0].value.prompt.version == NEW, \
         "the version header counts only on a replay"
 
     calls = len(provider.requests)
-    killed = run(Classify(WORKFLOW, KafkaSettings(), provider, state(kill_switch=True)), event, "triggers",
+    killed = run(Classify(WORKFLOW, provider, state(kill_switch=True)), event, "triggers",
                  headers={"handoff-replay": b"r9"})
     assert len(provider.requests) == calls, "no model call under the kill switch"
     review = killed[0].value
@@ -264,7 +264,7 @@ def test_classify_asks_with_the_labelled_version_and_not_at_all_under_the_kill_s
 
 
 def test_a_replayed_item_is_not_taken_for_a_duplicate_event():
-    validate = Validate(WORKFLOW, KafkaSettings())
+    validate = Validate(WORKFLOW)
     validate.seen._entries["e1"] = SeenEvent(event_id="e1", partition=0, offset=1, at_ms=1)  # settled earlier
     assert places(run(validate, work_item(BILLING).model_dump(), "classified")) == [], "a duplicate: trace only"
     replay = run(validate, work_item(BILLING, replay="r1").model_dump(), "classified")

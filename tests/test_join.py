@@ -18,7 +18,8 @@ from processors.kafka.read import snapshot
 from processors.offline.outputs import read
 from processors.ops.outcomes import send_outcome
 from processors.records import Decision, JoinState, Outcome, PromptRef, Result
-from processors.runtime.runtime import Guarantee, RuntimeOptions, StageRuntime
+from processors.runtime.options import Guarantee, RuntimeOptions
+from processors.runtime.runtime import StageRuntime
 from processors.stages.join import Join
 from processors.workflow.workflow import Outcomes
 from tests.conftest import deployed
@@ -69,7 +70,7 @@ class Running:
     """The join stage on a runtime in a thread, stopped (drained and committed) on exit."""
 
     def __init__(self, workflow, kafka, guarantee: Guarantee = Guarantee.at_least_once, instance: str = "a"):
-        self.runtime = StageRuntime(Join(workflow, kafka), workflow.name, workflow.topics, kafka,
+        self.runtime = StageRuntime(Join(workflow), workflow.name, workflow.topics, kafka,
                                     RuntimeOptions(guarantee=guarantee, commit_interval_s=0.2, instance=instance))
         self.thread = threading.Thread(target=self._run)
         self.failure: BaseException | None = None

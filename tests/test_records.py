@@ -1,21 +1,28 @@
 """Every record model round-trips through its Avro contract: models and schemas cannot drift."""
 
+import orjson
 import pytest
 
-from processors import records
-from processors.avro.contracts import default_store
+from processors import project, records
+from processors.avro.contracts import ContractStore, default_store
 from processors.avro.serde import AvroSerde
 
 PROMPT = records.PromptRef(name="p", version="1")
+DECISION = records.Decision(event_id="e", workflow="w", route="billing", rule="r", label="billing", confidence=0.9,
+                            answer="{}", event="{}", prompt=PROMPT, model="m", decided_at_ms=1)
+REQUEST = records.ActionRequest(event_id="e", workflow="w", action="a", idempotency_key="e:a", arguments="{}",
+                                route="billing", decision=DECISION, requested_at_ms=1)
+APPROVAL = records.ReviewItem(review_id="e:risky_action:a", event_id="e", workflow="w", reason="risky_action",
+                              stage="execute", event="{}", answer="{}", action=REQUEST, prompt=PROMPT, model="m",
+                              created_at_ms=1)
 SAMPLES = {
+    "handoff/prompt_ref": PROMPT,
     "handoff/work_item": records.WorkItem(event_id="e", workflow="w", event="{}", prompt=PROMPT, model="m",
                                           validation_errors=["x"], tokens_in=3, reviewed_by="ana"),
-    "handoff/decision": records.Decision(event_id="e", workflow="w", route="billing", rule="r", label="billing",
-                                         confidence=0.9, answer="{}", event="{}", prompt=PROMPT, model="m", decided_at_ms=1),
+    "handoff/decision": DECISION,
     "handoff/review_item": records.ReviewItem(review_id="e:low", event_id="e", workflow="w", reason="low_confidence",
                                               stage="route", event="{}", prompt=PROMPT, model="m", created_at_ms=1),
-    "handoff/action_request": records.ActionRequest(event_id="e", workflow="w", action="a", idempotency_key="e:a",
-                                                    arguments="{}", route="r", decision="{}", requested_at_ms=1),
+    "handoff/action_request": REQUEST,
     "handoff/execution": records.Execution(event_id="e", workflow="w", action="a", idempotency_key="e:a", status="done",
                                            attempts=1, http_status=200, latency_ms=1.0, executed_at_ms=1),
     "handoff/action_done": records.ActionDone(idempotency_key="e:a", event_id="e", action="a", executed_at_ms=1),
@@ -24,8 +31,8 @@ SAMPLES = {
                                                  arguments="{}", at_ms=1),
     "handoff/trace": records.Trace(run_id="e", workflow="w", step="classify", at_ms=1, prompt=PROMPT, cost_usd=0.1),
     "handoff/outcome": records.Outcome(event_id="e", workflow="w", outcome_type="reopened", at_ms=1, source="crm"),
-    "handoff/verdict": records.Verdict(verdict_id="v", review_id="e:low", event_id="e", workflow="w", reviewer="ana",
-                                       verdict="correct", answer="{}", at_ms=1, item="{}"),
+    "handoff/verdict": records.Verdict(verdict_id="v", review_id=APPROVAL.review_id, event_id="e", workflow="w",
+                                       reviewer="ana", verdict="approve", at_ms=1, item=APPROVAL),
     "handoff/result": records.Result(event_id="e", workflow="w", route="billing", label="billing", confidence=0.9,
                                      source="model", prompt=PROMPT, decided_at_ms=1, outcome_type="reopened",
                                      outcome_source="crm", outcome_at_ms=2, joined_at_ms=3),
@@ -55,3 +62,24 @@ def test_model_round_trips_through_its_schema(contract):
 
 def test_every_handoff_schema_has_a_model():
     assert {n for n in default_store().by_name if n.startswith("handoff/")} == set(SAMPLES)
+
+
+def test_nested_records_decode_as_records_of_their_own_type():
+    serde = AvroSerde("handoff/verdict")
+    verdict = records.Verdict.model_validate(serde.decode(serde.encode(SAMPLES["handoff/verdict"].model_dump())))
+    assert verdict.item.action.decision == DECISION and verdict.item.reason is records.ReviewReason.risky_action
+
+
+def test_a_nested_record_is_defined_once_and_changes_the_fingerprint_of_what_carries_it(tmp_path):
+    (tmp_path / "handoff").mkdir()
+    for name in ("prompt_ref", "decision", "action_request"):
+        path = f"handoff/{name}.avsc"
+        (tmp_path / path).write_bytes((project.schemas_dir() / path).read_bytes())
+    before = ContractStore(tmp_path)
+    decision = orjson.loads((tmp_path / "handoff/decision.avsc").read_bytes())
+    decision["fields"].append({"name": "note", "type": ["null", "string"], "default": None})
+    (tmp_path / "handoff/decision.avsc").write_bytes(orjson.dumps(decision))
+    after = ContractStore(tmp_path)
+    assert '"name":"handoff.Decision"' in after.get("handoff/action_request").canonical
+    assert after.get("handoff/action_request").fingerprint != before.get("handoff/action_request").fingerprint
+    assert after.get("handoff/prompt_ref").fingerprint == before.get("handoff/prompt_ref").fingerprint

@@ -34,6 +34,7 @@ from typer.testing import CliRunner
 
 from processors.avro.serde import AvroSerde
 from processors.cli.app import app
+from processors.clock import now_ms
 from processors.ops.report import ALL_VERSIONS, build, parse_since
 from processors.records import (
     Decision,
@@ -45,7 +46,6 @@ from processors.records import (
     WorkItem,
     dumps,
 )
-from processors.runtime.stage import now_ms
 from processors.workflow.workflow import WorkflowError, load_workflow
 from tests.conftest import deployed, tickets
 
@@ -80,7 +80,7 @@ def review(event_id: str, version: str, reason: str = "low_confidence", model_an
 def verdict(item: ReviewItem, kind: str, corrected: str | None = None, reviewer: str = "ana") -> Verdict:
     return Verdict(verdict_id=f"{item.review_id}:{reviewer}", review_id=item.review_id, event_id=item.event_id,
                    workflow="support_ticket", reviewer=reviewer, verdict=kind, answer=corrected, at_ms=NOW,
-                   item=item.model_dump_json())
+                   item=item)
 
 
 def work_item(event_id: str, version: str) -> WorkItem:

@@ -137,7 +137,8 @@ def test_the_message_names_what_was_found_and_the_rule_judges_the_event():
     problem = rules.event_does_not_instruct_the_model({"intent": "card_arrival"}, event)
     assert problem and "'<system>'" in problem and "role or turn marker" in problem
     errors = rules.check(["reason_is_not_an_instruction", "event_does_not_instruct_the_model"], {"reason": "ok"}, event)
-    assert errors == [f"event_does_not_instruct_the_model: {problem}"] and rules.judges_the_event(errors[0])
+    assert errors == [rules.RuleError("event_does_not_instruct_the_model", problem)] and errors[0].judges_the_event
+    assert str(errors[0]) == f"event_does_not_instruct_the_model: {problem}"
+    assert not rules.RuleError("high_urgency_needs_reason", "urgency is high but the reason is short").judges_the_event
     assert rules.check_event(["high_urgency_needs_reason", "event_does_not_instruct_the_model"], event) == errors
     assert rules.check_event(["high_urgency_needs_reason", "reason_is_not_an_instruction"], event) == []
-    assert not rules.judges_the_event("high_urgency_needs_reason: urgency is high but the reason is short")

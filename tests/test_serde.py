@@ -114,7 +114,7 @@ def test_fastavro_alone_reads_single_object_bytes():
     """What a plain consumer does: strip 10 bytes, find the fingerprint among schemas/, decode."""
     from pathlib import Path
 
-    from fastavro.schema import fingerprint, load_schema, to_parsing_canonical_form
+    from fastavro.schema import fingerprint, to_parsing_canonical_form
 
     data = AvroSerde("support_ticket/created.v1").encode(TICKET_V1)
     schemas = {}

@@ -4,10 +4,18 @@ A schema is named by its path under ``schemas/`` without ``.avsc``. Versioned sc
 ``.vN`` (``support_ticket/created.v2``); ``latest("support_ticket/created")`` picks the highest
 N. Every version stays in the folder for as long as some producer may still write it: the
 serde resolves a record's writer schema by fingerprint among all of them.
+
+A schema may name a record another file defines, by its full name (``"type": "handoff.Decision"``
+in ``handoff/action_request.avsc``): each record type is written once. The store expands every
+reference into the definition (fastavro's ``load_schema``), so each contract — what is
+fingerprinted and registered — is one standalone schema, and a change to a nested record
+changes the fingerprint of every schema that carries it. A full name that several versions
+share names the latest.
 """
 
 from __future__ import annotations
 
+import copy
 import re
 from dataclasses import dataclass
 from functools import cache
@@ -15,7 +23,14 @@ from pathlib import Path
 
 import orjson
 from fastavro import parse_schema
-from fastavro.schema import fingerprint, to_parsing_canonical_form
+from fastavro.repository.base import AbstractSchemaRepository, SchemaRepositoryError
+from fastavro.schema import (
+    UnknownType,
+    fingerprint,
+    fullname,
+    load_schema,
+    to_parsing_canonical_form,
+)
 
 from processors import project
 
@@ -49,12 +64,33 @@ class Contract:
 
     @property
     def version(self) -> int:
-        m = _VERSIONED.match(self.name)
-        return int(m["version"]) if m else 1
+        return _version(self.name)
+
+
+def _version(name: str) -> int:
+    m = _VERSIONED.match(name)
+    return int(m["version"]) if m else 1
 
 
 class UnknownContract(KeyError):
     """No schema of that name in ``schemas/``."""
+
+
+class _Files(AbstractSchemaRepository):
+    """The schema JSON of every file, by contract name and by the full name of the type it defines:
+    what ``load_schema`` asks for when a schema names a type it does not define itself."""
+
+    def __init__(self, root: Path):
+        self.raw = {path.relative_to(root).with_suffix("").as_posix(): orjson.loads(path.read_bytes())
+                    for path in root.rglob("*.avsc")}
+        self.by_type = {fullname(raw): name for name, raw in sorted(self.raw.items(), key=lambda kv: _version(kv[0]))
+                        if isinstance(raw, dict) and "name" in raw}
+
+    def load(self, name: str) -> dict:
+        found = self.raw.get(self.by_type.get(name, name))
+        if found is None:
+            raise SchemaRepositoryError(f"no schema defines {name!r}")
+        return copy.deepcopy(found)  # load_schema writes the definitions it expands into what it loads
 
 
 class ContractStore:
@@ -64,9 +100,14 @@ class ContractStore:
         self.root = root = root or project.schemas_dir()
         self.by_name: dict[str, Contract] = {}
         self.by_fingerprint: dict[bytes, Contract] = {}
-        for path in sorted(root.rglob("*.avsc")):
-            name = path.relative_to(root).with_suffix("").as_posix()
-            contract = Contract.parse(name, orjson.loads(path.read_bytes()))
+        files = _Files(root)
+        for name in sorted(files.raw):
+            try:
+                expanded = load_schema(name, repo=files)
+            except UnknownType as exc:
+                raise ValueError(f"{root / name}.avsc names type {exc.name!r}, which no schema in {root} "
+                                 "defines") from None
+            contract = Contract.parse(name, expanded)
             self.by_name[name] = contract
             self.by_fingerprint.setdefault(contract.fingerprint, contract)
 

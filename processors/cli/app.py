@@ -14,7 +14,7 @@ from processors.dev import localkafka
 from processors.kafka.settings import KafkaSettings
 from processors.kafka.topics import apply as apply_topics
 from processors.kafka.topics import load_topics
-from processors.records import Mode
+from processors.records import Mode, VerdictKind
 from processors.runtime.runtime import Guarantee, RuntimeOptions
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
@@ -210,7 +210,7 @@ def review_queue(workflow: str, bootstrap: str | None):
     return ReviewQueue(*load(workflow, bootstrap))
 
 
-def decide(workflow: str, bootstrap: str | None, review_id: str, kind: str, reviewer: str | None,
+def decide(workflow: str, bootstrap: str | None, review_id: str, kind: VerdictKind, reviewer: str | None,
            fields: list[str] = (), reason: str | None = None) -> None:
     """Write a verdict; exit 1 with the reason when it is refused or void."""
     from processors.ops.review_queue import (
@@ -231,7 +231,7 @@ def decide(workflow: str, bootstrap: str | None, review_id: str, kind: str, revi
 
 @review_app.command("list")
 def review_list(workflow: WorkflowName, bootstrap: Bootstrap = None) -> None:
-    """Open items, event_rule first, then oldest first: id, reason, age, the model's label and confidence (or the action), the event."""
+    """Open items, event_rule first, then oldest first: id, reason, age, the model's label (or the action), the event."""
     from processors.ops.review_queue import line
 
     queue = review_queue(workflow, bootstrap)
@@ -259,7 +259,7 @@ def review_show(review_id: ReviewId, workflow: WorkflowName, bootstrap: Bootstra
 def review_approve(review_id: ReviewId, workflow: WorkflowName, reviewer: Reviewer = None,
                    reason: OptionalReason = None, bootstrap: Bootstrap = None) -> None:
     """The model's answer stands (or the risky action may run)."""
-    decide(workflow, bootstrap, review_id, "approve", reviewer, reason=reason)
+    decide(workflow, bootstrap, review_id, VerdictKind.approve, reviewer, reason=reason)
 
 
 @review_app.command("correct")
@@ -267,7 +267,7 @@ def review_correct(review_id: ReviewId, workflow: WorkflowName,
                    set_: Annotated[list[str], typer.Option("--set", help="field=value on the model's answer; repeat.")],
                    reviewer: Reviewer = None, reason: OptionalReason = None, bootstrap: Bootstrap = None) -> None:
     """Set answer fields; checked against the prompt's output schema and the workflow's rules."""
-    decide(workflow, bootstrap, review_id, "correct", reviewer, set_, reason)
+    decide(workflow, bootstrap, review_id, VerdictKind.correct, reviewer, set_, reason)
 
 
 @review_app.command("reject")
@@ -275,7 +275,7 @@ def review_reject(review_id: ReviewId, workflow: WorkflowName,
                   reason: Annotated[str, typer.Option(help="Why: recorded with the verdict.")],
                   reviewer: Reviewer = None, bootstrap: Bootstrap = None) -> None:
     """Close the item: nothing continues."""
-    decide(workflow, bootstrap, review_id, "reject", reviewer, reason=reason)
+    decide(workflow, bootstrap, review_id, VerdictKind.reject, reviewer, reason=reason)
 
 
 class DatasetSource(StrEnum):

@@ -24,11 +24,11 @@ from __future__ import annotations
 import getpass
 
 from processors.avro.serde import AvroSerde
+from processors.clock import now_ms
 from processors.control.state import initial
 from processors.kafka.read import snapshot
 from processors.kafka.settings import KafkaSettings
 from processors.records import ControlState
-from processors.runtime.stage import now_ms
 from processors.workflow.workflow import Workflow
 
 

@@ -35,6 +35,7 @@ from confluent_kafka import TIMESTAMP_CREATE_TIME, Consumer, Message
 from tqdm import tqdm
 
 from processors.avro.serde import AvroSerde
+from processors.clock import now_ms
 from processors.dev.localkafka import LocalKafka, free_port
 from processors.kafka.read import snapshot
 from processors.kafka.settings import KafkaSettings
@@ -44,7 +45,6 @@ from processors.pipeline import Pipeline, build_stage, wait_until_drained
 from processors.providers.scripted import ScriptedProvider
 from processors.records import PromptRef, WorkItem, dumps
 from processors.runtime.runtime import RuntimeOptions, StageRuntime
-from processors.runtime.stage import now_ms
 from processors.workflow.workflow import Workflow, load_workflow
 
 BENCH_BROKER_DIR = Path(".local/bench-kafka")

@@ -29,6 +29,7 @@ import orjson
 from confluent_kafka import Producer
 
 from processors.avro.serde import AvroSerde
+from processors.clock import now_ms
 from processors.dev.localkafka import LocalKafka, free_port, wait_for_broker
 from processors.dev.receiver import WebhookReceiver
 from processors.kafka.settings import KafkaSettings
@@ -40,8 +41,7 @@ from processors.ops.produce import produce_file
 from processors.ops.review_queue import ReviewQueue, line
 from processors.ops.summary import collect
 from processors.pipeline import Pipeline
-from processors.records import Decision, Outcome
-from processors.runtime.stage import now_ms
+from processors.records import Decision, Outcome, ReviewReason, VerdictKind
 from processors.workflow.workflow import Workflow, load_workflow
 
 WORKFLOWS = {"support_ticket": "datasets/tickets.jsonl", "banking77": "datasets/queries.jsonl"}
@@ -77,21 +77,21 @@ def answer_back(workflow: Workflow, settings: KafkaSettings) -> None:
     queue = ReviewQueue(workflow, settings)
     gold = {e["event_id"]: e["expected"] for e in dataset(workflow)}
     open_items = queue.open_items()
-    by_reason: dict[str, list] = {}
+    by_reason: dict[ReviewReason, list] = {}
     for item in open_items:
         by_reason.setdefault(item.reason, []).append(item)
     plan = []
-    unsure = by_reason.get("low_confidence", [])
+    unsure = by_reason.get(ReviewReason.low_confidence, [])
     if unsure:
         expected = gold[unsure[0].event_id]
         fields = {f: str(expected[f]) for f in workflow.prompt_spec.output_schema.get("properties", {}) if f in expected}
-        plan.append((unsure[0], "correct", fields, "the data set's label"))
+        plan.append((unsure[0], VerdictKind.correct, fields, "the data set's label"))
     if len(unsure) > 1:
-        plan.append((unsure[1], "approve", None, None))
-    if by_reason.get("invalid_output"):
-        plan.append((by_reason["invalid_output"][0], "reject", None, "not a real request"))
-    if by_reason.get("risky_action"):
-        plan.append((by_reason["risky_action"][0], "approve", None, "customer confirmed by phone"))
+        plan.append((unsure[1], VerdictKind.approve, None, None))
+    if by_reason.get(ReviewReason.invalid_output):
+        plan.append((by_reason[ReviewReason.invalid_output][0], VerdictKind.reject, None, "not a real request"))
+    if by_reason.get(ReviewReason.risky_action):
+        plan.append((by_reason[ReviewReason.risky_action][0], VerdictKind.approve, None, "customer confirmed by phone"))
     for item, kind, fields, reason in plan:
         queue.decide(item.review_id, kind, reviewer="demo-reviewer", fields=fields, reason=reason)
         say(f"review: {workflow.name}: {kind} {item.review_id}" + (f" {fields}" if fields else ""))

@@ -1,4 +1,5 @@
-"""Reading handoff topics from outside a stage: ``handoff tail``, the demo summary, tests.
+"""Reading handoff topics outside any consumer group: ``handoff tail``, the demo summary, tests,
+and the runtime restoring a stage's tables (``Stage.tables``).
 
 ``snapshot`` reads every partition from the beginning up to the high watermark seen when it
 starts, with no consumer group (assign, never commit), so it never disturbs a stage's
@@ -14,7 +15,6 @@ from collections.abc import Iterator
 from confluent_kafka import (
     OFFSET_BEGINNING,
     Consumer,
-    ConsumerGroupTopicPartitions,
     KafkaError,
     KafkaException,
     Message,
@@ -25,7 +25,8 @@ from processors.avro.serde import AvroSerde, DecodeError
 from processors.kafka.settings import KafkaSettings
 
 
-def _reader(settings: KafkaSettings) -> Consumer:
+def reader(settings: KafkaSettings) -> Consumer:
+    """A read-committed consumer that assigns and never commits: it never disturbs a stage's offsets."""
     return Consumer({
         "bootstrap.servers": settings.bootstrap_servers,
         "group.id": "handoff-tail",  # required by librdkafka; never joined or committed
@@ -37,7 +38,7 @@ def _reader(settings: KafkaSettings) -> Consumer:
 
 def snapshot(settings: KafkaSettings, topic: str, timeout: float = 30.0) -> list[Message]:
     """Every record of ``topic`` up to now, partition by partition in offset order."""
-    consumer = _reader(settings)
+    consumer = reader(settings)
     try:
         meta = consumer.list_topics(topic, timeout=10).topics[topic]
         if meta.error is not None:
@@ -84,7 +85,7 @@ def watermarks(consumer: Consumer, tp: TopicPartition, attempts: int = 20) -> tu
 def count(settings: KafkaSettings, *topics: str) -> int:
     """Records in ``topics`` by watermarks: cheap, exact for non-transactional topics, and an
     upper bound for transactional ones (commit markers take offsets too)."""
-    consumer = _reader(settings)
+    consumer = reader(settings)
     try:
         total = 0
         for topic in topics:
@@ -96,39 +97,9 @@ def count(settings: KafkaSettings, *topics: str) -> int:
         consumer.close()
 
 
-class LagProbe:
-    """How many records of some topics a consumer group has not committed yet, asked again and
-    again (a drain check asks every second) over one admin client and one reader, not a new
-    consumer per question."""
-
-    def __init__(self, settings: KafkaSettings):
-        self.admin = settings.admin()
-        self.reader = _reader(settings)
-        self._partitions: dict[str, list[int]] = {}
-
-    def lag(self, group: str, topics: list[str]) -> int:
-        """Uncommitted records of ``topics`` for consumer ``group`` (its full name)."""
-        partitions = [TopicPartition(topic, p) for topic in topics for p in self._partitions_of(topic)]
-        request = ConsumerGroupTopicPartitions(group, partitions)
-        committed = self.admin.list_consumer_group_offsets([request])[group].result(timeout=10).topic_partitions
-        total = 0
-        for tp in committed:
-            low, high = watermarks(self.reader, TopicPartition(tp.topic, tp.partition))
-            total += high - (tp.offset if tp.offset >= 0 else low)
-        return total
-
-    def close(self) -> None:
-        self.reader.close()
-
-    def _partitions_of(self, topic: str) -> list[int]:
-        if topic not in self._partitions:
-            self._partitions[topic] = list(self.reader.list_topics(topic, timeout=10).topics[topic].partitions)
-        return self._partitions[topic]
-
-
 def follow(settings: KafkaSettings, topic: str, from_beginning: bool = True) -> Iterator[Message]:
     """Every record of ``topic``, then new ones as they arrive, until interrupted."""
-    consumer = _reader(settings)
+    consumer = reader(settings)
     meta = consumer.list_topics(topic, timeout=10).topics[topic]
     start = OFFSET_BEGINNING if from_beginning else -1  # -1: OFFSET_END
     consumer.assign([TopicPartition(topic, p, start) for p in meta.partitions])

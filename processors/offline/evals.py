@@ -50,13 +50,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from processors.avro.serde import EncodeError
+from processors.clock import now_ms
 from processors.control.state import initial
 from processors.offline.runner import OfflineResult, OfflineRunner
 from processors.paths import dotted
 from processors.providers.base import Provider
-from processors.records import LABELS_FIELD, ControlState, PromptRef
-from processors.runtime.stage import now_ms
-from processors.workflow.answers import EVENT_RULE
+from processors.records import LABELS_FIELD, ControlState, Mode, PromptRef, ReviewReason
 from processors.workflow.workflow import Workflow
 
 ANSWER_DATASETS = ("golden", "edge")
@@ -231,7 +230,7 @@ async def _run_suite(workflow: Workflow, chosen: list[str] | None, provider: Pro
         raise EvalError(f"{suite_path(workflow)}: dataset file(s) missing: "
                         + ", ".join(str(folder / f"{name}.jsonl") for name in missing))
     base = control or initial(workflow)
-    state = base.model_copy(update={"mode": "full", "kill_switch": False,
+    state = base.model_copy(update={"mode": Mode.full, "kill_switch": False,
                                     "labels": base.labels | {"production": workflow.prompt_spec.version}})
     own = provider is None
     runner = OfflineRunner(workflow, provider or workflow.provider(), state)
@@ -297,7 +296,7 @@ def _metrics(workflow: Workflow) -> dict[str, tuple[tuple[str, ...] | None, Call
         escalating = workflow.escalation.route
         metrics["escalation_recall"] = (None, lambda rows: _rate(
             [s for s in rows if _expected_route(workflow, s) == escalating],
-            lambda s: s.result.route == escalating or s.result.review_reason == EVENT_RULE))
+            lambda s: s.result.route == escalating or s.result.review_reason == ReviewReason.event_rule))
     metrics["adversarial_fail_closed_rate"] = (("adversarial",), lambda rows: _rate(
         rows, lambda s: _fails_closed(workflow, s)))
     metrics["negative_safe_rate"] = (("negative",), lambda rows: _rate(

@@ -11,6 +11,7 @@ from processors.avro.serde import AvroSerde, DecodeError
 from processors.kafka.read import snapshot
 from processors.kafka.settings import KafkaSettings
 from processors.paths import dotted
+from processors.runtime.dead_letter import Header
 from processors.workflow.workflow import Workflow
 
 Model = TypeVar("Model", bound=BaseModel)
@@ -41,8 +42,8 @@ def dead_letters(workflow: Workflow, settings: KafkaSettings) -> list[tuple[Mess
 
 def dead_letter_id(workflow: Workflow, settings: KafkaSettings, headers: dict[str, str], value: bytes | None) -> str:
     """The event id inside a dead letter's original bytes, or where the bytes came from."""
-    origin = headers.get("handoff.original.topic", "")
-    where = f"{origin}:{headers.get('handoff.original.partition')}:{headers.get('handoff.original.offset')}"
+    origin = headers.get(Header.original_topic, "")
+    where = f"{origin}:{headers.get(Header.original_partition)}:{headers.get(Header.original_offset)}"
     spec = next((s for s in workflow.topics.values() if s.name == origin and s.value_schema), None)
     if spec is None:
         return where

@@ -57,6 +57,7 @@ from pydantic import BaseModel, Field, model_validator
 from tqdm import tqdm
 
 from processors.avro.serde import AvroSerde, DecodeError, EncodeError
+from processors.clock import now_ms
 from processors.control.store import ControlStore
 from processors.kafka.read import watermarks
 from processors.kafka.settings import KafkaSettings
@@ -72,7 +73,7 @@ from processors.offline.runner import OfflineResult, OfflineRunner
 from processors.paths import dotted
 from processors.providers.base import Provider
 from processors.records import ControlState, Decision, ReviewItem, WorkItem
-from processors.runtime.stage import now_ms
+from processors.runtime.dead_letter import Header
 from processors.stages.base import PROMPT_VERSION_HEADER, REPLAY_HEADER
 from processors.workflow.workflow import Workflow
 
@@ -184,7 +185,7 @@ class _Letter(BaseModel):
 
     @property
     def origin(self) -> str:
-        return self.headers.get("handoff.original.topic", "")
+        return self.headers.get(Header.original_topic, "")
 
 
 class _Found(BaseModel):
@@ -207,7 +208,7 @@ def _found(workflow: Workflow, settings: KafkaSettings) -> list[_Found]:
     for msg, headers in dead_letters(workflow, settings):
         found.append(_Found(event_id=dead_letter_id(workflow, settings, headers, msg.value()),
                             letter=_Letter(key=msg.key(), value=msg.value() or b"", headers=headers),
-                            place=Place(kind="dead_letter", detail=headers.get("handoff.error.reason", "unknown"),
+                            place=Place(kind="dead_letter", detail=headers.get(Header.error_reason, "unknown"),
                                         at_ms=msg.timestamp()[1], replay=headers.get(REPLAY_HEADER))))
     return found
 
@@ -218,7 +219,7 @@ def _settles(found: _Found) -> bool:
     if found.review is not None:
         return found.review.stage in SETTLING_STAGES
     if found.letter is not None:
-        return found.letter.headers.get("handoff.stage") in SETTLING_STAGES
+        return found.letter.headers.get(Header.stage) in SETTLING_STAGES
     return True
 
 

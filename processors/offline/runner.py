@@ -16,9 +16,10 @@ Each trigger is first encoded and decoded with the trigger topic's contract, so 
 the record it would read from Kafka (defaults filled in), and an event that could never be
 produced is refused with the contract's error instead of being evaluated.
 
-The duplicate ledger is never loaded offline; classify and validate only remember what one
-``run`` call took on, so an event id seen twice in one call is reported as ``duplicate`` (as the
-pipeline would drop it, before the model is asked), while separate calls are independent.
+The duplicate ledger is never restored offline (no runtime reads its topic); classify and
+validate only remember what one ``run`` call took on, so an event id seen twice in one call is
+reported as ``duplicate`` (as the pipeline would drop it, before the model is asked), while
+separate calls are independent.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from pydantic import Field
 from tqdm import tqdm
 
 from processors.avro.serde import AvroSerde
-from processors.kafka.settings import KafkaSettings
+from processors.clock import now_ms
 from processors.paths import dotted
 from processors.providers.base import Provider
 from processors.records import (
@@ -44,10 +45,11 @@ from processors.records import (
     Decision,
     PromptRef,
     ReviewItem,
+    ReviewReason,
     Usage,
     WorkItem,
 )
-from processors.runtime.stage import DeadLetter, Emit, Record, Stage, now_ms
+from processors.runtime.stage import DeadLetter, Emit, Record, Stage
 from processors.stages.classify import Classify
 from processors.stages.route import Route
 from processors.stages.validate import Validate
@@ -65,7 +67,7 @@ class OfflineResult(Usage):
     route: str | None = None
     label: str | None = Field(None, description="The final answer's label field, decided or sent to review.")
     answer: dict | None = Field(None, description="The final parsed answer (None: no JSON object, or no answer).")
-    review_reason: str | None = None
+    review_reason: ReviewReason | None = None
     validation_errors: list[str] = Field(default_factory=list, description="Of the final answer, when reviewed.")
     dead_letter_reason: str | None = None
     dead_letter_message: str | None = None
@@ -136,8 +138,8 @@ class OfflineRunner:
     def _stages(self) -> dict[str, Stage]:
         """Fresh stages per run, so their in-memory ledgers only know this run's events; by
         the (namespaced) name of the topic each reads, as the records carry it."""
-        classify = Classify(self.workflow, KafkaSettings(), self.provider, self.control)
-        validate = Validate(self.workflow, KafkaSettings(), self.control)
+        classify = Classify(self.workflow, self.provider, self.control)
+        validate = Validate(self.workflow, self.control)
         route = Route(self.workflow, self.control)
         by_suffix = {"triggers": classify, "repair": classify, "classified": validate, "validated": route}
         return {self.workflow.topics[self.workflow.topic(suffix)].name: stage for suffix, stage in by_suffix.items()}

@@ -27,7 +27,7 @@ from pydantic import BaseModel
 
 from processors.kafka.settings import KafkaSettings
 from processors.ops.review_queue import ReviewQueue
-from processors.records import LABELS_FIELD, Verdict
+from processors.records import LABELS_FIELD, Verdict, VerdictKind
 from processors.workflow.workflow import Workflow
 
 NOT_EXPECTED = ("confidence", "reason")
@@ -54,7 +54,7 @@ def default_path(workflow: Workflow) -> Path:
 def corrections(workflow: Workflow, settings: KafkaSettings) -> list[Verdict]:
     """The winning ``correct`` verdicts, oldest first."""
     first = ReviewQueue(workflow, settings).verdicts().values()
-    return sorted((v.verdict for v in first if v.verdict.verdict == "correct" and v.verdict.answer),
+    return sorted((v.verdict for v in first if v.verdict.verdict == VerdictKind.correct and v.verdict.answer),
                   key=lambda v: v.at_ms)
 
 
@@ -63,7 +63,7 @@ def rows(workflow: Workflow, corrected: list[Verdict]) -> list[dict]:
     fields = [f for f in workflow.prompt_spec.output_schema.get("properties", {}) if f not in NOT_EXPECTED]
     latest: dict[str, dict] = {}
     for verdict in corrected:
-        item, answer = verdict.review_item(), orjson.loads(verdict.answer)
+        item, answer = verdict.item, orjson.loads(verdict.answer)
         correction = Correction(review_id=verdict.review_id, reviewer=verdict.reviewer, at_ms=verdict.at_ms,
                                 model_answer=orjson.loads(item.answer) if item.answer else None)
         expected = {f: answer[f] for f in fields if f in answer} | {"correction": correction.model_dump()}

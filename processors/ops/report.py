@@ -71,6 +71,7 @@ import orjson
 from pydantic import BaseModel, computed_field
 
 from processors.avro.serde import AvroSerde, DecodeError
+from processors.clock import now_ms
 from processors.kafka.read import snapshot
 from processors.kafka.settings import KafkaSettings
 from processors.offline.outputs import (
@@ -80,8 +81,18 @@ from processors.offline.outputs import (
     decision_suffixes,
     read,
 )
-from processors.records import Decision, Result, ReviewItem, Trace, Verdict, WorkItem
-from processors.runtime.stage import now_ms
+from processors.records import (
+    Decision,
+    DecisionSource,
+    Result,
+    ReviewItem,
+    ReviewReason,
+    Trace,
+    Verdict,
+    VerdictKind,
+    WorkItem,
+)
+from processors.runtime.dead_letter import Header
 from processors.workflow.verdict_log import first_verdicts
 from processors.workflow.workflow import Workflow
 
@@ -260,10 +271,10 @@ def _dead_letters(workflow: Workflow, settings: KafkaSettings) -> list[DeadLette
     serde = AvroSerde("handoff/work_item", registry_url=settings.schema_registry_url)
     out = []
     for msg, headers in dead_letters(workflow, settings):
-        if headers.get("handoff.stage") not in SETTLING_STAGES:
+        if headers.get(Header.stage) not in SETTLING_STAGES:
             continue
         at_ms = msg.timestamp()[1]
-        if headers.get("handoff.original.topic") in work_item_topics:
+        if headers.get(Header.original_topic) in work_item_topics:
             try:
                 item = WorkItem.model_validate(serde.decode(msg.value()))
                 out.append(DeadLetterSeen(item.event_id, item.prompt.version, at_ms))
@@ -304,7 +315,7 @@ def _figures(workflow: Workflow, evidence: Evidence, version: str | None, since:
     settled = decisions.keys() | reviews.keys() | dead
 
     touched = {r.event_id for r in evidence.reviews if mine(r.prompt.version)}
-    by_model = {e: d for e, d in decisions.items() if d.source == "model"}
+    by_model = {e: d for e, d in decisions.items() if d.source == DecisionSource.model}
     items = {r.review_id: r for r in evidence.reviews if mine(r.prompt.version) and r.event_id in settled}
     verdicts = [(v, items[v.review_id]) for v in evidence.verdicts if v.review_id in items]
     spend = [t for t in evidence.spend if mine(t.prompt.version) and t.run_id in settled]
@@ -316,7 +327,7 @@ def _figures(workflow: Workflow, evidence: Evidence, version: str | None, since:
         prompt_version=version or ALL_VERSIONS, events=len(settled), decided=len(decisions),
         automated=len(by_model.keys() - touched), reviewed=len(reviews), dead_lettered=len(dead),
         schema_failures=len({w.event_id for w in evidence.repairs if mine(w.prompt.version)} & settled),
-        verdicts=len(verdicts), overrides=sum(v.verdict != "approve" for v, _ in verdicts),
+        verdicts=len(verdicts), overrides=sum(v.verdict != VerdictKind.approve for v, _ in verdicts),
         escalations_needed=escalations.needed, escalations_caught=escalations.caught,
         escalations_judged=escalations.judged,
         latency_p50_ms=latency[0], latency_p95_ms=latency[1], model_p50_ms=model[0], model_p95_ms=model[1],
@@ -341,16 +352,16 @@ def _escalations(workflow: Workflow, by_model: dict[str, Decision], reviews: dic
         return Escalations()
     target = workflow.escalation.route
     model_route = {e: _route(workflow, r.answer, r.event) for e, r in reviews.items()
-                   if r.reason not in ("invalid_output", "kill_switch")}
+                   if r.reason not in (ReviewReason.invalid_output, ReviewReason.kill_switch)}
     model_route |= {e: d.route for e, d in by_model.items()}
     truth: dict[str, str | None] = {e: d.route for e, d in by_model.items()}  # uncontradicted: taken as right
     judged = set()
     for verdict, item in verdicts:
         if item.stage not in SETTLING_STAGES:
             continue  # a risky-action approval judges an action, not the route
-        if verdict.verdict == "correct":
+        if verdict.verdict == VerdictKind.correct:
             truth[item.event_id] = _route(workflow, verdict.answer, item.event)
-        elif verdict.verdict == "approve":
+        elif verdict.verdict == VerdictKind.approve:
             truth[item.event_id] = model_route.get(item.event_id)
         else:
             truth[item.event_id] = None

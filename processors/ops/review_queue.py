@@ -20,8 +20,8 @@ Deciding an item (:meth:`ReviewQueue.decide`) is:
 
 The ``review`` stage (:mod:`processors.stages.review`) reads the same log with the same rule
 (:func:`first_verdicts`) and applies only the first verdict per review id, so what a reviewer
-is told and what happens can never disagree. Each verdict carries its review item as JSON, so
-applying it needs no lookup.
+is told and what happens can never disagree. Each verdict carries its review item, so applying
+it needs no lookup.
 """
 
 from __future__ import annotations
@@ -37,11 +37,16 @@ from confluent_kafka import Message
 from pydantic import BaseModel
 
 from processors.avro.serde import AvroSerde
+from processors.clock import now_ms
 from processors.kafka.read import snapshot
 from processors.kafka.settings import KafkaSettings
-from processors.records import ActionRequest, ReviewItem, Verdict, VerdictKind
-from processors.runtime.stage import now_ms
-from processors.workflow.answers import EVENT_RULE, RISKY, verdict_errors
+from processors.records import (
+    ReviewItem,
+    ReviewReason,
+    Verdict,
+    VerdictKind,
+)
+from processors.workflow.answers import verdict_errors
 from processors.workflow.verdict_log import Logged, decoded, first_verdicts
 from processors.workflow.workflow import Workflow
 
@@ -108,7 +113,7 @@ class ReviewQueue:
         fails closed, so an urgent event may be waiting behind it), then oldest first."""
         decided = self.verdicts()
         return sorted((i for i in self.items().values() if i.review_id not in decided),
-                      key=lambda i: (i.reason != EVENT_RULE, i.created_at_ms))
+                      key=lambda i: (i.reason != ReviewReason.event_rule, i.created_at_ms))
 
     def get(self, review_id: str) -> tuple[ReviewItem, Logged | None]:
         item = self.items().get(review_id)
@@ -129,15 +134,15 @@ class ReviewQueue:
         item, decided = self.get(review_id)
         if decided is not None:
             raise VerdictRefused(decided.verdict, void=False)
-        if kind == "correct":
+        if kind == VerdictKind.correct:
             answer = orjson.dumps(self.corrected(item, fields or {})).decode()
         elif fields:
             raise InvalidVerdict("--set belongs to correct; approve takes the answer as it is")
         else:
-            answer = item.answer if kind == "approve" and item.reason != RISKY else None
+            answer = item.answer if kind == VerdictKind.approve and item.reason != ReviewReason.risky_action else None
         verdict = Verdict(verdict_id=uuid.uuid4().hex, review_id=review_id, event_id=item.event_id,
                           workflow=self.workflow.name, reviewer=reviewer_name(reviewer), verdict=kind,
-                          answer=answer, reason=reason, at_ms=now_ms(), item=item.model_dump_json())
+                          answer=answer, reason=reason, at_ms=now_ms(), item=item)
         errors = verdict_errors(self.workflow, verdict)
         if errors:
             raise InvalidVerdict(f"{kind} of {review_id} refused:\n  " + "\n  ".join(errors))
@@ -196,9 +201,9 @@ def parse_fields(pairs: list[str]) -> dict[str, str]:
 
 def next_step(verdict: Verdict) -> str:
     """What the ``review`` stage does with a verdict that won."""
-    if verdict.verdict == "reject":
+    if verdict.verdict == VerdictKind.reject:
         return "closed: nothing continues"
-    if verdict.review_item().reason == RISKY:
+    if verdict.item.reason == ReviewReason.risky_action:
         return "the action runs once (the review stage hands it to execute, approved)"
     return "the reviewed answer goes on to route, then its actions run once"
 
@@ -207,8 +212,8 @@ def next_step(verdict: Verdict) -> str:
 
 def line(workflow: Workflow, item: ReviewItem, now: int | None = None) -> str:
     """One open item: id, reason, age, what the model said (or the action), the event in short."""
-    if item.reason == RISKY:
-        what = f"action {ActionRequest.model_validate_json(item.action).action}" if item.action else "action ?"
+    if item.reason == ReviewReason.risky_action:
+        what = f"action {item.action.action}" if item.action else "action ?"
     elif item.answer:
         answer = orjson.loads(item.answer)
         what = f"{workflow.label}={answer.get(workflow.label)} ({answer.get('confidence', '?')})"
@@ -231,7 +236,7 @@ def summary(workflow: Workflow, item: ReviewItem, width: int = 70) -> str:
 def context(item: ReviewItem, decided: Logged | None) -> dict:
     """Everything about an item, its JSON texts parsed: what ``review show`` prints."""
     out = item.model_dump()
-    for name in ("event", "answer", "action"):
+    for name in ("event", "answer"):
         if out[name] is not None:
             out[name] = orjson.loads(out[name])
     if out["action"] is not None:

@@ -2,7 +2,7 @@
 
 A trigger ends in exactly one place: a route topic (a decision), review (a person decides),
 or the dead letters. An item a reviewer approved or corrected has moved on to its route: its
-decision (``source="review"``) is where it ended, so it no longer counts as waiting in review.
+decision (``source=review``) is where it ended, so it no longer counts as waiting in review.
 :func:`collect` reads those topics (read committed, no consumer group) and identifies each
 record by event id — or, for a dead letter whose bytes cannot be decoded, by its original
 topic, partition and offset — so the demo can print the counts and tests can check that they
@@ -26,7 +26,14 @@ from processors.offline.outputs import (
     decision_suffixes,
     read,
 )
-from processors.records import ActionRequest, Decision, Execution, ReviewItem
+from processors.records import (
+    Decision,
+    DecisionSource,
+    Execution,
+    ReviewItem,
+    ReviewReason,
+)
+from processors.runtime.dead_letter import Header
 from processors.workflow.workflow import Workflow
 
 Model = TypeVar("Model", bound=BaseModel)
@@ -96,15 +103,15 @@ def collect(workflow: Workflow, settings: KafkaSettings, samples: int = 3) -> Su
     topics = workflow.topics
     decisions = [d for suffix in decision_suffixes(workflow) for d in read(workflow, settings, suffix, Decision)]
     reviews = read(workflow, settings, "review", ReviewItem)
-    reviewed = {d.event_id for d in decisions if d.source == "review"}
+    reviewed = {d.event_id for d in decisions if d.source == DecisionSource.review}
     executions = read(workflow, settings, "executions", Execution)
     executed = {e.idempotency_key for e in executions}
     dead, action_failures = {}, {}
     for msg, headers in dead_letters(workflow, settings):
-        reason = headers.get("handoff.error.reason", "unknown")
-        if headers.get("handoff.stage") == "execute":
+        reason = headers.get(Header.error_reason, "unknown")
+        if headers.get(Header.stage) == "execute":
             action_failures[msg.key().decode() if msg.key() else str(msg.offset())] = reason
-        elif headers.get("handoff.stage") in SETTLING_STAGES:
+        elif headers.get(Header.stage) in SETTLING_STAGES:
             dead[dead_letter_id(workflow, settings, headers, msg.value())] = reason
     triggers = topics[workflow.topic("triggers")].name
     return Summary(
@@ -114,8 +121,8 @@ def collect(workflow: Workflow, settings: KafkaSettings, samples: int = 3) -> Su
         labels={d.event_id: d.label for d in decisions},
         reviewed={r.event_id: r.reason for r in reviews if r.stage in SETTLING_STAGES and r.event_id not in reviewed},
         dead=dead,
-        approvals=[r.review_id for r in reviews if r.reason == "risky_action"
-                   and ActionRequest.model_validate_json(r.action).idempotency_key not in executed],
+        approvals=[r.review_id for r in reviews if r.reason == ReviewReason.risky_action
+                   and r.action.idempotency_key not in executed],
         action_failures=action_failures,
         executions=dict(Counter(f"{e.action} {e.status}" for e in executions)),
         latency_ms=[float(d.decided_at_ms - d.trigger_timestamp_ms) for d in decisions if d.trigger_timestamp_ms],

@@ -1,21 +1,34 @@
-"""What a stage is: a small class that turns one input record into output records.
+"""What a stage is: the contract between a stage and the runtime that runs it.
 
-A stage never touches a consumer, a producer or an offset; :mod:`processors.runtime.runtime` owns
-all of that. A stage receives a decoded :class:`Record`, returns the :class:`Emit` list its
-input produced, and raises :class:`DeadLetter` when the input must leave the pipeline. Any
-other exception is treated the same way (a poison record), so one bad record never stops a
-partition. A stage that keeps time-bound state (the outcome joiner's wait limit) also gets a
-clock: :meth:`Stage.tick`.
+A stage turns one input record into output records. It never touches a consumer, a producer,
+an offset or a topic; :mod:`processors.runtime.runtime` owns all of that, and a stage built
+without Kafka (the offline runner, :mod:`processors.offline.runner`) behaves the same. The
+runtime calls a stage's methods in this order, on two threads:
+
+1. :meth:`Stage.start` — once, on the runtime's event loop, before anything is consumed.
+2. :meth:`Table.restore` of each of :meth:`Stage.tables` — on the consumer thread, each time
+   partitions are assigned, before any record of theirs (the stage's state, read by the runtime).
+3. :meth:`Stage.process` — per record: on the event loop, or on the consumer thread for an
+   ``inline`` stage. It returns :class:`Emit` outputs or raises :class:`DeadLetter`; any other
+   exception is treated the same way (a poison record), so one bad record never stops a partition.
+4. :meth:`Stage.tick` — about once a second, on the consumer thread.
+5. :meth:`Stage.close` — once, on the event loop, after the last record.
+
+Every call of an ``inline`` stage (2–4) runs on the consumer thread, one after another, so its
+state needs no lock; a stage that awaits shares state between the event loop and the consumer
+thread's calls (2, 4) and must keep it safe for that.
 """
 
 from __future__ import annotations
 
-import time
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from confluent_kafka import Message
 from pydantic import BaseModel
 
+from processors.clock import now_ms
 from processors.records import Original
 
 
@@ -65,16 +78,22 @@ class DeadLetter(Exception):
         self.original = original
 
 
-def now_ms() -> int:
-    return int(time.time() * 1000)
+class Table(ABC):
+    """State a stage keeps in a topic, declared by the stage (:meth:`Stage.tables`) and read by the
+    runtime: the stage never reads a topic itself. ``topic`` is the declared name."""
+
+    topic: str
+
+    @abstractmethod
+    def restore(self, messages: Iterable[Message]) -> None:
+        """Replace memory with ``messages``: the whole topic, read committed, up to its end as the
+        runtime found it, partition by partition in offset order. Called on the consumer thread each
+        time partitions are assigned, before any of their records; what it raises stops the stage
+        (a stage must not run on state it could not read)."""
 
 
 class Stage(ABC):
-    """Subclasses set ``name`` and ``inputs`` (declared topic names) and implement ``process``.
-
-    ``process`` runs on the runtime's event loop, many records at once but never two of one
-    key at once; it must not block the loop for long (CPU-bound work of a few ms is fine).
-    """
+    """Subclasses set ``name`` and ``inputs`` (declared topic names) and implement ``process``."""
 
     name: str
     inputs: list[str]
@@ -83,20 +102,30 @@ class Stage(ABC):
     it on the consumer thread in offset order, which is much cheaper than the event loop hop."""
 
     async def start(self) -> None:
-        """Open clients (HTTP pools, model handles) once, on the runtime's event loop."""
+        """Open clients (HTTP pools, model handles). Called once on the runtime's event loop, before
+        the consumer subscribes; bounded to 120 s. What it raises stops the runtime before any record."""
 
     async def close(self) -> None:
-        """Release what ``start`` opened."""
+        """Release what ``start`` opened. Called once on the event loop after the last record was
+        committed, also after a failure; bounded to 30 s."""
 
-    def on_assign(self, partitions: list[tuple[str, int]]) -> None:
-        """Called on the consumer thread when partitions arrive, before any of their records."""
+    def tables(self) -> list[Table]:
+        """The state the runtime restores on every assignment, before any record (see :class:`Table`).
+        Called on the consumer thread; the same objects every time."""
+        return []
 
     @abstractmethod
-    async def process(self, record: Record) -> list[Emit]: ...
+    async def process(self, record: Record) -> list[Emit]:
+        """The outputs of one input record. Runs on the runtime's event loop, many records at once but
+        never two of one key at once; it must not block the loop for long (CPU-bound work of a few ms
+        is fine). An ``inline`` stage's runs on the consumer thread in offset order. Raises
+        :class:`DeadLetter` to dead-letter the record; any other exception dead-letters it as
+        ``stage_error`` (logged with its traceback)."""
 
     def tick(self, now_ms: int, partitions: list[tuple[str, int]]) -> list[Emit | DeadLetter]:
         """Called about once a second on the consumer thread (like an inline ``process``), with the
         partitions this instance owns now: for what must happen when no record arrives (expiry). Its
         outputs are produced and committed like a record's; it must be quick and must act only on
-        state of ``partitions``."""
+        state of ``partitions``. A returned :class:`DeadLetter` must carry ``original``; what it
+        raises stops the runtime (a bug in the stage, not a bad record)."""
         return []

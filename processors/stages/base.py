@@ -8,12 +8,21 @@ offline runs (evals, shadow replays) pin a fixed state, so a stage never needs K
 
 from __future__ import annotations
 
+from processors.clock import now_ms
 from processors.control.state import Control, initial
-from processors.kafka.settings import KafkaSettings
-from processors.records import ControlState, PromptRef, ReviewItem, SeenEvent, Trace, Usage, dumps
+from processors.records import (
+    ControlState,
+    PromptRef,
+    ReviewItem,
+    ReviewReason,
+    SeenEvent,
+    Trace,
+    Usage,
+    dumps,
+)
 from processors.runtime import metrics
 from processors.runtime.ledger import Ledger
-from processors.runtime.stage import Emit, Stage, now_ms
+from processors.runtime.stage import Emit, Stage
 from processors.workflow.workflow import Workflow
 
 REPLAY_HEADER = "handoff-replay"
@@ -22,10 +31,10 @@ PROMPT_VERSION_HEADER = "handoff-prompt-version"
 """On a replayed trigger: the prompt version to answer with, instead of the production label's."""
 
 
-def seen_ledger(workflow: Workflow, settings: KafkaSettings) -> Ledger[SeenEvent]:
+def seen_ledger(workflow: Workflow) -> Ledger[SeenEvent]:
     """The duplicate-event ledger (``<workflow>.seen``): classify and validate both consult it."""
     seen = workflow.topic("seen")
-    return Ledger(settings, seen, workflow.topics[seen], SeenEvent)
+    return Ledger(seen, workflow.topics[seen], SeenEvent)
 
 
 class WorkflowStage(Stage):
@@ -51,7 +60,7 @@ class WorkflowStage(Stage):
                       **fields)
         return Emit(self.workflow.topic("traces"), trace, key=run_id)
 
-    def review(self, reason: str, *, event_id: str, event: str, prompt: PromptRef, model: str,
+    def review(self, reason: ReviewReason, *, event_id: str, event: str, prompt: PromptRef, model: str,
                key: bytes | str | None, suffix: str = "", control_version: int | None = None,
                replay: str | None = None, **context) -> Emit:
         """A review item with the whole context; ``review_id`` is stable so a redelivery cannot open it

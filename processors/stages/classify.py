@@ -4,9 +4,10 @@ only, ask the model, keep everything.
 Before the model is asked (a model call is paid for, and an injection sent is an injection read),
 a new trigger meets two checks that need no answer:
 
-* **duplicate**: an event id already settled (the ``<workflow>.seen`` ledger, loaded on assign) or
-  already taken on by this stage since — by a *different* record: the same record re-read after a
-  crash or an aborted transaction is processed again — is dropped with a trace, as validate drops it;
+* **duplicate**: an event id already settled (the ``<workflow>.seen`` ledger, which the runtime
+  restores on assign) or already sent to the model by this stage — by a *different* record: the
+  same record re-read after a crash or an aborted transaction is processed again — is dropped with
+  a trace, as validate drops it;
 * **event rules** (``rules.EVENT_RULES``, those of the workflow's ``rules``: the event tries to
   instruct the model) → review (``event_rule``) at once, with the rules' messages; the event is
   settled in the ledger, as validate settles what it sends to review.
@@ -49,8 +50,8 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from processors.clock import now_ms
 from processors.control.state import Control
-from processors.kafka.settings import KafkaSettings
 from processors.paths import dotted
 from processors.providers.base import (
     ModelAnswer,
@@ -59,12 +60,19 @@ from processors.providers.base import (
     ProviderError,
     ProviderTimeout,
 )
-from processors.records import ControlState, PromptRef, SeenEvent, Usage, WorkItem, dumps
+from processors.records import (
+    ControlState,
+    PromptRef,
+    ReviewReason,
+    SeenEvent,
+    Usage,
+    WorkItem,
+    dumps,
+)
 from processors.runtime import metrics
-from processors.runtime.stage import DeadLetter, Emit, Record, now_ms
+from processors.runtime.stage import DeadLetter, Emit, Record, Table
 from processors.stages.base import PROMPT_VERSION_HEADER, REPLAY_HEADER, WorkflowStage, seen_ledger
 from processors.workflow import rules
-from processors.workflow.answers import EVENT_RULE
 from processors.workflow.prompt import PromptSpec
 from processors.workflow.workflow import Workflow, WorkflowError
 
@@ -85,18 +93,16 @@ class Classify(WorkflowStage):
     name = "classify"
     input_suffixes = ["triggers", "repair"]
 
-    def __init__(self, workflow: Workflow, settings: KafkaSettings, provider: Provider,
-                 control: Control | ControlState | None = None):
+    def __init__(self, workflow: Workflow, provider: Provider, control: Control | ControlState | None = None):
         super().__init__(workflow, control)
         self.provider = provider
         self.usage = metrics.ModelUsage(workflow.name)
-        self.seen = seen_ledger(workflow, settings)
+        self.seen = seen_ledger(workflow)
         self.taken: dict[str, tuple[int, int]] = {}
-        """Event id -> (partition, offset) of the trigger this stage sent to the model since the last assign."""
+        """Event id -> (partition, offset) of the trigger this stage sent to the model (process memory only)."""
 
-    def on_assign(self, partitions: list[tuple[str, int]]) -> None:
-        self.seen.load()
-        self.taken.clear()
+    def tables(self) -> list[Table]:
+        return [self.seen]
 
     async def process(self, record: Record) -> list[Emit]:
         control = self.control.state
@@ -165,13 +171,13 @@ class Classify(WorkflowStage):
         if taken is not None and taken != here:
             return [self.trace(event_id, error=f"duplicate event id, taken on at offset {taken[1]}: "
                                                "not sent to the model")]
-        errors = rules.check_event(self.workflow.rules, event)
+        errors = [str(error) for error in rules.check_event(self.workflow.rules, event)]
         if not errors:
             return []
         prompt = PromptRef(name=spec.name, version=spec.version)
         settles = [] if replay else [self.seen.record(event_id, SeenEvent(
             event_id=event_id, partition=record.partition, offset=record.offset, at_ms=now_ms()))]
-        return [self.review(EVENT_RULE, event_id=event_id, event=dumps(event), prompt=prompt, model="none",
+        return [self.review(ReviewReason.event_rule, event_id=event_id, event=dumps(event), prompt=prompt, model="none",
                             key=record.key, control_version=control.version, replay=replay, validation_errors=errors),
                 *settles, self.trace(event_id, prompt=prompt, validation=errors,
                                      error="a rule on the event failed: sent to review (event_rule), no model call")]
@@ -183,8 +189,8 @@ class Classify(WorkflowStage):
         prompt = PromptRef(name=spec.name, version=spec.version)
         context = {} if repaired is None else {"raw_answer": repaired.raw_answer,
                                                "validation_errors": repaired.validation_errors}
-        return [self.review("kill_switch", event_id=event_id, event=dumps(event), prompt=prompt, model="none",
-                            key=record.key, control_version=control.version, replay=replay, **context),
+        return [self.review(ReviewReason.kill_switch, event_id=event_id, event=dumps(event), prompt=prompt,
+                            model="none", key=record.key, control_version=control.version, replay=replay, **context),
                 self.trace(event_id, prompt=prompt, error=f"kill switch on (control version {control.version}): "
                                                           "no model call, sent to review")]
 

@@ -2,9 +2,9 @@
 
 In order, for each request:
 
-1. **Already done?** The idempotency ledger (``<workflow>.actions.done``, compacted, loaded
-   on assign) knows every key whose effect was applied; a known key is answered with an
-   ``already_done`` execution and nothing runs — across restarts and replays.
+1. **Already done?** The idempotency ledger (``<workflow>.actions.done``, compacted, restored
+   by the runtime on assign) knows every key whose effect was applied; a known key is answered
+   with an ``already_done`` execution and nothing runs — across restarts and replays.
 2. **Allowed?** The action must exist and its scope must be granted to the workflow; its
    arguments must satisfy its JSON Schema. Otherwise → dead letters, nothing runs.
 3. **Risky?** Risk above the ``approval_risk`` in force (the control state's when set, else
@@ -27,18 +27,20 @@ import httpx
 import orjson
 
 from processors.actions.webhook import ActionFailed, ActionResult, WebhookAction
+from processors.clock import now_ms
 from processors.control.state import Control, approval_risk
-from processors.kafka.settings import KafkaSettings
 from processors.records import (
     ActionDone,
     ActionRequest,
     ControlState,
     Execution,
+    ExecutionStatus,
     Notification,
+    ReviewReason,
 )
 from processors.runtime import metrics
 from processors.runtime.ledger import Ledger
-from processors.runtime.stage import DeadLetter, Emit, Record, now_ms
+from processors.runtime.stage import DeadLetter, Emit, Record, Table
 from processors.stages.base import WorkflowStage
 from processors.workflow.checks import SchemaCheck
 from processors.workflow.workflow import Action, ActionKind, Workflow
@@ -48,10 +50,10 @@ class Execute(WorkflowStage):
     name = "execute"
     input_suffixes = ["actions"]
 
-    def __init__(self, workflow: Workflow, settings: KafkaSettings, control: Control | ControlState | None = None):
+    def __init__(self, workflow: Workflow, control: Control | ControlState | None = None):
         super().__init__(workflow, control)
         done = workflow.topic("actions.done")
-        self.done = Ledger(settings, done, workflow.topics[done], ActionDone)
+        self.done = Ledger(done, workflow.topics[done], ActionDone)
         self.schemas = {name: SchemaCheck(a.arguments_schema, "(arguments)") for name, a in workflow.actions.items()}
         self.webhooks: dict[str, WebhookAction] = {}
 
@@ -65,23 +67,23 @@ class Execute(WorkflowStage):
     async def close(self) -> None:
         await self.http.aclose()
 
-    def on_assign(self, partitions: list[tuple[str, int]]) -> None:
-        self.done.load()
+    def tables(self) -> list[Table]:
+        return [self.done]
 
     async def process(self, record: Record) -> list[Emit]:
         request = ActionRequest.model_validate(record.value)
         key = request.idempotency_key
         if self.done.get(key) is not None:
-            return self._executed(request, "already_done", ActionResult(http_status=None, response=None,
-                                                                         attempts=0, latency_ms=0.0))
+            return self._executed(request, ExecutionStatus.already_done,
+                                  ActionResult(http_status=None, response=None, attempts=0, latency_ms=0.0))
         action, arguments = self._allowed(request)
         control = self.control.state
         bound = approval_risk(self.workflow, control)
         if action.risk > bound and request.approved_by is None:
-            decision = request.decision_record()
-            return [self.review("risky_action", event_id=request.event_id, event=decision.event,
+            decision = request.decision
+            return [self.review(ReviewReason.risky_action, event_id=request.event_id, event=decision.event,
                                 prompt=decision.prompt, model=decision.model, key=request.event_id,
-                                suffix=f":{request.action}", answer=decision.answer, action=request.model_dump_json(),
+                                suffix=f":{request.action}", answer=decision.answer, action=request,
                                 control_version=control.version, replay=decision.replay),
                     self.trace(request.event_id, action_request=request.arguments,
                                error=f"risk {action.risk} above {bound}: awaiting approval")]
@@ -101,7 +103,7 @@ class Execute(WorkflowStage):
                             key=request.event_id)]
         ledger = self.done.record(key, ActionDone(idempotency_key=key, event_id=request.event_id,
                                                   action=request.action, executed_at_ms=now_ms()))
-        return outputs + [ledger] + self._executed(request, "done", result)
+        return outputs + [ledger] + self._executed(request, ExecutionStatus.done, result)
 
     def _retried(self, attempts: int) -> None:
         """Webhook retries count in ``handoff_retries_total`` like model retries do."""
@@ -124,7 +126,7 @@ class Execute(WorkflowStage):
             raise DeadLetter("invalid_arguments", "; ".join(errors))
         return action, arguments
 
-    def _executed(self, request: ActionRequest, status: str, result: ActionResult) -> list[Emit]:
+    def _executed(self, request: ActionRequest, status: ExecutionStatus, result: ActionResult) -> list[Emit]:
         execution = Execution(event_id=request.event_id, workflow=self.workflow.name, action=request.action,
                               idempotency_key=request.idempotency_key, status=status, attempts=result.attempts,
                               http_status=result.http_status, response=result.response,

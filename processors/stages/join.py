@@ -11,9 +11,9 @@ offset order on the consumer thread, so the state needs no lock) does it in thre
    another workflow, goes to the dead letters here. Both sides of an event now meet in one inbox
    partition, in the order they were forwarded, whatever partitioner the outcome's producer used.
 2. **Merge.** An inbox record is merged into the event's state, kept in the compacted
-   ``<wf>.joins`` changelog and loaded on assign (a :class:`~processors.runtime.ledger.Ledger`). A decision
-   is kept; a later one (a live replay, a reviewer's correction) replaces it. An outcome is added
-   unless its ``outcome_id`` (event id, type, at_ms, source) is already there. While a decision
+   ``<wf>.joins`` changelog and restored by the runtime on assign (a
+   :class:`~processors.runtime.ledger.Ledger`). A decision is kept; a later one (a live replay, a
+   reviewer's correction) replaces it. An outcome is added unless its ``outcome_id`` (event id, type, at_ms, source) is already there. While a decision
    is known, every waiting outcome is joined: one :class:`Result` on ``<wf>.results`` per
    outcome, released with the new state entry.
 3. **Expire.** Every second (:meth:`Stage.tick`) an outcome that has waited
@@ -24,7 +24,7 @@ offset order on the consumer thread, so the state needs no lock) does it in thre
 **Many instances.** The state of an event id is written only by the instance that owns its
 inbox partition (recorded in the entry as ``owner_partition``), and that instance sees every
 decision and outcome of the event: the join is correct with any number of instances. A new
-owner (rebalance, restart) reloads the changelog on assign, after the previous owner committed
+owner (rebalance, restart) gets the changelog restored on assign, after the previous owner committed
 (the eager rebalance revokes, and commits, before it assigns). Each instance keeps the whole
 changelog in memory: one small entry per event id with a decision or an outcome (no event text).
 
@@ -39,17 +39,22 @@ same record, recognisable by event id, outcome type, outcome at_ms and source.
 
 from __future__ import annotations
 
-from processors.kafka.settings import KafkaSettings
+from collections.abc import Iterable
+
+from confluent_kafka import Message
+
+from processors.clock import now_ms
 from processors.records import (
     Decision,
     JoinedDecision,
     JoinedOutcome,
     JoinState,
+    JoinStatus,
     Outcome,
     Result,
 )
 from processors.runtime.ledger import Ledger
-from processors.runtime.stage import DeadLetter, Emit, Record, now_ms
+from processors.runtime.stage import DeadLetter, Emit, Record, Table
 from processors.stages.base import WorkflowStage
 from processors.workflow.workflow import Workflow
 
@@ -61,19 +66,18 @@ class JoinLedger(Ledger[JoinState]):
         super().__init__(*args, **kwargs)
         self.waiting: dict[str, int] = {}
 
-    def load(self) -> int:
-        count = super().load()
+    def restore(self, messages: Iterable[Message]) -> None:
+        super().restore(messages)
         self.waiting = {}
         for key, state in self._entries.items():
             self._index(key, state)
-        return count
 
     def record(self, key: str, entry: JoinState) -> Emit:
         self._index(key, entry)
         return super().record(key, entry)
 
     def _index(self, key: str, state: JoinState) -> None:
-        arrivals = [o.received_at_ms for o in state.outcomes if o.status == "waiting"]
+        arrivals = [o.received_at_ms for o in state.outcomes if o.status == JoinStatus.waiting]
         if arrivals:
             self.waiting[key] = min(arrivals)
         else:
@@ -85,16 +89,16 @@ class Join(WorkflowStage):
     input_suffixes = ["outcomes", "joins.inbox"]  # and every decisions.<route> topic, added below
     inline = True
 
-    def __init__(self, workflow: Workflow, settings: KafkaSettings):
+    def __init__(self, workflow: Workflow):
         super().__init__(workflow)
         self.inputs += [name for name in workflow.topics if name.startswith(workflow.topic("decisions."))]
         joins = workflow.topic("joins")
-        self.joins = JoinLedger(settings, joins, workflow.topics[joins], JoinState)
+        self.joins = JoinLedger(joins, workflow.topics[joins], JoinState)
         self.inbox = workflow.topics[workflow.topic("joins.inbox")].name
         self.wait_ms = int(workflow.outcomes.wait_for_decision_s * 1000)
 
-    def on_assign(self, partitions: list[tuple[str, int]]) -> None:
-        self.joins.load()
+    def tables(self) -> list[Table]:
+        return [self.joins]
 
     async def process(self, record: Record) -> list[Emit]:
         if record.topic == self.inbox:
@@ -112,7 +116,7 @@ class Join(WorkflowStage):
         if outcome.outcome_type not in self.workflow.outcomes.types:
             raise DeadLetter("unknown_outcome_type", f"outcome type {outcome.outcome_type!r} is not one of "
                                                      f"{self.workflow.name}'s outcomes.types {self.workflow.outcomes.types}")
-        waiting = JoinedOutcome(outcome_id=outcome_id(outcome), status="waiting", outcome=outcome,
+        waiting = JoinedOutcome(outcome_id=outcome_id(outcome), status=JoinStatus.waiting, outcome=outcome,
                                 received_at_ms=record.timestamp_ms, original=record.original())
         return self._forward(JoinState(event_id=outcome.event_id, outcomes=[waiting], updated_at_ms=now_ms()))
 
@@ -142,8 +146,8 @@ class Join(WorkflowStage):
         now = now_ms()
         results = []
         if state.decision is not None:
-            for waiting in (o for o in state.outcomes if o.status == "waiting"):
-                waiting.status, waiting.original = "joined", None
+            for waiting in (o for o in state.outcomes if o.status == JoinStatus.waiting):
+                waiting.status, waiting.original = JoinStatus.joined, None
                 results.append(self._result(state.decision, waiting.outcome, now))
         state.owner_partition, state.updated_at_ms = record.partition, now
         outputs = results + [self.joins.record(state.event_id, state)]
@@ -151,7 +155,7 @@ class Join(WorkflowStage):
             outputs.append(self.trace(state.event_id, decision=state.decision.model_dump() if state.decision else None,
                                       inputs={"joined": [r.value.outcome_type for r in results],
                                               "waiting": [o.outcome_id for o in state.outcomes
-                                                          if o.status == "waiting"]}))
+                                                          if o.status == JoinStatus.waiting]}))
         return outputs
 
     def _result(self, decision: JoinedDecision, outcome: Outcome, now: int) -> Emit:
@@ -168,12 +172,13 @@ class Join(WorkflowStage):
         outputs: list[Emit | DeadLetter] = []
         for key in due:
             state = self.joins.get(key)
-            for expired in (o for o in state.outcomes if o.status == "waiting" and o.received_at_ms + self.wait_ms <= now):
+            for expired in (o for o in state.outcomes
+                            if o.status == JoinStatus.waiting and o.received_at_ms + self.wait_ms <= now):
                 outputs.append(DeadLetter(
                     "decision_never_came", f"no decision for event {key} within "
                     f"{self.workflow.outcomes.wait_for_decision_s:g}s of outcome {expired.outcome_id}",
                     original=expired.original))
-                expired.status = "expired"
+                expired.status = JoinStatus.expired
             state.updated_at_ms = now
             outputs += [self.joins.record(key, state), self.trace(key, error="outcomes waited too long for their "
                                                                              "decision: dead-lettered")]
@@ -185,7 +190,7 @@ def _redriven(known: JoinedOutcome, incoming: JoinedOutcome) -> bool:
     def where(o: JoinedOutcome) -> tuple | None:
         return o.original and (o.original.topic, o.original.partition, o.original.offset)
 
-    return known.status == "expired" and where(incoming) != where(known)
+    return known.status == JoinStatus.expired and where(incoming) != where(known)
 
 
 def outcome_id(outcome: Outcome) -> str:

@@ -3,10 +3,11 @@
 Input: ``<workflow>.verdicts``, keyed by review id, written by ``handoff review``
 (:mod:`processors.ops.review_queue`). Only the **first** verdict in the log on a review id is
 applied; a later one gets a trace saying it was refused, nothing else. The stage knows which
-verdict came first without any state of its own: on assign it reads the verdicts topic up to
-now and keeps the first offset per review id (:func:`~processors.ops.review_queue.first_verdicts`;
-unlike a ledger, which keeps the last entry per key); verdicts that arrive later are met in
-log order, so the first one it meets on a review id it has not seen is the first.
+verdict came first without any state of its own: it declares the verdicts topic as its table
+(:class:`FirstVerdicts`), which the runtime restores on assign from the topic up to now, keeping
+the first offset per review id (:func:`~processors.workflow.verdict_log.first_verdicts`; unlike a
+ledger, which keeps the last entry per key); verdicts that arrive later are met in log order, so
+the first one it meets on a review id it has not seen is the first.
 
 Applying the first verdict (the verdict carries its review item, so no lookup):
 
@@ -27,25 +28,45 @@ idempotency ledger still runs each action once.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import orjson
+from confluent_kafka import Message
 
 from processors.avro.serde import AvroSerde
 from processors.control.state import Control
-from processors.kafka.read import snapshot
 from processors.kafka.settings import KafkaSettings
 from processors.paths import lookup
 from processors.records import (
-    ActionRequest,
     ControlState,
     ReviewItem,
+    ReviewReason,
     Verdict,
+    VerdictKind,
     WorkItem,
 )
-from processors.runtime.stage import DeadLetter, Emit, Record
+from processors.runtime.stage import DeadLetter, Emit, Record, Table
 from processors.stages.base import WorkflowStage
-from processors.workflow.answers import RISKY, verdict_errors
+from processors.workflow.answers import verdict_errors
 from processors.workflow.verdict_log import first_verdicts
 from processors.workflow.workflow import Workflow
+
+
+class FirstVerdicts(Table):
+    """Where the first verdict on each review id sits in the log (partition, offset)."""
+
+    def __init__(self, topic: str, serde: AvroSerde):
+        self.topic = topic
+        self.serde = serde
+        self.first: dict[str, tuple[int, int]] = {}
+
+    def restore(self, messages: Iterable[Message]) -> None:
+        self.first = {review_id: (logged.partition, logged.offset)
+                      for review_id, logged in first_verdicts(messages, self.serde).items()}
+
+    def claim(self, review_id: str, here: tuple[int, int]) -> tuple[int, int]:
+        """The first verdict's place on ``review_id``: ``here`` when none came before it."""
+        return self.first.setdefault(review_id, here)
 
 
 class Review(WorkflowStage):
@@ -55,19 +76,17 @@ class Review(WorkflowStage):
 
     def __init__(self, workflow: Workflow, settings: KafkaSettings, control: Control | ControlState | None = None):
         super().__init__(workflow, control)
-        self.settings = settings
         self.spec = workflow.topics[workflow.topic("verdicts")]
         self.serde = AvroSerde(self.spec.value_schema, registry_url=settings.schema_registry_url)
-        self.first: dict[str, tuple[int, int]] = {}
+        self.verdicts = FirstVerdicts(workflow.topic("verdicts"), self.serde)
 
-    def on_assign(self, partitions: list[tuple[str, int]]) -> None:
-        self.first = {review_id: (logged.partition, logged.offset) for review_id, logged
-                      in first_verdicts(snapshot(self.settings, self.spec.name), self.serde).items()}
+    def tables(self) -> list[Table]:
+        return [self.verdicts]
 
     async def process(self, record: Record) -> list[Emit]:
         verdict = Verdict.model_validate(record.value)
         here = (record.partition, record.offset)
-        first = self.first.setdefault(verdict.review_id, here)
+        first = self.verdicts.claim(verdict.review_id, here)
         if first != here:
             return [self.trace(verdict.event_id, error=f"verdict {verdict.verdict_id} ({verdict.verdict} by "
                                f"{verdict.reviewer}) refused: {verdict.review_id} was decided first by the verdict "
@@ -75,14 +94,13 @@ class Review(WorkflowStage):
         errors = verdict_errors(self.workflow, verdict)
         if errors:
             raise DeadLetter("invalid_verdict", "; ".join(errors))
-        item = verdict.review_item()
+        item = verdict.item
         said = {"review_id": verdict.review_id, "verdict": verdict.verdict, "reviewer": verdict.reviewer,
                 "reason": verdict.reason}
-        if verdict.verdict == "reject":
+        if verdict.verdict == VerdictKind.reject:
             return [self.trace(verdict.event_id, decision=said | {"closed": item.reason})]
-        if item.reason == RISKY:
-            request = ActionRequest.model_validate_json(item.action)
-            request = request.model_copy(update={"approved_by": verdict.reviewer})
+        if item.reason == ReviewReason.risky_action:
+            request = item.action.model_copy(update={"approved_by": verdict.reviewer})
             return [Emit(self.workflow.topic("actions"), request, key=request.idempotency_key),
                     self.trace(verdict.event_id, decision=said, action_request=request.arguments)]
         return [Emit(self.workflow.topic("validated"), self._reviewed(item, verdict), key=self._trigger_key(item)),

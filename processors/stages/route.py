@@ -22,9 +22,19 @@ under; a replayed item's decision carries its replay id.
 
 from __future__ import annotations
 
+from processors.clock import now_ms
 from processors.control.state import review_threshold
-from processors.records import ActionRequest, ControlState, Decision, WorkItem, dumps
-from processors.runtime.stage import DeadLetter, Emit, Record, now_ms
+from processors.records import (
+    ActionRequest,
+    ControlState,
+    Decision,
+    DecisionSource,
+    Mode,
+    ReviewReason,
+    WorkItem,
+    dumps,
+)
+from processors.runtime.stage import DeadLetter, Emit, Record
 from processors.stages.base import WorkflowStage
 from processors.workflow.workflow import RouteRule
 
@@ -41,12 +51,13 @@ class Route(WorkflowStage):
         route, route_name, rule = self.workflow.decide(answer, event)
         held = None if item.reviewed_by else self._held(control, route, answer)
         if held is not None:
-            return [self.review(control.mode, event_id=item.event_id, event=item.event, prompt=item.prompt,
-                                model=item.model, key=record.key, answer=item.answer, raw_answer=item.raw_answer,
+            return [self.review(ReviewReason(control.mode), event_id=item.event_id, event=item.event,
+                                prompt=item.prompt, model=item.model, key=record.key, answer=item.answer,
+                                raw_answer=item.raw_answer,
                                 validation_errors=[held], control_version=control.version, replay=item.replay),
                     self.trace(item.event_id, decision={"route": route_name, "rule": rule, "topic": "review"},
                                error=held)]
-        shadow = control.mode == "shadow"
+        shadow = control.mode == Mode.shadow
         topic = self.workflow.topic("shadow" if shadow else f"decisions.{route_name}")
         if topic not in self.workflow.topics:
             raise DeadLetter("no_route_topic", f"route {route_name!r} resolved from {rule} has no topic {topic}")
@@ -54,7 +65,7 @@ class Route(WorkflowStage):
                             label=str(answer[self.workflow.label]), confidence=float(answer.get("confidence", 0.0)),
                             answer=item.answer, event=item.event, prompt=item.prompt, model=item.model,
                             shadow=shadow, decided_at_ms=now_ms(),
-                            source="review" if item.reviewed_by else "model",
+                            source=DecisionSource.review if item.reviewed_by else DecisionSource.model,
                             trigger_timestamp_ms=item.trigger_timestamp_ms, latency_ms=item.latency_ms,
                             tokens_in=item.tokens_in, tokens_out=item.tokens_out, cost_usd=item.cost_usd,
                             control_version=control.version, replay=item.replay)
@@ -66,10 +77,11 @@ class Route(WorkflowStage):
         return outputs
 
     def _held(self, control: ControlState, route: RouteRule, answer: dict) -> str | None:
-        """Why the rollout mode keeps this answer from acting on its own, or None when it may act."""
-        if control.mode == "suggest":
+        """Why the rollout mode keeps this answer from acting on its own, or None when it may act; the item
+        goes to review under the mode's name (``ReviewReason.suggest``, ``ReviewReason.partial``)."""
+        if control.mode == Mode.suggest:
             return "suggest mode: every answer is a suggestion a person decides"
-        if control.mode != "partial":
+        if control.mode != Mode.partial:
             return None
         confidence, threshold = answer.get("confidence", 0.0), review_threshold(self.workflow, control)
         if confidence < threshold:
@@ -80,14 +92,13 @@ class Route(WorkflowStage):
         return f"partial mode: {', '.join(risky)} above the low-risk bound {bound}" if risky else None
 
     def _requests(self, actions: list[str], decision: Decision, answer: dict, event: dict) -> list[ActionRequest]:
-        """One request per action of the route, each carrying the whole decision as JSON."""
+        """One request per action of the route, each carrying the whole decision."""
         if not actions:
             return []
         view = {"answer": answer, "event": event,
                 "decision": {"route": decision.route, "label": decision.label, "confidence": decision.confidence}}
-        decided = decision.model_dump_json()
         return [ActionRequest(event_id=decision.event_id, workflow=self.workflow.name, action=name,
                               idempotency_key=f"{decision.event_id}:{name}",
                               arguments=dumps(self.workflow.actions[name].build_arguments(view)),
-                              route=decision.route, decision=decided, requested_at_ms=decision.decided_at_ms)
+                              route=decision.route, decision=decision, requested_at_ms=decision.decided_at_ms)
                 for name in actions]

@@ -28,14 +28,13 @@ that produced it, whichever version the production label points to now.
 
 from __future__ import annotations
 
+from processors.clock import now_ms
 from processors.control.state import Control, review_threshold
-from processors.kafka.settings import KafkaSettings
-from processors.records import ControlState, SeenEvent, WorkItem
+from processors.records import ControlState, ReviewReason, SeenEvent, WorkItem
 from processors.runtime import metrics
-from processors.runtime.stage import Emit, Record, now_ms
+from processors.runtime.stage import Emit, Record, Table
 from processors.stages.base import WorkflowStage, seen_ledger
-from processors.workflow import rules
-from processors.workflow.answers import EVENT_RULE, answer_errors
+from processors.workflow.answers import AnswerErrors, answer_errors
 from processors.workflow.workflow import Workflow
 
 MAX_ATTEMPTS = 2  # the first answer and one repair
@@ -46,14 +45,14 @@ class Validate(WorkflowStage):
     input_suffixes = ["classified"]
     inline = True
 
-    def __init__(self, workflow: Workflow, settings: KafkaSettings, control: Control | ControlState | None = None):
+    def __init__(self, workflow: Workflow, control: Control | ControlState | None = None):
         super().__init__(workflow, control)
-        self.seen = seen_ledger(workflow, settings)
+        self.seen = seen_ledger(workflow)
 
-    def on_assign(self, partitions: list[tuple[str, int]]) -> None:
-        self.seen.load()
+    def tables(self) -> list[Table]:
+        return [self.seen]
 
-    def errors(self, answer: dict | None, item: WorkItem) -> list[str]:
+    def errors(self, answer: dict | None, item: WorkItem) -> AnswerErrors:
         return answer_errors(self.workflow, answer, item.prompt.version, item.event_dict())
 
     async def process(self, record: Record) -> list[Emit]:
@@ -63,28 +62,30 @@ class Validate(WorkflowStage):
         if earlier is not None and (earlier.partition, earlier.offset) != (record.partition, record.offset):
             return [self.trace(item.event_id, error=f"duplicate event id, first settled at offset {earlier.offset}")]
         answer = item.answer_dict()
-        errors = self.errors(answer, item)
+        checked = self.errors(answer, item)
+        errors = checked.messages
         for problem in errors:
             metrics.VALIDATION_FAILURES.labels(self.workflow.name, problem.split(":")[0]).inc()
         trace = self.trace(item.event_id, answer=item.answer, validation=errors or "ok")
-        event_rule = any(map(rules.judges_the_event, errors))
+        event_rule = checked.judges_the_event
         if errors and item.attempt < MAX_ATTEMPTS and not event_rule:
             retry = item.model_copy(update={"validation_errors": errors, "control_version": control.version})
             return [Emit(self.workflow.topic("repair"), retry, key=record.key), trace]
         settled = [] if item.replay else [self.seen.record(item.event_id, SeenEvent(
             event_id=item.event_id, partition=record.partition, offset=record.offset, at_ms=now_ms()))]
         if errors:
-            reason = EVENT_RULE if event_rule else "invalid_output"
+            reason = ReviewReason.event_rule if event_rule else ReviewReason.invalid_output
             return [self._review(reason, item, record, errors, control), *settled, trace]
         confidence = answer.get("confidence", 0.0)
         threshold = review_threshold(self.workflow, control)
         if confidence < threshold:
-            return [self._review("low_confidence", item, record, [f"confidence {confidence} is below {threshold}"],
-                                 control), *settled, trace]
+            return [self._review(ReviewReason.low_confidence, item, record,
+                                 [f"confidence {confidence} is below {threshold}"], control), *settled, trace]
         item.control_version = control.version  # this stage's own copy, decoded for this record
         return [Emit(self.workflow.topic("validated"), item, key=record.key), *settled, trace]
 
-    def _review(self, reason: str, item: WorkItem, record: Record, errors: list[str], control: ControlState) -> Emit:
+    def _review(self, reason: ReviewReason, item: WorkItem, record: Record, errors: list[str],
+                control: ControlState) -> Emit:
         return self.review(reason, event_id=item.event_id, event=item.event, prompt=item.prompt, model=item.model,
                            key=record.key, answer=item.answer, raw_answer=item.raw_answer, validation_errors=errors,
                            control_version=control.version, replay=item.replay)

@@ -3,53 +3,68 @@ and the review commands, so a reviewer is refused exactly what the pipeline woul
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import orjson
 
-from processors.records import ActionRequest, Verdict
+from processors.records import ReviewReason, Verdict, VerdictKind
 from processors.workflow import rules
 from processors.workflow.workflow import Workflow
 
-RISKY = "risky_action"
-"""The one reason whose item is an action awaiting approval; every other reason holds an answer."""
-EVENT_RULE = "event_rule"
-"""The reason of an item whose event tries to instruct the model (a rule on the event failed)."""
+
+@dataclass(frozen=True, slots=True)
+class AnswerErrors:
+    """Why an answer cannot be used: what breaks its output schema (``path: message``), else the
+    business rules it fails (rules read a schema-valid answer only). Empty: it can be used."""
+
+    schema_errors: list[str] = field(default_factory=list)
+    rule_errors: list[rules.RuleError] = field(default_factory=list)
+
+    @property
+    def messages(self) -> list[str]:
+        """Every error as stored in ``validation_errors`` and shown to people."""
+        return self.schema_errors + [str(e) for e in self.rule_errors]
+
+    @property
+    def judges_the_event(self) -> bool:
+        """Did a rule on the event itself fail? Then no answer can pass: the event goes to a person."""
+        return any(e.judges_the_event for e in self.rule_errors)
+
+    def against_the_answer(self) -> list[str]:
+        """The errors that judge the answer itself, the ones a person's answer must not have."""
+        return self.schema_errors + [str(e) for e in self.rule_errors if not e.judges_the_event]
 
 
-def answer_errors(workflow: Workflow, answer: dict | None, prompt_version: str, event: dict) -> list[str]:
-    """Why an answer cannot be used (empty: it can): not a JSON object, then the output schema of the
-    prompt version that produced it, then the business rules. A reviewer's correction meets the same checks."""
+def answer_errors(workflow: Workflow, answer: dict | None, prompt_version: str, event: dict) -> AnswerErrors:
+    """Why an answer cannot be used: not a JSON object, then the output schema of the prompt
+    version that produced it, then the business rules. A reviewer's correction meets the same checks."""
     if answer is None:
-        return ["the answer is not a JSON object"]
-    return workflow.prompt_spec_for(prompt_version).answer_check.errors(answer) \
-        or rules.check(workflow.rules, answer, event)
+        return AnswerErrors(["the answer is not a JSON object"])
+    schema_errors = workflow.prompt_spec_for(prompt_version).answer_check.errors(answer)
+    if schema_errors:
+        return AnswerErrors(schema_errors)
+    return AnswerErrors(rule_errors=rules.check(workflow.rules, answer, event))
 
 
 def verdict_errors(workflow: Workflow, verdict: Verdict) -> list[str]:
     """Why ``verdict`` cannot apply to its item (empty: it can). The CLI refuses such a verdict;
     the ``review`` stage dead-letters one that was written anyway by another client."""
-    try:
-        item = verdict.review_item()
-    except ValueError as exc:
-        return [f"the verdict does not carry its review item: {exc}"]
-    if verdict.verdict == "reject":
+    item = verdict.item
+    if verdict.verdict == VerdictKind.reject:
         return [] if verdict.reason else ["a rejection needs a reason (--reason)"]
-    if item.reason == RISKY:
-        if verdict.verdict == "correct":
+    if item.reason == ReviewReason.risky_action:
+        if verdict.verdict == VerdictKind.correct:
             return ["a risky action is approved or rejected, not corrected"]
-        try:
-            ActionRequest.model_validate_json(item.action or "")
-        except ValueError:
-            return ["the item holds no action request to approve"]
-        return []
+        return [] if item.action is not None else ["the item holds no action request to approve"]
     if verdict.answer is None:
         return [f"{item.reason}: there is no answer to approve; use correct --set field=value"]
     try:
         answer = orjson.loads(verdict.answer)
     except orjson.JSONDecodeError:
         answer = None
-    problems = [problem for problem in answer_errors(workflow, answer if isinstance(answer, dict) else None,
-                                                     item.prompt.version, orjson.loads(item.event))
-                if not rules.judges_the_event(problem)]  # the person has read the event; their answer is judged
-    if problems and verdict.verdict == "approve":
+    # the person has read the event: only what judges their answer counts against it
+    problems = answer_errors(workflow, answer if isinstance(answer, dict) else None, item.prompt.version,
+                             orjson.loads(item.event)).against_the_answer()
+    if problems and verdict.verdict == VerdictKind.approve:
         return [f"the model's answer is not valid ({p}); use correct --set field=value" for p in problems]
     return problems

@@ -2,12 +2,14 @@
 
 They live in code, never in a prompt: a prompt can ask a model to behave, only code can make
 sure it did. A rule takes the parsed answer and the trigger event and returns what is wrong
-(or None). A workflow lists the rules it applies by name in ``workflow.yaml``.
+(or None). A workflow lists the rules it applies by name in ``workflow.yaml``; :func:`check`
+runs them and says which failed as :class:`RuleError`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from processors.workflow import injection
 
@@ -61,18 +63,30 @@ EVENT_RULES = frozenset({event_does_not_instruct_the_model.__name__})
 """Rules that judge the event, not the answer: no answer can pass them, so asking the model again is waste."""
 
 
-def judges_the_event(error: str) -> bool:
-    """Is ``error`` (as :func:`check` returns it) from a rule on the event itself? Such an error says
-    the event must not be left to the model; it says nothing against a person's answer."""
-    return error.split(":", 1)[0] in EVENT_RULES
+@dataclass(frozen=True, slots=True)
+class RuleError:
+    """A rule that failed, and what it found. ``str()`` is what validation errors store and people
+    read: ``rule: message``."""
+
+    rule: str
+    message: str
+
+    @property
+    def judges_the_event(self) -> bool:
+        """From a rule on the event itself? Such an error says the event must not be left to the
+        model; it says nothing against a person's answer."""
+        return self.rule in EVENT_RULES
+
+    def __str__(self) -> str:
+        return f"{self.rule}: {self.message}"
 
 
-def check_event(names: list[str], event: dict) -> list[str]:
+def check_event(names: list[str], event: dict) -> list[RuleError]:
     """:func:`check` of the rules among ``names`` that judge the event alone: they need no answer,
     so they run before the model is asked."""
     return check([name for name in names if name in EVENT_RULES], {}, event)
 
 
-def check(names: list[str], answer: dict, event: dict) -> list[str]:
-    """Every failed rule's message, prefixed with the rule name."""
-    return [f"{name}: {problem}" for name in names if (problem := RULES[name](answer, event))]
+def check(names: list[str], answer: dict, event: dict) -> list[RuleError]:
+    """Every failed rule, in the order the workflow lists them."""
+    return [RuleError(name, problem) for name in names if (problem := RULES[name](answer, event))]

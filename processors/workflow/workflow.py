@@ -156,7 +156,7 @@ class Workflow(Strict):
     rules: list[str] = Field(default_factory=list, description="Business rules from processors/rules.py.")
     review_threshold: float = Field(0.75, ge=0, le=1, description="Answers less confident than this go to review.")
     approval_risk: float = Field(0.7, ge=0, le=1, description="Actions riskier than this wait for a person.")
-    mode: Mode = Field("full", description=(
+    mode: Mode = Field(Mode.full, description=(
         "The rollout mode until the control topic says otherwise (processors/stages/route.py): shadow decides "
         "and writes to <wf>.shadow, never acts; suggest sends every answer to review; partial acts only on "
         "confident answers whose actions are all low-risk; full acts on every validated answer."))
