@@ -19,7 +19,7 @@ import yaml
 from typer.testing import CliRunner
 
 from processors.avro.serde import EncodeError
-from processors.cli.app import app
+from processors.cli.main import app
 from processors.control.state import initial
 from processors.offline.evals import EvalError, EvalReport, run_suite
 from processors.offline.runner import OfflineRunner

@@ -21,7 +21,7 @@ from tests.conftest import SECRET, deployed, produce, tickets
 def handoff_run(kafka, receiver, log, *args) -> subprocess.Popen:
     env = os.environ | {"KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers, "HANDOFF_NAMESPACE": kafka.namespace,
                         "HANDOFF_WEBHOOK_URL": receiver.url, "HANDOFF_WEBHOOK_SECRET": SECRET}
-    return subprocess.Popen([sys.executable, "-m", "processors.cli.app", "run", "--workflow", "support_ticket", *args],
+    return subprocess.Popen([sys.executable, "-m", "processors.cli", "run", "--workflow", "support_ticket", *args],
                             env=env, stdout=log, stderr=subprocess.STDOUT)
 
 

@@ -10,7 +10,7 @@ import orjson
 import pytest
 from typer.testing import CliRunner
 
-from processors.cli.app import app
+from processors.cli.main import app
 from processors.offline.outputs import read
 from processors.ops.review_queue import ReviewQueue
 from processors.ops.summary import collect

@@ -33,7 +33,7 @@ import pytest
 from typer.testing import CliRunner
 
 from processors.avro.serde import AvroSerde
-from processors.cli.app import app
+from processors.cli.main import app
 from processors.clock import now_ms
 from processors.ops.report import ALL_VERSIONS, build, parse_since
 from processors.records import (

@@ -8,7 +8,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from processors.cli.app import app
+from processors.cli.main import app
 from processors.project import EXAMPLES
 from processors.workflow.workflow import WorkflowError, load_workflow
 from tests.conftest import deployed, produce, tickets

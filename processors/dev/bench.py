@@ -123,7 +123,7 @@ def bench_validate_route_processes(workflow: Workflow, settings: KafkaSettings, 
     logs = {stage: BENCH_LOGS / f"{stage}.log" for stage in ("validate", "route")}
     BENCH_LOGS.mkdir(parents=True, exist_ok=True)
     started = now_ms()
-    stages = [subprocess.Popen([sys.executable, "-m", "processors.cli.app", "run", "--workflow", workflow.name,
+    stages = [subprocess.Popen([sys.executable, "-m", "processors.cli", "run", "--workflow", workflow.name,
                                 "--stage", stage], env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
               for stage, log in logs.items()]
     try:  # the drain check asks about the stages' groups and input topics: the same runtimes, not run here

@@ -16,10 +16,9 @@ import time
 from enum import StrEnum
 from pathlib import Path
 
-import yaml
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from processors import project
 
@@ -55,9 +54,13 @@ class TopicFile(BaseModel):
 
 
 def load_topics(workflow: str, namespace: str = "", root: Path | None = None) -> dict[str, TopicSpec]:
-    """The workflow's topics keyed by their declared name, each ``name`` prefixed by ``namespace``."""
+    """The workflow's topics keyed by their declared name, each ``name`` prefixed by ``namespace``;
+    :class:`~processors.project.DataFileError` names the file, and the line or field, of a bad one."""
     path = (root or project.topics_dir()) / f"{workflow}.yaml"
-    spec = TopicFile.model_validate(yaml.safe_load(path.read_text()))
+    try:
+        spec = TopicFile.model_validate(project.load_yaml(path))
+    except ValidationError as exc:
+        raise project.DataFileError(project.describe(path, exc)) from None
     prefix = f"{namespace}." if namespace else ""
     return {t.name: t.model_copy(update={"name": prefix + t.name}) for t in spec.topics}
 

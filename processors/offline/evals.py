@@ -190,7 +190,7 @@ def load_dataset(runner: OfflineRunner, name: str, path: Path) -> Dataset:
         try:
             row = orjson.loads(line)
         except orjson.JSONDecodeError as exc:
-            raise EvalError(f"{where}: not JSON: {exc}") from None
+            raise EvalError(f"{where}: not JSON at column {exc.colno}: {exc.msg}") from None  # {where} is the file's line
         if not isinstance(row, dict) or not isinstance(row.get(LABELS_FIELD), dict):
             raise EvalError(f"{where}: a row is a trigger event with an {LABELS_FIELD!r} object")
         try:

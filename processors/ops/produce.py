@@ -1,7 +1,8 @@
 """``handoff produce``: JSON Lines in, Avro-encoded keyed trigger events out.
 
 Each line is checked against the trigger contract before anything is sent; a bad line is
-reported with its number and reason and skipped, the good ones are sent, and the summary
+reported with its number (1-based, the file's) and reason — a field by its dotted path, a JSON error
+by its column on that line — and skipped, the good ones are sent, and the summary
 counts both. Delivery is confirmed: a line counts as sent only when the broker acknowledged it.
 """
 
@@ -37,14 +38,14 @@ def encode_lines(path: Path, serde: AvroSerde, topic: str, key_field: str | None
             if not line.strip():
                 continue
             try:
-                record = orjson.loads(line)
+                record = orjson.loads(line.rstrip())  # no newline: a parser error stays on this line
                 if not isinstance(record, dict):
                     raise ValueError(f"expected a JSON object, got {type(record).__name__}")
                 record.pop(LABELS_FIELD, None)
                 value = serde.encode(record, topic, check=True)
                 key = str(dotted(record, key_field)).encode() if key_field else None
             except orjson.JSONDecodeError as exc:
-                yield number, None, f"not JSON: {exc}"
+                yield number, None, f"not JSON at column {exc.colno}: {exc.msg}"  # the file's line, not the parser's
             except EncodeError as exc:
                 yield number, None, f"does not match {serde.writer.name}: {exc}"
             except (ValueError, KeyError, TypeError) as exc:

@@ -21,12 +21,15 @@ restart — with the same Idempotency-Key, which is what lets the receiver apply
 
 from __future__ import annotations
 
-import os
-
 import httpx
 import orjson
 
-from processors.actions.webhook import ActionFailed, ActionResult, WebhookAction
+from processors.actions.webhook import (
+    ActionFailed,
+    ActionResult,
+    WebhookAction,
+    secret_from_env,
+)
 from processors.clock import now_ms
 from processors.control.state import Control, approval_risk
 from processors.records import (
@@ -60,7 +63,7 @@ class Execute(WorkflowStage):
     async def start(self) -> None:
         self.http = httpx.AsyncClient()
         self.webhooks = {
-            name: WebhookAction(name, action.resolved_url(), os.environ.get(action.secret_env or "") or None,
+            name: WebhookAction(name, action.resolved_url(), secret_from_env(name, action.secret_env),
                                 timeout=action.timeout_s, max_attempts=action.max_attempts, client=self.http)
             for name, action in self.workflow.actions.items() if action.kind == ActionKind.webhook}
 

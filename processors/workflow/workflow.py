@@ -17,7 +17,6 @@ from pathlib import Path
 from string import Template
 from typing import Annotated, Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from processors import project
@@ -285,27 +284,34 @@ def _member(value: Any, allowed: frozenset[str]) -> bool:
 
 def load_workflow(name: str, namespace: str = "", root: Path | None = None) -> Workflow:
     """Load and check ``<root>/<name>/workflow.yaml`` (``root``: the project's ``workflows/``); every
-    error names the file and field."""
-    root = root or project.workflows_dir()
+    error names the file and field (or line and column, for a file that is not YAML)."""
+    try:
+        return _load(name, namespace, root or project.workflows_dir())
+    except project.DataFileError as exc:  # workflow, prompt or topics file
+        raise WorkflowError(str(exc)) from None
+
+
+def _load(name: str, namespace: str, root: Path) -> Workflow:
     path = root / name / "workflow.yaml"
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = project.load_yaml(path)
     except FileNotFoundError:
-        known = sorted(p.name for p in root.iterdir() if (p / "workflow.yaml").exists())
+        known = sorted(p.name for p in root.iterdir() if (p / "workflow.yaml").exists()) if root.is_dir() else []
         raise WorkflowError(f"no workflow {name!r}: {path} does not exist (known: {known})") from None
+    if not isinstance(raw, dict):
+        raise WorkflowError(f"{path}: expected the workflow's fields (a mapping), got {type(raw).__name__}")
     try:
         workflow = Workflow.model_validate({**raw, "folder": path.parent, "namespace": namespace})
     except ValidationError as exc:
-        raise WorkflowError(_describe(path, exc)) from None
+        raise WorkflowError(project.describe(path, exc)) from None
     try:
         workflow.prompt_spec  # noqa: B018 - load it now, so a bad prompt file fails here
     except FileNotFoundError as exc:
         raise WorkflowError(f"{path}:\n  prompt: {exc.filename} does not exist") from None
     except ValidationError as exc:
-        raise WorkflowError(_describe(workflow.prompt_path, exc)) from None
-    workflow.check()
+        raise WorkflowError(project.describe(workflow.prompt_path, exc)) from None
+    try:
+        workflow.check()  # reads topics/<name>.yaml too
+    except FileNotFoundError as exc:
+        raise WorkflowError(f"{path}:\n  topics: {exc.filename} does not exist") from None
     return workflow
-
-
-def _describe(path: Path, exc: ValidationError) -> str:
-    return f"{path}:\n  " + "\n  ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
