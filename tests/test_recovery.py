@@ -36,7 +36,7 @@ def wait_for(check, timeout: float, what: str, proc: subprocess.Popen) -> None:
 @pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
 def test_sigkill_mid_stream_then_restart_loses_nothing(kafka, receiver, tmp_path, guarantee):
     workflow = deployed("support_ticket", kafka)
-    sample = tickets()
+    sample = tickets(injected=True)
     produce(kafka, workflow, sample)
     decision_topics = [s.name for n, s in workflow.topics.items() if n.startswith("support_ticket.decisions.")]
     args = ["--guarantee", guarantee, "--max-in-flight", "8"]

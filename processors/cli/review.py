@@ -53,7 +53,7 @@ def decide(queue: ReviewQueue, review_id: str, kind: VerdictKind, reviewer: str 
 
 @app.command("list")
 def review_list(workflow: WorkflowName, bootstrap: Bootstrap = None, workflows_dir: WorkflowsDir = None) -> None:
-    """Open items, oldest first: id, reason, age, the model's label and confidence (or the action), the event."""
+    """Open items, event_rule first, then oldest first: id, reason, age, the model's label (or the action), the event."""
     queue = review_queue(workflow, bootstrap, workflows_dir)
     items = queue.open_items()
     for item in items:

@@ -105,7 +105,7 @@ def answer_back(workflow: Workflow, settings: KafkaSettings) -> None:
 
 def show_queue_and_report(workflow: Workflow, settings: KafkaSettings) -> None:
     open_items = ReviewQueue(workflow, settings).open_items()
-    say(f"review queue:  {len(open_items)} open (handoff review list --workflow {workflow.name}); the oldest:")
+    say(f"review queue:  {len(open_items)} open (handoff review list --workflow {workflow.name}); first in line:")
     for item in open_items[:QUEUE_LINES]:
         say("  " + line(workflow, item))
     exported = corrections.export(workflow, settings, DEMO_CORRECTIONS / f"{workflow.name}.jsonl")

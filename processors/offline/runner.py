@@ -16,9 +16,10 @@ Each trigger is first encoded and decoded with the trigger topic's contract, so 
 the record it would read from Kafka (defaults filled in), and an event that could never be
 produced is refused with the contract's error instead of being evaluated.
 
-Validate's duplicate ledger is never restored offline (no runtime reads its topic); it only
-remembers what one ``run`` call settled, so an event id seen twice in one call is reported as
-``duplicate`` (as the pipeline would drop it), while separate calls are independent.
+The duplicate ledger is never restored offline (no runtime reads its topic); classify and
+validate only remember what one ``run`` call took on, so an event id seen twice in one call is
+reported as ``duplicate`` (as the pipeline would drop it, before the model is asked), while
+separate calls are independent.
 """
 
 from __future__ import annotations
@@ -140,7 +141,7 @@ class OfflineRunner:
             bar.close()
 
     def _stages(self) -> dict[str, Stage]:
-        """Fresh stages per run, so validate's in-memory ledger only knows this run's events; by
+        """Fresh stages per run, so their in-memory ledgers only know this run's events; by
         the (namespaced) name of the topic each reads, as the records carry it."""
         classify = Classify(self.workflow, self.provider, self.control)
         validate = Validate(self.workflow, self.control)

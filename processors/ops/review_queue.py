@@ -109,9 +109,11 @@ class ReviewQueue:
         return first_verdicts(snapshot(self.settings, self.verdict_topic.name), self._verdicts, self.skipped)
 
     def open_items(self) -> list[ReviewItem]:
-        """Review items without a verdict, oldest first."""
+        """Review items without a verdict: those held for an event rule first (a prompt injection
+        fails closed, so an urgent event may be waiting behind it), then oldest first."""
         decided = self.verdicts()
-        return sorted((i for i in self.items().values() if i.review_id not in decided), key=lambda i: i.created_at_ms)
+        return sorted((i for i in self.items().values() if i.review_id not in decided),
+                      key=lambda i: (i.reason != ReviewReason.event_rule, i.created_at_ms))
 
     def get(self, review_id: str) -> tuple[ReviewItem, Logged | None]:
         item = self.items().get(review_id)

@@ -16,11 +16,13 @@ from processors.records import (
     PromptRef,
     ReviewItem,
     ReviewReason,
+    SeenEvent,
     Trace,
     Usage,
     dumps,
 )
 from processors.runtime import metrics
+from processors.runtime.ledger import Ledger
 from processors.runtime.stage import Emit, Stage
 from processors.workflow.workflow import Workflow
 
@@ -28,6 +30,11 @@ REPLAY_HEADER = "handoff-replay"
 """A trigger carrying this header (the replay id) is a deliberate re-run: see classify and validate."""
 PROMPT_VERSION_HEADER = "handoff-prompt-version"
 """On a replayed trigger: the prompt version to answer with, instead of the production label's."""
+
+
+def seen_ledger(workflow: Workflow) -> Ledger[SeenEvent]:
+    """The duplicate-event ledger (``<workflow>.seen``): classify and validate both consult it."""
+    return Ledger(workflow.topic(Role.seen), SeenEvent)
 
 
 class WorkflowStage(Stage):

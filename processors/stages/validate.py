@@ -8,7 +8,8 @@ review threshold. Then:
 * invalid on attempt 2 → review (``invalid_output``): fail closed, never guess;
 * a rule on the event itself failed (``rules.EVENT_RULES``: the event tries to instruct the model)
   → review (``event_rule``) at once: no repaired answer could pass, and a repair would hand the
-  model the same text again;
+  model the same text again. Classify applies these rules before the model is asked, so this is
+  a second line;
 * valid but not confident enough → review (``low_confidence``);
 * valid → the validated topic, for route.
 
@@ -16,7 +17,9 @@ A duplicate event id is recognised with a compacted ledger (``<workflow>.seen``)
 record to settle an event is remembered with its partition and offset; a *different* record
 for the same event id later is dropped as a duplicate, while the *same* record re-read after
 a crash is processed again (its earlier outputs were never committed). A replayed item
-(``WorkItem.replay``) is a deliberate re-run: it neither consults nor updates the ledger.
+(``WorkItem.replay``) is a deliberate re-run: it neither consults nor updates the ledger. Classify
+drops duplicates before the model is asked; here are met those it could not know yet (a copy
+that arrived while the stage restarted, or was served by another instance in a rebalance).
 
 Control, read once per record: the review threshold in force (the control state's when set,
 else the workflow's); the answer is checked against the output schema of the prompt version
@@ -30,9 +33,8 @@ from processors.control.state import Control, review_threshold
 from processors.kafka.topics import Role
 from processors.records import ControlState, ReviewReason, SeenEvent, WorkItem
 from processors.runtime import metrics
-from processors.runtime.ledger import Ledger
 from processors.runtime.stage import Emit, Record, Table
-from processors.stages.base import WorkflowStage
+from processors.stages.base import WorkflowStage, seen_ledger
 from processors.workflow.answers import AnswerErrors, answer_errors
 from processors.workflow.workflow import Workflow
 
@@ -46,7 +48,7 @@ class Validate(WorkflowStage):
 
     def __init__(self, workflow: Workflow, control: Control | ControlState | None = None):
         super().__init__(workflow, control)
-        self.seen = Ledger(workflow.topic(Role.seen), SeenEvent)
+        self.seen = seen_ledger(workflow)
 
     def tables(self) -> list[Table]:
         return [self.seen]
