@@ -25,6 +25,18 @@ LABELS_FIELD = "expected"
 """Sample files may carry the expected labels for evals on each line; they are not sent."""
 
 
+class StageName(StrEnum):
+    """The stages a workflow runs: each names its consumer group, its traces (``Trace.step``), its
+    review items (``ReviewItem.stage``) and its dead letters (the ``handoff.stage`` header)."""
+
+    classify = "classify"
+    validate = "validate"
+    route = "route"
+    execute = "execute"
+    review = "review"
+    join = "join"
+
+
 class ReviewReason(StrEnum):
     """Why a person must decide an item (``ReviewItem.reason``, the ``handoff_reviews_total`` label)."""
 

@@ -17,10 +17,11 @@ from processors.cli.params import (
     need_broker,
 )
 from processors.control.store import ControlUnavailable
-from processors.pipeline import STAGES, Pipeline
+from processors.pipeline import Pipeline
 from processors.runtime import metrics
 from processors.runtime.options import Guarantee, RuntimeOptions
 from processors.runtime.runtime import BrokerUnavailable
+from processors.stages.registry import STAGES
 from processors.workflow.workflow import WorkflowError
 
 

@@ -39,10 +39,11 @@ from processors.kafka.read import snapshot
 from processors.kafka.settings import KafkaSettings
 from processors.kafka.topics import Role, apply
 from processors.kafka.write import write
-from processors.pipeline import Pipeline, build_stage, wait_until_drained
+from processors.pipeline import Pipeline, wait_until_drained
 from processors.providers.scripted import ScriptedProvider
 from processors.records import PromptRef, WorkItem, dumps
 from processors.runtime.runtime import RuntimeOptions, StageRuntime
+from processors.stages.registry import build_stage
 from processors.workflow.workflow import Workflow, load_workflow
 
 BENCH_BROKER_DIR = Path(".local/bench-kafka")

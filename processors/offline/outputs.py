@@ -12,12 +12,13 @@ from processors.kafka.read import snapshot
 from processors.kafka.settings import KafkaSettings
 from processors.kafka.topics import Role
 from processors.paths import dotted
+from processors.records import StageName
 from processors.runtime.dead_letter import Header
 from processors.workflow.workflow import Workflow
 
 Model = TypeVar("Model", bound=BaseModel)
 
-SETTLING_STAGES = ("classify", "validate", "route")
+SETTLING_STAGES = (StageName.classify, StageName.validate, StageName.route)
 """Stages whose review items and dead letters settle a trigger; execute's concern actions of
 triggers that were already decided."""
 

@@ -88,6 +88,7 @@ from processors.records import (
     Result,
     ReviewItem,
     ReviewReason,
+    StageName,
     Trace,
     Verdict,
     VerdictKind,
@@ -256,7 +257,7 @@ class Evidence:
             dead = pool.submit(_dead_letters, workflow, settings)
         return cls(decisions=[d for future in decisions for d in future.result()], reviews=reviews.result(),
                    verdicts=verdicts.result(), repairs=repairs.result(), dead=dead.result(),
-                   spend=[t for t in traces.result() if t.step == "classify" and t.prompt], results=results.result())
+                   spend=[t for t in traces.result() if t.step == StageName.classify and t.prompt], results=results.result())
 
 
 def _first_verdicts(workflow: Workflow, settings: KafkaSettings) -> list[Verdict]:

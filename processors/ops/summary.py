@@ -33,6 +33,7 @@ from processors.records import (
     Execution,
     ReviewItem,
     ReviewReason,
+    StageName,
 )
 from processors.runtime.dead_letter import Header
 from processors.workflow.workflow import Workflow
@@ -109,7 +110,7 @@ def collect(workflow: Workflow, settings: KafkaSettings, samples: int = 3) -> Su
     dead, action_failures = {}, {}
     for msg, headers in dead_letters(workflow, settings):
         reason = headers.get(Header.error_reason, "unknown")
-        if headers.get(Header.stage) == "execute":
+        if headers.get(Header.stage) == StageName.execute:
             action_failures[msg.key().decode() if msg.key() else str(msg.offset())] = reason
         elif headers.get(Header.stage) in SETTLING_STAGES:
             dead[dead_letter_id(workflow, settings, headers, msg.value())] = reason

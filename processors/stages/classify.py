@@ -66,6 +66,7 @@ from processors.records import (
     PromptRef,
     ReviewReason,
     SeenEvent,
+    StageName,
     Usage,
     WorkItem,
     dumps,
@@ -96,7 +97,7 @@ def parse_answer(text: str) -> dict | None:
 
 
 class Classify(WorkflowStage):
-    name = "classify"
+    name = StageName.classify
     input_roles = [Role.triggers, Role.repair]
 
     def __init__(self, workflow: Workflow, provider: Provider, control: Control | ControlState | None = None):

@@ -41,6 +41,7 @@ from processors.records import (
     ExecutionStatus,
     Notification,
     ReviewReason,
+    StageName,
 )
 from processors.runtime import metrics
 from processors.runtime.ledger import Ledger
@@ -51,7 +52,7 @@ from processors.workflow.workflow import Action, ActionKind, Workflow
 
 
 class Execute(WorkflowStage):
-    name = "execute"
+    name = StageName.execute
     input_roles = [Role.actions]
 
     def __init__(self, workflow: Workflow, control: Control | ControlState | None = None):

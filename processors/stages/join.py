@@ -54,6 +54,7 @@ from processors.records import (
     JoinStatus,
     Outcome,
     Result,
+    StageName,
 )
 from processors.runtime.ledger import Ledger
 from processors.runtime.stage import DeadLetter, Emit, Record, Table
@@ -87,7 +88,7 @@ class JoinLedger(Ledger[JoinState]):
 
 
 class Join(WorkflowStage):
-    name = "join"
+    name = StageName.join
     input_roles = [Role.outcomes, Role.joins_inbox]  # and every decisions.<route> topic, added below
     inline = True
 

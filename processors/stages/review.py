@@ -41,6 +41,7 @@ from processors.records import (
     ControlState,
     ReviewItem,
     ReviewReason,
+    StageName,
     Verdict,
     VerdictKind,
     WorkItem,
@@ -69,7 +70,7 @@ class FirstVerdicts(Table):
 
 
 class Review(WorkflowStage):
-    name = "review"
+    name = StageName.review
     input_roles = [Role.verdicts]
     inline = True
 

@@ -32,6 +32,7 @@ from processors.records import (
     DecisionSource,
     Mode,
     ReviewReason,
+    StageName,
     WorkItem,
     dumps,
 )
@@ -41,7 +42,7 @@ from processors.workflow.workflow import RouteRule
 
 
 class Route(WorkflowStage):
-    name = "route"
+    name = StageName.route
     input_roles = [Role.validated]
     inline = True
 

@@ -31,7 +31,13 @@ from __future__ import annotations
 from processors.clock import now_ms
 from processors.control.state import Control, review_threshold
 from processors.kafka.topics import Role
-from processors.records import ControlState, ReviewReason, SeenEvent, WorkItem
+from processors.records import (
+    ControlState,
+    ReviewReason,
+    SeenEvent,
+    StageName,
+    WorkItem,
+)
 from processors.runtime import metrics
 from processors.runtime.stage import Emit, Record, Table
 from processors.stages.base import WorkflowStage, seen_ledger
@@ -42,7 +48,7 @@ MAX_ATTEMPTS = 2  # the first answer and one repair
 
 
 class Validate(WorkflowStage):
-    name = "validate"
+    name = StageName.validate
     input_roles = [Role.classified]
     inline = True
 
