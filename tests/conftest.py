@@ -16,12 +16,7 @@ import orjson
 import pytest
 
 from processors.avro.serde import AvroSerde
-from processors.dev.localkafka import (
-    LocalKafka,
-    LocalKafkaError,
-    free_port,
-    wait_for_broker,
-)
+from processors.dev.localkafka import LocalKafka, LocalKafkaError, free_port, wait_for_broker
 from processors.dev.receiver import WebhookReceiver
 from processors.kafka.settings import KafkaSettings
 from processors.kafka.topics import apply

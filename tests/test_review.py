@@ -17,14 +17,7 @@ from processors.offline.outputs import read
 from processors.ops.review_queue import InvalidVerdict, ReviewQueue, VerdictRefused
 from processors.pipeline import Pipeline
 from processors.providers.scripted import ScriptedProvider
-from processors.records import (
-    Decision,
-    Execution,
-    Notification,
-    ReviewItem,
-    Trace,
-    WorkItem,
-)
+from processors.records import Decision, Execution, Notification, ReviewItem, Trace, WorkItem
 from tests.conftest import deployed, produce, tickets
 
 HOW_TO = {"category": "how_to", "urgency": "low", "confidence": 0.5, "reason": "Asks how to change a setting."}

@@ -8,14 +8,7 @@ import pytest
 from fastavro import schemaless_reader
 
 from processors.avro.contracts import ContractStore
-from processors.avro.serde import (
-    AvroSerde,
-    EncodeError,
-    NotAvro,
-    SchemaMismatch,
-    Truncated,
-    UnknownSchema,
-)
+from processors.avro.serde import AvroSerde, EncodeError, NotAvro, SchemaMismatch, Truncated, UnknownSchema
 
 TICKET_V1 = {
     "event": "support_ticket.created", "event_id": "evt_01HY9K2P0A7", "created_at": "2026-05-29T14:22:10Z",

@@ -6,13 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from confluent_kafka.admin import (
-    AlterConfigOpType,
-    ConfigEntry,
-    ConfigResource,
-    NewPartitions,
-    ResourceType,
-)
+from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource, NewPartitions, ResourceType
 
 from processors.avro.serde import RegistryFraming
 from processors.kafka.settings import KafkaSettings

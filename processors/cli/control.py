@@ -7,13 +7,7 @@ from typing import Annotated, Literal, Optional
 
 import typer
 
-from processors.cli.params import (
-    Bootstrap,
-    WorkflowName,
-    WorkflowsDir,
-    control_store,
-    fail,
-)
+from processors.cli.params import Bootstrap, WorkflowName, WorkflowsDir, control_store, fail
 from processors.records import ControlState, Mode
 
 app = typer.Typer(no_args_is_help=True, help="What a workflow's running stages obey — rollout mode, kill "

@@ -8,13 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from processors.cli.params import (
-    Bootstrap,
-    WorkflowName,
-    WorkflowsDir,
-    load,
-    need_broker,
-)
+from processors.cli.params import Bootstrap, WorkflowName, WorkflowsDir, load, need_broker
 from processors.ops.corrections import export
 
 app = typer.Typer(no_args_is_help=True, help="Datasets made from what people decided.")

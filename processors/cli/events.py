@@ -9,14 +9,7 @@ import orjson
 import typer
 
 from processors.avro.serde import AvroSerde
-from processors.cli.params import (
-    Bootstrap,
-    WorkflowName,
-    WorkflowsDir,
-    fail,
-    load,
-    need_broker,
-)
+from processors.cli.params import Bootstrap, WorkflowName, WorkflowsDir, fail, load, need_broker
 from processors.kafka.broker import QUIET
 from processors.kafka.read import describe, follow, snapshot
 from processors.kafka.topics import Role

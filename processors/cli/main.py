@@ -11,20 +11,7 @@ import os
 
 import typer
 
-from processors.cli import (
-    broker,
-    control,
-    dataset,
-    evals,
-    events,
-    outcome,
-    prompt,
-    replay,
-    report,
-    review,
-    run,
-    topics,
-)
+from processors.cli import broker, control, dataset, evals, events, outcome, prompt, replay, report, review, run, topics
 from processors.cli.params import Project
 from processors.project import PROJECT_ENV
 

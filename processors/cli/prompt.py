@@ -9,13 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from processors.cli.control import ChangedBy, Reason, echo_state
-from processors.cli.params import (
-    Bootstrap,
-    WorkflowName,
-    WorkflowsDir,
-    control_store,
-    fail,
-)
+from processors.cli.params import Bootstrap, WorkflowName, WorkflowsDir, control_store, fail
 from processors.control.store import ControlStore
 from processors.offline.promote import promote, rollback
 

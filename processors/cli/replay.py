@@ -6,13 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from processors.cli.params import (
-    Bootstrap,
-    WorkflowName,
-    WorkflowsDir,
-    control_store,
-    fail,
-)
+from processors.cli.params import Bootstrap, WorkflowName, WorkflowsDir, control_store, fail
 from processors.offline.replay.report import ReplayMode
 from processors.offline.replay.request import GateMissed, ReplayRequest, run_replay
 from processors.offline.replay.selection import Selection

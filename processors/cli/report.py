@@ -6,14 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from processors.cli.params import (
-    Bootstrap,
-    WorkflowName,
-    WorkflowsDir,
-    fail,
-    load,
-    need_broker,
-)
+from processors.cli.params import Bootstrap, WorkflowName, WorkflowsDir, fail, load, need_broker
 from processors.ops.report import build, parse_since
 
 

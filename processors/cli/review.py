@@ -8,14 +8,7 @@ from typing import Annotated, Optional
 import orjson
 import typer
 
-from processors.cli.params import (
-    Bootstrap,
-    WorkflowName,
-    WorkflowsDir,
-    fail,
-    load,
-    need_broker,
-)
+from processors.cli.params import Bootstrap, WorkflowName, WorkflowsDir, fail, load, need_broker
 from processors.ops.review_queue import (
     InvalidVerdict,
     ReviewQueue,

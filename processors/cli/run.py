@@ -8,14 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from processors.actions.webhook import MissingSecret
-from processors.cli.params import (
-    Bootstrap,
-    WorkflowName,
-    WorkflowsDir,
-    fail,
-    load,
-    need_broker,
-)
+from processors.cli.params import Bootstrap, WorkflowName, WorkflowsDir, fail, load, need_broker
 from processors.control.store import ControlUnavailable
 from processors.pipeline import Pipeline
 from processors.runtime import metrics

@@ -7,13 +7,7 @@ from typing import Annotated
 
 import typer
 
-from processors.cli.params import (
-    Bootstrap,
-    WorkflowName,
-    WorkflowsDir,
-    load,
-    need_broker,
-)
+from processors.cli.params import Bootstrap, WorkflowName, WorkflowsDir, load, need_broker
 from processors.kafka.broker import QUIET
 from processors.kafka.topics import apply
 

@@ -75,13 +75,7 @@ from processors.clock import now_ms
 from processors.kafka.read import snapshot
 from processors.kafka.settings import KafkaSettings
 from processors.kafka.topics import Role
-from processors.offline.outputs import (
-    SETTLING_STAGES,
-    dead_letter_id,
-    dead_letters,
-    decision_suffixes,
-    read,
-)
+from processors.offline.outputs import SETTLING_STAGES, dead_letter_id, dead_letters, decision_suffixes, read
 from processors.records import (
     Decision,
     DecisionSource,

@@ -40,12 +40,7 @@ from processors.kafka.read import snapshot
 from processors.kafka.settings import KafkaSettings
 from processors.kafka.topics import Role
 from processors.kafka.write import write
-from processors.records import (
-    ReviewItem,
-    ReviewReason,
-    Verdict,
-    VerdictKind,
-)
+from processors.records import ReviewItem, ReviewReason, Verdict, VerdictKind
 from processors.workflow.answers import verdict_errors
 from processors.workflow.verdict_log import Logged, decoded, first_verdicts
 from processors.workflow.workflow import Workflow

@@ -20,21 +20,8 @@ from pydantic import BaseModel
 from processors.kafka.read import snapshot
 from processors.kafka.settings import KafkaSettings
 from processors.kafka.topics import Role
-from processors.offline.outputs import (
-    SETTLING_STAGES,
-    dead_letter_id,
-    dead_letters,
-    decision_suffixes,
-    read,
-)
-from processors.records import (
-    Decision,
-    DecisionSource,
-    Execution,
-    ReviewItem,
-    ReviewReason,
-    StageName,
-)
+from processors.offline.outputs import SETTLING_STAGES, dead_letter_id, dead_letters, decision_suffixes, read
+from processors.records import Decision, DecisionSource, Execution, ReviewItem, ReviewReason, StageName
 from processors.runtime.dead_letter import Header
 from processors.workflow.workflow import Workflow
 

@@ -11,16 +11,7 @@ from __future__ import annotations
 from processors.clock import now_ms
 from processors.control.state import Control, initial
 from processors.kafka.topics import Role
-from processors.records import (
-    ControlState,
-    PromptRef,
-    ReviewItem,
-    ReviewReason,
-    SeenEvent,
-    Trace,
-    Usage,
-    dumps,
-)
+from processors.records import ControlState, PromptRef, ReviewItem, ReviewReason, SeenEvent, Trace, Usage, dumps
 from processors.runtime import metrics
 from processors.runtime.ledger import Ledger
 from processors.runtime.stage import Emit, Stage

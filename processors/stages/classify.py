@@ -43,42 +43,17 @@ import asyncio
 import time
 
 import orjson
-from tenacity import (
-    AsyncRetrying,
-    retry_if_exception,
-    stop_after_attempt,
-    wait_exponential_jitter,
-)
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from processors.clock import now_ms
 from processors.control.state import Control
 from processors.kafka.topics import Role
 from processors.paths import dotted
-from processors.providers.base import (
-    ModelAnswer,
-    ModelRequest,
-    Provider,
-    ProviderError,
-    ProviderTimeout,
-)
-from processors.records import (
-    ControlState,
-    PromptRef,
-    ReviewReason,
-    SeenEvent,
-    StageName,
-    Usage,
-    WorkItem,
-    dumps,
-)
+from processors.providers.base import ModelAnswer, ModelRequest, Provider, ProviderError, ProviderTimeout
+from processors.records import ControlState, PromptRef, ReviewReason, SeenEvent, StageName, Usage, WorkItem, dumps
 from processors.runtime import metrics
 from processors.runtime.stage import DeadLetter, Emit, Record, Table
-from processors.stages.base import (
-    PROMPT_VERSION_HEADER,
-    REPLAY_HEADER,
-    WorkflowStage,
-    seen_ledger,
-)
+from processors.stages.base import PROMPT_VERSION_HEADER, REPLAY_HEADER, WorkflowStage, seen_ledger
 from processors.workflow import rules
 from processors.workflow.prompt import PromptSpec
 from processors.workflow.workflow import Workflow, WorkflowError

@@ -24,12 +24,7 @@ from __future__ import annotations
 import httpx
 import orjson
 
-from processors.actions.webhook import (
-    ActionFailed,
-    ActionResult,
-    WebhookAction,
-    secret_from_env,
-)
+from processors.actions.webhook import ActionFailed, ActionResult, WebhookAction, secret_from_env
 from processors.clock import now_ms
 from processors.control.state import Control, approval_risk
 from processors.kafka.topics import Role

@@ -37,15 +37,7 @@ from processors.avro.serde import AvroSerde
 from processors.control.state import Control
 from processors.kafka.topics import Role
 from processors.paths import lookup
-from processors.records import (
-    ControlState,
-    ReviewItem,
-    ReviewReason,
-    StageName,
-    Verdict,
-    VerdictKind,
-    WorkItem,
-)
+from processors.records import ControlState, ReviewItem, ReviewReason, StageName, Verdict, VerdictKind, WorkItem
 from processors.runtime.stage import DeadLetter, Emit, Record, Table
 from processors.stages.base import WorkflowStage
 from processors.workflow.answers import verdict_errors

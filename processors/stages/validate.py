@@ -31,13 +31,7 @@ from __future__ import annotations
 from processors.clock import now_ms
 from processors.control.state import Control, review_threshold
 from processors.kafka.topics import Role
-from processors.records import (
-    ControlState,
-    ReviewReason,
-    SeenEvent,
-    StageName,
-    WorkItem,
-)
+from processors.records import ControlState, ReviewReason, SeenEvent, StageName, WorkItem
 from processors.runtime import metrics
 from processors.runtime.stage import Emit, Record, Table
 from processors.stages.base import WorkflowStage, seen_ledger

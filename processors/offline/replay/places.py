@@ -12,13 +12,7 @@ from pydantic import BaseModel
 
 from processors.kafka.settings import KafkaSettings
 from processors.kafka.topics import Role
-from processors.offline.outputs import (
-    SETTLING_STAGES,
-    dead_letter_id,
-    dead_letters,
-    decision_suffixes,
-    read,
-)
+from processors.offline.outputs import SETTLING_STAGES, dead_letter_id, dead_letters, decision_suffixes, read
 from processors.records import Decision, ReviewItem
 from processors.runtime.dead_letter import Header
 from processors.stages.base import REPLAY_HEADER

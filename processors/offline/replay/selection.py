@@ -20,13 +20,7 @@ from processors.avro.serde import DecodeError, EncodeError
 from processors.kafka.read import watermarks
 from processors.kafka.settings import KafkaSettings
 from processors.kafka.topics import Role
-from processors.offline.replay.places import (
-    Found,
-    Place,
-    found_records,
-    places,
-    settles,
-)
+from processors.offline.replay.places import Found, Place, found_records, places, settles
 from processors.paths import dotted
 from processors.records import WorkItem
 from processors.stages.base import REPLAY_HEADER
