@@ -190,7 +190,7 @@ class ReviewItem(BaseModel):
     event_id: str
     workflow: str
     reason: ReviewReason
-    stage: str
+    stage: StageName
     event: str
     answer: str | None = None
     raw_answer: str | None = None
@@ -252,7 +252,7 @@ class Trace(Usage):
 
     run_id: str
     workflow: str
-    step: str
+    step: StageName
     at_ms: int
     prompt: PromptRef | None = None
     model: str | None = None
