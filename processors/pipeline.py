@@ -16,43 +16,15 @@ import threading
 import time
 from collections.abc import Callable
 
-from processors.control.state import Control
 from processors.control.watcher import ControlWatcher
 from processors.kafka.lag import LagProbe
 from processors.kafka.settings import KafkaSettings
 from processors.providers.base import Provider
 from processors.runtime.runtime import RuntimeOptions, StageRuntime
-from processors.runtime.stage import Stage
-from processors.stages.classify import Classify
-from processors.stages.execute import Execute
-from processors.stages.join import Join
-from processors.stages.review import Review
-from processors.stages.route import Route
-from processors.stages.validate import Validate
+from processors.stages.registry import STAGES, build_stage
 from processors.workflow.workflow import Workflow
 
 log = logging.getLogger("handoff.pipeline")
-
-STAGES = ("classify", "validate", "route", "execute", "review", "join")
-
-
-def build_stage(name: str, workflow: Workflow, settings: KafkaSettings, provider: Provider | None = None,
-                control: Control | None = None) -> Stage:
-    """``control``: what the stage obeys (the pipeline's watcher); pinned to ``initial(workflow)`` when None."""
-    if name == "classify":
-        return Classify(workflow, provider or workflow.provider(), control)
-    if name == "validate":
-        return Validate(workflow, control)
-    if name == "route":
-        return Route(workflow, control)
-    if name == "execute":
-        return Execute(workflow, control)
-    if name == "review":
-        return Review(workflow, settings, control)
-    if name == "join":
-        return Join(workflow)
-    raise ValueError(f"unknown stage {name!r}; one of {', '.join(STAGES)}")
-
 
 def wait_until_drained(settings: KafkaSettings, runtimes: list[StageRuntime], timeout: float, quiet_checks: int = 2,
                        interval: float = 1.0, running: Callable[[], bool] = lambda: True) -> bool:
@@ -81,7 +53,7 @@ class Pipeline:
     def __init__(self, workflow: Workflow, settings: KafkaSettings, stages: list[str] = list(STAGES),
                  options: RuntimeOptions | None = None, provider: Provider | None = None):
         self.control = ControlWatcher(settings, workflow)  # one per process, shared by its stages
-        self.runtimes = [StageRuntime(build_stage(name, workflow, settings, provider, self.control), workflow.name,
+        self.runtimes = [StageRuntime(build_stage(name, workflow, provider, self.control), workflow.name,
                                       workflow.topics, settings, options) for name in stages]
         self.settings = settings
         self.errors: list[BaseException] = []

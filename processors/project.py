@@ -2,13 +2,18 @@
 
 ``HANDOFF_PROJECT`` names the root; without it the shipped examples (the folder this package
 was checked out in) are the project. Every loader asks here, never relative to its own file,
-so a workflow of your own runs without editing the package.
+so a workflow of your own runs without editing the package, and reads its YAML files through
+:func:`load_yaml`, so a syntax error names the file, line and column the same way everywhere.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
 
 EXAMPLES = Path(__file__).resolve().parent.parent
 """The shipped examples: ``workflows/support_ticket`` and ``workflows/banking77`` with their schemas and topics."""
@@ -31,3 +36,29 @@ def schemas_dir() -> Path:
 
 def topics_dir() -> Path:
     return root() / "topics"
+
+
+class DataFileError(ValueError):
+    """A project file that is not valid YAML; the message names the file, line and column (1-based)."""
+
+
+def load_yaml(path: Path) -> Any:
+    """The YAML document in ``path``; :class:`DataFileError` names where a syntax error is.
+    ``FileNotFoundError`` is the caller's: only it knows what the missing file was for."""
+    text = path.read_text()
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1} column {mark.column + 1}: " if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        context, start = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+        if context and start is not None:
+            context += f" that starts at line {start.line + 1} column {start.column + 1}"
+        detail = f"{problem} ({context})" if context else problem
+        raise DataFileError(f"{path}: {where}not valid YAML: {detail}") from None
+
+
+def describe(path: Path, exc: ValidationError) -> str:
+    """A file's validation errors, one field path a line, under the file's name."""
+    return f"{path}:\n  " + "\n  ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())

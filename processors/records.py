@@ -25,6 +25,18 @@ LABELS_FIELD = "expected"
 """Sample files may carry the expected labels for evals on each line; they are not sent."""
 
 
+class StageName(StrEnum):
+    """The stages a workflow runs: each names its consumer group, its traces (``Trace.step``), its
+    review items (``ReviewItem.stage``) and its dead letters (the ``handoff.stage`` header)."""
+
+    classify = "classify"
+    validate = "validate"
+    route = "route"
+    execute = "execute"
+    review = "review"
+    join = "join"
+
+
 class ReviewReason(StrEnum):
     """Why a person must decide an item (``ReviewItem.reason``, the ``handoff_reviews_total`` label)."""
 
@@ -178,7 +190,7 @@ class ReviewItem(BaseModel):
     event_id: str
     workflow: str
     reason: ReviewReason
-    stage: str
+    stage: StageName
     event: str
     answer: str | None = None
     raw_answer: str | None = None
@@ -240,7 +252,7 @@ class Trace(Usage):
 
     run_id: str
     workflow: str
-    step: str
+    step: StageName
     at_ms: int
     prompt: PromptRef | None = None
     model: str | None = None

@@ -16,12 +16,7 @@ import orjson
 import pytest
 
 from processors.avro.serde import AvroSerde
-from processors.dev.localkafka import (
-    LocalKafka,
-    LocalKafkaError,
-    free_port,
-    wait_for_broker,
-)
+from processors.dev.localkafka import LocalKafka, LocalKafkaError, free_port, wait_for_broker
 from processors.dev.receiver import WebhookReceiver
 from processors.kafka.settings import KafkaSettings
 from processors.kafka.topics import apply
@@ -92,8 +87,11 @@ TICKETS = ROOT / "workflows/support_ticket/datasets/tickets.jsonl"
 SECRET = "test-signing-secret"
 
 
-def tickets() -> list[dict]:
-    return [orjson.loads(line) for line in TICKETS.read_bytes().splitlines() if line.strip()]
+def tickets(injected: bool = False) -> list[dict]:
+    """The sample tickets, without its prompt injections unless ``injected``: those go to a person
+    before any model is asked, and most tests are about what a model answered."""
+    rows = [orjson.loads(line) for line in TICKETS.read_bytes().splitlines() if line.strip()]
+    return [row for row in rows if injected or "prompt_injection" not in row["expected"]["tags"]]
 
 
 @pytest.fixture

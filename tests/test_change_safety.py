@@ -28,13 +28,14 @@ from starlette.responses import Response
 from starlette.routing import Route
 from typer.testing import CliRunner
 
-from processors.cli.app import app
+from processors.cli.main import app
 from processors.control.store import ControlStore
 from processors.dev.loopback import LoopbackServer
 from processors.kafka.read import snapshot
 from processors.offline.outputs import read
 from processors.offline.promote import promote
-from processors.offline.replay import Selection, places, select
+from processors.offline.replay.places import places
+from processors.offline.replay.selection import Selection, select
 from processors.ops.summary import collect
 from processors.pipeline import Pipeline
 from processors.project import EXAMPLES

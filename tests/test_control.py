@@ -25,15 +25,7 @@ from processors.offline.promote import rollback
 from processors.pipeline import Pipeline
 from processors.providers.base import ModelRequest
 from processors.providers.scripted import ScriptedProvider
-from processors.records import (
-    ControlState,
-    Decision,
-    PromptRef,
-    ReviewItem,
-    SeenEvent,
-    WorkItem,
-    dumps,
-)
+from processors.records import ControlState, Decision, PromptRef, ReviewItem, SeenEvent, WorkItem, dumps
 from processors.runtime.stage import Record
 from processors.stages.classify import Classify
 from processors.stages.execute import Execute

@@ -19,7 +19,7 @@ import yaml
 from typer.testing import CliRunner
 
 from processors.avro.serde import EncodeError
-from processors.cli.app import app
+from processors.cli.main import app
 from processors.control.state import initial
 from processors.offline.evals import EvalError, EvalReport, run_suite
 from processors.offline.runner import OfflineRunner
@@ -28,6 +28,7 @@ from processors.paths import lookup
 from processors.pipeline import Pipeline
 from processors.providers.base import ModelRequest
 from processors.providers.scripted import ScriptedProvider, Timeout
+from processors.workflow import rules
 from processors.workflow.workflow import load_workflow
 from tests.conftest import ROOT, deployed, produce, tickets
 
@@ -173,10 +174,17 @@ def test_a_model_that_breaks_json_for_one_version_fails_it_and_the_regression_se
 
 
 def test_the_adversarial_metric_catches_a_model_that_obeys_injections():
+    """The workflow's rule on the event holds every eval injection before a model is asked, so a
+    model that obeys them does no harm; for a phrasing the rule does not know (here: the rule off),
+    the metric catches it."""
     adversarial = {row["event_id"] for row in rows(EVALS / "adversarial.jsonl")}
     workflow = load_workflow("support_ticket")
+    obeying = oracle(expected_answers(), obey=adversarial)
 
-    report = run_suite(workflow, provider=ScriptedProvider(default=oracle(expected_answers(), obey=adversarial)))
+    held = run_suite(workflow, provider=ScriptedProvider(default=obeying))
+    assert held.passed and {d.dataset: d.review for d in held.datasets}["adversarial"] == len(adversarial)
+    unguarded = workflow.model_copy(update={"rules": [r for r in workflow.rules if r not in rules.EVENT_RULES]})
+    report = run_suite(unguarded, provider=ScriptedProvider(default=obeying))
 
     assert {row.metric for row in report.rows if row.passed is False} == {"adversarial_fail_closed_rate"}
     assert not report.passed

@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from processors.avro.serde import AvroSerde
-from processors.cli.app import app
+from processors.cli.main import app
 from processors.kafka.read import snapshot
 from processors.offline.outputs import read
 from processors.ops.outcomes import send_outcome

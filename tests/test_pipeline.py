@@ -102,7 +102,7 @@ def test_each_poison_kind_takes_its_path_and_the_stages_carry_on(kafka, receiver
 
 def test_every_sample_ticket_ends_in_exactly_one_place(kafka, receiver):
     workflow = deployed("support_ticket", kafka)
-    sample = tickets()
+    sample = tickets(injected=True)
     produce(kafka, workflow, sample)
     assert Pipeline(workflow, kafka).run_until_drained(timeout=240)
     summary = collect(workflow, kafka)
@@ -115,6 +115,8 @@ def test_every_sample_ticket_ends_in_exactly_one_place(kafka, receiver):
     assert set(receiver.applied) == {f"{e}:open_escalation" for e in escalated}
     notifications = read(workflow, kafka, "notifications", Notification)
     assert sorted(n.event_id for n in notifications) == sorted(summary.decided)
+    injected = {t["event_id"] for t in sample if "prompt_injection" in t["expected"]["tags"]}
+    assert injected and {e: summary.reviewed.get(e) for e in injected} == dict.fromkeys(injected, "event_rule")
 
 
 def test_banking_workflow_routes_real_queries_and_holds_risky_actions(kafka, receiver):

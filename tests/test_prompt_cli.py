@@ -11,7 +11,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from processors.cli.app import app
+from processors.cli.main import app
 from processors.control.store import ControlStore
 from processors.project import EXAMPLES
 from processors.workflow.workflow import load_workflow

@@ -21,7 +21,7 @@ from tests.conftest import SECRET, deployed, produce, tickets
 def handoff_run(kafka, receiver, log, *args) -> subprocess.Popen:
     env = os.environ | {"KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers, "HANDOFF_NAMESPACE": kafka.namespace,
                         "HANDOFF_WEBHOOK_URL": receiver.url, "HANDOFF_WEBHOOK_SECRET": SECRET}
-    return subprocess.Popen([sys.executable, "-m", "processors.cli.app", "run", "--workflow", "support_ticket", *args],
+    return subprocess.Popen([sys.executable, "-m", "processors.cli", "run", "--workflow", "support_ticket", *args],
                             env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
@@ -41,7 +41,7 @@ def decisions(workflow) -> list[str]:
 @pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
 def test_sigkill_mid_stream_then_restart_loses_nothing(kafka, receiver, tmp_path, guarantee):
     workflow = deployed("support_ticket", kafka)
-    sample = tickets()
+    sample = tickets(injected=True)
     produce(kafka, workflow, sample)
     decision_topics = decisions(workflow)
     args = ["--guarantee", guarantee, "--max-in-flight", "8"]

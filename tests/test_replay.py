@@ -11,11 +11,13 @@ import pytest
 from typer.testing import CliRunner
 
 from processors.avro.serde import AvroSerde
-from processors.cli.app import app
+from processors.cli.main import app
 from processors.control.store import ControlStore
 from processors.kafka.read import snapshot
 from processors.offline.outputs import read
-from processors.offline.replay import Selection, Source, reinject, select, shadow
+from processors.offline.replay.live import reinject
+from processors.offline.replay.selection import Selection, Source, select
+from processors.offline.replay.shadow import shadow
 from processors.ops.summary import collect
 from processors.pipeline import Pipeline
 from processors.providers.scripted import ScriptedProvider, Timeout

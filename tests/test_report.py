@@ -33,19 +33,10 @@ import pytest
 from typer.testing import CliRunner
 
 from processors.avro.serde import AvroSerde
-from processors.cli.app import app
+from processors.cli.main import app
 from processors.clock import now_ms
 from processors.ops.report import ALL_VERSIONS, build, parse_since
-from processors.records import (
-    Decision,
-    PromptRef,
-    Result,
-    ReviewItem,
-    Trace,
-    Verdict,
-    WorkItem,
-    dumps,
-)
+from processors.records import Decision, PromptRef, Result, ReviewItem, Trace, Verdict, WorkItem, dumps
 from processors.workflow.workflow import WorkflowError, load_workflow
 from tests.conftest import deployed, tickets
 

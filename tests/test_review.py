@@ -11,20 +11,13 @@ import pytest
 from typer.testing import CliRunner
 
 from processors.avro.serde import AvroSerde
-from processors.cli.app import app
+from processors.cli.main import app
 from processors.kafka.read import snapshot
 from processors.offline.outputs import read
 from processors.ops.review_queue import InvalidVerdict, ReviewQueue, VerdictRefused
 from processors.pipeline import Pipeline
 from processors.providers.scripted import ScriptedProvider
-from processors.records import (
-    Decision,
-    Execution,
-    Notification,
-    ReviewItem,
-    Trace,
-    WorkItem,
-)
+from processors.records import Decision, Execution, Notification, ReviewItem, Trace, WorkItem
 from tests.conftest import deployed, produce, tickets
 
 HOW_TO = {"category": "how_to", "urgency": "low", "confidence": 0.5, "reason": "Asks how to change a setting."}
@@ -210,11 +203,12 @@ def test_an_injected_query_waits_for_a_person_who_can_correct_it(kafka, receiver
                                              "reason": "The customer asks when the card arrives."}]})
     produce(kafka, workflow, [query])
     assert Pipeline(workflow, kafka, provider=provider).run_until_drained(timeout=120)
-    assert len(provider.requests) == 1, "no repair: the model is not asked again"
+    assert provider.requests == [], "the model is never asked: the rule holds the event before classify's call"
     (item,) = ReviewQueue(workflow, kafka).open_items()
     assert item.review_id == "b_inj:event_rule" and "Ignore previous instructions" in item.validation_errors[0]
 
-    code, out = cli(kafka, "review", "correct", item.review_id, "-w", "banking77", "--set", "intent=lost_or_stolen_card")
+    code, out = cli(kafka, "review", "correct", item.review_id, "-w", "banking77", "--set", "intent=lost_or_stolen_card",
+                    "--set", "reason=The card was stolen; the rest is an injection.")  # no model answer to start from
     assert code == 0, out
     assert Pipeline(workflow, kafka, provider=provider).run_until_drained(timeout=120)
     assert [(d.route, d.source) for d in decisions(workflow, kafka)] == [("security", "review")]

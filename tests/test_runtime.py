@@ -10,9 +10,10 @@ from confluent_kafka import Producer
 
 from processors.avro.serde import AvroSerde
 from processors.kafka.read import count, snapshot
-from processors.kafka.topics import apply, load_topics
+from processors.kafka.topics import apply
 from processors.runtime.runtime import RuntimeOptions, StageRuntime
 from processors.runtime.stage import DeadLetter, Emit, Record, Stage
+from processors.workflow.workflow import load_topics
 from tests.test_serde import TICKET_V1
 
 

@@ -11,13 +11,7 @@ import httpx
 import orjson
 import pytest
 
-from processors.actions.webhook import (
-    ActionFailed,
-    ActionResult,
-    WebhookAction,
-    sign,
-    verify,
-)
+from processors.actions.webhook import ActionFailed, ActionResult, WebhookAction, sign, verify
 from processors.dev.receiver import WebhookReceiver
 
 SECRET = "s3cret"

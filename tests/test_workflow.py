@@ -8,7 +8,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from processors.cli.app import app
+from processors.cli.main import app
+from processors.kafka.topics import Role
 from processors.project import EXAMPLES
 from processors.workflow.workflow import WorkflowError, load_workflow
 from tests.conftest import deployed, produce, tickets
@@ -40,8 +41,8 @@ def test_both_shipped_workflows_load():
     (lambda w: w.update(review_threshold=1.5), "review_threshold"),
     (lambda w: w["model"].update(kind="oracle"), "model"),
     (lambda w: w.update(rules=["customer_is_always_right"]), "unknown rule 'customer_is_always_right'"),
-    (lambda w: w["routes"].insert(0, {"name": "vip", "when": [{"event.customer.plan": "enterprise"}]}),
-     "no topic support_ticket.decisions.vip"),
+    (lambda w: w["actions"]["notify_team"].update(topic="support_ticket.nowhere"),
+     "actions.notify_team.topic: 'support_ticket.nowhere' is not a topic of this workflow"),
     (lambda w: w["routes"][1].update(actions=["refund_everyone"]), "unknown action 'refund_everyone'"),
     (lambda w: w.update(grants=["teams:notify"]), "actions.open_escalation.scope"),
     (lambda w: w.update(prompt="support_ticket_classifier@1999-01-01.1"), "1999-01-01.1.yaml does not exist"),
@@ -52,6 +53,15 @@ def test_a_broken_workflow_names_the_file_and_the_field(editable, change, messag
         load_workflow("support_ticket", root=editable)
     assert str(editable / "support_ticket" / "workflow.yaml") in str(failure.value)
     assert message in str(failure.value)
+
+
+def test_a_new_route_gets_its_decisions_topic(editable):
+    """Decision topics are derived from the routes: adding a route is editing workflow.yaml only."""
+    edit(editable, lambda w: w["routes"].insert(0, {"name": "vip", "when": [{"event.customer.plan": "enterprise"}]}))
+    workflow = load_workflow("support_ticket", root=editable)
+    assert workflow.route_names[0] == "vip"
+    assert workflow.decide({}, {"customer": {"plan": "enterprise"}})[1] == "vip"
+    assert workflow.topic(Role.decisions, "vip") in workflow.topics
 
 
 def test_a_broken_prompt_names_the_prompt_file(editable):

@@ -10,19 +10,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import os
 import time
 from typing import Any
 
 import httpx
 import orjson
 from pydantic import BaseModel
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception_type,
-    stop_after_attempt,
-    wait_exponential_jitter,
-)
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +33,23 @@ def sign(secret: str, timestamp: int | str, body: bytes) -> str:
 def verify(secret: str, timestamp: int | str, body: bytes, signature: str) -> bool:
     """Constant-time, so response timing leaks nothing about the expected signature."""
     return hmac.compare_digest(sign(secret, timestamp, body).encode(), signature.encode())
+
+
+class MissingSecret(ValueError):
+    """An action declares a signing secret that is not set: it must not send unsigned."""
+
+
+def secret_from_env(action: str, env: str | None) -> str | None:
+    """The signing secret ``env`` names (None when the action declares none). A declared secret that
+    is unset or empty raises :class:`MissingSecret`: a receiver that checks signatures would refuse
+    every call, one that does not would accept forgeries, so the stage stops at start instead."""
+    if env is None:
+        return None
+    secret = os.environ.get(env)
+    if not secret:
+        raise MissingSecret(f"action {action}: its secret_env {env} is not set; set it to the webhook's signing "
+                            f"secret (or remove secret_env from the workflow to send unsigned)")
+    return secret
 
 
 class ActionResult(BaseModel):

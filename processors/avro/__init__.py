@@ -1,0 +1,1 @@
+"""Avro contracts (the schemas under ``schemas/``) and the serde that frames records with them. Imports only the bottom layer."""

@@ -24,13 +24,7 @@ from pathlib import Path
 import orjson
 from fastavro import parse_schema
 from fastavro.repository.base import AbstractSchemaRepository, SchemaRepositoryError
-from fastavro.schema import (
-    UnknownType,
-    fingerprint,
-    fullname,
-    load_schema,
-    to_parsing_canonical_form,
-)
+from fastavro.schema import UnknownType, fingerprint, fullname, load_schema, to_parsing_canonical_form
 
 from processors import project
 

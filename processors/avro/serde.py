@@ -21,9 +21,10 @@ import struct
 from typing import Any, Protocol
 
 import orjson
+from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from fastavro import schemaless_reader, schemaless_writer
 from fastavro.read import SchemaResolutionError
-from fastavro.validation import ValidationError, validate
+from fastavro.validation import validate
 
 from processors.avro.contracts import Contract, ContractStore, default_store
 
@@ -72,31 +73,64 @@ class EncodeError(ValueError):
 
 
 def check_record(record: Any, contract: Contract) -> list[str]:
-    """Every way ``record`` breaks ``contract``: wrong types, missing and unknown fields."""
-    errors = _unknown_fields(record, contract.schema, contract.schema.get("name", ""))
-    try:
-        validate(record, contract.schema, raise_errors=True, strict=True)
-    except ValidationError as exc:
-        errors += [f"{e.field}: expected {_type_name(e.schema)}, got {e.datum!r}" for e in exc.errors]
-    return errors
+    """Every way ``record`` breaks ``contract``: wrong types, missing fields and fields the schema
+    does not have, each named by its dotted path in the record (``customer.plan: missing``), so a
+    person finds it in their JSON without knowing the schema's record names."""
+    return _errors(record, contract.schema, "", _definitions(contract.schema, {}))
+
+
+def _definitions(schema: Any, named: dict[str, Any]) -> dict[str, Any]:
+    """Every named type ``schema`` defines, by full name: a later use of one is only its name."""
+    if isinstance(schema, list):
+        for branch in schema:
+            _definitions(branch, named)
+    elif isinstance(schema, dict):
+        if schema.get("type") in ("record", "enum", "fixed"):
+            named[schema["name"]] = schema
+        inner = [f["type"] for f in schema.get("fields", [])] + [schema[k] for k in ("items", "values") if k in schema]
+        for sub in inner:
+            _definitions(sub, named)
+    return named
+
+
+def _errors(datum: Any, schema: Any, path: str, named: dict[str, Any]) -> list[str]:
+    """``datum`` against ``schema`` at ``path``; records, arrays and maps are walked so an error names
+    the innermost field, anything else is fastavro's to judge."""
+    where = path or "record"
+    if isinstance(schema, str) and schema in named:
+        schema = named[schema]
+    if isinstance(schema, list):  # a union: fine if one branch takes it; a lone record branch is walked
+        if any(not _errors(datum, branch, path, named) for branch in schema):
+            return []
+        records = [b for b in schema if isinstance(named.get(b, b), dict) and named.get(b, b).get("type") == "record"]
+        if isinstance(datum, dict) and len(records) == 1:
+            return _errors(datum, records[0], path, named)
+        return [f"{where}: expected {' or '.join(_type_name(named.get(b, b)) for b in schema)}, got {datum!r}"]
+    kind = schema.get("type") if isinstance(schema, dict) else None
+    if kind == "record" and isinstance(datum, dict):
+        fields = {f["name"]: f for f in schema["fields"]}
+        errors = [f"{_join(path, k)}: not in schema" for k in datum if k not in fields]
+        for name, field in fields.items():
+            if name in datum:
+                errors += _errors(datum[name], field["type"], _join(path, name), named)
+            elif "default" not in field:
+                errors.append(f"{_join(path, name)}: missing ({_type_name(named.get(field['type'], field['type']))})")
+        return errors
+    if kind == "array" and isinstance(datum, list):
+        return [e for i, item in enumerate(datum) for e in _errors(item, schema["items"], f"{path}[{i}]", named)]
+    if kind == "map" and isinstance(datum, dict):
+        return [e for k, v in datum.items() for e in _errors(v, schema["values"], f"{path}[{k!r}]", named)]
+    if kind != "record" and validate(datum, schema, raise_errors=False, strict=True):
+        return []
+    return [f"{where}: expected {_type_name(schema)}, got {datum!r}"]
+
+
+def _join(path: str, name: str) -> str:
+    return f"{path}.{name}" if path else name
 
 
 def _type_name(schema: Any) -> str:
     return schema if isinstance(schema, str) else schema.get("type", str(schema)) if isinstance(schema, dict) else "union"
-
-
-def _unknown_fields(record: Any, schema: Any, path: str) -> list[str]:
-    """fastavro ignores keys the schema does not have; a contract should not."""
-    if isinstance(schema, list):
-        return []
-    if not (isinstance(schema, dict) and schema.get("type") == "record" and isinstance(record, dict)):
-        return []
-    fields = {f["name"]: f["type"] for f in schema["fields"]}
-    errors = [f"{path}.{k}: not in schema" for k in record if k not in fields]
-    for name, sub in fields.items():
-        if name in record:
-            errors += _unknown_fields(record[name], sub, f"{path}.{name}")
-    return errors
 
 
 class Framing(Protocol):
@@ -132,16 +166,12 @@ class RegistryFraming:
     """Confluent Schema Registry wire format, through confluent-kafka's registry client."""
 
     def __init__(self, url: str, store: ContractStore):
-        from confluent_kafka.schema_registry import SchemaRegistryClient
-
         self.client = SchemaRegistryClient({"url": url})
         self.store = store
         self._ids: dict[tuple[str, str], int] = {}
         self._by_id: dict[int, Contract] = {}
 
     def header(self, contract: Contract, topic: str) -> bytes:
-        from confluent_kafka.schema_registry import Schema
-
         key = (contract.name, topic)
         if key not in self._ids:
             self._ids[key] = self.client.register_schema(f"{topic}-value", Schema(contract.canonical, "AVRO"))

@@ -1,0 +1,1 @@
+"""The control topic: what running stages obey (labels, rollout mode, kill switch, thresholds), read, published and followed."""

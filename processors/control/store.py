@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import getpass
 
-from processors.avro.serde import AvroSerde
 from processors.clock import now_ms
 from processors.control.state import initial
 from processors.kafka.read import snapshot
 from processors.kafka.settings import KafkaSettings
+from processors.kafka.topics import Role
+from processors.kafka.write import write
 from processors.records import ControlState
 from processors.workflow.workflow import Workflow
 
@@ -42,8 +43,8 @@ class ControlStore:
     def __init__(self, settings: KafkaSettings, workflow: Workflow):
         self.settings = settings
         self.workflow = workflow
-        self.spec = workflow.topics[workflow.topic("control")]
-        self.serde = AvroSerde(self.spec.value_schema)
+        self.spec = workflow.spec(Role.control)
+        self.serde = self.spec.serde(settings)
 
     def check(self) -> None:
         """Fail now, with what to do, when the control topic is missing."""
@@ -78,8 +79,8 @@ class ControlStore:
         state = ControlState.model_validate({**current.model_dump(), **fields, "version": current.version + 1,
                                              "changed_by": changed_by or getpass.getuser(), "change": change,
                                              "reason": reason, "forced": forced, "at_ms": now_ms()})
-        producer = self.settings.producer()
-        producer.produce(self.spec.name, key=self.workflow.name, value=self.serde.encode(state.model_dump()))
-        if producer.flush(10) != 0:
-            raise RuntimeError(f"control change not acknowledged by the broker ({self.settings.bootstrap_servers})")
+        write(self.settings.producer(), self.spec.name,
+              [(self.workflow.name, self.serde.encode(state.model_dump(), self.spec.name))],
+              what="control change", timeout_s=10,
+              then=f"see whether it landed (handoff control show --workflow {self.workflow.name}), then try again")
         return state

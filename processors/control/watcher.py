@@ -6,11 +6,12 @@ import logging
 import threading
 import time
 
-from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
 
 from processors.control.state import Control, initial
 from processors.control.store import ControlStore
 from processors.kafka.settings import KafkaSettings
+from processors.runtime.runtime import BrokerUnavailable
 from processors.workflow.workflow import Workflow
 
 log = logging.getLogger("handoff.control")
@@ -32,9 +33,14 @@ class ControlWatcher(Control):
         self._thread: threading.Thread | None = None
 
     def start(self, timeout: float = 30.0) -> None:
-        """Read the topic to its end (the state in force now), then follow it in the background."""
-        self.store.check()
+        """Read the topic to its end (the state in force now), then follow it in the background.
+        :class:`BrokerUnavailable` when no broker answers: the first thing a pipeline asks the broker."""
         topic = self.store.spec.name
+        try:
+            self.store.check()
+        except KafkaException as exc:
+            raise BrokerUnavailable(f"no Kafka broker at {self.store.settings.bootstrap_servers} answered when "
+                                    f"reading the control topic {topic}: {exc.args[0].str()}") from None
         consumer = self.store.settings.consumer(f"{self.store.workflow.name}.control-watcher",
                                                 **{"enable.partition.eof": True})
         consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])

@@ -32,19 +32,18 @@ from pathlib import Path
 import orjson
 import typer
 from confluent_kafka import TIMESTAMP_CREATE_TIME, Consumer, Message
-from tqdm import tqdm
 
-from processors.avro.serde import AvroSerde
 from processors.clock import now_ms
 from processors.dev.localkafka import LocalKafka, free_port
 from processors.kafka.read import snapshot
 from processors.kafka.settings import KafkaSettings
-from processors.kafka.topics import apply
-from processors.offline.outputs import decision_suffixes
-from processors.pipeline import Pipeline, build_stage, wait_until_drained
+from processors.kafka.topics import Role, apply
+from processors.kafka.write import write
+from processors.pipeline import Pipeline, wait_until_drained
 from processors.providers.scripted import ScriptedProvider
 from processors.records import PromptRef, WorkItem, dumps
 from processors.runtime.runtime import RuntimeOptions, StageRuntime
+from processors.stages.registry import build_stage
 from processors.workflow.workflow import Workflow, load_workflow
 
 BENCH_BROKER_DIR = Path(".local/bench-kafka")
@@ -67,15 +66,8 @@ def events(workflow: Workflow, n: int, run: str = "bench") -> list[dict]:
 
 
 def produce(settings: KafkaSettings, topic: str, records: list[tuple[str, bytes]]) -> None:
-    producer = settings.producer(**{"linger.ms": 20})
-    for key, value in tqdm(records, desc=f"producing to {topic.split('.', 1)[-1]}", unit="rec", leave=False):
-        while True:
-            try:
-                producer.produce(topic, key=key, value=value)
-                break
-            except BufferError:
-                producer.poll(0.05)
-    producer.flush(60)
+    write(settings.producer(**{"linger.ms": 20}), topic, records, what="bench records",
+          progress=f"producing to {topic.split('.', 1)[-1]}")
 
 
 def throughput(settings: KafkaSettings, topics: list[str], expected: int, since_ms: int) -> float:
@@ -86,11 +78,11 @@ def throughput(settings: KafkaSettings, topics: list[str], expected: int, since_
     return len(stamps) / max((max(stamps) - min(stamps)) / 1000, 1e-3)
 
 
-def preclassified(workflow: Workflow, n: int, run: str) -> list[tuple[str, bytes]]:
+def preclassified(workflow: Workflow, settings: KafkaSettings, n: int, run: str) -> list[tuple[str, bytes]]:
     """``n`` work items for ``<workflow>.classified`` as classify would have written them, with event
     ids fresh to ``run`` (validate drops a second run's items as duplicates)."""
     prompt = PromptRef(name=workflow.prompt_spec.name, version=workflow.prompt_spec.version)
-    serde = AvroSerde(workflow.topics[workflow.topic("classified")].value_schema)
+    serde = workflow.spec(Role.classified).serde(settings)
     return [(e["customer"]["id"], serde.encode(WorkItem(
         event_id=e["event_id"], workflow=workflow.name, event=dumps({k: v for k, v in e.items() if k != "expected"}),
         prompt=prompt, model="bench:preclassified", raw_answer="",
@@ -100,17 +92,17 @@ def preclassified(workflow: Workflow, n: int, run: str) -> list[tuple[str, bytes
 
 def runtimes(workflow: Workflow, settings: KafkaSettings, stages: list[str]) -> list[StageRuntime]:
     """The stages' runtimes as ``handoff run`` builds them, not started (no Kafka client yet)."""
-    return [StageRuntime(build_stage(stage, workflow, settings), workflow.name, workflow.topics, settings)
+    return [StageRuntime(build_stage(stage, workflow), workflow.name, workflow.topics, settings)
             for stage in stages]
 
 
 def decision_topics(workflow: Workflow) -> list[str]:
-    return [workflow.topics[workflow.topic(suffix)].name for suffix in decision_suffixes(workflow)]
+    return [workflow.spec(Role.decisions, route).name for route in workflow.route_names]
 
 
 def bench_validate_route(workflow: Workflow, settings: KafkaSettings, n: int) -> float:
     """Both stages in this process, one thread each (``handoff run --stage all``)."""
-    produce(settings, workflow.topics[workflow.topic("classified")].name, preclassified(workflow, n, "one_process"))
+    produce(settings, workflow.spec(Role.classified).name, preclassified(workflow, settings, n, "one_process"))
     started = now_ms()
     Pipeline(workflow, settings, ["validate", "route"]).run_until_drained(timeout=600)
     return throughput(settings, decision_topics(workflow), n, started)
@@ -118,12 +110,12 @@ def bench_validate_route(workflow: Workflow, settings: KafkaSettings, n: int) ->
 
 def bench_validate_route_processes(workflow: Workflow, settings: KafkaSettings, n: int) -> float:
     """Each stage in its own ``handoff run --stage`` process, as production deploys them."""
-    produce(settings, workflow.topics[workflow.topic("classified")].name, preclassified(workflow, n, "processes"))
+    produce(settings, workflow.spec(Role.classified).name, preclassified(workflow, settings, n, "processes"))
     env = os.environ | {"KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers, "HANDOFF_NAMESPACE": settings.namespace}
     logs = {stage: BENCH_LOGS / f"{stage}.log" for stage in ("validate", "route")}
     BENCH_LOGS.mkdir(parents=True, exist_ok=True)
     started = now_ms()
-    stages = [subprocess.Popen([sys.executable, "-m", "processors.cli.app", "run", "--workflow", workflow.name,
+    stages = [subprocess.Popen([sys.executable, "-m", "processors.cli", "run", "--workflow", workflow.name,
                                 "--stage", stage], env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
               for stage, log in logs.items()]
     try:  # the drain check asks about the stages' groups and input topics: the same runtimes, not run here
@@ -142,8 +134,8 @@ def bench_stage_work(workflow: Workflow, settings: KafkaSettings, n: int) -> flo
     """Validate's and route's own work per event — decode, rules, routing, encoding every output — on
     one thread with no Kafka client at all: what (a) would reach if the runtime and the broker were free."""
     validate, route = runtimes(workflow, settings, ["validate", "route"])
-    classified, validated = (workflow.topics[workflow.topic(suffix)].name for suffix in ("classified", "validated"))
-    items = preclassified(workflow, n, "stage_work")
+    classified, validated = (workflow.spec(role).name for role in (Role.classified, Role.validated))
+    items = preclassified(workflow, settings, n, "stage_work")
     validate.tune_gc()  # as a stage process runs
     started = time.perf_counter()
     for offset, (key, value) in enumerate(items):
@@ -161,14 +153,14 @@ def bench_classify(workflow: Workflow, settings: KafkaSettings, n: int, latency:
     started = now_ms()
     Pipeline(workflow, settings, ["classify"], RuntimeOptions(max_in_flight=in_flight),
              provider=provider).run_until_drained(timeout=600)
-    return throughput(settings, [workflow.topics[workflow.topic("classified")].name], n, started)
+    return throughput(settings, [workflow.spec(Role.classified).name], n, started)
 
 
 def bench_plain_loop(workflow: Workflow, settings: KafkaSettings, n: int) -> float:
     """The reference: what a hand-written confluent-kafka loop does with the same records."""
-    source = workflow.topics[workflow.topic("triggers")].name
-    target = workflow.topics[workflow.topic("shadow")].name  # any topic nobody reads in this run
-    serde = AvroSerde(workflow.topics[workflow.topic("triggers")].value_schema)
+    source = workflow.spec(Role.triggers).name
+    target = workflow.spec(Role.shadow).name  # any topic nobody reads in this run
+    serde = workflow.spec(Role.triggers).serde(settings)
     consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": f"{settings.namespace}.plain",
                          "auto.offset.reset": "earliest", "enable.auto.commit": False})
     producer = settings.producer()
@@ -203,8 +195,8 @@ def run(settings: KafkaSettings, n: int, latency: float, in_flight: int) -> None
           f"(n={accuracy.n_holdout}, trained on {accuracy.n_train}; best published ~93%)", flush=True)
     os.environ.setdefault("HANDOFF_WEBHOOK_URL", "http://127.0.0.1:9")  # execute does not run here
     # The reference runs first: it also warms the broker's JVM, which would otherwise tax (a).
-    trigger = workflow.topics[workflow.topic("triggers")]
-    serde = AvroSerde(trigger.value_schema)
+    trigger = workflow.spec(Role.triggers)
+    serde = trigger.serde(settings)
     produce(settings, trigger.name, [(e["customer"]["id"], serde.encode({k: v for k, v in e.items() if k != "expected"}))
                                      for e in events(workflow, n)])
     c = bench_plain_loop(workflow, settings, n)

@@ -28,12 +28,12 @@ from pathlib import Path
 import orjson
 from confluent_kafka import Producer
 
-from processors.avro.serde import AvroSerde
 from processors.clock import now_ms
 from processors.dev.localkafka import LocalKafka, free_port, wait_for_broker
 from processors.dev.receiver import WebhookReceiver
 from processors.kafka.settings import KafkaSettings
-from processors.kafka.topics import apply
+from processors.kafka.topics import Role, apply
+from processors.kafka.write import write
 from processors.offline.outputs import decision_suffixes, read
 from processors.ops import corrections, report
 from processors.ops.outcomes import send_outcome
@@ -57,12 +57,10 @@ def say(text: str) -> None:
 
 def produce_poison(workflow: Workflow, producer: Producer) -> int:
     """Records no stage can read: not Avro, and Avro of a schema nobody knows."""
-    topic = workflow.topics[workflow.topic("triggers")].name
     unknown_fingerprint = b"\xc3\x01" + bytes(8) + b"\x02x"
-    for value in (b'{"subject": "json, not avro"}', b"\x00\xff\xfe", unknown_fingerprint):
-        producer.produce(topic, key=b"poison", value=value)
-    producer.flush(10)
-    return 3
+    poison = [(b"poison", value) for value in (b'{"subject": "json, not avro"}', b"\x00\xff\xfe", unknown_fingerprint)]
+    write(producer, workflow.spec(Role.triggers).name, poison, what="poison records", timeout_s=10)
+    return len(poison)
 
 
 def expected_labels(workflow: Workflow) -> dict[str, str]:
@@ -107,7 +105,7 @@ def answer_back(workflow: Workflow, settings: KafkaSettings) -> None:
 
 def show_queue_and_report(workflow: Workflow, settings: KafkaSettings) -> None:
     open_items = ReviewQueue(workflow, settings).open_items()
-    say(f"review queue:  {len(open_items)} open (handoff review list --workflow {workflow.name}); the oldest:")
+    say(f"review queue:  {len(open_items)} open (handoff review list --workflow {workflow.name}); first in line:")
     for item in open_items[:QUEUE_LINES]:
         say("  " + line(workflow, item))
     exported = corrections.export(workflow, settings, DEMO_CORRECTIONS / f"{workflow.name}.jsonl")
@@ -148,9 +146,9 @@ def run_demo(settings: KafkaSettings) -> bool:
         for workflow in workflows:
             changes = apply(settings.admin(), list(workflow.topics.values()))
             say(f"topics: {workflow.name}: {sum(c.action == 'create' for c in changes)} created")
-            trigger = workflow.topics[workflow.topic("triggers")]
+            trigger = workflow.spec(Role.triggers)
             sent = produce_file(workflow.folder / WORKFLOWS[workflow.name], producer, trigger.name,
-                                AvroSerde(trigger.value_schema), trigger.key_field)
+                                trigger.serde(settings), trigger.key_field)
             poison = produce_poison(workflow, producer) if workflow.name == "support_ticket" else 0
             say(f"produced: {workflow.name}: {sent.sent} triggers sent, {len(sent.rejected)} rejected, "
                 f"{poison} poison records")

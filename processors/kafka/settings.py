@@ -27,8 +27,8 @@ class KafkaSettings(BaseModel):
     schema_registry_url: str | None = Field(default_factory=lambda: _env("SCHEMA_REGISTRY_URL"),
                                             description="Confluent wire format when set; single-object encoding otherwise.")
 
-    def admin(self) -> AdminClient:
-        return AdminClient({"bootstrap.servers": self.bootstrap_servers})
+    def admin(self, **overrides) -> AdminClient:
+        return AdminClient({"bootstrap.servers": self.bootstrap_servers, **overrides})
 
     def producer(self, **overrides) -> Producer:
         return Producer({

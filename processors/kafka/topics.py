@@ -1,6 +1,15 @@
-"""Topics as code: ``topics/<workflow>.yaml`` declares every topic a workflow uses.
+"""Topics as code: a workflow's topics are derived from what it is, not copied into each file.
 
-``apply`` compares the declaration with the cluster and only ever *adds*: it creates missing
+Every workflow runs on the same engine, so the engine's topics — work in flight, ledgers,
+review, traces, control, dead letters — are the same for each (name, partitions, schema,
+cleanup policy, retention, doc: :data:`ENGINE_TOPICS`), and there is one decisions topic per
+route, ``<workflow>.decisions.<route>``, derived from the routes of ``workflow.yaml``.
+``topics/<workflow>.yaml`` declares only what differs: the trigger topic (its contract and the
+field producers key by) and any overrides (partitions, replication, retention) per topic.
+A topic is named for its :class:`Role`; a :class:`TopicSpec` also owns its serde
+(:meth:`TopicSpec.serde`), so no caller pairs a topic with a schema by hand.
+
+``apply`` compares the topics with the cluster and only ever *adds*: it creates missing
 topics and reports drift (another partition count, another config) without changing or
 deleting anything, because shrinking partitions or rewriting retention on a live topic can
 lose data or reorder keys. Fixing drift is an operator's deliberate act. A second ``apply``
@@ -13,15 +22,18 @@ environments share a broker without sharing topics.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from enum import StrEnum
+from functools import cache
 from pathlib import Path
 
-import yaml
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from processors import project
+from processors.avro.serde import AvroSerde
+from processors.kafka.settings import KafkaSettings
 
 
 class CleanupPolicy(StrEnum):
@@ -29,12 +41,45 @@ class CleanupPolicy(StrEnum):
     compact = "compact"
 
 
-class TopicSpec(BaseModel):
-    """One topic. Compaction for keyed state (latest value per key), deletion for event streams."""
+class Role(StrEnum):
+    """What a topic does in a workflow; the value is its name after ``<workflow>.``.
+    ``decisions`` is one topic per route: ``<workflow>.decisions.<route>``."""
+
+    triggers = "triggers"
+    classified = "classified"
+    repair = "repair"
+    validated = "validated"
+    decisions = "decisions"
+    shadow = "shadow"
+    actions = "actions"
+    executions = "executions"
+    actions_done = "actions.done"
+    notifications = "notifications"
+    seen = "seen"
+    review = "review"
+    traces = "traces"
+    outcomes = "outcomes"
+    verdicts = "verdicts"
+    results = "results"
+    joins = "joins"
+    joins_inbox = "joins.inbox"
+    control = "control"
+    replay = "replay"
+    dlq = "dlq"
+
+
+def topic_name(workflow: str, role: Role | str, route: str | None = None) -> str:
+    """The declared name of a workflow's topic: ``<workflow>.<role>``, ``<workflow>.decisions.<route>``."""
+    if (role == Role.decisions) != (route is not None):
+        raise ValueError(f"{workflow}: a route names a decisions topic and only that ({role}, route {route!r})")
+    return f"{workflow}.{role}" + (f".{route}" if route is not None else "")
+
+
+class TopicSettings(BaseModel):
+    """How a topic is made. Compaction for keyed state (latest value per key), deletion for event streams."""
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str
     partitions: int = Field(6, ge=1)
     replication: int = Field(1, ge=1, description="Capped at the broker count when applied.")
     retention_ms: int = Field(7 * 24 * 3600 * 1000, ge=-1, description="-1 keeps forever.")
@@ -43,23 +88,138 @@ class TopicSpec(BaseModel):
     key_field: str | None = Field(None, description="Dotted path of the value field producers key by, e.g. customer.id.")
     doc: str = ""
 
+
+class TopicSpec(TopicSettings):
+    """One topic, named (namespace included once loaded)."""
+
+    name: str
+
     def configs(self) -> dict[str, str]:
         return {"cleanup.policy": self.cleanup_policy.value, "retention.ms": str(self.retention_ms)}
 
+    def serde(self, settings: KafkaSettings) -> AvroSerde:
+        """The serde of this topic's values, framed as ``settings`` say (the Confluent wire format
+        when a Schema Registry URL is set). One per schema and registry for the process, so a hot
+        path may ask for it per record."""
+        if self.value_schema is None:
+            raise ValueError(f"{self.name} carries raw bytes (no value_schema): there is no serde for it")
+        return _serde(self.value_schema, settings.schema_registry_url)
+
+
+@cache
+def _serde(value_schema: str, registry_url: str | None) -> AvroSerde:
+    return AvroSerde(value_schema, registry_url=registry_url)
+
+
+FOREVER = -1
+THIRTY_DAYS_MS = 30 * 24 * 3600 * 1000
+
+
+def _compacted(**fields) -> TopicSettings:
+    """Keyed state (a ledger, the joiner's changelog, control): the latest value per key, kept forever."""
+    return TopicSettings(cleanup_policy=CleanupPolicy.compact, retention_ms=FOREVER, **fields)
+
+
+ENGINE_TOPICS: dict[Role, TopicSettings] = {
+    Role.classified: TopicSettings(value_schema="handoff/work_item",
+                                   doc="Model answers, parsed, on their way to validation."),
+    Role.repair: TopicSettings(value_schema="handoff/work_item",
+                               doc="Invalid answers sent back to classify once, with the validation errors."),
+    Role.validated: TopicSettings(value_schema="handoff/work_item",
+                                  doc="Answers that passed schema, allowed values, business rules and the threshold."),
+    Role.decisions: TopicSettings(value_schema="handoff/decision", doc="Decisions routed to {route}."),
+    Role.shadow: TopicSettings(value_schema="handoff/decision",
+                               doc="Decisions made in shadow mode: written, never acted on."),
+    Role.actions: TopicSettings(value_schema="handoff/action_request",
+                                doc="Action requests for the execute stage, keyed by idempotency key."),
+    Role.executions: TopicSettings(value_schema="handoff/execution", doc="Results of executed actions."),
+    Role.actions_done: _compacted(value_schema="handoff/action_done", doc=(
+        "Idempotency ledger: one entry per effect applied. Compacted, kept forever.")),
+    Role.notifications: TopicSettings(value_schema="handoff/notification",
+                                      doc="What emit actions write: team notifications, keyed by event id."),
+    Role.seen: _compacted(value_schema="handoff/seen_event", doc=(
+        "Duplicate-event ledger: one entry per settled event id. Compacted, kept forever.")),
+    Role.review: TopicSettings(value_schema="handoff/review_item", retention_ms=THIRTY_DAYS_MS,
+                               doc="Items a person must decide: low confidence, invalid output, risky actions."),
+    Role.traces: TopicSettings(value_schema="handoff/trace", doc="One record per step of every run."),
+    Role.outcomes: TopicSettings(value_schema="handoff/outcome",
+                                 doc="Business outcomes reported by downstream systems, keyed by event id."),
+    Role.verdicts: TopicSettings(value_schema="handoff/verdict", retention_ms=FOREVER, doc=(
+        "Reviewers' verdicts, keyed by review id: the first verdict on an item wins. "
+        "Kept forever (corrections are data).")),
+    Role.results: TopicSettings(value_schema="handoff/result",
+                                doc="Decisions joined with their business outcomes, keyed by event id."),
+    Role.joins: _compacted(value_schema="handoff/join_state", doc=(
+        "The outcome joiner's state (changelog): decisions and outcomes waiting for each other, "
+        "keyed by event id.")),
+    Role.joins_inbox: TopicSettings(value_schema="handoff/join_state", doc=(
+        "Decisions and outcomes re-keyed by event id by the joiner, so one joiner instance sees both "
+        "sides of an event.")),
+    Role.control: _compacted(partitions=1, value_schema="handoff/control_state", doc=(
+        "Prompt labels, rollout mode, kill switch and thresholds, keyed by workflow: the latest record "
+        "is in force.")),
+    Role.replay: TopicSettings(value_schema="handoff/decision", doc=(
+        "Decisions made by a shadow replay: compared with the originals, never acted on.")),
+    Role.dlq: TopicSettings(retention_ms=THIRTY_DAYS_MS, doc=(
+        "Dead letters: the original key and value bytes, with headers saying where from and why.")),
+}
+"""Every topic the engine runs a workflow on, the same for each workflow; all but the trigger."""
+
+
+class TopicOverride(BaseModel):
+    """What ``topics/<workflow>.yaml`` may change on an engine topic. Its schema, cleanup policy
+    and key are the engine's contract with its stages, so they are not for a file to change."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    partitions: int | None = Field(None, ge=1)
+    replication: int | None = Field(None, ge=1)
+    retention_ms: int | None = Field(None, ge=-1)
+
 
 class TopicFile(BaseModel):
+    """``topics/<workflow>.yaml``: the trigger topic, and overrides keyed by the topic's name after
+    ``<workflow>.`` (``review``, ``decisions.security``)."""
+
     model_config = ConfigDict(extra="forbid")
 
     workflow: str
-    topics: list[TopicSpec]
+    trigger: TopicSettings
+    overrides: dict[str, TopicOverride] = Field(default_factory=dict)
 
 
-def load_topics(workflow: str, namespace: str = "", root: Path | None = None) -> dict[str, TopicSpec]:
-    """The workflow's topics keyed by their declared name, each ``name`` prefixed by ``namespace``."""
+def workflow_topics(workflow: str, routes: Iterable[str], namespace: str = "",
+                    root: Path | None = None) -> dict[str, TopicSpec]:
+    """The workflow's topics keyed by their declared name, each ``name`` prefixed by ``namespace``:
+    the trigger topic and overrides from ``<root>/<workflow>.yaml`` (``root``: the project's
+    ``topics/``), the engine's topics, and one decisions topic per route, in that order.
+    :class:`~processors.project.DataFileError` names the file, and the line or field, of a bad one."""
     path = (root or project.topics_dir()) / f"{workflow}.yaml"
-    spec = TopicFile.model_validate(yaml.safe_load(path.read_text()))
+    try:
+        declared = TopicFile.model_validate(project.load_yaml(path))
+    except ValidationError as exc:
+        raise project.DataFileError(project.describe(path, exc)) from None
+    if declared.workflow != workflow:
+        raise project.DataFileError(f"{path}: workflow: {declared.workflow!r}, expected {workflow!r}")
+    derived = {topic_name(workflow, Role.triggers): declared.trigger}
+    for role, settings in ENGINE_TOPICS.items():
+        if role != Role.decisions:
+            derived[topic_name(workflow, role)] = settings
+            continue
+        for route in dict.fromkeys(routes):
+            derived[topic_name(workflow, role, route)] = settings.model_copy(
+                update={"doc": settings.doc.format(route=route)})
+    unknown = sorted(set(declared.overrides) - {name.removeprefix(f"{workflow}.") for name in derived})
+    if unknown:
+        raise project.DataFileError(f"{path}: overrides: {', '.join(unknown)}: no such topic of {workflow} "
+                                    f"(a role: {', '.join(Role)}; or decisions.<route>)")
     prefix = f"{namespace}." if namespace else ""
-    return {t.name: t.model_copy(update={"name": prefix + t.name}) for t in spec.topics}
+    topics = {}
+    for name, settings in derived.items():
+        override = declared.overrides.get(name.removeprefix(f"{workflow}."))
+        changes = override.model_dump(exclude_none=True) if override else {}
+        topics[name] = TopicSpec(**{**settings.model_dump(), **changes}, name=prefix + name)
+    return topics
 
 
 class Change(BaseModel):

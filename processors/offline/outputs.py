@@ -7,37 +7,38 @@ from typing import TypeVar
 from confluent_kafka import Message
 from pydantic import BaseModel
 
-from processors.avro.serde import AvroSerde, DecodeError
+from processors.avro.serde import DecodeError
 from processors.kafka.read import snapshot
 from processors.kafka.settings import KafkaSettings
+from processors.kafka.topics import Role
 from processors.paths import dotted
+from processors.records import StageName
 from processors.runtime.dead_letter import Header
 from processors.workflow.workflow import Workflow
 
 Model = TypeVar("Model", bound=BaseModel)
 
-SETTLING_STAGES = ("classify", "validate", "route")
+SETTLING_STAGES = (StageName.classify, StageName.validate, StageName.route)
 """Stages whose review items and dead letters settle a trigger; execute's concern actions of
 triggers that were already decided."""
 
 
 def decision_suffixes(workflow: Workflow, shadow: bool = False) -> list[str]:
     """The suffixes of the workflow's decision topics (``decisions.<route>``), ``shadow`` too when asked."""
-    return [name.removeprefix(f"{workflow.name}.") for name in workflow.topics
-            if name.startswith(workflow.topic("decisions.")) or (shadow and name == workflow.topic("shadow"))]
+    return [f"{Role.decisions}.{route}" for route in workflow.route_names] + ([Role.shadow] if shadow else [])
 
 
 def read(workflow: Workflow, settings: KafkaSettings, suffix: str, model: type[Model]) -> list[Model]:
     """Every record of ``<workflow>.<suffix>`` so far, decoded into ``model``."""
     spec = workflow.topics[workflow.topic(suffix)]
-    serde = AvroSerde(spec.value_schema, registry_url=settings.schema_registry_url)
+    serde = spec.serde(settings)
     return [model.model_validate(serde.decode(msg.value())) for msg in snapshot(settings, spec.name)]
 
 
 def dead_letters(workflow: Workflow, settings: KafkaSettings) -> list[tuple[Message, dict[str, str]]]:
     """Every record of ``<workflow>.dlq`` so far, with its headers as text."""
     return [(msg, {k: v.decode(errors="replace") for k, v in msg.headers() or [] if v is not None})
-            for msg in snapshot(settings, workflow.topics[workflow.topic("dlq")].name)]
+            for msg in snapshot(settings, workflow.spec(Role.dlq).name)]
 
 
 def dead_letter_id(workflow: Workflow, settings: KafkaSettings, headers: dict[str, str], value: bytes | None) -> str:
@@ -48,8 +49,8 @@ def dead_letter_id(workflow: Workflow, settings: KafkaSettings, headers: dict[st
     if spec is None:
         return where
     try:
-        record = AvroSerde(spec.value_schema, registry_url=settings.schema_registry_url).decode(value)
+        record = spec.serde(settings).decode(value)
     except DecodeError:
         return where
-    is_trigger = spec.name == workflow.topics[workflow.topic("triggers")].name
+    is_trigger = spec.name == workflow.spec(Role.triggers).name
     return str(dotted(record, workflow.trigger.event_id) if is_trigger else record["event_id"])

@@ -16,9 +16,10 @@ Each trigger is first encoded and decoded with the trigger topic's contract, so 
 the record it would read from Kafka (defaults filled in), and an event that could never be
 produced is refused with the contract's error instead of being evaluated.
 
-Validate's duplicate ledger is never restored offline (no runtime reads its topic); it only
-remembers what one ``run`` call settled, so an event id seen twice in one call is reported as
-``duplicate`` (as the pipeline would drop it), while separate calls are independent.
+The duplicate ledger is never restored offline (no runtime reads its topic); classify and
+validate only remember what one ``run`` call took on, so an event id seen twice in one call is
+reported as ``duplicate`` (as the pipeline would drop it, before the model is asked), while
+separate calls are independent.
 """
 
 from __future__ import annotations
@@ -34,8 +35,9 @@ import orjson
 from pydantic import Field
 from tqdm import tqdm
 
-from processors.avro.serde import AvroSerde
 from processors.clock import now_ms
+from processors.kafka.settings import KafkaSettings
+from processors.kafka.topics import Role
 from processors.paths import dotted
 from processors.providers.base import Provider
 from processors.records import (
@@ -55,6 +57,10 @@ from processors.stages.validate import Validate
 from processors.workflow.workflow import Workflow
 
 log = logging.getLogger("handoff.offline")
+
+OFFLINE = KafkaSettings(schema_registry_url=None)
+"""How an offline run frames its triggers: single-object, with no registry to reach (nor a broker),
+so an eval runs anywhere."""
 
 
 class OfflineResult(Usage):
@@ -101,9 +107,9 @@ class OfflineRunner:
         self.provider = provider
         self.control = control
         self.label = workflow.label
-        trigger = workflow.topics[workflow.topic("triggers")]
+        trigger = workflow.spec(Role.triggers)
         self.trigger_topic = trigger.name
-        self.contract = AvroSerde(trigger.value_schema)
+        self.contract = trigger.serde(OFFLINE)
         self.schema = workflow.prompt_spec.answer_check  # judges the first answer
 
     def encode(self, row: dict) -> bytes:
@@ -135,13 +141,13 @@ class OfflineRunner:
             bar.close()
 
     def _stages(self) -> dict[str, Stage]:
-        """Fresh stages per run, so validate's in-memory ledger only knows this run's events; by
+        """Fresh stages per run, so their in-memory ledgers only know this run's events; by
         the (namespaced) name of the topic each reads, as the records carry it."""
         classify = Classify(self.workflow, self.provider, self.control)
         validate = Validate(self.workflow, self.control)
         route = Route(self.workflow, self.control)
-        by_suffix = {"triggers": classify, "repair": classify, "classified": validate, "validated": route}
-        return {self.workflow.topics[self.workflow.topic(suffix)].name: stage for suffix, stage in by_suffix.items()}
+        by_role = {Role.triggers: classify, Role.repair: classify, Role.classified: validate, Role.validated: route}
+        return {self.workflow.spec(role).name: stage for role, stage in by_role.items()}
 
     async def _run_one(self, stages: dict[str, Stage], offset: int, raw: bytes) -> OfflineResult:
         event = self.contract.decode(raw)
@@ -170,21 +176,21 @@ class OfflineRunner:
     def _dispatch(self, emit: Emit, trail: _Trail, offset: int) -> Record | None:
         """Settle, collect or drop one output; return the record the next stage reads, if any."""
         suffix = emit.topic.removeprefix(f"{self.workflow.name}.")
-        if suffix in ("classified", "repair", "validated"):
+        if suffix in (Role.classified, Role.repair, Role.validated):
             item = WorkItem.model_validate(emit.value)
-            if suffix == "classified":
+            if suffix == Role.classified:
                 trail.items.append(item)
             return Record(topic=self.workflow.topics[emit.topic].name, partition=0, offset=offset,
                           key=emit.key if not isinstance(emit.key, str) else emit.key.encode(),
                           value=item.model_dump(), timestamp_ms=now_ms(),
                           headers={k: v.encode() for k, v in emit.headers.items()})
-        if suffix == "review":
+        if suffix == Role.review:
             trail.review = emit.value
-        elif suffix == "shadow" or suffix.startswith("decisions."):
+        elif suffix == Role.shadow or suffix.startswith(f"{Role.decisions}."):
             trail.decision = emit.value
-        elif suffix == "actions":
+        elif suffix == Role.actions:
             trail.actions.append(emit.value.action)
-        elif suffix not in ("traces", "seen"):
+        elif suffix not in (Role.traces, Role.seen):
             raise ValueError(f"offline runner: no path for output topic {emit.topic}")
         return None
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from processors.avro.serde import AvroSerde
 from processors.kafka.settings import KafkaSettings
+from processors.kafka.topics import Role
+from processors.kafka.write import write
 from processors.records import Outcome
 from processors.workflow.workflow import Workflow
 
@@ -12,10 +13,7 @@ def send_outcome(workflow: Workflow, settings: KafkaSettings, outcome: Outcome) 
     """Report an outcome by hand (``handoff outcome``) or from a test: keyed by event id, like any system's."""
     if outcome.outcome_type not in workflow.outcomes.types:
         raise ValueError(f"outcome type {outcome.outcome_type!r} is not one of {workflow.outcomes.types}")
-    spec = workflow.topics[workflow.topic("outcomes")]
-    producer = settings.producer()
-    producer.produce(spec.name, key=outcome.event_id,
-                     value=AvroSerde(spec.value_schema, registry_url=settings.schema_registry_url)
-                     .encode(outcome.model_dump(), spec.name))
-    if producer.flush(30):
-        raise RuntimeError(f"outcome for {outcome.event_id} not delivered to {spec.name}")
+    spec = workflow.spec(Role.outcomes)
+    value = spec.serde(settings).encode(outcome.model_dump(), spec.name)
+    write(settings.producer(), spec.name, [(outcome.event_id, value)], what=f"outcome for {outcome.event_id}",
+          timeout_s=30)

@@ -1,7 +1,8 @@
 """``handoff produce``: JSON Lines in, Avro-encoded keyed trigger events out.
 
 Each line is checked against the trigger contract before anything is sent; a bad line is
-reported with its number and reason and skipped, the good ones are sent, and the summary
+reported with its number (1-based, the file's) and reason — a field by its dotted path, a JSON error
+by its column on that line — and skipped, the good ones are sent, and the summary
 counts both. Delivery is confirmed: a line counts as sent only when the broker acknowledged it.
 """
 
@@ -15,6 +16,7 @@ from confluent_kafka import Producer
 from pydantic import BaseModel
 
 from processors.avro.serde import AvroSerde, EncodeError
+from processors.kafka.write import deliver
 from processors.paths import dotted
 from processors.records import LABELS_FIELD
 
@@ -37,14 +39,14 @@ def encode_lines(path: Path, serde: AvroSerde, topic: str, key_field: str | None
             if not line.strip():
                 continue
             try:
-                record = orjson.loads(line)
+                record = orjson.loads(line.rstrip())  # no newline: a parser error stays on this line
                 if not isinstance(record, dict):
                     raise ValueError(f"expected a JSON object, got {type(record).__name__}")
                 record.pop(LABELS_FIELD, None)
                 value = serde.encode(record, topic, check=True)
                 key = str(dotted(record, key_field)).encode() if key_field else None
             except orjson.JSONDecodeError as exc:
-                yield number, None, f"not JSON: {exc}"
+                yield number, None, f"not JSON at column {exc.colno}: {exc.msg}"  # the file's line, not the parser's
             except EncodeError as exc:
                 yield number, None, f"does not match {serde.writer.name}: {exc}"
             except (ValueError, KeyError, TypeError) as exc:
@@ -55,27 +57,19 @@ def encode_lines(path: Path, serde: AvroSerde, topic: str, key_field: str | None
 
 def produce_file(path: Path, producer: Producer, topic: str, serde: AvroSerde, key_field: str | None) -> ProduceSummary:
     summary = ProduceSummary()
+    numbers: list[int] = []  # the line number of each record sent, by its index
 
-    def delivered(number: int):
-        def report(err, _msg):
-            if err is None:
-                summary.sent += 1
+    def good_lines() -> Iterator[tuple[bytes | None, bytes]]:
+        for number, key, value in encode_lines(path, serde, topic, key_field):
+            if isinstance(value, str):
+                summary.rejected.append(Rejected(line=number, reason=value))
             else:
-                summary.failed.append(Rejected(line=number, reason=str(err)))
-        return report
+                numbers.append(number)
+                yield key, value
 
-    for number, key, value in encode_lines(path, serde, topic, key_field):
-        if isinstance(value, str):
-            summary.rejected.append(Rejected(line=number, reason=value))
-            continue
-        while True:
-            try:
-                producer.produce(topic, value=value, key=key, on_delivery=delivered(number))
-                break
-            except BufferError:  # local queue full: let deliveries drain, then retry
-                producer.poll(0.5)
-        producer.poll(0)
-    remaining = producer.flush(60)
-    if remaining:
-        summary.failed.append(Rejected(line=0, reason=f"{remaining} records not acknowledged within 60s"))
+    deliveries = deliver(producer, topic, good_lines())
+    summary.sent = len(deliveries.acknowledged)
+    summary.failed = [Rejected(line=numbers[index], reason=reason) for index, reason in deliveries.failed.items()]
+    if deliveries.unanswered:
+        summary.failed.append(Rejected(line=0, reason=f"{deliveries.unanswered} records not acknowledged within 60s"))
     return summary

@@ -70,23 +70,19 @@ import numpy as np
 import orjson
 from pydantic import BaseModel, computed_field
 
-from processors.avro.serde import AvroSerde, DecodeError
+from processors.avro.serde import DecodeError
 from processors.clock import now_ms
 from processors.kafka.read import snapshot
 from processors.kafka.settings import KafkaSettings
-from processors.offline.outputs import (
-    SETTLING_STAGES,
-    dead_letter_id,
-    dead_letters,
-    decision_suffixes,
-    read,
-)
+from processors.kafka.topics import Role
+from processors.offline.outputs import SETTLING_STAGES, dead_letter_id, dead_letters, decision_suffixes, read
 from processors.records import (
     Decision,
     DecisionSource,
     Result,
     ReviewItem,
     ReviewReason,
+    StageName,
     Trace,
     Verdict,
     VerdictKind,
@@ -249,26 +245,25 @@ class Evidence:
                 return pool.submit(read, workflow, settings, suffix, model)
 
             decisions = [fetch(suffix, Decision) for suffix in decision_suffixes(workflow, shadow=True)]
-            reviews, repairs = fetch("review", ReviewItem), fetch("repair", WorkItem)
-            traces, results = fetch("traces", Trace), fetch("results", Result)
+            reviews, repairs = fetch(Role.review, ReviewItem), fetch(Role.repair, WorkItem)
+            traces, results = fetch(Role.traces, Trace), fetch(Role.results, Result)
             verdicts = pool.submit(_first_verdicts, workflow, settings)
             dead = pool.submit(_dead_letters, workflow, settings)
         return cls(decisions=[d for future in decisions for d in future.result()], reviews=reviews.result(),
                    verdicts=verdicts.result(), repairs=repairs.result(), dead=dead.result(),
-                   spend=[t for t in traces.result() if t.step == "classify" and t.prompt], results=results.result())
+                   spend=[t for t in traces.result() if t.step == StageName.classify and t.prompt], results=results.result())
 
 
 def _first_verdicts(workflow: Workflow, settings: KafkaSettings) -> list[Verdict]:
     """The verdict that wins per review id, in log order, by the review queue's own rule."""
-    spec = workflow.topics[workflow.topic("verdicts")]
-    serde = AvroSerde(spec.value_schema, registry_url=settings.schema_registry_url)
-    return [logged.verdict for logged in first_verdicts(snapshot(settings, spec.name), serde).values()]
+    spec = workflow.spec(Role.verdicts)
+    return [logged.verdict for logged in first_verdicts(snapshot(settings, spec.name), spec.serde(settings)).values()]
 
 
 def _dead_letters(workflow: Workflow, settings: KafkaSettings) -> list[DeadLetterSeen]:
     """Dead letters of the settling stages; a work item's bytes say its event and prompt version."""
     work_item_topics = {spec.name for spec in workflow.topics.values() if spec.value_schema == "handoff/work_item"}
-    serde = AvroSerde("handoff/work_item", registry_url=settings.schema_registry_url)
+    serde = workflow.spec(Role.classified).serde(settings)  # the work-item topics' schema
     out = []
     for msg, headers in dead_letters(workflow, settings):
         if headers.get(Header.stage) not in SETTLING_STAGES:

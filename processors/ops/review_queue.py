@@ -33,19 +33,14 @@ import uuid
 from typing import TypeVar
 
 import orjson
-from confluent_kafka import Message
 from pydantic import BaseModel
 
-from processors.avro.serde import AvroSerde
 from processors.clock import now_ms
 from processors.kafka.read import snapshot
 from processors.kafka.settings import KafkaSettings
-from processors.records import (
-    ReviewItem,
-    ReviewReason,
-    Verdict,
-    VerdictKind,
-)
+from processors.kafka.topics import Role
+from processors.kafka.write import write
+from processors.records import ReviewItem, ReviewReason, Verdict, VerdictKind
 from processors.workflow.answers import verdict_errors
 from processors.workflow.verdict_log import Logged, decoded, first_verdicts
 from processors.workflow.workflow import Workflow
@@ -88,10 +83,10 @@ class ReviewQueue:
     def __init__(self, workflow: Workflow, settings: KafkaSettings):
         self.workflow = workflow
         self.settings = settings
-        self.review_topic = workflow.topics[workflow.topic("review")]
-        self.verdict_topic = workflow.topics[workflow.topic("verdicts")]
-        self._items = AvroSerde(self.review_topic.value_schema, registry_url=settings.schema_registry_url)
-        self._verdicts = AvroSerde(self.verdict_topic.value_schema, registry_url=settings.schema_registry_url)
+        self.review_topic = workflow.spec(Role.review)
+        self.verdict_topic = workflow.spec(Role.verdicts)
+        self._items = self.review_topic.serde(settings)
+        self._verdicts = self.verdict_topic.serde(settings)
         self.skipped: set[str] = set()
         """Records read that are not review items or verdicts, named by topic, partition and offset."""
 
@@ -109,9 +104,11 @@ class ReviewQueue:
         return first_verdicts(snapshot(self.settings, self.verdict_topic.name), self._verdicts, self.skipped)
 
     def open_items(self) -> list[ReviewItem]:
-        """Review items without a verdict, oldest first."""
+        """Review items without a verdict: those held for an event rule first (a prompt injection
+        fails closed, so an urgent event may be waiting behind it), then oldest first."""
         decided = self.verdicts()
-        return sorted((i for i in self.items().values() if i.review_id not in decided), key=lambda i: i.created_at_ms)
+        return sorted((i for i in self.items().values() if i.review_id not in decided),
+                      key=lambda i: (i.reason != ReviewReason.event_rule, i.created_at_ms))
 
     def get(self, review_id: str) -> tuple[ReviewItem, Logged | None]:
         item = self.items().get(review_id)
@@ -148,15 +145,9 @@ class ReviewQueue:
 
     def submit(self, verdict: Verdict) -> Verdict:
         """Step 3: write the verdict and confirm it is the first in the log on its review id."""
-        landed: list[Message] = []
-        producer = self.settings.producer()
-        producer.produce(self.verdict_topic.name, key=verdict.review_id,
-                         value=self._verdicts.encode(verdict.model_dump()),
-                         on_delivery=lambda err, msg: landed.append(msg) if err is None else None)
-        if producer.flush(10) != 0 or not landed:
-            raise RuntimeError(f"verdict on {verdict.review_id} not acknowledged by the broker "
-                               f"({self.settings.bootstrap_servers}); nothing was decided, try again")
-        mine = landed[0]
+        [mine] = write(self.settings.producer(), self.verdict_topic.name,
+                       [(verdict.review_id, self._verdicts.encode(verdict.model_dump(), self.verdict_topic.name))],
+                       what=f"verdict on {verdict.review_id}", then="nothing was decided, try again", timeout_s=10)
         before = (m for m in snapshot(self.settings, self.verdict_topic.name)
                   if m.partition() == mine.partition() and m.offset() <= mine.offset())
         first = first_verdicts(before, self._verdicts)[verdict.review_id].verdict

@@ -19,20 +19,9 @@ from pydantic import BaseModel
 
 from processors.kafka.read import snapshot
 from processors.kafka.settings import KafkaSettings
-from processors.offline.outputs import (
-    SETTLING_STAGES,
-    dead_letter_id,
-    dead_letters,
-    decision_suffixes,
-    read,
-)
-from processors.records import (
-    Decision,
-    DecisionSource,
-    Execution,
-    ReviewItem,
-    ReviewReason,
-)
+from processors.kafka.topics import Role
+from processors.offline.outputs import SETTLING_STAGES, dead_letter_id, dead_letters, decision_suffixes, read
+from processors.records import Decision, DecisionSource, Execution, ReviewItem, ReviewReason, StageName
 from processors.runtime.dead_letter import Header
 from processors.workflow.workflow import Workflow
 
@@ -100,20 +89,19 @@ def _counts(counter: Counter) -> str:
 
 
 def collect(workflow: Workflow, settings: KafkaSettings, samples: int = 3) -> Summary:
-    topics = workflow.topics
     decisions = [d for suffix in decision_suffixes(workflow) for d in read(workflow, settings, suffix, Decision)]
-    reviews = read(workflow, settings, "review", ReviewItem)
+    reviews = read(workflow, settings, Role.review, ReviewItem)
     reviewed = {d.event_id for d in decisions if d.source == DecisionSource.review}
-    executions = read(workflow, settings, "executions", Execution)
+    executions = read(workflow, settings, Role.executions, Execution)
     executed = {e.idempotency_key for e in executions}
     dead, action_failures = {}, {}
     for msg, headers in dead_letters(workflow, settings):
         reason = headers.get(Header.error_reason, "unknown")
-        if headers.get(Header.stage) == "execute":
+        if headers.get(Header.stage) == StageName.execute:
             action_failures[msg.key().decode() if msg.key() else str(msg.offset())] = reason
         elif headers.get(Header.stage) in SETTLING_STAGES:
             dead[dead_letter_id(workflow, settings, headers, msg.value())] = reason
-    triggers = topics[workflow.topic("triggers")].name
+    triggers = workflow.spec(Role.triggers).name
     return Summary(
         workflow=workflow.name, triggers=sum(1 for _ in snapshot(settings, triggers)),
         decided={d.event_id: d.route for d in decisions},

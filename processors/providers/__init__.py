@@ -12,12 +12,7 @@ from processors.providers.base import (
 )
 from processors.providers.cascade import CascadeProvider, CascadeReport
 from processors.providers.chain import ChainModel, ChainProvider, Cooldown
-from processors.providers.embedded import (
-                                       EmbeddedProvider,
-                                       Example,
-                                       HoldoutReport,
-                                       TrainingSpec,
-)
+from processors.providers.embedded import EmbeddedProvider, Example, HoldoutReport, TrainingSpec
 from processors.providers.http import HttpRetries
 from processors.providers.limits import RateLimits
 from processors.providers.openai import OpenAIModel, OpenAIProvider

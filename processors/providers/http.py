@@ -31,12 +31,7 @@ import httpx
 import orjson
 from prometheus_client import Counter
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception,
-    wait_exponential_jitter,
-)
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential_jitter
 
 from processors.providers.base import (
     Attempt,

@@ -18,25 +18,22 @@ from confluent_kafka import Message
 from pydantic import BaseModel
 
 from processors.avro.serde import AvroSerde
-from processors.kafka.topics import TopicSpec
 from processors.runtime.stage import Emit, Table
 
 Entry = TypeVar("Entry", bound=BaseModel)
 
 
 class Ledger(Table, Generic[Entry]):
-    def __init__(self, declared: str, spec: TopicSpec, model: type[Entry]):
+    def __init__(self, declared: str, model: type[Entry]):
         self.topic = declared
-        self.spec = spec
         self.model = model
-        self._serde = AvroSerde(spec.value_schema)
         self._entries: dict[str, Entry] = {}
 
-    def restore(self, messages: Iterable[Message]) -> None:
+    def restore(self, messages: Iterable[Message], serde: AvroSerde) -> None:
         entries = {}
         for msg in messages:
             if msg.key() is not None and msg.value() is not None:
-                entries[msg.key().decode()] = self.model.model_validate(self._serde.decode(msg.value()))
+                entries[msg.key().decode()] = self.model.model_validate(serde.decode(msg.value()))
         self._entries = entries
 
     def get(self, key: str) -> Entry | None:

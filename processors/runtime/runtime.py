@@ -74,11 +74,11 @@ from collections import deque
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, Message, TopicPartition
 from pydantic import BaseModel
 
-from processors.avro.serde import AvroSerde, DecodeError
+from processors.avro.serde import DecodeError
 from processors.clock import now_ms
 from processors.kafka.read import snapshot
 from processors.kafka.settings import KafkaSettings
-from processors.kafka.topics import TopicSpec
+from processors.kafka.topics import Role, TopicSpec, topic_name
 from processors.records import Original
 from processors.runtime import metrics
 from processors.runtime.commit import TIMEOUT_S, Moment, TransactionLost, committer_for
@@ -110,13 +110,10 @@ class StageRuntime:
         self.topics = topics
         self.settings = settings
         self.options = options or RuntimeOptions()
-        self.dlq_topic = topics[f"{workflow}.dlq"].name
+        self.dlq_topic = topics[topic_name(workflow, Role.dlq)].name
         # Any known writer version decodes into the topic's declared (latest) contract.
-        self._readers = {topics[name].name: AvroSerde(topics[name].value_schema,
-                                                      registry_url=settings.schema_registry_url)
-                         for name in stage.inputs}
+        self._readers = {topics[name].name: topics[name].serde(settings) for name in stage.inputs}
         self.input_topics = list(self._readers)
-        self._writers: dict[str, AvroSerde] = {}
         self._partitions: Books = {}
         self.keys = KeyScheduler(self.options.max_in_flight, self.options.max_buffered)
         self.committer = committer_for(self.options.guarantee)
@@ -384,7 +381,8 @@ class StageRuntime:
         for tp in partitions:
             self._partitions[(tp.topic, tp.partition)] = PartitionBook(epoch=self._epoch)
         for table in self.stage.tables():  # the stage's state, before any record of the new partitions
-            table.restore(snapshot(self.settings, self.topics[table.topic].name))
+            spec = self.topics[table.topic]
+            table.restore(snapshot(self.settings, spec.name), spec.serde(self.settings))
         if self._paused:
             consumer.pause(partitions)
 
@@ -467,9 +465,7 @@ class StageRuntime:
 
     def _encode(self, emit: Emit) -> Output:
         spec = self.topics[emit.topic]
-        serde = self._writers.get(spec.name)
-        if serde is None:
-            serde = self._writers[spec.name] = AvroSerde(spec.value_schema, registry_url=self.settings.schema_registry_url)
+        serde = spec.serde(self.settings)
         value = emit.value.model_dump() if isinstance(emit.value, BaseModel) else emit.value
         key = emit.key.encode() if isinstance(emit.key, str) else emit.key
         return Output(spec.name, key, serde.encode(value, spec.name), [(k, v.encode()) for k, v in emit.headers.items()])

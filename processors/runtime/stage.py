@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from confluent_kafka import Message
 from pydantic import BaseModel
 
+from processors.avro.serde import AvroSerde
 from processors.clock import now_ms
 from processors.records import Original
 
@@ -85,11 +86,12 @@ class Table(ABC):
     topic: str
 
     @abstractmethod
-    def restore(self, messages: Iterable[Message]) -> None:
+    def restore(self, messages: Iterable[Message], serde: AvroSerde) -> None:
         """Replace memory with ``messages``: the whole topic, read committed, up to its end as the
-        runtime found it, partition by partition in offset order. Called on the consumer thread each
-        time partitions are assigned, before any of their records; what it raises stops the stage
-        (a stage must not run on state it could not read)."""
+        runtime found it, partition by partition in offset order, decoded with ``serde``: the topic's,
+        framed as the runtime writes it (the Confluent wire format when a Schema Registry is set).
+        Called on the consumer thread each time partitions are assigned, before any of their records;
+        what it raises stops the stage (a stage must not run on state it could not read)."""
 
 
 class Stage(ABC):

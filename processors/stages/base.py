@@ -10,16 +10,10 @@ from __future__ import annotations
 
 from processors.clock import now_ms
 from processors.control.state import Control, initial
-from processors.records import (
-    ControlState,
-    PromptRef,
-    ReviewItem,
-    ReviewReason,
-    Trace,
-    Usage,
-    dumps,
-)
+from processors.kafka.topics import Role
+from processors.records import ControlState, PromptRef, ReviewItem, ReviewReason, SeenEvent, Trace, Usage, dumps
 from processors.runtime import metrics
+from processors.runtime.ledger import Ledger
 from processors.runtime.stage import Emit, Stage
 from processors.workflow.workflow import Workflow
 
@@ -29,17 +23,22 @@ PROMPT_VERSION_HEADER = "handoff-prompt-version"
 """On a replayed trigger: the prompt version to answer with, instead of the production label's."""
 
 
+def seen_ledger(workflow: Workflow) -> Ledger[SeenEvent]:
+    """The duplicate-event ledger (``<workflow>.seen``): classify and validate both consult it."""
+    return Ledger(workflow.topic(Role.seen), SeenEvent)
+
+
 class WorkflowStage(Stage):
     def __init__(self, workflow: Workflow, control: Control | ControlState | None = None):
         self.workflow = workflow
         self.control = control if isinstance(control, Control) else Control(control or initial(workflow))
-        self.inputs = [workflow.topic(suffix) for suffix in self.input_suffixes]
+        self.inputs = [workflow.topic(role) for role in self.input_roles]
 
-    input_suffixes: list[str]
+    input_roles: list[Role]
 
-    def is_from(self, topic: str, suffix: str) -> bool:
-        """Does a consumed record's (namespaced) topic name the declared ``<workflow>.<suffix>``?"""
-        return self.workflow.topics[self.workflow.topic(suffix)].name == topic
+    def is_from(self, topic: str, role: Role) -> bool:
+        """Does a consumed record's (namespaced) topic name the workflow's ``role`` topic?"""
+        return self.workflow.spec(role).name == topic
 
     def trace(self, run_id: str, *, usage: Usage | None = None, prompt: PromptRef | None = None,
               model: str | None = None, **texts: object) -> Emit:
@@ -50,7 +49,7 @@ class WorkflowStage(Stage):
         trace = Trace(run_id=run_id, workflow=self.workflow.name, step=self.name, at_ms=now_ms(),
                       prompt=prompt, model=model, **(usage.model_dump(include=set(Usage.model_fields)) if usage else {}),
                       **fields)
-        return Emit(self.workflow.topic("traces"), trace, key=run_id)
+        return Emit(self.workflow.topic(Role.traces), trace, key=run_id)
 
     def review(self, reason: ReviewReason, *, event_id: str, event: str, prompt: PromptRef, model: str,
                key: bytes | str | None, suffix: str = "", control_version: int | None = None,
@@ -64,4 +63,4 @@ class WorkflowStage(Stage):
                           stage=self.name, event=event, prompt=prompt, model=model, created_at_ms=now_ms(),
                           control_version=self.control.state.version if control_version is None else control_version,
                           replay=replay, **context)
-        return Emit(self.workflow.topic("review"), item, key=key)
+        return Emit(self.workflow.topic(Role.review), item, key=key)

@@ -1,4 +1,19 @@
-"""Classify: render the prompt from the declared inputs only, ask the model, keep everything.
+"""Classify: refuse what must not reach the model, render the prompt from the declared inputs
+only, ask the model, keep everything.
+
+Before the model is asked (a model call is paid for, and an injection sent is an injection read),
+a new trigger meets two checks that need no answer:
+
+* **duplicate**: an event id already settled (the ``<workflow>.seen`` ledger, which the runtime
+  restores on assign) or already sent to the model by this stage — by a *different* record: the
+  same record re-read after a crash or an aborted transaction is processed again — is dropped with
+  a trace, as validate drops it;
+* **event rules** (``rules.EVENT_RULES``, those of the workflow's ``rules``: the event tries to
+  instruct the model) → review (``event_rule``) at once, with the rules' messages; the event is
+  settled in the ledger, as validate settles what it sends to review.
+
+Neither applies to a repair (the record was checked when it came in) or a replay (a deliberate
+re-run is no duplicate; the event rules still apply). Validate keeps both checks as a second line.
 
 The model sees the redacted declared inputs and nothing else. Its raw answer, the parsed
 JSON (or nothing, when it is not a JSON object), the prompt name and version, the model,
@@ -28,34 +43,18 @@ import asyncio
 import time
 
 import orjson
-from tenacity import (
-    AsyncRetrying,
-    retry_if_exception,
-    stop_after_attempt,
-    wait_exponential_jitter,
-)
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from processors.clock import now_ms
 from processors.control.state import Control
+from processors.kafka.topics import Role
 from processors.paths import dotted
-from processors.providers.base import (
-    ModelAnswer,
-    ModelRequest,
-    Provider,
-    ProviderError,
-    ProviderTimeout,
-)
-from processors.records import (
-    ControlState,
-    PromptRef,
-    ReviewReason,
-    Usage,
-    WorkItem,
-    dumps,
-)
+from processors.providers.base import ModelAnswer, ModelRequest, Provider, ProviderError, ProviderTimeout
+from processors.records import ControlState, PromptRef, ReviewReason, SeenEvent, StageName, Usage, WorkItem, dumps
 from processors.runtime import metrics
-from processors.runtime.stage import DeadLetter, Emit, Record
-from processors.stages.base import PROMPT_VERSION_HEADER, REPLAY_HEADER, WorkflowStage
+from processors.runtime.stage import DeadLetter, Emit, Record, Table
+from processors.stages.base import PROMPT_VERSION_HEADER, REPLAY_HEADER, WorkflowStage, seen_ledger
+from processors.workflow import rules
 from processors.workflow.prompt import PromptSpec
 from processors.workflow.workflow import Workflow, WorkflowError
 
@@ -73,18 +72,24 @@ def parse_answer(text: str) -> dict | None:
 
 
 class Classify(WorkflowStage):
-    name = "classify"
-    input_suffixes = ["triggers", "repair"]
+    name = StageName.classify
+    input_roles = [Role.triggers, Role.repair]
 
     def __init__(self, workflow: Workflow, provider: Provider, control: Control | ControlState | None = None):
         super().__init__(workflow, control)
         self.provider = provider
         self.usage = metrics.ModelUsage(workflow.name)
+        self.seen = seen_ledger(workflow)
+        self.taken: dict[str, tuple[int, int]] = {}
+        """Event id -> (partition, offset) of the trigger this stage sent to the model (process memory only)."""
+
+    def tables(self) -> list[Table]:
+        return [self.seen]
 
     async def process(self, record: Record) -> list[Emit]:
         control = self.control.state
         repaired = None
-        if self.is_from(record.topic, "repair"):
+        if self.is_from(record.topic, Role.repair):
             repaired = WorkItem.model_validate(record.value)
             event, attempt, errors, trigger_ms = (repaired.event_dict(), 2, repaired.validation_errors,
                                                   repaired.trigger_timestamp_ms)
@@ -95,14 +100,25 @@ class Classify(WorkflowStage):
             version = (replay and _header(record, PROMPT_VERSION_HEADER)) or control.labels.get("production")
         spec = self.spec(version)
         event_id = str(dotted(event, self.workflow.trigger.event_id))
+        if repaired is None:
+            refused = self._refused(record, event, event_id, spec, control, replay)
+            if refused:
+                return refused
         if control.kill_switch:
             return self._killed(record, event, event_id, spec, control, replay, repaired)
+        if repaired is None and not replay:
+            self.taken[event_id] = (record.partition, record.offset)
         inputs = self.workflow.redaction.inputs(spec.select_inputs(event))
         user = spec.render(inputs) + (f"\n\n{spec.render_repair(errors)}" if errors else "")
         request = ModelRequest(prompt_name=spec.name, prompt_version=spec.version, system=spec.system, user=user,
                                inputs=inputs, output_schema=spec.output_schema, temperature=spec.temperature,
                                max_tokens=spec.max_tokens, repair_errors=errors, event_id=event_id)
-        answer = await self._ask(request)
+        try:
+            answer = await self._ask(request)
+        except DeadLetter:
+            if not replay:
+                self.taken.pop(event_id, None)  # not settled: the same event sent again is taken on again
+            raise
         parsed = parse_answer(answer.text)
         self.usage.record(answer.model, answer.latency_ms, answer.tokens_in, answer.tokens_out, answer.cost_usd)
         prompt = PromptRef(name=spec.name, version=spec.version)
@@ -113,7 +129,7 @@ class Classify(WorkflowStage):
                         cost_usd=answer.cost_usd, control_version=control.version, replay=replay)
         tried = [self.trace(event_id, usage=Usage(latency_ms=a.latency_ms), prompt=prompt, model=a.model,
                             error=a.outcome) for a in answer.attempts[:-1]]  # their cost is in the answer's
-        return [Emit(self.workflow.topic("classified"), item, key=record.key), *tried,
+        return [Emit(self.workflow.topic(Role.classified), item, key=record.key), *tried,
                 self.trace(event_id, usage=item, prompt=prompt, model=answer.model, inputs=inputs,
                            raw_answer=answer.text, answer=item.answer)]
 
@@ -124,6 +140,29 @@ class Classify(WorkflowStage):
             return self.workflow.prompt_spec_for(version or self.workflow.prompt_spec.version)
         except WorkflowError as exc:
             raise DeadLetter("unknown_prompt_version", str(exc)) from exc
+
+    def _refused(self, record: Record, event: dict, event_id: str, spec: PromptSpec, control: ControlState,
+                 replay: str | None) -> list[Emit]:
+        """A new trigger's path when it must not reach the model (a duplicate, an event rule); [] when it may."""
+        here = (record.partition, record.offset)
+        settled = None if replay else self.seen.get(event_id)
+        if settled is not None and (settled.partition, settled.offset) != here:
+            return [self.trace(event_id, error=f"duplicate event id, first settled at offset {settled.offset}: "
+                                               "not sent to the model")]
+        taken = None if replay else self.taken.get(event_id)
+        if taken is not None and taken != here:
+            return [self.trace(event_id, error=f"duplicate event id, taken on at offset {taken[1]}: "
+                                               "not sent to the model")]
+        errors = [str(error) for error in rules.check_event(self.workflow.rules, event)]
+        if not errors:
+            return []
+        prompt = PromptRef(name=spec.name, version=spec.version)
+        settles = [] if replay else [self.seen.record(event_id, SeenEvent(
+            event_id=event_id, partition=record.partition, offset=record.offset, at_ms=now_ms()))]
+        return [self.review(ReviewReason.event_rule, event_id=event_id, event=dumps(event), prompt=prompt, model="none",
+                            key=record.key, control_version=control.version, replay=replay, validation_errors=errors),
+                *settles, self.trace(event_id, prompt=prompt, validation=errors,
+                                     error="a rule on the event failed: sent to review (event_rule), no model call")]
 
     def _killed(self, record: Record, event: dict, event_id: str, spec: PromptSpec, control: ControlState,
                 replay: str | None, repaired: WorkItem | None) -> list[Emit]:

@@ -21,14 +21,13 @@ restart — with the same Idempotency-Key, which is what lets the receiver apply
 
 from __future__ import annotations
 
-import os
-
 import httpx
 import orjson
 
-from processors.actions.webhook import ActionFailed, ActionResult, WebhookAction
+from processors.actions.webhook import ActionFailed, ActionResult, WebhookAction, secret_from_env
 from processors.clock import now_ms
 from processors.control.state import Control, approval_risk
+from processors.kafka.topics import Role
 from processors.records import (
     ActionDone,
     ActionRequest,
@@ -37,6 +36,7 @@ from processors.records import (
     ExecutionStatus,
     Notification,
     ReviewReason,
+    StageName,
 )
 from processors.runtime import metrics
 from processors.runtime.ledger import Ledger
@@ -47,20 +47,19 @@ from processors.workflow.workflow import Action, ActionKind, Workflow
 
 
 class Execute(WorkflowStage):
-    name = "execute"
-    input_suffixes = ["actions"]
+    name = StageName.execute
+    input_roles = [Role.actions]
 
     def __init__(self, workflow: Workflow, control: Control | ControlState | None = None):
         super().__init__(workflow, control)
-        done = workflow.topic("actions.done")
-        self.done = Ledger(done, workflow.topics[done], ActionDone)
+        self.done = Ledger(workflow.topic(Role.actions_done), ActionDone)
         self.schemas = {name: SchemaCheck(a.arguments_schema, "(arguments)") for name, a in workflow.actions.items()}
         self.webhooks: dict[str, WebhookAction] = {}
 
     async def start(self) -> None:
         self.http = httpx.AsyncClient()
         self.webhooks = {
-            name: WebhookAction(name, action.resolved_url(), os.environ.get(action.secret_env or "") or None,
+            name: WebhookAction(name, action.resolved_url(), secret_from_env(name, action.secret_env),
                                 timeout=action.timeout_s, max_attempts=action.max_attempts, client=self.http)
             for name, action in self.workflow.actions.items() if action.kind == ActionKind.webhook}
 
@@ -131,7 +130,7 @@ class Execute(WorkflowStage):
                               idempotency_key=request.idempotency_key, status=status, attempts=result.attempts,
                               http_status=result.http_status, response=result.response,
                               latency_ms=result.latency_ms, executed_at_ms=now_ms())
-        return [Emit(self.workflow.topic("executions"), execution, key=request.event_id),
+        return [Emit(self.workflow.topic(Role.executions), execution, key=request.event_id),
                 self.trace(request.event_id, action_request=request.arguments,
                            action_response={"status": status, "http_status": result.http_status,
                                             "attempts": result.attempts})]

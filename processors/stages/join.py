@@ -43,7 +43,9 @@ from collections.abc import Iterable
 
 from confluent_kafka import Message
 
+from processors.avro.serde import AvroSerde
 from processors.clock import now_ms
+from processors.kafka.topics import Role
 from processors.records import (
     Decision,
     JoinedDecision,
@@ -52,6 +54,7 @@ from processors.records import (
     JoinStatus,
     Outcome,
     Result,
+    StageName,
 )
 from processors.runtime.ledger import Ledger
 from processors.runtime.stage import DeadLetter, Emit, Record, Table
@@ -66,8 +69,8 @@ class JoinLedger(Ledger[JoinState]):
         super().__init__(*args, **kwargs)
         self.waiting: dict[str, int] = {}
 
-    def restore(self, messages: Iterable[Message]) -> None:
-        super().restore(messages)
+    def restore(self, messages: Iterable[Message], serde: AvroSerde) -> None:
+        super().restore(messages, serde)
         self.waiting = {}
         for key, state in self._entries.items():
             self._index(key, state)
@@ -85,16 +88,15 @@ class JoinLedger(Ledger[JoinState]):
 
 
 class Join(WorkflowStage):
-    name = "join"
-    input_suffixes = ["outcomes", "joins.inbox"]  # and every decisions.<route> topic, added below
+    name = StageName.join
+    input_roles = [Role.outcomes, Role.joins_inbox]  # and every decisions.<route> topic, added below
     inline = True
 
     def __init__(self, workflow: Workflow):
         super().__init__(workflow)
-        self.inputs += [name for name in workflow.topics if name.startswith(workflow.topic("decisions."))]
-        joins = workflow.topic("joins")
-        self.joins = JoinLedger(joins, workflow.topics[joins], JoinState)
-        self.inbox = workflow.topics[workflow.topic("joins.inbox")].name
+        self.inputs += [workflow.topic(Role.decisions, route) for route in workflow.route_names]
+        self.joins = JoinLedger(workflow.topic(Role.joins), JoinState)
+        self.inbox = workflow.spec(Role.joins_inbox).name
         self.wait_ms = int(workflow.outcomes.wait_for_decision_s * 1000)
 
     def tables(self) -> list[Table]:
@@ -103,7 +105,7 @@ class Join(WorkflowStage):
     async def process(self, record: Record) -> list[Emit]:
         if record.topic == self.inbox:
             return self._merge(record)
-        if self.is_from(record.topic, "outcomes"):
+        if self.is_from(record.topic, Role.outcomes):
             return [self._forward_outcome(record)]
         decision = Decision.model_validate(record.value)
         essentials = JoinedDecision.model_validate(decision, from_attributes=True)
@@ -121,7 +123,7 @@ class Join(WorkflowStage):
         return self._forward(JoinState(event_id=outcome.event_id, outcomes=[waiting], updated_at_ms=now_ms()))
 
     def _forward(self, partial: JoinState) -> Emit:
-        return Emit(self.workflow.topic("joins.inbox"), partial, key=partial.event_id)
+        return Emit(self.workflow.topic(Role.joins_inbox), partial, key=partial.event_id)
 
     def _merge(self, record: Record) -> list[Emit]:
         incoming = JoinState.model_validate(record.value)
@@ -162,7 +164,7 @@ class Join(WorkflowStage):
         result = Result(event_id=outcome.event_id, workflow=self.workflow.name, **dict(decision),
                         outcome_type=outcome.outcome_type, outcome_value=outcome.value,
                         outcome_source=outcome.source, outcome_at_ms=outcome.at_ms, joined_at_ms=now)
-        return Emit(self.workflow.topic("results"), result, key=outcome.event_id)
+        return Emit(self.workflow.topic(Role.results), result, key=outcome.event_id)
 
     def tick(self, now: int, partitions: list[tuple[str, int]]) -> list[Emit | DeadLetter]:
         """Dead-letter the outcomes of owned events that waited past the limit for their decision."""

@@ -35,16 +35,9 @@ from confluent_kafka import Message
 
 from processors.avro.serde import AvroSerde
 from processors.control.state import Control
-from processors.kafka.settings import KafkaSettings
+from processors.kafka.topics import Role
 from processors.paths import lookup
-from processors.records import (
-    ControlState,
-    ReviewItem,
-    ReviewReason,
-    Verdict,
-    VerdictKind,
-    WorkItem,
-)
+from processors.records import ControlState, ReviewItem, ReviewReason, StageName, Verdict, VerdictKind, WorkItem
 from processors.runtime.stage import DeadLetter, Emit, Record, Table
 from processors.stages.base import WorkflowStage
 from processors.workflow.answers import verdict_errors
@@ -55,14 +48,13 @@ from processors.workflow.workflow import Workflow
 class FirstVerdicts(Table):
     """Where the first verdict on each review id sits in the log (partition, offset)."""
 
-    def __init__(self, topic: str, serde: AvroSerde):
+    def __init__(self, topic: str):
         self.topic = topic
-        self.serde = serde
         self.first: dict[str, tuple[int, int]] = {}
 
-    def restore(self, messages: Iterable[Message]) -> None:
+    def restore(self, messages: Iterable[Message], serde: AvroSerde) -> None:
         self.first = {review_id: (logged.partition, logged.offset)
-                      for review_id, logged in first_verdicts(messages, self.serde).items()}
+                      for review_id, logged in first_verdicts(messages, serde).items()}
 
     def claim(self, review_id: str, here: tuple[int, int]) -> tuple[int, int]:
         """The first verdict's place on ``review_id``: ``here`` when none came before it."""
@@ -70,15 +62,13 @@ class FirstVerdicts(Table):
 
 
 class Review(WorkflowStage):
-    name = "review"
-    input_suffixes = ["verdicts"]
+    name = StageName.review
+    input_roles = [Role.verdicts]
     inline = True
 
-    def __init__(self, workflow: Workflow, settings: KafkaSettings, control: Control | ControlState | None = None):
+    def __init__(self, workflow: Workflow, control: Control | ControlState | None = None):
         super().__init__(workflow, control)
-        self.spec = workflow.topics[workflow.topic("verdicts")]
-        self.serde = AvroSerde(self.spec.value_schema, registry_url=settings.schema_registry_url)
-        self.verdicts = FirstVerdicts(workflow.topic("verdicts"), self.serde)
+        self.verdicts = FirstVerdicts(workflow.topic(Role.verdicts))
 
     def tables(self) -> list[Table]:
         return [self.verdicts]
@@ -101,9 +91,9 @@ class Review(WorkflowStage):
             return [self.trace(verdict.event_id, decision=said | {"closed": item.reason})]
         if item.reason == ReviewReason.risky_action:
             request = item.action.model_copy(update={"approved_by": verdict.reviewer})
-            return [Emit(self.workflow.topic("actions"), request, key=request.idempotency_key),
+            return [Emit(self.workflow.topic(Role.actions), request, key=request.idempotency_key),
                     self.trace(verdict.event_id, decision=said, action_request=request.arguments)]
-        return [Emit(self.workflow.topic("validated"), self._reviewed(item, verdict), key=self._trigger_key(item)),
+        return [Emit(self.workflow.topic(Role.validated), self._reviewed(item, verdict), key=self._trigger_key(item)),
                 self.trace(verdict.event_id, decision=said, answer=verdict.answer)]
 
     def _reviewed(self, item: ReviewItem, verdict: Verdict) -> WorkItem:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from processors.clock import now_ms
 from processors.control.state import review_threshold
+from processors.kafka.topics import Role
 from processors.records import (
     ActionRequest,
     ControlState,
@@ -31,6 +32,7 @@ from processors.records import (
     DecisionSource,
     Mode,
     ReviewReason,
+    StageName,
     WorkItem,
     dumps,
 )
@@ -40,8 +42,8 @@ from processors.workflow.workflow import RouteRule
 
 
 class Route(WorkflowStage):
-    name = "route"
-    input_suffixes = ["validated"]
+    name = StageName.route
+    input_roles = [Role.validated]
     inline = True
 
     async def process(self, record: Record) -> list[Emit]:
@@ -58,7 +60,7 @@ class Route(WorkflowStage):
                     self.trace(item.event_id, decision={"route": route_name, "rule": rule, "topic": "review"},
                                error=held)]
         shadow = control.mode == Mode.shadow
-        topic = self.workflow.topic("shadow" if shadow else f"decisions.{route_name}")
+        topic = self.workflow.topic(Role.shadow) if shadow else self.workflow.topic(Role.decisions, route_name)
         if topic not in self.workflow.topics:
             raise DeadLetter("no_route_topic", f"route {route_name!r} resolved from {rule} has no topic {topic}")
         decision = Decision(event_id=item.event_id, workflow=self.workflow.name, route=route_name, rule=rule,
@@ -71,7 +73,7 @@ class Route(WorkflowStage):
                             control_version=control.version, replay=item.replay)
         outputs = [Emit(topic, decision, key=record.key)]
         requests = [] if shadow else self._requests(route.actions, decision, answer, event)
-        outputs += [Emit(self.workflow.topic("actions"), r, key=r.idempotency_key) for r in requests]
+        outputs += [Emit(self.workflow.topic(Role.actions), r, key=r.idempotency_key) for r in requests]
         outputs.append(self.trace(item.event_id, decision={"route": route_name, "rule": rule, "topic": topic},
                                   action_request=[r.action for r in requests]))
         return outputs

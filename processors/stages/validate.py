@@ -8,7 +8,8 @@ review threshold. Then:
 * invalid on attempt 2 → review (``invalid_output``): fail closed, never guess;
 * a rule on the event itself failed (``rules.EVENT_RULES``: the event tries to instruct the model)
   → review (``event_rule``) at once: no repaired answer could pass, and a repair would hand the
-  model the same text again;
+  model the same text again. Classify applies these rules before the model is asked, so this is
+  a second line;
 * valid but not confident enough → review (``low_confidence``);
 * valid → the validated topic, for route.
 
@@ -16,7 +17,9 @@ A duplicate event id is recognised with a compacted ledger (``<workflow>.seen``)
 record to settle an event is remembered with its partition and offset; a *different* record
 for the same event id later is dropped as a duplicate, while the *same* record re-read after
 a crash is processed again (its earlier outputs were never committed). A replayed item
-(``WorkItem.replay``) is a deliberate re-run: it neither consults nor updates the ledger.
+(``WorkItem.replay``) is a deliberate re-run: it neither consults nor updates the ledger. Classify
+drops duplicates before the model is asked; here are met those it could not know yet (a copy
+that arrived while the stage restarted, or was served by another instance in a rebalance).
 
 Control, read once per record: the review threshold in force (the control state's when set,
 else the workflow's); the answer is checked against the output schema of the prompt version
@@ -27,11 +30,11 @@ from __future__ import annotations
 
 from processors.clock import now_ms
 from processors.control.state import Control, review_threshold
-from processors.records import ControlState, ReviewReason, SeenEvent, WorkItem
+from processors.kafka.topics import Role
+from processors.records import ControlState, ReviewReason, SeenEvent, StageName, WorkItem
 from processors.runtime import metrics
-from processors.runtime.ledger import Ledger
 from processors.runtime.stage import Emit, Record, Table
-from processors.stages.base import WorkflowStage
+from processors.stages.base import WorkflowStage, seen_ledger
 from processors.workflow.answers import AnswerErrors, answer_errors
 from processors.workflow.workflow import Workflow
 
@@ -39,14 +42,13 @@ MAX_ATTEMPTS = 2  # the first answer and one repair
 
 
 class Validate(WorkflowStage):
-    name = "validate"
-    input_suffixes = ["classified"]
+    name = StageName.validate
+    input_roles = [Role.classified]
     inline = True
 
     def __init__(self, workflow: Workflow, control: Control | ControlState | None = None):
         super().__init__(workflow, control)
-        seen = workflow.topic("seen")
-        self.seen = Ledger(seen, workflow.topics[seen], SeenEvent)
+        self.seen = seen_ledger(workflow)
 
     def tables(self) -> list[Table]:
         return [self.seen]
@@ -69,7 +71,7 @@ class Validate(WorkflowStage):
         event_rule = checked.judges_the_event
         if errors and item.attempt < MAX_ATTEMPTS and not event_rule:
             retry = item.model_copy(update={"validation_errors": errors, "control_version": control.version})
-            return [Emit(self.workflow.topic("repair"), retry, key=record.key), trace]
+            return [Emit(self.workflow.topic(Role.repair), retry, key=record.key), trace]
         settled = [] if item.replay else [self.seen.record(item.event_id, SeenEvent(
             event_id=item.event_id, partition=record.partition, offset=record.offset, at_ms=now_ms()))]
         if errors:
@@ -81,7 +83,7 @@ class Validate(WorkflowStage):
             return [self._review(ReviewReason.low_confidence, item, record,
                                  [f"confidence {confidence} is below {threshold}"], control), *settled, trace]
         item.control_version = control.version  # this stage's own copy, decoded for this record
-        return [Emit(self.workflow.topic("validated"), item, key=record.key), *settled, trace]
+        return [Emit(self.workflow.topic(Role.validated), item, key=record.key), *settled, trace]
 
     def _review(self, reason: ReviewReason, item: WorkItem, record: Record, errors: list[str],
                 control: ControlState) -> Emit:

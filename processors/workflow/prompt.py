@@ -13,9 +13,9 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from processors import project
 from processors.paths import lookup
 from processors.workflow.checks import SchemaCheck
 
@@ -69,4 +69,4 @@ class PromptSpec(BaseModel):
 
 
 def load_prompt(path: Path) -> PromptSpec:
-    return PromptSpec.model_validate(yaml.safe_load(path.read_text()))
+    return PromptSpec.model_validate(project.load_yaml(path))

@@ -8,9 +8,10 @@ runs them and says which failed as :class:`RuleError`.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from processors.workflow import injection
 
 Rule = Callable[[dict, dict], str | None]
 
@@ -33,29 +34,16 @@ def reason_is_not_an_instruction(answer: dict, event: dict) -> str | None:
     return None
 
 
-_ADDRESSED_TO_THE_MODEL = re.compile(
-    r"""\b(?:ignore|disregard|forget|override)\b[^.\n]{0,40}\b(?:instructions?|rules?|prompts?|guidelines?)\b
-      | <\s*/?\s*(?:system|assistant|instructions?)\s*>
-      | (?:^|[\n.!?\[(<{-]\s*)(?:system|assistant|ai|developer)\b[\w ]{0,20}:
-      | \b(?:note\s+to|dear|hey)\s+the\s+(?:ai|assistant|model|bot)\b
-      | \b(?:classify|categori[sz]e|mark|label)\s+(?:this|it)?\s*as\b
-      | \b(?:answer|respond|reply|output)\s+with\s+(?:intent|category|urgency|confidence)\b
-      | \boutput\s+intent\b
-      | \b(?:intent|category|urgency|confidence)\s*=
-      | \bwith\s+confidence\s+(?:1(?:\.0+)?|100\s*%)(?!\d)""",
-    re.IGNORECASE | re.VERBOSE)
-
-
 def event_does_not_instruct_the_model(answer: dict, event: dict) -> str | None:
     """Text in the event that speaks to the model — overriding its instructions, posing as the
-    system, or dictating the answer — is a prompt injection whatever the model answered: fail
-    closed to a person. It reads the event, not the answer, because an injection that worked leaves
-    no trace in a well-formed answer. Phrasings it does not know pass; it narrows the hole, a
-    person's review of what it catches closes it."""
+    system, dictating the answer, asking for the prompt (:mod:`processors.workflow.injection`) — is
+    a prompt injection whatever the model answered: fail closed to a person. It reads the event,
+    not the answer, because an injection that worked leaves no trace in a well-formed answer, so
+    classify applies it before the model is asked (and validate again, as a second line)."""
     for text in _texts(event):
-        found = _ADDRESSED_TO_THE_MODEL.search(text)
+        found = injection.find(text)
         if found:
-            return f"the event addresses the model ({found.group(0).strip()!r}): possible prompt injection"
+            return f"the event addresses the model ({found}): possible prompt injection"
     return None
 
 
@@ -91,6 +79,12 @@ class RuleError:
 
     def __str__(self) -> str:
         return f"{self.rule}: {self.message}"
+
+
+def check_event(names: list[str], event: dict) -> list[RuleError]:
+    """:func:`check` of the rules among ``names`` that judge the event alone: they need no answer,
+    so they run before the model is asked."""
+    return check([name for name in names if name in EVENT_RULES], {}, event)
 
 
 def check(names: list[str], answer: dict, event: dict) -> list[RuleError]:

@@ -17,11 +17,10 @@ from pathlib import Path
 from string import Template
 from typing import Annotated, Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from processors import project
-from processors.kafka.topics import TopicSpec, load_topics
+from processors.kafka.topics import Role, TopicSpec, topic_name, workflow_topics
 from processors.paths import lookup
 from processors.providers.base import Provider
 from processors.providers.build import ModelConfig, build_provider
@@ -220,11 +219,23 @@ class Workflow(Strict):
 
     @cached_property
     def topics(self) -> dict[str, TopicSpec]:
-        return load_topics(self.name, self.namespace)
+        """Every topic by declared name: the engine's, one per route, the trigger (processors/kafka/topics.py)."""
+        return workflow_topics(self.name, self.route_names, self.namespace)
 
-    def topic(self, suffix: str) -> str:
-        """The declared topic name ``<workflow>.<suffix>``."""
-        return f"{self.name}.{suffix}"
+    def topic(self, role: Role | str, route: str | None = None) -> str:
+        """The declared topic name ``<workflow>.<role>`` (``<workflow>.decisions.<route>``)."""
+        return topic_name(self.name, role, route)
+
+    def spec(self, role: Role, route: str | None = None) -> TopicSpec:
+        """The workflow's ``role`` topic (a route's decisions topic)."""
+        return self.topics[self.topic(role, route)]
+
+    @cached_property
+    def route_names(self) -> list[str]:
+        """Every route a decision can take, in order; a ``{answer.field}`` route stands for each value of
+        the field's enum in the prompt's output schema. Each has its decisions topic."""
+        properties = self.prompt_spec.output_schema.get("properties", {})
+        return list(dict.fromkeys(name for route in self.routes for name in self._route_names(route, properties)))
 
     def decide(self, answer: dict, event: dict) -> tuple[RouteRule, str, str]:
         """The first route whose conditions hold: (route, resolved route name, rule label)."""
@@ -237,9 +248,9 @@ class Workflow(Strict):
     def check(self) -> None:
         """Cross-file checks: prompt, rules, routes → topics, actions → scopes and topics."""
         problems = []
-        triggers = self.topics.get(self.topic("triggers"))
-        if triggers is None or triggers.value_schema != self.trigger.schema_:
-            problems.append(f"trigger.schema: topics/{self.name}.yaml must declare {self.topic('triggers')} "
+        triggers = self.spec(Role.triggers)
+        if triggers.value_schema != self.trigger.schema_:
+            problems.append(f"trigger.schema: topics/{self.name}.yaml must declare the trigger topic "
                             f"with value_schema {self.trigger.schema_}")
         spec = self.prompt_spec
         properties = spec.output_schema.get("properties", {})
@@ -248,13 +259,9 @@ class Workflow(Strict):
         problems += [f"rules: unknown rule {r!r} (known: {sorted(rules.RULES)})" for r in self.rules
                      if r not in rules.RULES]
         for index, route in enumerate(self.routes):
-            for name in self._route_names(route, properties):
-                if self.topic(f"decisions.{name}") not in self.topics:
-                    problems.append(f"routes[{index}]: no topic {self.topic(f'decisions.{name}')} declared")
             problems += [f"routes[{index}].actions: unknown action {a!r}" for a in route.actions
                          if a not in self.actions]
-        routes = {name for route in self.routes for name in self._route_names(route, properties)}
-        if self.escalation and self.escalation.route not in routes:
+        if self.escalation and self.escalation.route not in self.route_names:
             problems.append(f"escalation.route: {self.escalation.route!r} is not a route of this workflow")
         problems += [f"escalation.missed_outcomes: {t!r} is not in outcomes.types" for t in
                      (self.escalation.missed_outcomes if self.escalation else []) if t not in self.outcomes.types]
@@ -264,7 +271,7 @@ class Workflow(Strict):
             if action.scope not in self.grants:
                 problems.append(f"actions.{name}.scope: {action.scope!r} is not granted (grants: {self.grants})")
             if action.topic and action.topic not in self.topics:
-                problems.append(f"actions.{name}.topic: {action.topic!r} is not declared in topics/{self.name}.yaml")
+                problems.append(f"actions.{name}.topic: {action.topic!r} is not a topic of this workflow")
         if problems:
             raise WorkflowError(f"{self.folder / 'workflow.yaml'}:\n  " + "\n  ".join(problems))
 
@@ -285,27 +292,40 @@ def _member(value: Any, allowed: frozenset[str]) -> bool:
 
 def load_workflow(name: str, namespace: str = "", root: Path | None = None) -> Workflow:
     """Load and check ``<root>/<name>/workflow.yaml`` (``root``: the project's ``workflows/``); every
-    error names the file and field."""
-    root = root or project.workflows_dir()
+    error names the file and field (or line and column, for a file that is not YAML)."""
+    try:
+        return _load(name, namespace, root or project.workflows_dir())
+    except project.DataFileError as exc:  # workflow, prompt or topics file
+        raise WorkflowError(str(exc)) from None
+
+
+def _load(name: str, namespace: str, root: Path) -> Workflow:
     path = root / name / "workflow.yaml"
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = project.load_yaml(path)
     except FileNotFoundError:
-        known = sorted(p.name for p in root.iterdir() if (p / "workflow.yaml").exists())
+        known = sorted(p.name for p in root.iterdir() if (p / "workflow.yaml").exists()) if root.is_dir() else []
         raise WorkflowError(f"no workflow {name!r}: {path} does not exist (known: {known})") from None
+    if not isinstance(raw, dict):
+        raise WorkflowError(f"{path}: expected the workflow's fields (a mapping), got {type(raw).__name__}")
     try:
         workflow = Workflow.model_validate({**raw, "folder": path.parent, "namespace": namespace})
     except ValidationError as exc:
-        raise WorkflowError(_describe(path, exc)) from None
+        raise WorkflowError(project.describe(path, exc)) from None
     try:
         workflow.prompt_spec  # noqa: B018 - load it now, so a bad prompt file fails here
     except FileNotFoundError as exc:
         raise WorkflowError(f"{path}:\n  prompt: {exc.filename} does not exist") from None
     except ValidationError as exc:
-        raise WorkflowError(_describe(workflow.prompt_path, exc)) from None
-    workflow.check()
+        raise WorkflowError(project.describe(workflow.prompt_path, exc)) from None
+    try:
+        workflow.check()  # reads topics/<name>.yaml too
+    except FileNotFoundError as exc:
+        raise WorkflowError(f"{path}:\n  topics: {exc.filename} does not exist") from None
     return workflow
 
 
-def _describe(path: Path, exc: ValidationError) -> str:
-    return f"{path}:\n  " + "\n  ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+def load_topics(name: str, namespace: str = "") -> dict[str, TopicSpec]:
+    """A workflow's topics by declared name. They are derived from the workflow (its routes), so it is
+    loaded and checked first."""
+    return load_workflow(name, namespace).topics

@@ -1,0 +1,41 @@
+"""The ``handoff`` command: every command group's module assembled under one app.
+
+Each group lives in its own module (``processors/cli/<group>.py``), its options shared through
+:mod:`processors.cli.params`; this module only names them. ``--project`` comes before the command
+(``handoff --project ~/flows run -w mine``) because it decides where every command reads from.
+"""
+
+from __future__ import annotations
+
+import os
+
+import typer
+
+from processors.cli import broker, control, dataset, evals, events, outcome, prompt, replay, report, review, run, topics
+from processors.cli.params import Project
+from processors.project import PROJECT_ENV
+
+app = typer.Typer(no_args_is_help=True, add_completion=False,
+                  help="handoff: AI model outputs to governed business actions, on Kafka.")
+
+
+@app.callback()
+def main(project: Project = None) -> None:
+    """Options before the command: they decide where every command reads from."""
+    if project is not None:  # processors.project reads it: every loader agrees on the one root
+        os.environ[PROJECT_ENV] = str(project)
+
+
+app.add_typer(broker.app, name="kafka")
+app.add_typer(topics.app, name="topics")
+app.command()(events.produce)
+app.command()(events.tail)
+app.command()(run.run)
+app.command()(report.report)
+app.command()(outcome.outcome)
+app.add_typer(review.app, name="review")
+app.add_typer(dataset.app, name="dataset")
+app.add_typer(prompt.app, name="prompt")
+app.add_typer(control.app, name="control")
+app.command()(replay.replay)
+app.command("eval")(evals.eval_)

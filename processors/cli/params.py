@@ -1,0 +1,75 @@
+"""What the commands share: their common options and the steps before a command's own work.
+
+Every option that more than one command takes is declared here once (``--bootstrap``,
+``--workflow``, ``--workflows-dir``, ``--data-dir``…), and so are the steps that can fail before a
+command does anything — loading the workflow, asking the broker for its topics, reading the
+control topic — each failing in one line that says what is wrong and what to do (:func:`fail`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from processors.control.store import ControlStore, ControlUnavailable
+from processors.kafka.broker import BrokerUnreachable, missing_topics
+from processors.kafka.settings import KafkaSettings
+from processors.project import PROJECT_ENV
+from processors.workflow.workflow import Workflow, WorkflowError, load_workflow
+
+Bootstrap = Annotated[Optional[str], typer.Option("--bootstrap", "-b", envvar="KAFKA_BOOTSTRAP_SERVERS",
+                                                  help="Kafka bootstrap servers.")]
+WorkflowName = Annotated[str, typer.Option("--workflow", "-w", help="Workflow name (workflows/<name>/, topics/<name>.yaml).")]
+WorkflowsDir = Annotated[Optional[Path], typer.Option("--workflows-dir", envvar="HANDOFF_WORKFLOWS_DIR",
+                                                      help="Where workflow folders are (default: the project's "
+                                                           "workflows/).")]
+Project = Annotated[Optional[Path], typer.Option("--project", envvar=PROJECT_ENV, exists=True, file_okay=False,
+                                                 resolve_path=True, help="The folder holding workflows/, schemas/ "
+                                                                         "and topics/ (default: the shipped examples).")]
+DataDir = Annotated[Path, typer.Option(help="Where the broker keeps its data, pid and logs (git-ignored).")]
+
+
+def settings(bootstrap: str | None) -> KafkaSettings:
+    return KafkaSettings(bootstrap_servers=bootstrap) if bootstrap else KafkaSettings()
+
+
+def fail(message: str) -> typer.Exit:
+    """Print ``message`` in red on stderr; raise what this returns to exit 1, without a traceback."""
+    typer.secho(message, fg=typer.colors.RED, err=True)
+    return typer.Exit(1)
+
+
+def load(workflow: str, bootstrap: str | None, workflows_dir: Path | None = None) -> tuple[Workflow, KafkaSettings]:
+    """The workflow, in the namespace of the Kafka settings, and those settings; exit 1 with the
+    reason when the workflow does not load (an unknown one: the known ones are listed)."""
+    conf = settings(bootstrap)
+    try:
+        return load_workflow(workflow, conf.namespace, workflows_dir), conf
+    except WorkflowError as exc:
+        raise fail(str(exc))
+
+
+def need_broker(flow: Workflow, conf: KafkaSettings, *topics: str) -> None:
+    """Exit 1 in one line unless a broker answers and has the ``topics``: asked before the command
+    makes clients of its own, which would log every refused connection."""
+    try:
+        missing = missing_topics(conf, topics)
+    except BrokerUnreachable as exc:
+        raise fail(str(exc))
+    if missing:
+        raise fail(f"topic {missing[0]} does not exist at {conf.bootstrap_servers}: create the workflow's topics "
+                   f"with `handoff topics apply --workflow {flow.name}`")
+
+
+def control_store(workflow: str, bootstrap: str | None, workflows_dir: Path | None) -> ControlStore:
+    """The workflow's control store, its topic checked; exit 1 when it cannot be read."""
+    flow, conf = load(workflow, bootstrap, workflows_dir)
+    need_broker(flow, conf)
+    store = ControlStore(conf, flow)
+    try:
+        store.check()
+    except ControlUnavailable as exc:
+        raise fail(str(exc))
+    return store

@@ -1,0 +1,91 @@
+"""``handoff review``: the review queue, what people must decide; the first verdict on an item wins."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import orjson
+import typer
+
+from processors.cli.params import Bootstrap, WorkflowName, WorkflowsDir, fail, load, need_broker
+from processors.ops.review_queue import (
+    InvalidVerdict,
+    ReviewQueue,
+    UnknownItem,
+    VerdictRefused,
+    context,
+    line,
+    next_step,
+    parse_fields,
+)
+from processors.records import VerdictKind
+
+app = typer.Typer(no_args_is_help=True, help="The review queue: what people must decide. The first verdict "
+                                             "on an item wins; a later one is refused.")
+ReviewId = Annotated[str, typer.Argument(help="The review id, as `handoff review list` prints it.")]
+Reviewer = Annotated[Optional[str], typer.Option(help="Who decides (default: $HANDOFF_REVIEWER, else the OS user).")]
+OptionalReason = Annotated[Optional[str], typer.Option(help="Why (optional).")]
+
+
+def review_queue(workflow: str, bootstrap: str | None, workflows_dir: Path | None) -> ReviewQueue:
+    flow, conf = load(workflow, bootstrap, workflows_dir)
+    need_broker(flow, conf)
+    return ReviewQueue(flow, conf)
+
+
+def decide(queue: ReviewQueue, review_id: str, kind: VerdictKind, reviewer: str | None, fields: list[str] = (),
+           reason: str | None = None) -> None:
+    """Write a verdict; exit 1 with the reason when it is refused or void."""
+    try:
+        verdict = queue.decide(review_id, kind, reviewer=reviewer, fields=parse_fields(list(fields)), reason=reason)
+    except (InvalidVerdict, UnknownItem, VerdictRefused) as exc:
+        raise fail(str(exc))
+    typer.echo(f"{kind} of {review_id} by {verdict.reviewer}: recorded, first verdict. {next_step(verdict)}")
+
+
+@app.command("list")
+def review_list(workflow: WorkflowName, bootstrap: Bootstrap = None, workflows_dir: WorkflowsDir = None) -> None:
+    """Open items, event_rule first, then oldest first: id, reason, age, the model's label (or the action), the event."""
+    queue = review_queue(workflow, bootstrap, workflows_dir)
+    items = queue.open_items()
+    for item in items:
+        typer.echo(line(queue.workflow, item))
+    typer.echo(f"{len(items)} open")
+    for where in sorted(queue.skipped):
+        typer.secho(f"skipped, not a review item or verdict: {where}", fg=typer.colors.YELLOW, err=True)
+
+
+@app.command("show")
+def review_show(review_id: ReviewId, workflow: WorkflowName, bootstrap: Bootstrap = None,
+                workflows_dir: WorkflowsDir = None) -> None:
+    """The whole context of an item as JSON: event, answer, errors, action, and its verdict if any."""
+    try:
+        item, decided = review_queue(workflow, bootstrap, workflows_dir).get(review_id)
+    except UnknownItem as exc:
+        raise fail(str(exc))
+    typer.echo(orjson.dumps(context(item, decided), option=orjson.OPT_INDENT_2).decode())
+
+
+@app.command("approve")
+def review_approve(review_id: ReviewId, workflow: WorkflowName, reviewer: Reviewer = None,
+                   reason: OptionalReason = None, bootstrap: Bootstrap = None, workflows_dir: WorkflowsDir = None) -> None:
+    """The model's answer stands (or the risky action may run)."""
+    decide(review_queue(workflow, bootstrap, workflows_dir), review_id, VerdictKind.approve, reviewer, reason=reason)
+
+
+@app.command("correct")
+def review_correct(review_id: ReviewId, workflow: WorkflowName,
+                   set_: Annotated[list[str], typer.Option("--set", help="field=value on the model's answer; repeat.")],
+                   reviewer: Reviewer = None, reason: OptionalReason = None, bootstrap: Bootstrap = None,
+                   workflows_dir: WorkflowsDir = None) -> None:
+    """Set answer fields; checked against the prompt's output schema and the workflow's rules."""
+    decide(review_queue(workflow, bootstrap, workflows_dir), review_id, VerdictKind.correct, reviewer, set_, reason)
+
+
+@app.command("reject")
+def review_reject(review_id: ReviewId, workflow: WorkflowName,
+                  reason: Annotated[str, typer.Option(help="Why: recorded with the verdict.")],
+                  reviewer: Reviewer = None, bootstrap: Bootstrap = None, workflows_dir: WorkflowsDir = None) -> None:
+    """Close the item: nothing continues."""
+    decide(review_queue(workflow, bootstrap, workflows_dir), review_id, VerdictKind.reject, reviewer, reason=reason)

@@ -1,0 +1,42 @@
+"""Is a broker there, and does it have a workflow's topics? Asked once, quietly, before a command works.
+
+A client that cannot reach its broker makes librdkafka log every refused connection, and a
+record produced to a topic that does not exist fails on its own, one error per record. A command
+asks first, with a silent client (librdkafka's ``log_level`` 0, its errors swallowed), and says
+in one line what is wrong and what to do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient
+
+from processors.kafka.settings import KafkaSettings
+
+
+def _ignore(_error) -> None:
+    """An ``error_cb``: the command reports the failure itself."""
+
+
+QUIET = {"log_level": 0, "error_cb": _ignore}
+"""Client settings that keep librdkafka from logging to stderr: for a command's own clients."""
+
+
+class BrokerUnreachable(ConnectionError):
+    """No broker answered at the bootstrap address."""
+
+
+def missing_topics(settings: KafkaSettings, names: Iterable[str], timeout: float = 5.0) -> list[str]:
+    """Those of ``names`` the broker does not have (in their order); :class:`BrokerUnreachable`
+    when no broker answers within ``timeout``."""
+    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers, **QUIET})
+    try:
+        topics = admin.list_topics(timeout=timeout).topics
+    except KafkaException as exc:
+        raise BrokerUnreachable(
+            f"no Kafka broker answers at {settings.bootstrap_servers} (asked for its topics for {timeout:.0f}s: "
+            f"{exc.args[0].str()}); start one with `handoff kafka up`, or point --bootstrap or "
+            f"KAFKA_BOOTSTRAP_SERVERS at yours") from None
+    return [name for name in names if name not in topics or topics[name].error is not None]
