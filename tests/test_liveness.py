@@ -17,8 +17,9 @@ from processors.dev.localkafka import LocalKafka, free_port
 from processors.kafka.lag import LagProbe
 from processors.kafka.read import count
 from processors.ops.summary import collect
-from processors.pipeline import STAGES, Pipeline, wait_until_drained
+from processors.pipeline import Pipeline, wait_until_drained
 from processors.runtime.options import RuntimeOptions
+from processors.stages.registry import STAGES
 from tests.conftest import deployed, produce, tickets
 from tests.test_recovery import assert_placed_once, decisions, handoff_run, wait_for
 
@@ -56,7 +57,7 @@ def test_a_broker_restart_mid_stream_loses_nothing_and_places_nothing_twice(brok
                                                                             guarantee):
     """Every stage of one ``handoff run`` process (no supervisor) carries on across the restart."""
     workflow = deployed("support_ticket", kafka)
-    sample = tickets()
+    sample = tickets(injected=True)
     produce(kafka, workflow, sample)
     topics = decisions(workflow)
     with open(tmp_path / "run.log", "wb") as log:
