@@ -16,12 +16,11 @@ from confluent_kafka.admin import AdminClient
 from processors.dev.localkafka import LocalKafka, free_port
 from processors.kafka.lag import LagProbe
 from processors.kafka.read import count
-from processors.ops.summary import collect
 from processors.pipeline import Pipeline, wait_until_drained
 from processors.runtime.options import RuntimeOptions
 from processors.stages.registry import STAGES
 from tests.conftest import deployed, produce, tickets
-from tests.test_recovery import assert_placed_once, decisions, handoff_run, wait_for
+from tests.test_recovery import assert_placed_once, decisions, handoff_run, run_to_the_end, wait_for
 
 GUARANTEES = ["at_least_once", "exactly_once"]
 DOWN_S = 12  # how long the broker stays down: what the chaos runs saw hang every transactional stage
@@ -65,10 +64,7 @@ def test_a_broker_restart_mid_stream_loses_nothing_and_places_nothing_twice(brok
         wait_for(lambda: count(kafka, *topics) >= 40, 120, "the first decisions", proc)
         restart(broker)
         restarted_at = count(kafka, *topics)
-        wait_for(lambda: collect(workflow, kafka).placed == len(sample), 240, "every ticket to be placed", proc)
-        time.sleep(2)  # let anything still in flight land, so duplicates would show
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(60) == 0, (tmp_path / "run.log").read_text()[-3000:]
+        run_to_the_end(proc, kafka, workflow, len(sample), tmp_path / "run.log")
 
     assert restarted_at < len(sample), "the restart should land mid-stream"
     assert_placed_once(kafka, receiver, workflow, guarantee, len(sample))

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -54,13 +55,19 @@ def test_sigkill_mid_stream_then_restart_loses_nothing(kafka, receiver, tmp_path
         killed_at = count(kafka, *decision_topics)
 
         second = handoff_run(kafka, receiver, log, *args)
-        wait_for(lambda: collect(workflow, kafka).placed == len(sample), 240, "every ticket to be placed", second)
-        time.sleep(2)  # let anything still in flight land, so duplicates would show
-        second.send_signal(signal.SIGTERM)
-        assert second.wait(60) == 0, (tmp_path / "run.log").read_text()[-3000:]
+        run_to_the_end(second, kafka, workflow, len(sample), tmp_path / "run.log")
 
     assert killed_at < len(sample), "the kill should land mid-stream"
     assert_placed_once(kafka, receiver, workflow, guarantee, len(sample))
+
+
+def run_to_the_end(proc: subprocess.Popen, kafka, workflow, triggers: int, log: Path) -> None:
+    """Wait until every trigger is placed, let what is still in flight land (so duplicates would show),
+    then SIGTERM: the process drains and exits cleanly."""
+    wait_for(lambda: collect(workflow, kafka).placed == triggers, 240, "every ticket to be placed", proc)
+    time.sleep(2)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(60) == 0, log.read_text()[-3000:]
 
 
 def assert_placed_once(kafka, receiver, workflow, guarantee: str, triggers: int) -> None:
