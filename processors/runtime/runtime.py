@@ -29,10 +29,16 @@ to its end) and hands it over: a stage never reads a topic itself.
 **Backpressure.** At most ``max_in_flight`` records are being processed at once. Records of
 a key that is busy wait behind it, and records consumed beyond that wait, in order, in a
 local buffer; neither counts as in flight, so one hot key never idles the other slots. Only
-when ``max_buffered`` records wait (buffer and keys together) is every assigned partition
-paused (the consumer keeps polling, so the group stays alive), until half have moved on.
-Pausing is the last resort because librdkafka drops a paused partition's prefetched records
-and refetches them on resume, which stalls the stage for a fetch round trip each time.
+when ``max_buffered`` records wait (buffer and keys together) are partitions paused (the
+consumer keeps polling, so the group stays alive), until half have moved on: the partitions
+that hold waiting records, and then each that delivers more while the others are paused. A
+partition holding nothing keeps fetching, so a backlog on some partitions never starves the
+rest (one consume batch usually comes from one partition). Pausing is the last resort because
+librdkafka drops a paused partition's prefetched records and refetches them on resume, which
+stalls the stage for a fetch round trip each time. The runtime resumes exactly the partitions
+it paused. librdkafka keeps a partition's pause across a revoke and a new assignment, so every
+assigned partition is resumed in the assign callback: a partition paused, revoked and
+assigned again is fetched again.
 
 **Revoke.** When partitions are taken away, the runtime stops starting their records, waits
 up to ``drain_timeout_s`` for the ones in flight, releases and commits what finished, and
@@ -116,7 +122,7 @@ class StageRuntime:
         self._done: queue.SimpleQueue = queue.SimpleQueue()
         self._tasks: set[asyncio.Task] = set()
         self._stopping = threading.Event()
-        self._paused = False
+        self._paused: set[tuple[str, int]] = set()  # partitions this runtime paused (see Backpressure)
         self._brokers_down_since: float | None = None
         self._last_commit = time.monotonic()
         self._last_tick = time.monotonic()
@@ -192,7 +198,7 @@ class StageRuntime:
         self._collect(wait=0.005 if self.keys.in_flight and not messages else 0)
         self._release()
         self._tick()
-        self._backpressure()
+        self._backpressure(messages)
         self._check_brokers()
         if time.monotonic() - self._last_commit >= self.options.commit_interval_s:
             self._commit(Moment.interval)
@@ -282,15 +288,22 @@ class StageRuntime:
             except BufferError:  # the producer's local queue is full: let it drain
                 self.producer.poll(0.1)
 
-    def _backpressure(self) -> None:
-        assignment = [TopicPartition(t, p) for t, p in self._partitions]
+    def _backpressure(self, messages: list[Message]) -> None:
+        """Pause the partitions that hold waiting records once ``max_buffered`` wait; resume what
+        was paused once half have moved on (see Backpressure)."""
         held = len(self._buffer) + self.keys.waiting
-        if not self._paused and held >= self.options.max_buffered:
-            self.consumer.pause(assignment)
-            self._paused = True
+        if held >= self.options.max_buffered:
+            holding = ({(m.topic(), m.partition()) for m in messages} if self._paused else  # the ones still fetching
+                       {(m.topic(), m.partition()) for m in self._buffer} | self.keys.waiting_partitions())
+            self._pause((holding & self._partitions.keys()) - self._paused)
         elif self._paused and held <= self.options.max_buffered // 2:
-            self.consumer.resume(assignment)
-            self._paused = False
+            self.consumer.resume([TopicPartition(t, p) for t, p in self._paused])
+            self._paused.clear()
+
+    def _pause(self, partitions: set[tuple[str, int]]) -> None:
+        if partitions:
+            self.consumer.pause([TopicPartition(t, p) for t, p in partitions])
+            self._paused |= partitions
 
     def _commit(self, moment: Moment, partitions: set[tuple[str, int]] | None = None) -> None:
         """Commit the offsets whose outputs are durable, of ``partitions`` (a revoke) or all (see :mod:`.commit`)."""
@@ -307,8 +320,7 @@ class StageRuntime:
         for table in self.stage.tables():  # the stage's state, before any record of the new partitions
             spec = self.topics[table.topic]
             table.restore(snapshot(self.settings, spec.name), spec.serde(self.settings))
-        if self._paused:
-            consumer.pause(partitions)
+        consumer.resume(partitions)  # librdkafka kept the pause of a partition paused before its revoke
 
     def _on_revoke(self, consumer, partitions: list[TopicPartition]) -> None:
         revoked = [(tp.topic, tp.partition) for tp in partitions]
@@ -334,6 +346,7 @@ class StageRuntime:
 
     def _forget(self, partitions: list[tuple[str, int]]) -> None:
         gone = set(partitions)
+        self._paused -= gone  # their pause outlives them in librdkafka: the assign callback resumes them
         unfinished = sum(self._partitions.pop(tp).unfinished() for tp in gone if tp in self._partitions)
         self.keys.forget(gone, unfinished)
         self._buffer = deque(m for m in self._buffer if (m.topic(), m.partition()) not in gone)
