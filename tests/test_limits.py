@@ -10,6 +10,7 @@ becomes a dead letter of its input, and the partition carries on.
 import base64
 import random
 
+import orjson
 import pytest
 from confluent_kafka import KafkaException, TopicPartition
 
@@ -24,6 +25,10 @@ from processors.runtime.options import Guarantee
 from processors.runtime.output import Output
 from processors.runtime.runtime import RuntimeOptions, StageRuntime
 from processors.runtime.stage import DeadLetter, Emit, Record, Stage
+from processors.stages.classify import Classify
+from processors.workflow.prompt import CUT_NOTE, DEFAULT_INPUT_CHARS, PromptSpec
+from processors.workflow.workflow import load_workflow
+from tests.conftest import WORKFLOWS, deployed
 from tests.test_records import SAMPLES
 from tests.test_runtime import every, produce_tickets, run_until
 from tests.test_serde import TICKET_V1
@@ -213,3 +218,45 @@ def test_an_output_the_broker_refuses_is_dead_lettered_and_the_partition_carries
     headers = dict(dead["poison"].headers())
     assert headers[Header.error_reason] == b"test_poison" and dead["poison"].value() == b""
     assert int(headers[Header.value_truncated]) > TOPIC_LIMIT
+
+
+def test_a_ticket_of_pasted_logs_is_dead_lettered_and_classify_carries_on(kafka):
+    """The reported case: a valid ticket whose body is ~900 KB of JSON log lines. Its work item is over the
+    producer's limit: dead-lettered (output_too_large), not a crash loop. A 100 KB body is cut for the model
+    (the trace's inputs say so) and classified; the ticket behind both, on the same partition, too."""
+    workflow = deployed("support_ticket", kafka)
+    line = '{"ts": "2026-05-29T14:22:10Z", "level": "error", "msg": "upstream timeout, retrying", "req": "a1b2c3"}'
+    logs = "Our sync fails, logs below:\n" + "\n".join([line] * (900_000 // len(line)))
+    tickets = [ticket("evt_logs", logs), ticket("evt_long", logs[:100_000]), ticket("evt_plain")]
+    produce_tickets(kafka, workflow.topics, tickets)
+
+    run_to_the_end(kafka, Classify(workflow, workflow.provider()), workflow.topics, RuntimeOptions(commit_interval_s=0.2))
+
+    dead = by_event_id(kafka, workflow.topics, snapshot(kafka, workflow.topics[DLQ].name))
+    assert sorted(dead) == ["evt_logs"]
+    headers = dict(dead["evt_logs"].headers())
+    classified = workflow.topics["support_ticket.classified"].name
+    assert headers[Header.error_reason] == b"output_too_large"
+    assert f"for {classified} is over" in headers[Header.error_message].decode()
+    assert "producer message.max.bytes 1000000" in headers[Header.error_message].decode()
+    items = [AvroSerde("handoff/work_item").decode(m.value()) for m in snapshot(kafka, classified)]
+    assert sorted(item["event_id"] for item in items) == ["evt_long", "evt_plain"]
+    traces = [AvroSerde("handoff/trace").decode(m.value()) for m in snapshot(kafka, workflow.topics["support_ticket.traces"].name)]
+    (long_inputs,) = [orjson.loads(t["inputs"]) for t in traces if t["run_id"] == "evt_long" and t["inputs"]]
+    body = long_inputs["ticket.body"]
+    assert body.endswith(CUT_NOTE.format(kept=DEFAULT_INPUT_CHARS, length=len(logs[:100_000])))
+
+
+def test_input_limits_name_declared_inputs_and_cut_only_text_over_them():
+    spec = deployed_spec(input_limits={"ticket.subject": 5})
+    inputs = spec.select_inputs({"ticket": {"subject": "Charged twice", "body": "short"}, "customer": {"arr": 10 ** 30}})
+    assert inputs["ticket.subject"] == "Charg" + CUT_NOTE.format(kept=5, length=13)
+    assert inputs["ticket.body"] == "short" and inputs["customer.arr"] == 10 ** 30
+    with pytest.raises(ValueError, match="undeclared inputs: \\['ticket.secret'\\]"):
+        deployed_spec(input_limits={"ticket.secret": 5})
+
+
+def deployed_spec(**changes) -> PromptSpec:
+    """The shipped prompt spec with ``changes``, validated again."""
+    spec = load_workflow("support_ticket", "", WORKFLOWS).prompt_spec
+    return PromptSpec.model_validate({**spec.model_dump(), **changes})
