@@ -9,10 +9,13 @@ becomes a dead letter of its input, and the partition carries on.
 
 import base64
 import random
+import threading
+import time
 
 import orjson
 import pytest
 from confluent_kafka import KafkaException, TopicPartition
+from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
 
 from processors.avro.serde import AvroSerde
 from processors.clock import now_ms
@@ -136,14 +139,13 @@ def lowered(topics, names, limit: int) -> dict:
 
 @pytest.mark.parametrize("limit, guarantee", [("topic", Guarantee.exactly_once), ("producer", Guarantee.at_least_once)])
 def test_just_under_each_limit_is_written_and_just_over_is_dead_lettered(kafka, limit, guarantee):
-    """Every flow topic and the dead letters, at the topic's limit (half declared, half read from the broker)
-    under exactly_once, and at the producer's under at_least_once."""
+    """Every flow topic and the dead letters, at the topic's limit (set on the broker and read from there, or
+    only declared in the topic file) under exactly_once, and at the producer's under at_least_once."""
     topics = load_topics("support_ticket", kafka.namespace)
     if limit == "topic":
-        applied = lowered(topics, [*FLOWS, DLQ], TOPIC_LIMIT)
-        apply(kafka.admin(), list(applied.values()))
-        known_to_the_broker_only = set(list(FLOWS)[::2]) | {DLQ}
-        given = {n: topics[n] if n in known_to_the_broker_only else s for n, s in applied.items()}
+        on_the_broker = set(list(FLOWS)[::2]) | {DLQ}  # the broker has the limit; the rest only declare it
+        apply(kafka.admin(), list(lowered(topics, on_the_broker, TOPIC_LIMIT).values()))
+        given = lowered(topics, set(FLOWS) - on_the_broker, TOPIC_LIMIT)
         options = RuntimeOptions(guarantee=guarantee, commit_interval_s=0.2)
         most = TOPIC_LIMIT - BATCH_OVERHEAD
     else:
@@ -190,27 +192,38 @@ def test_just_under_each_limit_is_written_and_just_over_is_dead_lettered(kafka, 
 
 
 def test_an_output_the_broker_refuses_is_dead_lettered_and_the_partition_carries_on(kafka):
-    """The broker's limits are lower than the runtime was told: the refused output's input, and the refused
-    dead letter's headers, still get to the dead letters; the records behind them are written."""
+    """The topics' limits are lowered on the broker after the runtime read them: the refused output's input,
+    and the refused dead letter's headers, still get to the dead letters; the record behind them is written."""
     topics = load_topics("support_ticket", kafka.namespace)
-    classified = "support_ticket.classified"
-    apply(kafka.admin(), list(lowered(topics, [classified, DLQ], TOPIC_LIMIT).values()))
-    given = lowered(topics, [classified, DLQ], 1_000_000)
-    name = given[classified].name
+    apply(kafka.admin(), list(topics.values()))
+    classified, validated = "support_ticket.classified", "support_ticket.validated"
+    name = topics[classified].name
     noise = base64.b64encode(random.Random(7).randbytes(TOPIC_LIMIT * 2)).decode()  # lz4 cannot shrink it below the limit
     big, _ = padded(FLOWS[classified], name, TOPIC_LIMIT + 5000, noise)
-    validated = "support_ticket.validated"  # another topic, so not in the refused batch (the broker refuses a batch whole)
-    small, _ = padded(FLOWS[validated], given[validated].name, 10)
+    small, _ = padded(FLOWS[validated], topics[validated].name, 10)  # another topic: not in the refused batch
     plans = {"big": (classified, big), "poison": None, "small": (validated, small)}
     tickets = [ticket("big"), ticket("poison", noise[:TOPIC_LIMIT + 5000]), ticket("small")]  # one key: one partition
-    produce_tickets(kafka, topics, tickets)
-
-    run_to_the_end(kafka, Scripted(plans), given, RuntimeOptions(commit_interval_s=0.2))
+    runtime = StageRuntime(Scripted(plans), "support_ticket", topics, kafka, RuntimeOptions(commit_interval_s=0.2))
+    thread = threading.Thread(target=runtime.run, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: name in runtime.limits.topic_bytes)  # read at start, before the first record
+        lowered_on_the_broker = [ConfigResource(ResourceType.TOPIC, topics[t].name, incremental_configs=[
+            ConfigEntry("max.message.bytes", str(TOPIC_LIMIT), incremental_operation=AlterConfigOpType.SET)])
+            for t in (classified, DLQ)]
+        admin = kafka.admin()
+        for future in admin.incremental_alter_configs(lowered_on_the_broker).values():
+            future.result(timeout=30)
+        produce_tickets(kafka, topics, tickets)
+        wait_until(lambda: lag_is_zero(kafka, runtime, topics["support_ticket.triggers"].name))
+    finally:
+        runtime.stop()
+        thread.join(60)
 
     assert snapshot(kafka, name) == []
-    (written,) = snapshot(kafka, given[validated].name)
+    (written,) = snapshot(kafka, topics[validated].name)
     assert AvroSerde(FLOWS[validated]).decode(written.value())["workflow"] == small["workflow"]
-    dead = by_event_id(kafka, topics, snapshot(kafka, given[DLQ].name))
+    dead = by_event_id(kafka, topics, snapshot(kafka, topics[DLQ].name))
     assert sorted(dead) == ["big", "poison"]
     headers = dict(dead["big"].headers())
     assert headers[Header.error_reason] == b"output_too_large" and name in headers[Header.error_message].decode()
@@ -218,6 +231,13 @@ def test_an_output_the_broker_refuses_is_dead_lettered_and_the_partition_carries
     headers = dict(dead["poison"].headers())
     assert headers[Header.error_reason] == b"test_poison" and dead["poison"].value() == b""
     assert int(headers[Header.value_truncated]) > TOPIC_LIMIT
+
+
+def wait_until(check, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "not within the bound"
+        time.sleep(0.2)
 
 
 def test_a_ticket_of_pasted_logs_is_dead_lettered_and_classify_carries_on(kafka):

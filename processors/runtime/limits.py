@@ -4,10 +4,12 @@ Two limits apply to each record: the producer's ``message.max.bytes`` (librdkafk
 record at once, ``MSG_SIZE_TOO_LARGE``) and its topic's ``max.message.bytes`` (the broker refuses a
 bigger record batch in the delivery report). Either refusal, left to happen, would stop the stage
 on the same record after every restart. So the runtime knows both before the first record
-(:meth:`OutputLimits.read`: the topic's declared ``TopicSpec.max_message_bytes``, else the broker's
-value, one ``describe_configs`` for every topic of the workflow at start) and checks each output
-(:meth:`OutputLimits.check`): a record with an output over its limit is dead-lettered
-(``output_too_large``, naming the topic, the size and the limit) and its partition carries on.
+(:meth:`OutputLimits.read`: the broker's value, one ``describe_configs`` for every topic of the
+workflow at start, or the topic's declared ``TopicSpec.max_message_bytes`` when lower or the only
+one known) and checks each output (:meth:`OutputLimits.check`): a record with an output over its
+limit is dead-lettered (``output_too_large``, naming the topic, the size and the limit) and its
+partition carries on. A limit lowered on the broker while the stage runs is met by the refusal
+path instead (the runtime's **Poison**).
 
 The size checked is the *uncompressed* size plus the framing librdkafka adds (a bound, measured
 against librdkafka 2.x): compression may make a record smaller on the wire, but whether a record
@@ -72,17 +74,20 @@ class OutputLimits:
 
     @classmethod
     def read(cls, admin: AdminClient, topics: Iterable[TopicSpec], producer_bytes: int) -> OutputLimits:
-        """The declared limit of each topic, else the broker's (one request). A topic the broker
-        cannot describe (missing, or no broker answers) is held to the producer's limit alone."""
+        """Each topic's limit: the broker's (one request for all), or the declared one when it is lower
+        (drift) or the broker cannot say (the topic is missing, no broker answers); neither known: the
+        producer's limit alone holds."""
         specs = list(topics)
         limits = {s.name: s.max_message_bytes for s in specs if s.max_message_bytes}
-        asked = [ConfigResource(ResourceType.TOPIC, s.name) for s in specs if not s.max_message_bytes]
-        for resource, future in (admin.describe_configs(asked, request_timeout=DESCRIBE_TIMEOUT_S) if asked else {}).items():
+        asked = [ConfigResource(ResourceType.TOPIC, s.name) for s in specs]
+        for resource, future in admin.describe_configs(asked, request_timeout=DESCRIBE_TIMEOUT_S).items():
             try:
-                limits[resource.name] = int(future.result(timeout=DESCRIBE_TIMEOUT_S)["max.message.bytes"].value)
+                found = int(future.result(timeout=DESCRIBE_TIMEOUT_S)["max.message.bytes"].value)
             except (KafkaException, TimeoutError, KeyError) as exc:
-                log.warning("max.message.bytes of %s unknown (%s): outputs are held to the producer's %d bytes",
-                            resource.name, exc, producer_bytes)
+                log.warning("max.message.bytes of %s not read from the broker (%s); %s", resource.name, exc,
+                            "the declared limit holds" if resource.name in limits else "the producer's limit holds")
+                continue
+            limits[resource.name] = min(found, limits.get(resource.name, found))
         return cls(producer_bytes, limits)
 
     def limit(self, topic: str) -> tuple[int, str]:
