@@ -29,17 +29,19 @@ class QuickLeave(KafkaSettings):
 
 class SlowModel(Stage):
     """A scripted slow model: every record takes 50 ms, so a backlog builds and pauses intake.
-    ``done`` counts processed records per partition, shared by every instance of the group."""
+    ``done`` counts the records this instance processed, per partition; ``group`` those of every instance."""
 
     name = "slow"
     inputs = ["support_ticket.triggers"]
 
-    def __init__(self, done: dict[int, int]):
-        self.done = done
+    def __init__(self, group: dict[int, int]):
+        self.done: dict[int, int] = {}
+        self.group = group
 
     async def process(self, record: Record) -> list[Emit]:
         await asyncio.sleep(0.05)
-        self.done[record.partition] = self.done.get(record.partition, 0) + 1
+        for counts in (self.done, self.group):
+            counts[record.partition] = counts.get(record.partition, 0) + 1
         return []
 
 
@@ -47,7 +49,7 @@ def wait_for_progress_everywhere(done: dict[int, int], sizes: dict[int, int], wh
     """Every partition processes at least one more record than now, within the bound; none has run dry
     (a partition with nothing left proves nothing)."""
     before = dict(done)
-    assert all(before.get(p, 0) < sizes[p] for p in sizes), f"{what}: a partition ran dry ({before}, of {sizes})"
+    assert all(before.get(p, 0) < sizes[p] for p in sizes), f"{what}: a partition may have run dry ({before}, of {sizes})"
     deadline = time.monotonic() + PROGRESS_WAIT_S
     while time.monotonic() < deadline:
         stuck = [p for p in sizes if done.get(p, 0) <= before.get(p, 0)]
@@ -82,19 +84,23 @@ def test_partitions_paused_by_a_backlog_are_fetched_again_after_each_rebalance(k
                for i in range(12_000)]
     produce_tickets(kafka, topics, tickets)
     sizes = partition_sizes(kafka, topics["support_ticket.triggers"].name)
-    done: dict[int, int] = {}
+    group: dict[int, int] = {}
     options = dict(guarantee=guarantee, max_in_flight=4, max_buffered=40, commit_interval_s=0.5, drain_timeout_s=2)
-    first = StageRuntime(SlowModel(done), "support_ticket", topics, settings, RuntimeOptions(instance="first", **options))
-    second = StageRuntime(SlowModel(done), "support_ticket", topics, settings, RuntimeOptions(instance="second", **options))
+    first = StageRuntime(SlowModel(group), "support_ticket", topics, settings, RuntimeOptions(instance="first", **options))
+    second = StageRuntime(SlowModel(group), "support_ticket", topics, settings, RuntimeOptions(instance="second", **options))
     threads = [start(first)]
     try:
-        wait_for_progress_everywhere(done, sizes, "first instance alone")
+        wait_for_progress_everywhere(first.stage.done, sizes, "first instance alone")
         threads.append(start(second))
-        wait_for_progress_everywhere(done, sizes, "after the second instance joined")
+        deadline = time.monotonic() + PROGRESS_WAIT_S
+        while not second.stage.done:  # it has partitions: the first's were revoked and assigned again
+            assert time.monotonic() < deadline, "the second instance never got partitions"
+            time.sleep(0.1)
+        wait_for_progress_everywhere(group, sizes, "after the second instance joined")
         second.stop()
         threads[1].join(60)
         assert not threads[1].is_alive(), "the second instance did not stop"
-        wait_for_progress_everywhere(done, sizes, "after the second instance left")
+        wait_for_progress_everywhere(first.stage.done, sizes, "after the second instance left")
     finally:
         first.stop()
         second.stop()

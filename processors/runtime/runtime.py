@@ -33,7 +33,9 @@ when ``max_buffered`` records wait (buffer and keys together) are partitions pau
 consumer keeps polling, so the group stays alive), until half have moved on: the partitions
 that hold waiting records, and then each that delivers more while the others are paused. A
 partition holding nothing keeps fetching, so a backlog on some partitions never starves the
-rest (one consume batch usually comes from one partition). Pausing is the last resort because
+rest (one consume batch usually comes from one partition); near the bound each consume takes
+only what fits, so the overshoot stays small and the others' records are not queued behind
+thousands of one partition's. Pausing is the last resort because
 librdkafka drops a paused partition's prefetched records and refetches them on resume, which
 stalls the stage for a fetch round trip each time. The runtime resumes exactly the partitions
 it paused. librdkafka keeps a partition's pause across a revoke and a new assignment, so every
@@ -192,8 +194,11 @@ class StageRuntime:
     # ---- the loop ----------------------------------------------------------------------------
 
     def _step(self) -> None:
-        # Always poll, even when paused: it serves rebalance callbacks and keeps the group alive.
-        messages = self.consumer.consume(self.options.poll_batch, timeout=0 if self.keys.in_flight or self._buffer else 0.01)
+        # Always poll, even when paused: it serves rebalance callbacks and keeps the group alive. Near
+        # max_buffered take fewer, so each partition still fetching adds little before it pauses.
+        room = self.options.max_buffered - len(self._buffer) - self.keys.waiting
+        messages = self.consumer.consume(max(1, min(self.options.poll_batch, room)),
+                                         timeout=0 if self.keys.in_flight or self._buffer else 0.01)
         for msg in messages:
             if msg.error():
                 if msg.error().fatal():
