@@ -28,7 +28,7 @@ class QuickLeave(KafkaSettings):
 
 
 class SlowModel(Stage):
-    """A scripted slow model: every record takes 50 ms, so a backlog builds and pauses intake.
+    """A scripted slow model: every record takes 250 ms, so a backlog builds and pauses intake.
     ``done`` counts the records this instance processed, per partition; ``group`` those of every instance."""
 
     name = "slow"
@@ -39,7 +39,7 @@ class SlowModel(Stage):
         self.group = group
 
     async def process(self, record: Record) -> list[Emit]:
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.25)
         for counts in (self.done, self.group):
             counts[record.partition] = counts.get(record.partition, 0) + 1
         return []
@@ -85,7 +85,7 @@ def test_partitions_paused_by_a_backlog_are_fetched_again_after_each_rebalance(k
     produce_tickets(kafka, topics, tickets)
     sizes = partition_sizes(kafka, topics["support_ticket.triggers"].name)
     group: dict[int, int] = {}
-    options = dict(guarantee=guarantee, max_in_flight=4, max_buffered=40, commit_interval_s=0.5, drain_timeout_s=2)
+    options = dict(guarantee=guarantee, max_in_flight=2, max_buffered=40, commit_interval_s=0.5, drain_timeout_s=2)
     first = StageRuntime(SlowModel(group), "support_ticket", topics, settings, RuntimeOptions(instance="first", **options))
     second = StageRuntime(SlowModel(group), "support_ticket", topics, settings, RuntimeOptions(instance="second", **options))
     threads = [start(first)]
@@ -100,6 +100,8 @@ def test_partitions_paused_by_a_backlog_are_fetched_again_after_each_rebalance(k
         second.stop()
         threads[1].join(60)
         assert not threads[1].is_alive(), "the second instance did not stop"
+        wait_for_progress_everywhere(first.stage.done, {p: sizes[p] for p in second.stage.done},
+                                     "the first instance takes the second's partitions")  # the rebalance is over
         wait_for_progress_everywhere(first.stage.done, sizes, "after the second instance left")
     finally:
         first.stop()
