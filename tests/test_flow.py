@@ -8,10 +8,11 @@ import pytest
 from confluent_kafka import TopicPartition
 
 from processors.kafka.settings import KafkaSettings
-from processors.kafka.topics import apply, load_topics
+from processors.kafka.topics import apply
 from processors.runtime.options import Guarantee
 from processors.runtime.runtime import RuntimeOptions, StageRuntime
 from processors.runtime.stage import Emit, Record, Stage
+from processors.workflow.workflow import load_topics
 from tests.test_runtime import produce_tickets
 from tests.test_serde import TICKET_V1
 

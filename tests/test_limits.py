@@ -20,7 +20,7 @@ from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource
 from processors.avro.serde import AvroSerde
 from processors.clock import now_ms
 from processors.kafka.read import snapshot
-from processors.kafka.topics import apply, load_topics
+from processors.kafka.topics import apply
 from processors.records import Original
 from processors.runtime.dead_letter import Header, dead_letter
 from processors.runtime.limits import BATCH_OVERHEAD, size
@@ -30,7 +30,7 @@ from processors.runtime.runtime import RuntimeOptions, StageRuntime
 from processors.runtime.stage import DeadLetter, Emit, Record, Stage
 from processors.stages.classify import Classify
 from processors.workflow.prompt import CUT_NOTE, DEFAULT_INPUT_CHARS, PromptSpec
-from processors.workflow.workflow import load_workflow
+from processors.workflow.workflow import load_topics, load_workflow
 from tests.conftest import WORKFLOWS, deployed
 from tests.test_records import SAMPLES
 from tests.test_runtime import every, produce_tickets, run_until

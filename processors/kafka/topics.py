@@ -181,6 +181,7 @@ class TopicOverride(BaseModel):
     partitions: int | None = Field(None, ge=1)
     replication: int | None = Field(None, ge=1)
     retention_ms: int | None = Field(None, ge=-1)
+    max_message_bytes: int | None = Field(None, ge=1024)
 
 
 class TopicFile(BaseModel):
