@@ -151,3 +151,30 @@ def test_a_tick_dead_letter_without_its_record_stops_the_stage_with_a_clear_erro
     started = time.monotonic()
     with pytest.raises(TypeError, match="tick\\(\\) must carry the original record"):
         runtime.run(until=lambda: time.monotonic() - started > 30)
+
+
+class Blunt(EchoStage):
+    """Fails every record with an error message holding commas and a line break."""
+
+    async def process(self, record: Record) -> list[Emit]:
+        raise ValueError("expected a, b, or c,\ngot d=e")
+
+
+def test_a_tombstone_is_dead_lettered_null_and_dead_letter_headers_hold_no_separator(kafka):
+    """A null value stays null in its dead letter (not empty); kcat's %h joins headers with commas, so no
+    handoff.* header value holds a comma or a line break."""
+    topics = load_topics("support_ticket", kafka.namespace)
+    apply(kafka.admin(), list(topics.values()))
+    produce_tickets(kafka, topics, [TICKET_V1], extra=[(b"cus_0", None)])
+    dlq = topics["support_ticket.dlq"].name
+    runtime = StageRuntime(Blunt({}), "support_ticket", topics, kafka, RuntimeOptions(commit_interval_s=0.2))
+    run_until(runtime, every(0.5, lambda: count(kafka, dlq) >= 2))
+
+    dead = {dict(m.headers())["handoff.error.reason"]: m for m in snapshot(kafka, dlq)}
+    assert sorted(dead) == [b"not_avro", b"stage_error"]
+    assert dead[b"not_avro"].value() is None and dead[b"not_avro"].key() == b"cus_0"
+    assert dict(dead[b"stage_error"].headers())["handoff.error.message"] == b"expected a; b; or c; got d=e"
+    for letter in dead.values():
+        for name, value in letter.headers():
+            if name.startswith("handoff."):
+                assert b"," not in value and b"\n" not in value, f"{name}: {value!r}"

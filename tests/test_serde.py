@@ -8,7 +8,15 @@ import pytest
 from fastavro import schemaless_reader
 
 from processors.avro.contracts import ContractStore
-from processors.avro.serde import AvroSerde, EncodeError, NotAvro, SchemaMismatch, Truncated, UnknownSchema
+from processors.avro.serde import (
+    AvroSerde,
+    EncodeError,
+    NotAvro,
+    SchemaMismatch,
+    Truncated,
+    UnknownSchema,
+    WrongFraming,
+)
 
 TICKET_V1 = {
     "event": "support_ticket.created", "event_id": "evt_01HY9K2P0A7", "created_at": "2026-05-29T14:22:10Z",
@@ -77,6 +85,18 @@ def test_v2_writer_v1_reader_drops_new_fields():
 def test_each_decode_failure_has_its_type(data, error, words):
     with pytest.raises(error, match=words):
         AvroSerde("support_ticket/created").decode(data)
+
+
+def test_a_record_in_the_other_framing_says_which_and_what_to_set():
+    """Confluent bytes on a single-object reader, and the reverse: wrong_framing, naming SCHEMA_REGISTRY_URL
+    (the registry reader knows before it asks the registry anything)."""
+    body = AvroSerde("support_ticket/created.v1").encode(TICKET_V1)[10:]
+    with pytest.raises(WrongFraming, match="schema id 7.*set SCHEMA_REGISTRY_URL") as confluent:
+        AvroSerde("support_ticket/created").decode(b"\x00" + struct.pack(">I", 7) + body)
+    with pytest.raises(WrongFraming, match="unset SCHEMA_REGISTRY_URL") as single:
+        AvroSerde("support_ticket/created", registry_url="http://127.0.0.1:9").decode(
+            AvroSerde("support_ticket/created.v1").encode(TICKET_V1))
+    assert confluent.value.reason == single.value.reason == "wrong_framing"
 
 
 def test_truncated_body_and_trailing_bytes():

@@ -46,6 +46,12 @@ class NotAvro(DecodeError):
     reason = "not_avro"
 
 
+class WrongFraming(DecodeError):
+    """Avro in the other framing: the reader and the writer disagree on whether a registry is used."""
+
+    reason = "wrong_framing"
+
+
 class UnknownSchema(DecodeError):
     """The header names a writer schema (fingerprint or registry id) nobody here knows."""
 
@@ -151,6 +157,9 @@ class SingleObjectFraming:
         return SINGLE_OBJECT_MAGIC + contract.fingerprint
 
     def writer(self, data: bytes) -> tuple[Contract, int]:
+        if data[:1] == CONFLUENT_MAGIC and len(data) >= CONFLUENT_HEADER:
+            raise WrongFraming(f"Confluent wire format (schema id {struct.unpack('>I', data[1:CONFLUENT_HEADER])[0]}), "
+                               "but this reader expects single-object encoding: set SCHEMA_REGISTRY_URL to read it")
         if data[:2] != SINGLE_OBJECT_MAGIC:
             raise NotAvro(f"expected single-object header C3 01, got {data[:2].hex() or 'empty value'}")
         if len(data) < SINGLE_OBJECT_HEADER:
@@ -178,6 +187,9 @@ class RegistryFraming:
         return CONFLUENT_MAGIC + struct.pack(">I", self._ids[key])
 
     def writer(self, data: bytes) -> tuple[Contract, int]:
+        if data[:2] == SINGLE_OBJECT_MAGIC:
+            raise WrongFraming("single-object encoding (C3 01), but this reader expects the Confluent wire format: "
+                               "unset SCHEMA_REGISTRY_URL to read it")
         if data[:1] != CONFLUENT_MAGIC:
             raise NotAvro(f"expected Confluent magic byte 00, got {data[:1].hex() or 'empty value'}")
         if len(data) < CONFLUENT_HEADER:

@@ -86,6 +86,9 @@ class TopicSettings(BaseModel):
     cleanup_policy: CleanupPolicy = CleanupPolicy.delete
     value_schema: str | None = Field(None, description="Contract name in schemas/; None for raw bytes (dead letters).")
     key_field: str | None = Field(None, description="Dotted path of the value field producers key by, e.g. customer.id.")
+    max_message_bytes: int | None = Field(None, ge=1024, description=(
+        "The topic's max.message.bytes, when declared; else the broker's default. Stages dead-letter an "
+        "output over it (output_too_large) instead of producing it."))
     doc: str = ""
 
 
@@ -95,7 +98,10 @@ class TopicSpec(TopicSettings):
     name: str
 
     def configs(self) -> dict[str, str]:
-        return {"cleanup.policy": self.cleanup_policy.value, "retention.ms": str(self.retention_ms)}
+        configs = {"cleanup.policy": self.cleanup_policy.value, "retention.ms": str(self.retention_ms)}
+        if self.max_message_bytes is not None:
+            configs["max.message.bytes"] = str(self.max_message_bytes)
+        return configs
 
     def serde(self, settings: KafkaSettings) -> AvroSerde:
         """The serde of this topic's values, framed as ``settings`` say (the Confluent wire format
@@ -175,6 +181,7 @@ class TopicOverride(BaseModel):
     partitions: int | None = Field(None, ge=1)
     replication: int | None = Field(None, ge=1)
     retention_ms: int | None = Field(None, ge=-1)
+    max_message_bytes: int | None = Field(None, ge=1024)
 
 
 class TopicFile(BaseModel):

@@ -182,7 +182,7 @@ class Report(BaseModel):
         lines = [f"{self.workflow}: {since}; escalation route: {self.escalation_route or '- (none declared)'}"]
         lines += ["  ".join(text.ljust(width) if index == 0 else text.rjust(width)
                             for index, (text, width) in enumerate(zip(row, widths))) for row in rows]
-        lines.append("(rates over the events that settled with each version; definitions: processors/report.py; "
+        lines.append("(rates over the events that settled with each version; definitions: processors/ops/report.py; "
                      f"'{ALL_VERSIONS}' also counts dead letters that never had an answer)")
         return "\n".join(lines)
 

@@ -137,6 +137,10 @@ class Moment(Enum):
 class Committer(ABC):
     """One guarantee's commit protocol (see the module docstring for the order of calls)."""
 
+    refusals_dead_lettered = True
+    """When the broker refuses one output for what it is (too large, invalid: ``limits.REFUSED``), the
+    runtime produces a dead letter of its input in its place, which acks the record when delivered."""
+
     def __init__(self) -> None:
         self.producer: Producer | None = None
         self.consumer: Consumer | None = None
@@ -231,6 +235,10 @@ class AtLeastOnceCommitter(Committer):
 
 class ExactlyOnceCommitter(Committer):
     """Commit outputs and offsets in one transaction (module docstring: **exactly_once**)."""
+
+    refusals_dead_lettered = False
+    """A refused output makes the open transaction abortable: the stage stops and a restart replays. The
+    runtime's size checks before producing (:mod:`.limits`) keep oversized outputs from being produced."""
 
     def __init__(self) -> None:
         super().__init__()

@@ -6,6 +6,11 @@ are kept, all but ``handoff.*`` (:data:`PREFIX`), which the dead letter sets afr
 record that fails again still carries ``handoff-replay``, and a replay does not pick it up again.
 Every reader of dead letters (replay, report, summary, outputs) names the headers by
 :class:`Header`.
+
+The value is kept exactly: a tombstone's dead letter has a null value, not an empty one. The
+values of the ``handoff.*`` headers never hold a comma or a line break (an error message's commas
+become semicolons), so ``kcat -f '%h'``, which joins headers with commas, lists them unambiguously.
+The input's own headers are kept as they came: read those with ``kcat -J`` (JSON).
 """
 
 from __future__ import annotations
@@ -36,11 +41,21 @@ class Header(StrEnum):
     """The exception's message, cut at 1,000 characters."""
     attempts = "handoff.attempts"
     first_failure_ms = "handoff.first.failure.ms"
+    value_truncated = "handoff.value.truncated"
+    """Set when the value was cut to fit the dead-letter topic: the original value's length in bytes.
+    Such a dead letter cannot be replayed; its headers say where the whole record is."""
 
 
-def dead_letter(topic: str, stage: str, record: Original, reason: str, exc: BaseException, attempts: int = 1,
+SEPARATORS = str.maketrans({",": ";", "\n": " ", "\r": " "})
+
+
+def dead_letter(topic: str, stage: str, record: Original | Message, reason: str, exc: BaseException, attempts: int = 1,
                 first_failure_ms: int | None = None) -> Output:
-    """``record`` as a dead letter on ``topic`` (the workflow's dead-letter topic)."""
+    """``record`` as a dead letter on ``topic`` (the workflow's dead-letter topic); a consumed message's
+    value as it was, null for a tombstone."""
+    value = record.value() if isinstance(record, Message) else record.value
+    if isinstance(record, Message):
+        record = original(record)
     headers = {
         Header.original_topic: record.topic,
         Header.original_partition: str(record.partition),
@@ -53,8 +68,8 @@ def dead_letter(topic: str, stage: str, record: Original, reason: str, exc: Base
         Header.attempts: str(attempts),
         Header.first_failure_ms: str(first_failure_ms or now_ms()),
     }
-    original = [(k, v) for k, v in record.headers.items() if not k.startswith(PREFIX)]
-    return Output(topic, record.key, record.value, original + [(str(k), v.encode()) for k, v in headers.items()])
+    kept = [(k, v) for k, v in record.headers.items() if not k.startswith(PREFIX)]
+    return Output(topic, record.key, value, kept + [(str(k), v.translate(SEPARATORS).encode()) for k, v in headers.items()])
 
 
 def original(msg: Message) -> Original:

@@ -68,6 +68,10 @@ class KeyScheduler:
         else:
             self._keys.pop(key, None)
 
+    def waiting_partitions(self) -> set[tuple[str, int]]:
+        """The partitions with records queued behind a running record of their key."""
+        return {(k[0], k[1]) for k, waiting in self._keys.items() if waiting}
+
     def take_started(self) -> list[Started]:
         """The records started since the last call, in start order."""
         batch, self._starting = self._starting, []

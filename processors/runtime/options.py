@@ -38,6 +38,10 @@ class RuntimeOptions(BaseModel):
         "Records consumed but not yet started before partitions pause. More rides out the refetch "
         "after a resume without starving the stage; less holds less memory and replays less."))
     poll_batch: int = Field(500, ge=1, description="Records taken per consume call.")
+    max_message_bytes: int = Field(1_000_000, ge=1024, description=(
+        "The producer's message.max.bytes (librdkafka's default): with each topic's max.message.bytes, the "
+        "largest record a stage writes; a record whose output is bigger is dead-lettered (output_too_large). "
+        "More lets bigger records through, at the cost of memory in every client and broker that holds them."))
     gc_young_threshold: int | None = Field(100_000, ge=1, description=(
         "Allocations between collections of Python's youngest garbage-collector generation, for the "
         "whole process (Python's default: 700; None leaves it). A record's objects die young and "

@@ -29,10 +29,18 @@ to its end) and hands it over: a stage never reads a topic itself.
 **Backpressure.** At most ``max_in_flight`` records are being processed at once. Records of
 a key that is busy wait behind it, and records consumed beyond that wait, in order, in a
 local buffer; neither counts as in flight, so one hot key never idles the other slots. Only
-when ``max_buffered`` records wait (buffer and keys together) is every assigned partition
-paused (the consumer keeps polling, so the group stays alive), until half have moved on.
-Pausing is the last resort because librdkafka drops a paused partition's prefetched records
-and refetches them on resume, which stalls the stage for a fetch round trip each time.
+when ``max_buffered`` records wait (buffer and keys together) are partitions paused (the
+consumer keeps polling, so the group stays alive), until half have moved on: the partitions
+that hold waiting records, and then each that delivers more while the others are paused. A
+partition holding nothing keeps fetching, so a backlog on some partitions never starves the
+rest (one consume batch usually comes from one partition); near the bound each consume takes
+only what fits, so the overshoot stays small and the others' records are not queued behind
+thousands of one partition's. Pausing is the last resort because
+librdkafka drops a paused partition's prefetched records and refetches them on resume, which
+stalls the stage for a fetch round trip each time. The runtime resumes exactly the partitions
+it paused. librdkafka keeps a partition's pause across a revoke and a new assignment, so every
+assigned partition is resumed in the assign callback: a partition paused, revoked and
+assigned again is fetched again.
 
 **Revoke.** When partitions are taken away, the runtime stops starting their records, waits
 up to ``drain_timeout_s`` for the ones in flight, releases and commits what finished, and
@@ -41,13 +49,17 @@ Results that arrive later for a revoked partition are discarded (assignment epoc
 
 **Poison.** A record that cannot be decoded, or whose ``process`` raises, goes to the
 workflow's dead-letter topic with its original key and value bytes and headers that say where
-it came from and why (:mod:`.dead_letter`); the partition carries on.
+it came from and why (:mod:`.dead_letter`); the partition carries on. So does a record with an
+output over the producer's or its topic's size limit, checked before producing (:mod:`.limits`),
+and, under at_least_once, one whose output the broker refuses for what it is (too large,
+invalid): its dead letter takes that output's place and acks the record when delivered.
 
 **Ticks.** About once a second the consumer thread calls ``Stage.tick(now, owned partitions)``,
 so a stage can act when no record arrives (the joiner expires outcomes that waited too long for
 their decision). Its outputs — dead letters of records the stage kept, and records — belong to no
 input offset; the committer makes the dead letters durable no later than the records (see
-:mod:`.commit`). A delivery failure stops the runtime.
+:mod:`.commit`). A tick's record over its size limit is dead-lettered itself (offset -1). Any
+other delivery failure stops the runtime.
 
 **Shutdown.** SIGTERM or SIGINT stop intake, drain in-flight work (bounded), commit, leave the
 group (``leave_group_on_stop``: a static member sends no LeaveGroup on close, so its partitions
@@ -82,9 +94,10 @@ from processors.kafka.topics import Role, TopicSpec, topic_name
 from processors.records import Original
 from processors.runtime import metrics
 from processors.runtime.commit import TIMEOUT_S, Moment, TransactionLost, committer_for
-from processors.runtime.dead_letter import dead_letter, original
+from processors.runtime.dead_letter import Header, dead_letter
 from processors.runtime.event_loop import EventLoop, run_inline
 from processors.runtime.keys import KeyScheduler, Started
+from processors.runtime.limits import REFUSED, OutputLimits, OutputTooLarge, size
 from processors.runtime.options import Guarantee, RuntimeOptions  # noqa: F401  Guarantee: still imported from here by the CLI
 from processors.runtime.output import Output
 from processors.runtime.partition import Books, PartitionBook
@@ -114,6 +127,7 @@ class StageRuntime:
         # Any known writer version decodes into the topic's declared (latest) contract.
         self._readers = {topics[name].name: topics[name].serde(settings) for name in stage.inputs}
         self.input_topics = list(self._readers)
+        self.limits = OutputLimits(self.options.max_message_bytes)  # the topics' limits are read in run()
         self._partitions: Books = {}
         self.keys = KeyScheduler(self.options.max_in_flight, self.options.max_buffered)
         self.committer = committer_for(self.options.guarantee)
@@ -122,7 +136,7 @@ class StageRuntime:
         self._done: queue.SimpleQueue = queue.SimpleQueue()
         self._tasks: set[asyncio.Task] = set()
         self._stopping = threading.Event()
-        self._paused = False
+        self._paused: set[tuple[str, int]] = set()  # partitions this runtime paused (see Backpressure)
         self._brokers_down_since: float | None = None
         self._last_commit = time.monotonic()
         self._last_tick = time.monotonic()
@@ -145,6 +159,7 @@ class StageRuntime:
                                                **{"partition.assignment.strategy": "range",
                                                   "group.instance.id": self.member,
                                                   "fetch.error.backoff.ms": 20})
+        self.limits = OutputLimits.read(self.settings.admin(), self.topics.values(), self.options.max_message_bytes)
         self.producer = self._new_producer()
         self.events = EventLoop()
         try:
@@ -173,7 +188,9 @@ class StageRuntime:
                 del self.producer, self.consumer  # librdkafka handles are destroyed with the last reference
 
     def _new_producer(self):
-        return self.settings.producer(error_cb=self._on_error, **self.committer.producer_config(self.member))
+        return self.settings.producer(error_cb=self._on_error, **self.committer.producer_config(self.member),
+                                      **{"message.max.bytes": self.limits.producer_bytes,
+                                         "batch.size": self.limits.batch_bytes()})
 
     def _start_committer(self) -> None:
         """Start the committer on the producer; if that loses its transaction, the next attempt gets a new one."""
@@ -241,8 +258,11 @@ class StageRuntime:
     # ---- the loop ----------------------------------------------------------------------------
 
     def _step(self) -> None:
-        # Always poll, even when paused: it serves rebalance callbacks and keeps the group alive.
-        messages = self.consumer.consume(self.options.poll_batch, timeout=0 if self.keys.in_flight or self._buffer else 0.01)
+        # Always poll, even when paused: it serves rebalance callbacks and keeps the group alive. Near
+        # max_buffered take fewer, so each partition still fetching adds little before it pauses.
+        room = self.options.max_buffered - len(self._buffer) - self.keys.waiting
+        messages = self.consumer.consume(max(1, min(self.options.poll_batch, room)),
+                                         timeout=0 if self.keys.in_flight or self._buffer else 0.01)
         for msg in messages:
             if msg.error():
                 if msg.error().fatal():
@@ -256,7 +276,7 @@ class StageRuntime:
         self._collect(wait=0.005 if self.keys.in_flight and not messages else 0)
         self._release()
         self._tick()
-        self._backpressure()
+        self._backpressure(messages)
         self._check_brokers()
         if time.monotonic() - self._last_commit >= self.options.commit_interval_s:
             self._commit(Moment.interval)
@@ -331,7 +351,7 @@ class StageRuntime:
             self.committer.flush_dead_letters()
         for out in outputs:
             if not isinstance(out, DeadLetter):
-                self._produce(self._encode(out))
+                self._produce(self._within_limits(self._encode(out)))
         if outputs:
             self.committer.tick_produced()
 
@@ -340,21 +360,62 @@ class StageRuntime:
         while True:
             try:
                 self.producer.produce(out.topic, value=out.value, key=out.key, headers=out.headers,
-                                      on_delivery=self.committer.delivery(book, offset))
+                                      on_delivery=self._delivery(out, book, offset))
                 self._metrics.produced(out.topic)
                 return
             except BufferError:  # the producer's local queue is full: let it drain
                 self.producer.poll(0.1)
+            except KafkaException as exc:  # refused at once (the size checks should have caught it)
+                out = self._refused(out, exc.args[0])
+                if out is None:
+                    raise
 
-    def _backpressure(self) -> None:
-        assignment = [TopicPartition(t, p) for t, p in self._partitions]
+    def _delivery(self, out: Output, book: PartitionBook | None, offset: int | None):
+        """The committer's delivery callback, behind which a refused output is replaced by its dead letter
+        (when the committer allows it: see Poison)."""
+        delivered = self.committer.delivery(book, offset)
+        if not self.committer.refusals_dead_lettered:
+            return delivered
+
+        def on_delivery(err, msg) -> None:
+            letter = None if err is None else self._refused(out, err)
+            if letter is None:
+                delivered(err, msg)
+            else:
+                self._produce(letter, book, offset)
+
+        return on_delivery
+
+    def _refused(self, out: Output, err: KafkaError) -> Output | None:
+        """What to produce in place of ``out``, which the producer or broker refused with ``err``: the
+        dead letter of its input; for a dead letter, itself without its value. None: not one record's
+        fault, or a dead letter refused even so (the runtime stops)."""
+        if err.code() not in REFUSED or err.fatal():
+            return None
+        log.error("%s refused a %d-byte record: %s; it is dead-lettered", out.topic, size(out), err.str())
+        if out.topic != self.dlq_topic:
+            reason = "output_too_large" if err.code() == KafkaError.MSG_SIZE_TOO_LARGE else "output_rejected"
+            return self._unwritable(out, DeadLetter(reason, f"{out.topic} refused a {size(out)}-byte record: {err.str()}"))
+        if any(name == Header.value_truncated for name, _ in out.headers):
+            return None
+        return self.limits.fit(out, most=0)
+
+    def _backpressure(self, messages: list[Message]) -> None:
+        """Pause the partitions that hold waiting records once ``max_buffered`` wait; resume what
+        was paused once half have moved on (see Backpressure)."""
         held = len(self._buffer) + self.keys.waiting
-        if not self._paused and held >= self.options.max_buffered:
-            self.consumer.pause(assignment)
-            self._paused = True
+        if held >= self.options.max_buffered:
+            holding = ({(m.topic(), m.partition()) for m in messages} if self._paused else  # the ones still fetching
+                       {(m.topic(), m.partition()) for m in self._buffer} | self.keys.waiting_partitions())
+            self._pause((holding & self._partitions.keys()) - self._paused)
         elif self._paused and held <= self.options.max_buffered // 2:
-            self.consumer.resume(assignment)
-            self._paused = False
+            self.consumer.resume([TopicPartition(t, p) for t, p in self._paused])
+            self._paused.clear()
+
+    def _pause(self, partitions: set[tuple[str, int]]) -> None:
+        if partitions:
+            self.consumer.pause([TopicPartition(t, p) for t, p in partitions])
+            self._paused |= partitions
 
     def _commit(self, moment: Moment, partitions: set[tuple[str, int]] | None = None) -> None:
         """Commit the offsets whose outputs are durable, of ``partitions`` (a revoke) or all (see
@@ -383,8 +444,7 @@ class StageRuntime:
         for table in self.stage.tables():  # the stage's state, before any record of the new partitions
             spec = self.topics[table.topic]
             table.restore(snapshot(self.settings, spec.name), spec.serde(self.settings))
-        if self._paused:
-            consumer.pause(partitions)
+        consumer.resume(partitions)  # librdkafka kept the pause of a partition paused before its revoke
 
     def _on_revoke(self, consumer, partitions: list[TopicPartition]) -> None:
         revoked = [(tp.topic, tp.partition) for tp in partitions]
@@ -410,6 +470,7 @@ class StageRuntime:
 
     def _forget(self, partitions: list[tuple[str, int]]) -> None:
         gone = set(partitions)
+        self._paused -= gone  # their pause outlives them in librdkafka: the assign callback resumes them
         unfinished = sum(self._partitions.pop(tp).unfinished() for tp in gone if tp in self._partitions)
         self.keys.forget(gone, unfinished)
         self._buffer = deque(m for m in self._buffer if (m.topic(), m.partition()) not in gone)
@@ -451,26 +512,45 @@ class StageRuntime:
             record = Record(topic=msg.topic(), partition=msg.partition(), offset=msg.offset(), key=msg.key(),
                             value=self._readers[msg.topic()].decode(msg.value()),
                             timestamp_ms=msg.timestamp()[1], headers=dict(msg.headers() or []), raw=msg.value())
-            outputs = [self._encode(emit) for emit in await self.stage.process(record)]
+            outputs = [self._encode(emit, msg) for emit in await self.stage.process(record)]
+            self.limits.check(outputs)
         except DecodeError as exc:
-            outputs = [self._dead_letter(original(msg), exc.reason, exc)]
+            outputs = [self._dead_letter(msg, exc.reason, exc)]
         except DeadLetter as exc:
-            outputs = [self._dead_letter(original(msg), exc.reason, exc, exc.attempts, exc.first_failure_ms)]
+            outputs = [self._dead_letter(msg, exc.reason, exc, exc.attempts, exc.first_failure_ms)]
         except Exception as exc:  # a bug or an unexpected input: poison, not a crash
             log.error("stage %s failed on %s[%d]@%d:\n%s", self.stage.name, msg.topic(), msg.partition(),
                       msg.offset(), traceback.format_exc())
-            outputs = [self._dead_letter(original(msg), "stage_error", exc)]
+            outputs = [self._dead_letter(msg, "stage_error", exc)]
         self._metrics.observe(time.perf_counter() - started)
         return outputs
 
-    def _encode(self, emit: Emit) -> Output:
+    def _encode(self, emit: Emit, source: Message | None = None) -> Output:
         spec = self.topics[emit.topic]
         serde = spec.serde(self.settings)
         value = emit.value.model_dump() if isinstance(emit.value, BaseModel) else emit.value
         key = emit.key.encode() if isinstance(emit.key, str) else emit.key
-        return Output(spec.name, key, serde.encode(value, spec.name), [(k, v.encode()) for k, v in emit.headers.items()])
+        return Output(spec.name, key, serde.encode(value, spec.name), [(k, v.encode()) for k, v in emit.headers.items()],
+                      source)
 
-    def _dead_letter(self, record: Original, reason: str, exc: BaseException, attempts: int = 1,
+    def _within_limits(self, out: Output) -> Output:
+        """``out`` (a tick's), or its dead letter when it is over its size limit."""
+        try:
+            self.limits.check([out])
+            return out
+        except OutputTooLarge as exc:
+            return self._unwritable(out, exc)
+
+    def _unwritable(self, out: Output, exc: DeadLetter) -> Output:
+        """The dead letter of an output that cannot be written: of its input record, or of itself when it
+        has none (a tick's: at offset -1 of the topic it was for)."""
+        record = out.source or Original(topic=out.topic, partition=-1, offset=-1, timestamp_ms=now_ms(), key=out.key,
+                                        value=out.value or b"", headers=dict(out.headers))
+        return self._dead_letter(record, exc.reason, exc)
+
+    def _dead_letter(self, record: Original | Message, reason: str, exc: BaseException, attempts: int = 1,
                      first_failure_ms: int | None = None) -> Output:
+        """The dead letter of ``record``, its value cut when it is over the dead-letter topic's limit."""
         self._metrics.dead_lettered(reason)
-        return dead_letter(self.dlq_topic, self.stage.name, record, reason, exc, attempts, first_failure_ms)
+        return self.limits.fit(dead_letter(self.dlq_topic, self.stage.name, record, reason, exc, attempts,
+                                           first_failure_ms))

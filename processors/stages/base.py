@@ -1,7 +1,7 @@
 """What every workflow stage shares: its workflow, the control state it obeys, and the two
 records any step may write — a trace of what it did, and a review item when a person must decide.
 
-The control (``processors/control.py``) is pinned to ``initial(workflow)`` unless the caller
+The control (``processors/control/``) is pinned to ``initial(workflow)`` unless the caller
 hands in another: the pipeline hands every stage the one watcher that follows the control topic,
 offline runs (evals, shadow replays) pin a fixed state, so a stage never needs Kafka to be built.
 """

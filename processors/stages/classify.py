@@ -27,7 +27,7 @@ validation errors appended (attempt 2). HTTP providers retry and fall back on th
 (``processors/providers/http.py``, ``chain.py``); a retry here re-runs that whole call. Each
 earlier attempt behind an answer — a retry, a fallback, a cascade step — gets its own trace.
 
-Control (``processors/control.py``), read once per record: the prompt version is the one the
+Control (``processors/control/``), read once per record: the prompt version is the one the
 ``production`` label points to (a repair keeps the version of the answer it repairs). With the
 kill switch on, no model is called: the trigger goes to review (``kill_switch``) whole, with no
 answer — fail safe. Every work item records the control version it was made under.

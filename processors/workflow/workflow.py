@@ -152,7 +152,7 @@ class Workflow(Strict):
     model: Annotated[ModelConfig,
                      Field(discriminator="kind")]
     retries: ModelRetries = ModelRetries()
-    rules: list[str] = Field(default_factory=list, description="Business rules from processors/rules.py.")
+    rules: list[str] = Field(default_factory=list, description="Business rules from processors/workflow/rules.py.")
     review_threshold: float = Field(0.75, ge=0, le=1, description="Answers less confident than this go to review.")
     approval_risk: float = Field(0.7, ge=0, le=1, description="Actions riskier than this wait for a person.")
     mode: Mode = Field(Mode.full, description=(
