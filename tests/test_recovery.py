@@ -15,6 +15,7 @@ import pytest
 
 from processors.avro.serde import AvroSerde
 from processors.kafka.read import count, snapshot
+from processors.kafka.topics import Role
 from processors.ops.summary import collect
 from tests.conftest import SECRET, deployed, produce, tickets
 
@@ -72,12 +73,18 @@ def run_to_the_end(proc: subprocess.Popen, kafka, workflow, triggers: int, log: 
 
 def assert_placed_once(kafka, receiver, workflow, guarantee: str, triggers: int) -> None:
     """Every trigger placed once, each escalation applied once (the receiver counts by Idempotency-Key),
-    and under exactly_once a read_committed reader sees every decision once."""
+    one team notification per decided event once deduped by its idempotency key (the README's promise
+    for emit consumers under at_least_once), and under exactly_once a read_committed reader sees every
+    decision and every notification once."""
     summary = collect(workflow, kafka)
     assert summary.placed == summary.triggers == triggers and not summary.in_two_places()
     escalated = {e for e, route in summary.decided.items() if route == "escalation"}
     assert set(receiver.applied) == {f"{e}:open_escalation" for e in escalated}, "each escalation took effect once"
+    notes = workflow.spec(Role.notifications)
+    per_key = Counter(notes.serde(kafka).decode(m.value())["idempotency_key"] for m in snapshot(kafka, notes.name))
+    assert set(per_key) == {f"{e}:notify_team" for e in summary.decided}, "deduped by key: one notification per decision"
     if guarantee == "exactly_once":
+        assert max(per_key.values()) == 1, "read_committed sees every notification once"
         serde = AvroSerde("handoff/decision")
         per_event = Counter(serde.decode(m.value())["event_id"] for t in decisions(workflow) for m in snapshot(kafka, t))
         assert per_event and max(per_event.values()) == 1, "read_committed sees every decision once"

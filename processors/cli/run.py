@@ -22,8 +22,13 @@ def run(workflow: WorkflowName,
         stage: Annotated[str, typer.Option(help="classify, validate, route, execute, review, join, or all (development).")] = "all",
         guarantee: Annotated[Guarantee, typer.Option(help="at_least_once or exactly_once.")] = Guarantee.at_least_once,
         max_in_flight: Annotated[int, typer.Option(help="Records in flight per stage.")] = 500,
-        instance: Annotated[Optional[str], typer.Option(help="exactly_once: this process's stable instance name "
+        instance: Annotated[Optional[str], typer.Option(help="This process's stable instance name: its static group "
+                                                               "membership and, under exactly_once, its transactional id "
                                                                "(default: the host name).")] = None,
+        leave_group_on_stop: Annotated[bool, typer.Option(
+            "--leave-group-on-stop/--keep-partitions-on-stop",
+            help="On SIGTERM, hand this instance's partitions to the others at once (scale-in), or keep them for "
+                 "the session timeout so a restart of the same instance takes them back without a rebalance.")] = True,
         metrics_port: Annotated[Optional[int], typer.Option(envvar="HANDOFF_METRICS_PORT", help=(
             "Serve Prometheus metrics on ADDR:PORT/metrics (default: off)."))] = None,
         metrics_addr: Annotated[str, typer.Option(envvar="HANDOFF_METRICS_ADDR", help=(
@@ -37,7 +42,7 @@ def run(workflow: WorkflowName,
     flow, conf = load(workflow, bootstrap, workflows_dir)
     need_broker(flow, conf)  # before any stage's clients exist
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    options = RuntimeOptions(guarantee=guarantee, max_in_flight=max_in_flight,
+    options = RuntimeOptions(guarantee=guarantee, max_in_flight=max_in_flight, leave_group_on_stop=leave_group_on_stop,
                              **({"instance": instance} if instance else {}))
     typer.echo(f"running {workflow} stages {', '.join(stages)} against {conf.bootstrap_servers} ({guarantee})")
     if metrics_port is not None:
