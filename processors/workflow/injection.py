@@ -328,6 +328,8 @@ def _unmix(match) -> str:
 def find(text: str) -> Finding | None:
     """The first thing in ``text`` that speaks to the model, or None."""
     for view in _readings(text):
+        if not _ANY.search(view):  # one pass for every pattern; the families are asked only on a hit
+            continue
         for family, pattern in _COMPILED:
             found = pattern.search(view)
             if found:
@@ -340,12 +342,19 @@ def _options() -> re2.Options:
     options = re2.Options()
     options.case_sensitive = False
     options.log_errors = False  # a DFA over its memory budget falls back to the NFA: still linear, not worth a log line
+    options.max_mem = 64 << 20  # room for the DFA of the one alternation of every pattern
     return options
 
 
 _COMPILED = [(family, re2.compile(_unmarked(pattern), _options())) for family, patterns in PATTERNS.items()
              for pattern in patterns]
 """Written without accents, like the normalised text they also read."""
+
+_ANY = re2.compile("|".join(f"(?:{_unmarked(pattern)})" for patterns in PATTERNS.values() for pattern in patterns),
+                   _options())
+"""Every pattern in one alternation: it matches where any of them does (RE2 has no backreferences),
+so the texts with nothing to find — nearly all of them — cost one linear scan per reading, not one per
+pattern (bench (a): about 1,000 searches per event before)."""
 
 
 def _readings(text: str):
