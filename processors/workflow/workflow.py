@@ -17,7 +17,7 @@ from pathlib import Path
 from string import Template
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from processors import project
 from processors.kafka.topics import Role, TopicSpec, topic_name, workflow_topics
@@ -108,6 +108,57 @@ class Outcomes(Strict):
         "The outcome types this workflow accepts; any other goes to the dead letters (unknown_outcome_type)."))
 
 
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _seconds(value: Any) -> Any:
+    """``30d``, ``12h``, ``90m``, ``45s`` or a number of seconds → seconds."""
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if match is None:
+            raise ValueError(f"{value!r} is not a duration: write it as 30d, 12h, 90m or 45s")
+        return float(match[1]) * _UNIT_S[match[2]]
+    return value
+
+
+Duration = Annotated[float, BeforeValidator(_seconds), Field(gt=0)]
+"""Seconds, written in a workflow as ``30d``, ``12h``, ``90m`` or ``45s``."""
+
+
+class Retention(Strict):
+    """How far back each kind of memory reaches, and why the bounds must agree (checked at load).
+
+    A replay re-reads triggers, so it reaches back as far as the trigger topic keeps them
+    (``replay_reach``). An effect it re-requests must be found in the effects ledger, so the ledger
+    keeps every entry at least that long (``effects_kept``). A duplicate trigger is dropped by the
+    duplicate check within ``dedupe_window``; a later one reaches execute, where the effects ledger
+    still stops its actions while ``effects_kept`` lasts. So no replay and no duplicate within
+    ``effects_kept`` runs an effect twice.
+    """
+
+    dedupe_window: Duration = Field(30 * 86400.0, description=(
+        "How long an event id is remembered by the duplicate check; older entries are removed and tombstoned."))
+    replay_reach: Duration = Field(30 * 86400.0, description=(
+        "How far back a replay can reach: the trigger topic keeps its records this long."))
+    effects_kept: Duration | None = Field(None, description=(
+        "How long the effects ledger remembers an action done; at least replay_reach and dedupe_window "
+        "(the default: the larger of the two)."))
+    report_window: Duration = Field(90 * 86400.0, description=(
+        "How far back `handoff report` looks: decisions and results are kept this long."))
+
+    @model_validator(mode="after")
+    def _effects_outlive_replays(self) -> Retention:
+        reach = max(self.replay_reach, self.dedupe_window)
+        if self.effects_kept is None:
+            self.effects_kept = reach
+        elif self.effects_kept < reach:
+            raise ValueError(f"effects_kept ({self.effects_kept:.0f}s) is shorter than replay_reach or "
+                             f"dedupe_window ({reach:.0f}s): a replay or a late duplicate could run an action "
+                             f"again; raise effects_kept or shorten the others")
+        return self
+
+
 class ActionKind(StrEnum):
     webhook = "webhook"
     emit = "emit"
@@ -167,6 +218,7 @@ class Workflow(Strict):
     actions: dict[str, Action] = Field(default_factory=dict)
     escalation: Escalation | None = Field(None, description="Which route escalates; none: no escalation recall.")
     outcomes: Outcomes = Outcomes()
+    retention: Retention = Retention()
 
     folder: Path = Field(Path("."), exclude=True)
     namespace: str = Field("", exclude=True)

@@ -1,0 +1,1 @@
+"""Partition-local state stores: what a stateful stage remembers, on disk, backed by a changelog topic."""
