@@ -25,6 +25,11 @@ LABELS_FIELD = "expected"
 """Sample files may carry the expected labels for evals on each line; they are not sent."""
 
 
+REPLAY_HEADER = "handoff-replay"
+"""A trigger carrying this header (the replay id) is a deliberate re-run: see classify and validate.
+The runtime keeps it on a dead letter, so a replay's failures are told apart (the views, replay)."""
+
+
 class StageName(StrEnum):
     """The stages a workflow runs: each names its consumer group, its traces (``Trace.step``), its
     review items (``ReviewItem.stage``) and its dead letters (the ``handoff.stage`` header)."""
@@ -35,6 +40,8 @@ class StageName(StrEnum):
     execute = "execute"
     review = "review"
     join = "join"
+    views = "views"
+    """Keeps the read models for people up to date (processors/views/); writes no topic."""
 
 
 class ReviewReason(StrEnum):

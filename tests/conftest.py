@@ -1,4 +1,4 @@
-"""One real Kafka broker per test session.
+"""One real Kafka broker per test session (and, for the view tests, one real PostgreSQL server).
 
 Where it comes from, in order: ``KAFKA_BOOTSTRAP_SERVERS`` if set; testcontainers' Kafka
 module if a Docker engine answers; else the local JVM broker (``processors.dev.localkafka``) in a
@@ -9,6 +9,8 @@ says why.
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import uuid
 from pathlib import Path
 
@@ -21,6 +23,7 @@ from processors.dev.receiver import WebhookReceiver
 from processors.kafka.settings import KafkaSettings
 from processors.kafka.topics import apply
 from processors.project import EXAMPLES
+from processors.views.store import VIEWS_URL_ENV
 from processors.workflow.workflow import ModelRetries, Workflow, load_workflow
 
 WORKFLOWS = EXAMPLES / "workflows"
@@ -59,6 +62,59 @@ def kafka_bootstrap(tmp_path_factory):
         yield bootstrap
     finally:
         broker.stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def views_database(tmp_path_factory):
+    """The views of the whole session in one SQLite file of its own (rows are scoped by namespace),
+    so the tests neither read nor leave the checkout's ``.local/views.db``; commands run by the
+    tests inherit it through the environment."""
+    previous = os.environ.get(VIEWS_URL_ENV)
+    os.environ[VIEWS_URL_ENV] = url = f"sqlite:///{tmp_path_factory.mktemp('views') / 'views.db'}"
+    yield url
+    if previous is None:
+        os.environ.pop(VIEWS_URL_ENV, None)
+    else:
+        os.environ[VIEWS_URL_ENV] = previous
+
+
+PG_BIN = Path("/usr/lib/postgresql")
+
+
+def _pg_bin(name: str) -> str:
+    """A PostgreSQL server program: on PATH, else Debian's newest /usr/lib/postgresql/<major>/bin."""
+    found = shutil.which(name)
+    if found:
+        return found
+    versions = sorted(PG_BIN.glob(f"*/bin/{name}"), key=lambda p: int(p.parts[-3]) if p.parts[-3].isdigit() else 0)
+    if not versions:
+        pytest.fail(f"no PostgreSQL server ({name}): `make test` installs Debian's postgresql package", pytrace=False)
+    return str(versions[-1])
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory):
+    """A PostgreSQL server of the session's own: initdb into a temporary folder, started on a free
+    loopback port, stopped at the end. initdb refuses to run as root, so as root the server runs as
+    the ``postgres`` user (runuser); otherwise as the user running the tests. Yields its URL."""
+    data = tmp_path_factory.mktemp("postgres")
+    port = free_port()
+    as_root = os.geteuid() == 0
+    run_as = ["runuser", "-u", "postgres", "--"] if as_root else []
+    if as_root:
+        shutil.chown(data, "postgres")
+    def pg(*args: str) -> None:
+        done = subprocess.run([*run_as, *args], capture_output=True, text=True, timeout=120)
+        if done.returncode:
+            pytest.fail(f"{args[0]} failed: {(done.stderr or done.stdout).strip()[-500:]}", pytrace=False)
+
+    pg(_pg_bin("initdb"), "-D", str(data / "db"), "-U", "handoff", "-A", "trust", "--no-sync", "-E", "UTF8")
+    pg(_pg_bin("pg_ctl"), "-D", str(data / "db"), "-l", str(data / "log"), "-w", "-t", "60", "start",
+       "-o", f"-p {port} -k {data} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off")
+    try:
+        yield f"postgresql://handoff@127.0.0.1:{port}/postgres"
+    finally:
+        pg(_pg_bin("pg_ctl"), "-D", str(data / "db"), "-m", "fast", "-w", "stop")
 
 
 @pytest.fixture

@@ -1,27 +1,31 @@
-"""The review queue: what people must decide, and their verdicts, as a view rebuilt from topics.
+"""The review queue: what people must decide, and their verdicts, served from the views.
 
 ``<workflow>.review`` holds the review items the stages wrote (low confidence, invalid output,
 risky actions, …); ``<workflow>.verdicts`` holds people's verdicts on them, keyed by review id.
-There is no database: every command reads both topics from the beginning (``tail.snapshot``,
-no consumer group) and the **open queue** is the review items minus those with a verdict.
+The views (:mod:`processors.views`) keep both as tables: every item once, with the first verdict
+on it, so the **open queue** is an index range of undecided items, however long the topics'
+history and however old the item (the view keeps it after the review topic's retention deleted
+it). Each call first catches the views up to the topics' ends (:func:`~processors.views.catch_up.catch_up`:
+nothing to do when the ``views`` stage keeps up, else only what is new).
 
 **First verdict wins**, and "first" means first in the log. Verdicts are keyed by review id, so
-all verdicts on one item land in one partition, in the order the broker accepted them.
-Deciding an item (:meth:`ReviewQueue.decide`) is:
+all verdicts on one item land in one partition, in the order the broker accepted them; the view
+keeps the first it applied per review id, applying each partition in offset order. Deciding an
+item (:meth:`ReviewQueue.decide`) is:
 
 1. Refuse at once if the view already holds a verdict on the item (the common case).
 2. Build the verdict and check it applies to the item (:func:`verdict_errors`): a corrected
    answer must satisfy the prompt's output schema and the workflow's rules, an approval needs
    an answer (or an action) to approve, a rejection needs a reason. A bad one is never written.
 3. Write it, wait for the broker's acknowledgement, which says at which partition and offset
-   it landed, and read the verdicts up to there. If an earlier verdict on the same review id
-   is in the log, two reviewers raced: this verdict is recorded but void, and the reviewer is
-   told who decided what and when (:class:`VerdictRefused`).
+   it landed, and catch the views up past it. If the view's first verdict on the review id is
+   another, two reviewers raced: this verdict is recorded but void, and the reviewer is told who
+   decided what and when (:class:`VerdictRefused`).
 
-The ``review`` stage (:mod:`processors.stages.review`) reads the same log with the same rule
-(:func:`first_verdicts`) and applies only the first verdict per review id, so what a reviewer
-is told and what happens can never disagree. Each verdict carries its review item, so applying
-it needs no lookup.
+The ``review`` stage (:mod:`processors.stages.review`) reads the log itself with the same rule
+(:func:`~processors.workflow.verdict_log.first_verdicts`) and applies only the first verdict per
+review id: the log decides, the view only reflects it, so what a reviewer is told and what
+happens can never disagree. Each verdict carries its review item, so applying it needs no lookup.
 """
 
 from __future__ import annotations
@@ -30,22 +34,21 @@ import datetime as dt
 import getpass
 import os
 import uuid
-from typing import TypeVar
-
 import orjson
-from pydantic import BaseModel
+from sqlalchemy import select
 
 from processors.clock import now_ms
-from processors.kafka.read import snapshot
 from processors.kafka.settings import KafkaSettings
 from processors.kafka.topics import Role
 from processors.kafka.write import write
 from processors.records import ReviewItem, ReviewReason, Verdict, VerdictKind
 from processors.workflow.answers import verdict_errors
-from processors.workflow.verdict_log import Logged, decoded, first_verdicts
+from processors.views.catch_up import catch_up
+from processors.views.rows import scope_of
+from processors.views.schema import review_items, skipped, verdicts
+from processors.views.store import ViewStore, open_store
+from processors.workflow.verdict_log import Logged
 from processors.workflow.workflow import Workflow
-
-Record = TypeVar("Record", bound=BaseModel)
 
 JSON_TYPES = {"number", "integer", "boolean", "array", "object", "null"}
 """Output-schema types whose ``--set`` values are read as JSON; other values are strings."""
@@ -78,43 +81,59 @@ def reviewer_name(given: str | None = None) -> str:
 
 
 class ReviewQueue:
-    """One workflow's review items and verdicts, read from its topics on each call."""
+    """One workflow's review items and verdicts, from the views, caught up on each call."""
 
-    def __init__(self, workflow: Workflow, settings: KafkaSettings):
+    def __init__(self, workflow: Workflow, settings: KafkaSettings, store: ViewStore | None = None):
         self.workflow = workflow
         self.settings = settings
-        self.review_topic = workflow.spec(Role.review)
+        self.store = store or open_store()
+        self.scope = scope_of(workflow)
         self.verdict_topic = workflow.spec(Role.verdicts)
-        self._items = self.review_topic.serde(settings)
         self._verdicts = self.verdict_topic.serde(settings)
-        self.skipped: set[str] = set()
-        """Records read that are not review items or verdicts, named by topic, partition and offset."""
 
     # ---- the view ------------------------------------------------------------------------------
 
-    def items(self) -> dict[str, ReviewItem]:
-        """Every review item by review id (an item written twice by a redelivery counts once)."""
-        items: dict[str, ReviewItem] = {}
-        for _msg, item in decoded(snapshot(self.settings, self.review_topic.name), self._items, ReviewItem,
-                                  self.skipped):
-            items.setdefault(item.review_id, item)
-        return items
+    def refresh(self) -> None:
+        catch_up(self.workflow, self.settings, self.store)
+
+    @property
+    def skipped(self) -> set[str]:
+        """Records of the review and verdict topics that are not review items or verdicts, named by
+        topic, partition and offset (the review stage dead-letters such a verdict)."""
+        topics = [self.workflow.spec(Role.review).name, self.verdict_topic.name]
+        with self.store.read() as conn:
+            rows = conn.execute(select(skipped).where(skipped.c.scope == self.scope, skipped.c.topic.in_(topics)))
+            return {f"{r.topic}[{r.partition_id}]@{r.log_offset}: {r.error}" for r in rows}
 
     def verdicts(self) -> dict[str, Logged]:
-        return first_verdicts(snapshot(self.settings, self.verdict_topic.name), self._verdicts, self.skipped)
+        """The first verdict per review id."""
+        self.refresh()
+        with self.store.read() as conn:
+            return {r.review_id: _logged(r) for r in conn.execute(select(verdicts).where(verdicts.c.scope == self.scope))}
 
     def open_items(self) -> list[ReviewItem]:
         """Review items without a verdict: those held for an event rule first (a prompt injection
         fails closed, so an urgent event may be waiting behind it), then oldest first."""
-        decided = self.verdicts()
-        return sorted((i for i in self.items().values() if i.review_id not in decided),
-                      key=lambda i: (i.reason != ReviewReason.event_rule, i.created_at_ms))
+        self.refresh()
+        with self.store.read() as conn:
+            rows = conn.execute(select(review_items.c.item)
+                                .where(review_items.c.scope == self.scope, review_items.c.decided.is_(False))
+                                .order_by(review_items.c.rank, review_items.c.created_at_ms))
+            return [ReviewItem.model_validate_json(item) for (item,) in rows]
 
     def get(self, review_id: str) -> tuple[ReviewItem, Logged | None]:
-        item = self.items().get(review_id)
-        if item is None:
-            raise UnknownItem(review_id)
-        return item, self.verdicts().get(review_id)
+        self.refresh()
+        return self._get(review_id)
+
+    def _get(self, review_id: str) -> tuple[ReviewItem, Logged | None]:
+        with self.store.read() as conn:
+            item = conn.execute(select(review_items.c.item).where(review_items.c.scope == self.scope,
+                                                                  review_items.c.review_id == review_id)).scalar()
+            if item is None:
+                raise UnknownItem(review_id)
+            first = conn.execute(select(verdicts).where(verdicts.c.scope == self.scope,
+                                                        verdicts.c.review_id == review_id)).first()
+        return ReviewItem.model_validate_json(item), _logged(first) if first is not None else None
 
     # ---- deciding ------------------------------------------------------------------------------
 
@@ -145,12 +164,12 @@ class ReviewQueue:
 
     def submit(self, verdict: Verdict) -> Verdict:
         """Step 3: write the verdict and confirm it is the first in the log on its review id."""
-        [mine] = write(self.settings.producer(), self.verdict_topic.name,
+        write(self.settings.producer(), self.verdict_topic.name,
                        [(verdict.review_id, self._verdicts.encode(verdict.model_dump(), self.verdict_topic.name))],
                        what=f"verdict on {verdict.review_id}", then="nothing was decided, try again", timeout_s=10)
-        before = (m for m in snapshot(self.settings, self.verdict_topic.name)
-                  if m.partition() == mine.partition() and m.offset() <= mine.offset())
-        first = first_verdicts(before, self._verdicts)[verdict.review_id].verdict
+        self.refresh()  # the ends it reads were asked for after the acknowledgement: they include ``mine``
+        _, logged = self._get(verdict.review_id)
+        first = logged.verdict
         if first.verdict_id != verdict.verdict_id:
             raise VerdictRefused(first, void=True)
         return verdict
@@ -235,6 +254,10 @@ def context(item: ReviewItem, decided: Logged | None) -> dict:
     if verdict and verdict["answer"] is not None:
         verdict["answer"] = orjson.loads(verdict["answer"])
     return {"open": decided is None, "item": out, "verdict": verdict}
+
+
+def _logged(row) -> Logged:
+    return Logged(partition=row.partition_id, offset=row.log_offset, verdict=Verdict.model_validate_json(row.verdict))
 
 
 def _age(ms: int) -> str:

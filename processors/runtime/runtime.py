@@ -125,8 +125,9 @@ class StageRuntime:
         self.options = options or RuntimeOptions()
         self.dlq_topic = topics[topic_name(workflow, Role.dlq)].name
         # Any known writer version decodes into the topic's declared (latest) contract.
-        self._readers = {topics[name].name: topics[name].serde(settings) for name in stage.inputs}
-        self.input_topics = list(self._readers)
+        self._readers = {} if stage.decodes else {topics[name].name: topics[name].serde(settings)
+                                                  for name in stage.inputs}
+        self.input_topics = [topics[name].name for name in stage.inputs]
         self.limits = OutputLimits(self.options.max_message_bytes)  # the topics' limits are read in run()
         self._partitions: Books = {}
         self.keys = KeyScheduler(self.options.max_in_flight, self.options.max_buffered)
@@ -229,8 +230,9 @@ class StageRuntime:
             committed = self.consumer.committed(owned, timeout=TIMEOUT_S) if owned else []
             self._start_committer()
             self._on_assign(self.consumer, owned)
+            starts = self.stage.positions(list(keep))
             for tp in committed:
-                start = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
+                start = starts.get((tp.topic, tp.partition), tp.offset if tp.offset >= 0 else OFFSET_BEGINNING)
                 self.consumer.seek(TopicPartition(tp.topic, tp.partition, start))
 
         self._retried(resume)
@@ -444,6 +446,10 @@ class StageRuntime:
         for table in self.stage.tables():  # the stage's state, before any record of the new partitions
             spec = self.topics[table.topic]
             table.restore(snapshot(self.settings, spec.name), spec.serde(self.settings))
+        starts = self.stage.positions([(tp.topic, tp.partition) for tp in partitions])
+        if starts:  # the stage keeps its offsets: assigning with them is how a rebalance callback seeks
+            consumer.assign([TopicPartition(tp.topic, tp.partition, starts.get((tp.topic, tp.partition), tp.offset))
+                             for tp in partitions])
         consumer.resume(partitions)  # librdkafka kept the pause of a partition paused before its revoke
 
     def _on_revoke(self, consumer, partitions: list[TopicPartition]) -> None:
@@ -510,7 +516,7 @@ class StageRuntime:
         started = time.perf_counter()
         try:
             record = Record(topic=msg.topic(), partition=msg.partition(), offset=msg.offset(), key=msg.key(),
-                            value=self._readers[msg.topic()].decode(msg.value()),
+                            value=self._readers[msg.topic()].decode(msg.value()) if self._readers else {},
                             timestamp_ms=msg.timestamp()[1], headers=dict(msg.headers() or []), raw=msg.value())
             outputs = [self._encode(emit, msg) for emit in await self.stage.process(record)]
             self.limits.check(outputs)

@@ -103,6 +103,18 @@ class Stage(ABC):
     """True when ``process`` never awaits (pure CPU work of microseconds): the runtime then runs
     it on the consumer thread in offset order, which is much cheaper than the event loop hop."""
 
+    decodes: bool = False
+    """True when the stage decodes its records itself: the runtime then hands each over undecoded
+    (``Record.value`` empty, ``Record.raw`` its bytes), topics without a value schema included, and a
+    record that does not decode is the stage's to handle (the views stage names it and goes on)."""
+
+    def positions(self, partitions: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        """Where newly assigned ``partitions`` resume, when the stage keeps its offsets with its own
+        rows (a sink): called on the consumer thread on every assignment, after the tables; the
+        runtime seeks each partition named to the offset given, the others resume from the group's
+        committed offsets."""
+        return {}
+
     async def start(self) -> None:
         """Open clients (HTTP pools, model handles). Called once on the runtime's event loop, before
         the consumer subscribes; bounded to 120 s. What it raises stops the runtime before any record."""

@@ -11,14 +11,22 @@ from __future__ import annotations
 from processors.clock import now_ms
 from processors.control.state import Control, initial
 from processors.kafka.topics import Role
-from processors.records import ControlState, PromptRef, ReviewItem, ReviewReason, SeenEvent, Trace, Usage, dumps
+from processors.records import (  # noqa: F401  REPLAY_HEADER: the stages and replay import it from here
+    REPLAY_HEADER,
+    ControlState,
+    PromptRef,
+    ReviewItem,
+    ReviewReason,
+    SeenEvent,
+    Trace,
+    Usage,
+    dumps,
+)
 from processors.runtime import metrics
 from processors.runtime.ledger import Ledger
 from processors.runtime.stage import Emit, Stage
 from processors.workflow.workflow import Workflow
 
-REPLAY_HEADER = "handoff-replay"
-"""A trigger carrying this header (the replay id) is a deliberate re-run: see classify and validate."""
 PROMPT_VERSION_HEADER = "handoff-prompt-version"
 """On a replayed trigger: the prompt version to answer with, instead of the production label's."""
 

@@ -12,6 +12,7 @@ from processors.stages.join import Join
 from processors.stages.review import Review
 from processors.stages.route import Route
 from processors.stages.validate import Validate
+from processors.views.stage import Views
 from processors.workflow.workflow import Workflow
 
 STAGES = tuple(StageName)
@@ -35,3 +36,5 @@ def build_stage(name: StageName | str, workflow: Workflow, provider: Provider | 
             return Review(workflow, control)
         case StageName.join:
             return Join(workflow)
+        case StageName.views:
+            return Views(workflow)

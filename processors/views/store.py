@@ -1,0 +1,165 @@
+"""The view store: where the views live, and how records become rows exactly once.
+
+**Where.** ``HANDOFF_VIEWS_URL`` (``--views-url``) names the database: ``sqlite:///path/views.db``
+or ``postgresql://user@host:port/db`` (through psycopg 3). Without it the views live in an embedded
+SQLite file, ``.local/views.db`` under the working folder. One schema serves both
+(:mod:`.schema`); it is created when missing.
+
+**Exactly once.** Rows are written in batches (:meth:`ViewStore.apply`). One batch is one
+transaction that also records, per topic partition, the last offset applied (``applied``), and
+it skips every record at or below that offset. So a record applied twice — a redelivery, the
+views stage and a command catching up at once, a batch retried after a crash — changes nothing,
+and the counters the report sums are exact. Whoever applies next starts from ``applied``
+(:meth:`ViewStore.positions`): the views stage seeks there on every assignment, a command that
+catches up reads from there (:mod:`.catch_up`). Writers are serialized: SQLite's
+``BEGIN IMMEDIATE``, a transaction-scoped advisory lock on PostgreSQL; each batch's records of a
+partition run on from the offset the previous batch ended at, so what is applied stays contiguous.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+
+from sqlalchemy import Connection, Engine, Table, create_engine, event, select, text
+from sqlalchemy.dialects import postgresql, sqlite
+
+from processors.views.schema import applied, metadata
+
+VIEWS_URL_ENV = "HANDOFF_VIEWS_URL"
+DEFAULT_PATH = Path(".local/views.db")
+PG_LOCK = 0x68616E64  # "hand": the advisory lock every writer of the views takes
+SQLITE_TIMEOUT_S = 30
+
+
+class ViewsUnavailable(RuntimeError):
+    """The views database cannot be opened or written; the message says which and why."""
+
+
+def views_url(given: str | None = None) -> str:
+    """``given``, else ``HANDOFF_VIEWS_URL``, else the embedded file; ``postgresql://`` means psycopg 3."""
+    url = given or os.environ.get(VIEWS_URL_ENV) or f"sqlite:///{DEFAULT_PATH}"
+    for plain in ("postgresql://", "postgres://"):
+        if url.startswith(plain):
+            return "postgresql+psycopg://" + url.removeprefix(plain)
+    return url
+
+
+class Writer:
+    """The statements of one batch, in the store's dialect (both speak ``ON CONFLICT``)."""
+
+    def __init__(self, conn: Connection):
+        self.conn = conn
+        self._insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+
+    def add(self, table: Table, row: dict) -> bool:
+        """Insert ``row`` unless its key is there; True when it was inserted."""
+        return self.conn.execute(self._insert(table).values(row).on_conflict_do_nothing()).rowcount == 1
+
+    def merge(self, table: Table, row: dict, update: Callable[[Table, object], dict]) -> None:
+        """Insert ``row``, or update the existing row by ``update(table, excluded)``: column → expression."""
+        statement = self._insert(table).values(row)
+        keys = [c.name for c in table.primary_key.columns]
+        self.conn.execute(statement.on_conflict_do_update(index_elements=keys,
+                                                          set_=update(table, statement.excluded)))
+
+    def execute(self, statement) -> None:
+        self.conn.execute(statement)
+
+
+Op = Callable[[Writer], None]
+
+
+@dataclass
+class Applied:
+    """One record as rows: where it sits, and what writing it does."""
+
+    topic: str
+    partition: int
+    offset: int
+    ops: list[Op] = field(default_factory=list)
+
+
+class ViewStore:
+    """One views database (see the module docstring)."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.engine = _engine(url)
+        try:
+            metadata.create_all(self.engine)
+        except Exception as exc:  # any driver's error: the message is what the operator needs
+            raise ViewsUnavailable(f"views database {self.engine.url.render_as_string()}: "
+                                   f"{str(exc).splitlines()[0]} (set {VIEWS_URL_ENV} or --views-url)") from None
+
+    def read(self) -> Connection:
+        """A connection to query the views with (a context manager)."""
+        return self.engine.connect()
+
+    def positions(self, topics: Iterable[str]) -> dict[tuple[str, int], int]:
+        """The last offset applied per partition of ``topics`` (absent: nothing applied yet)."""
+        with self.read() as conn:
+            rows = conn.execute(select(applied).where(applied.c.topic.in_(list(topics))))
+            return {(r.topic, r.partition_id): r.last_offset for r in rows}
+
+    def apply(self, batch: list[Applied]) -> int:
+        """Write ``batch`` (records in offset order per partition) in one transaction, skipping what
+        was applied before; returns how many records it applied."""
+        if not batch:
+            return 0
+        with self.engine.connect().execution_options(writing=True) as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(select(text(f"pg_advisory_xact_lock({PG_LOCK})")))
+            done = _last_offsets(conn, {(a.topic, a.partition) for a in batch})
+            moved: dict[tuple[str, int], int] = {}
+            writer = Writer(conn)
+            count = 0
+            for record in batch:
+                where = (record.topic, record.partition)
+                if record.offset <= moved.get(where, done.get(where, -1)):
+                    continue
+                for op in record.ops:
+                    op(writer)
+                moved[where] = record.offset
+                count += 1
+            for (topic, partition), offset in moved.items():
+                writer.merge(applied, {"topic": topic, "partition_id": partition, "last_offset": offset},
+                             lambda table, new: {"last_offset": new.last_offset})
+            conn.commit()
+        return count
+
+
+def _last_offsets(conn: Connection, partitions: set[tuple[str, int]]) -> dict[tuple[str, int], int]:
+    topics = {topic for topic, _ in partitions}
+    rows = conn.execute(select(applied).where(applied.c.topic.in_(topics)))
+    return {(r.topic, r.partition_id): r.last_offset for r in rows if (r.topic, r.partition_id) in partitions}
+
+
+def _engine(url: str) -> Engine:
+    if not url.startswith("sqlite"):
+        return create_engine(url, pool_pre_ping=True)
+    path = url.removeprefix("sqlite:///")
+    if path and path != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, connect_args={"timeout": SQLITE_TIMEOUT_S, "check_same_thread": False})
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_connection, _record) -> None:
+        dbapi_connection.isolation_level = None  # transactions begin as below, not by the driver's guess
+        dbapi_connection.execute("PRAGMA journal_mode=WAL")  # readers never wait for the writer
+        dbapi_connection.execute("PRAGMA synchronous=NORMAL")
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("writing") else "BEGIN")
+
+    return engine
+
+
+@cache
+def open_store(url: str | None = None) -> ViewStore:
+    """The store at ``views_url(url)``, one per process and URL."""
+    return ViewStore(views_url(url))
