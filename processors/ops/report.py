@@ -1,8 +1,11 @@
-"""``handoff report``: how each prompt version of a workflow did, computed from its topics alone.
+"""``handoff report``: how each prompt version of a workflow did, computed from the views.
 
-The report reads what the stages, the reviewers and the business systems already wrote, with
-``tail.snapshot`` (read committed, from the beginning, no consumer group: it never moves a
-stage's offsets), and joins it by event id:
+The report counts what the stages, the reviewers and the business systems already wrote. The
+views (:mod:`processors.views`) keep it joined by event id as it arrives, one row per event and
+prompt version (``report_events``, and one per event for all versions), so the report is a few
+aggregate queries over an index on the settling time, however long the topics' history (the
+command first catches the views up: :func:`~processors.views.catch_up.catch_up`). Where an answer
+routes is worked out when the view applies the record, with the routes of that time. The inputs:
 
 * ``<wf>.decisions.<route>`` and ``<wf>.shadow``: decisions (route, ``source`` model or review,
   prompt version, trigger and decision times, model latency). A shadow decision counts as a
@@ -60,36 +63,19 @@ not Avro. They carry no prompt version, so they count only there.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import NamedTuple
 
-import numpy as np
-import orjson
 from pydantic import BaseModel, computed_field
+from sqlalchemy import Connection, and_, case, func, null, or_, select
 
-from processors.avro.serde import DecodeError
 from processors.clock import now_ms
-from processors.kafka.read import snapshot
 from processors.kafka.settings import KafkaSettings
-from processors.kafka.topics import Role
-from processors.offline.outputs import SETTLING_STAGES, dead_letter_id, dead_letters, decision_suffixes, read
-from processors.records import (
-    Decision,
-    DecisionSource,
-    Result,
-    ReviewItem,
-    ReviewReason,
-    StageName,
-    Trace,
-    Verdict,
-    VerdictKind,
-    WorkItem,
-)
-from processors.runtime.dead_letter import Header
-from processors.workflow.verdict_log import first_verdicts
+from processors.records import DecisionSource, VerdictKind
+from processors.views.catch_up import catch_up
+from processors.views.rows import scope_of
+from processors.views.schema import EVERY_VERSION, report_events
+from processors.views.store import ViewStore, open_store
 from processors.workflow.workflow import Workflow
 
 ALL_VERSIONS = "all versions"
@@ -216,167 +202,89 @@ COLUMNS: list[tuple[str, Callable[[Figures], str]]] = [
 ]
 
 
-@dataclass(frozen=True)
-class DeadLetterSeen:
-    """A settling dead letter: its event (or where its bytes came from), the prompt version if an answer existed."""
-
-    event_id: str
-    version: str | None
-    at_ms: int
-
-
-@dataclass
-class Evidence:
-    """Everything the report joins, read once from the workflow's topics."""
-
-    decisions: list[Decision]
-    reviews: list[ReviewItem]
-    verdicts: list[Verdict]  # the first per review id, in log order
-    repairs: list[WorkItem]
-    dead: list[DeadLetterSeen]
-    spend: list[Trace]  # classify traces
-    results: list[Result]
-
-    @classmethod
-    def read(cls, workflow: Workflow, settings: KafkaSettings) -> Evidence:
-        """The topics are read side by side: each read spends most of its time waiting for the broker."""
-        with ThreadPoolExecutor(8) as pool:
-            def fetch(suffix: str, model: type[BaseModel]) -> Future:
-                return pool.submit(read, workflow, settings, suffix, model)
-
-            decisions = [fetch(suffix, Decision) for suffix in decision_suffixes(workflow, shadow=True)]
-            reviews, repairs = fetch(Role.review, ReviewItem), fetch(Role.repair, WorkItem)
-            traces, results = fetch(Role.traces, Trace), fetch(Role.results, Result)
-            verdicts = pool.submit(_first_verdicts, workflow, settings)
-            dead = pool.submit(_dead_letters, workflow, settings)
-        return cls(decisions=[d for future in decisions for d in future.result()], reviews=reviews.result(),
-                   verdicts=verdicts.result(), repairs=repairs.result(), dead=dead.result(),
-                   spend=[t for t in traces.result() if t.step == StageName.classify and t.prompt], results=results.result())
+def build(workflow: Workflow, settings: KafkaSettings, since_ms: int | None = None,
+          store: ViewStore | None = None) -> Report:
+    """Catch the views up and compute the report (see the module docstring for every figure)."""
+    store = store or open_store()
+    catch_up(workflow, settings, store)
+    return compute(workflow, store, since_ms)
 
 
-def _first_verdicts(workflow: Workflow, settings: KafkaSettings) -> list[Verdict]:
-    """The verdict that wins per review id, in log order, by the review queue's own rule."""
-    spec = workflow.spec(Role.verdicts)
-    return [logged.verdict for logged in first_verdicts(snapshot(settings, spec.name), spec.serde(settings)).values()]
+def compute(workflow: Workflow, store: ViewStore, since_ms: int | None = None) -> Report:
+    """The report from the views as they are."""
+    since, scope = since_ms or 0, scope_of(workflow)
+    target = workflow.escalation.route if workflow.escalation else None
+    with store.read() as conn:
+        rows = {row.version: row for row in conn.execute(_counts(scope, since, target))}
+        versions = sorted(v for v in rows if v != EVERY_VERSION)
+        figures = [_figures(conn, scope, since, version, rows.get(version), target)
+                   for version in [*versions, EVERY_VERSION]]
+    return Report(workflow=workflow.name, since_ms=since_ms, escalation_route=target, versions=figures[:-1],
+                  total=figures[-1])
 
 
-def _dead_letters(workflow: Workflow, settings: KafkaSettings) -> list[DeadLetterSeen]:
-    """Dead letters of the settling stages; a work item's bytes say its event and prompt version."""
-    work_item_topics = {spec.name for spec in workflow.topics.values() if spec.value_schema == "handoff/work_item"}
-    serde = workflow.spec(Role.classified).serde(settings)  # the work-item topics' schema
-    out = []
-    for msg, headers in dead_letters(workflow, settings):
-        if headers.get(Header.stage) not in SETTLING_STAGES:
-            continue
-        at_ms = msg.timestamp()[1]
-        if headers.get(Header.original_topic) in work_item_topics:
-            try:
-                item = WorkItem.model_validate(serde.decode(msg.value()))
-                out.append(DeadLetterSeen(item.event_id, item.prompt.version, at_ms))
-                continue
-            except DecodeError:
-                pass  # identified by where it came from, below
-        out.append(DeadLetterSeen(dead_letter_id(workflow, settings, headers, msg.value()), None, at_ms))
-    return out
+E = report_events.c
 
 
-def build(workflow: Workflow, settings: KafkaSettings, since_ms: int | None = None) -> Report:
-    """Read the workflow's topics and compute the report (see the module docstring for every figure)."""
-    return compute(workflow, Evidence.read(workflow, settings), since_ms)
+def _counts(scope: str, since: int, target: str | None):
+    """Per version (and all versions): the counts behind each figure, over the events settled since ``since``."""
+    decided, reviewed = E.decided_at_ms >= since, E.review_at_ms >= since
+    by_model = and_(decided, E.decision_source == DecisionSource.model)
+    model_route = case((by_model, E.decision_route), (reviewed, E.review_route), else_=null())
+    truth = case((E.missed, target), (E.verdict_kind == VerdictKind.approve, model_route),
+                 (E.verdict_kind == VerdictKind.reject, null()), (E.verdict_kind == VerdictKind.correct, E.verdict_route),
+                 (by_model, E.decision_route), else_=null())
+
+    def count(condition) -> object:
+        return func.sum(case((condition, 1), else_=0))
+
+    return (select(E.version, func.count().label("events"), count(decided).label("decided"),
+                   count(and_(by_model, E.touched.is_(False))).label("automated"), count(reviewed).label("reviewed"),
+                   count(E.dead_at_ms >= since).label("dead_lettered"), count(E.repaired).label("schema_failures"),
+                   func.sum(E.verdicts).label("verdicts"), func.sum(E.overrides).label("overrides"),
+                   count(truth == target).label("needed"),
+                   count(and_(truth == target, model_route == target)).label("caught"),
+                   count(or_(E.missed, E.verdict_kind.is_not(None))).label("judged"),
+                   count(and_(by_model, E.e2e_ms.is_not(None))).label("timed"), count(by_model).label("by_model"),
+                   func.sum(E.tokens_in).label("tokens_in"), func.sum(E.tokens_out).label("tokens_out"),
+                   func.sum(E.cost_usd).label("cost_usd"))
+            .where(E.scope == scope, E.settled_at_ms >= since).group_by(E.version))
 
 
-def compute(workflow: Workflow, evidence: Evidence, since_ms: int | None = None) -> Report:
-    since = since_ms or 0
-    versions = sorted({d.prompt.version for d in evidence.decisions if d.decided_at_ms >= since}
-                      | {r.prompt.version for r in evidence.reviews
-                         if r.stage in SETTLING_STAGES and r.created_at_ms >= since}
-                      | {d.version for d in evidence.dead if d.version is not None and d.at_ms >= since})
-    return Report(workflow=workflow.name, since_ms=since_ms,
-                  escalation_route=workflow.escalation.route if workflow.escalation else None,
-                  versions=[_figures(workflow, evidence, version, since) for version in versions],
-                  total=_figures(workflow, evidence, None, since))
-
-
-def _figures(workflow: Workflow, evidence: Evidence, version: str | None, since: int) -> Figures:
-    """One row: ``version`` None is the all-versions row."""
-
-    def mine(of: str | None) -> bool:
-        return version is None or of == version
-
-    decisions = {d.event_id: d for d in evidence.decisions if mine(d.prompt.version) and d.decided_at_ms >= since}
-    reviews = {r.event_id: r for r in evidence.reviews
-               if r.stage in SETTLING_STAGES and mine(r.prompt.version) and r.created_at_ms >= since}
-    dead = {d.event_id for d in evidence.dead if mine(d.version) and d.at_ms >= since}
-    settled = decisions.keys() | reviews.keys() | dead
-
-    touched = {r.event_id for r in evidence.reviews if mine(r.prompt.version)}
-    by_model = {e: d for e, d in decisions.items() if d.source == DecisionSource.model}
-    items = {r.review_id: r for r in evidence.reviews if mine(r.prompt.version) and r.event_id in settled}
-    verdicts = [(v, items[v.review_id]) for v in evidence.verdicts if v.review_id in items]
-    spend = [t for t in evidence.spend if mine(t.prompt.version) and t.run_id in settled]
-    results = [r for r in evidence.results if mine(r.prompt.version) and r.event_id in settled]
-    escalations = _escalations(workflow, by_model, reviews, verdicts, results)
-    latency = _percentiles(d.decided_at_ms - d.trigger_timestamp_ms for d in by_model.values() if d.trigger_timestamp_ms)
-    model = _percentiles(d.latency_ms for d in by_model.values())
+def _figures(conn: Connection, scope: str, since: int, version: str, row, target: str | None) -> Figures:
+    """One row of the report; ``version`` EVERY_VERSION is the all-versions row."""
+    if row is None:  # nothing settled
+        return Figures(prompt_version=ALL_VERSIONS, events=0, decided=0, automated=0, reviewed=0, dead_lettered=0,
+                       schema_failures=0, verdicts=0, overrides=0, escalations_needed=None, escalations_caught=None,
+                       escalations_judged=None, latency_p50_ms=None, latency_p95_ms=None, model_p50_ms=None,
+                       model_p95_ms=None, tokens_in=0, tokens_out=0, cost_usd=0.0)
+    by_model = [E.scope == scope, E.version == version, E.settled_at_ms >= since, E.decided_at_ms >= since,
+                E.decision_source == DecisionSource.model]
+    latency = _percentiles(conn, E.e2e_ms, by_model, row.timed)
+    model = _percentiles(conn, E.model_latency_ms, by_model, row.by_model)
+    escalations = target is not None
     return Figures(
-        prompt_version=version or ALL_VERSIONS, events=len(settled), decided=len(decisions),
-        automated=len(by_model.keys() - touched), reviewed=len(reviews), dead_lettered=len(dead),
-        schema_failures=len({w.event_id for w in evidence.repairs if mine(w.prompt.version)} & settled),
-        verdicts=len(verdicts), overrides=sum(v.verdict != VerdictKind.approve for v, _ in verdicts),
-        escalations_needed=escalations.needed, escalations_caught=escalations.caught,
-        escalations_judged=escalations.judged,
+        prompt_version=version or ALL_VERSIONS, events=row.events, decided=row.decided, automated=row.automated,
+        reviewed=row.reviewed, dead_lettered=row.dead_lettered, schema_failures=row.schema_failures,
+        verdicts=row.verdicts, overrides=row.overrides,
+        escalations_needed=row.needed if escalations else None, escalations_caught=row.caught if escalations else None,
+        escalations_judged=row.judged if escalations else None,
         latency_p50_ms=latency[0], latency_p95_ms=latency[1], model_p50_ms=model[0], model_p95_ms=model[1],
-        tokens_in=sum(t.tokens_in for t in spend), tokens_out=sum(t.tokens_out for t in spend),
-        cost_usd=sum(t.cost_usd for t in spend))
+        tokens_in=row.tokens_in, tokens_out=row.tokens_out, cost_usd=row.cost_usd)
 
 
-class Escalations(NamedTuple):
-    """Counts behind escalation recall; all None when the workflow declares no escalation route."""
-
-    needed: int | None = None
-    caught: int | None = None
-    judged: int | None = None
-    """Events a verdict or an outcome judged (escalation needed or not); the rest with a known need
-    are the model's own decisions, taken as right — with none judged, recall is only the model's word."""
-
-
-def _escalations(workflow: Workflow, by_model: dict[str, Decision], reviews: dict[str, ReviewItem],
-                 verdicts: list[tuple[Verdict, ReviewItem]], results: list[Result]) -> Escalations:
-    """Needed, caught and judged escalations by the evidence rules of the module docstring."""
-    if workflow.escalation is None:
-        return Escalations()
-    target = workflow.escalation.route
-    model_route = {e: _route(workflow, r.answer, r.event) for e, r in reviews.items()
-                   if r.reason not in (ReviewReason.invalid_output, ReviewReason.kill_switch)}
-    model_route |= {e: d.route for e, d in by_model.items()}
-    truth: dict[str, str | None] = {e: d.route for e, d in by_model.items()}  # uncontradicted: taken as right
-    judged = set()
-    for verdict, item in verdicts:
-        if item.stage not in SETTLING_STAGES:
-            continue  # a risky-action approval judges an action, not the route
-        if verdict.verdict == VerdictKind.correct:
-            truth[item.event_id] = _route(workflow, verdict.answer, item.event)
-        elif verdict.verdict == VerdictKind.approve:
-            truth[item.event_id] = model_route.get(item.event_id)
-        else:
-            truth[item.event_id] = None
-        judged.add(item.event_id)
-    for result in results:
-        if result.outcome_type in workflow.escalation.missed_outcomes and result.route != target:
-            truth[result.event_id] = target
-            judged.add(result.event_id)
-    needed = {e for e, route in truth.items() if route == target}
-    return Escalations(len(needed), sum(model_route.get(e) == target for e in needed), len(judged))
-
-
-def _route(workflow: Workflow, answer: str | None, event: str) -> str | None:
-    """Where an answer routes with today's routes; None for no answer."""
-    return workflow.decide(orjson.loads(answer), orjson.loads(event))[1] if answer else None
-
-
-def _percentiles(values: Iterable[float]) -> tuple[float | None, float | None]:
-    data = list(values)
-    if not data:
+def _percentiles(conn: Connection, column, where: list, n: int) -> tuple[float | None, float | None]:
+    """p50 and p95 of ``column`` over the ``n`` rows ``where`` selects, interpolated linearly between ranks
+    as numpy does; each reads two values from the index at its rank, never the whole column."""
+    if not n:
         return None, None
-    p50, p95 = np.percentile(data, [50, 95])
-    return float(p50), float(p95)
+    out = []
+    for q in (0.5, 0.95):
+        rank = (n - 1) * q
+        low = int(rank)
+        values = [v for (v,) in conn.execute(select(column).where(*where, column.is_not(None))
+                                            .order_by(column).limit(2).offset(low))]
+        a, b = values[0], values[-1]
+        t = rank - low
+        out.append(float(b - (b - a) * (1 - t) if t >= 0.5 else a + (b - a) * t))
+    return out[0], out[1]

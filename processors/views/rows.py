@@ -39,7 +39,7 @@ from processors.records import (
 )
 from processors.runtime.dead_letter import Header
 from processors.views.schema import (
-    ALL_VERSIONS,
+    EVERY_VERSION,
     control_states,
     placements,
     report_events,
@@ -130,7 +130,7 @@ class Rows:
                 w.execute(update(review_items).where(key, decided).values(decided=True))
             if settles:
                 self._place(w, item.event_id, "review", item.reason, item.created_at_ms, item.replay)
-            for version in (item.prompt.version, ALL_VERSIONS):
+            for version in (item.prompt.version, EVERY_VERSION):
                 fields = {"touched": True} | ({"review_at_ms": item.created_at_ms, "review_route": route,
                                                "settled_at_ms": item.created_at_ms} if settles else {})
                 self._event(w, item.event_id, version, fields)
@@ -153,7 +153,7 @@ class Rows:
             fields = {"verdicts": 1, "overrides": int(verdict.verdict != VerdictKind.approve)}
             if settles:
                 fields |= {"verdict_at_ms": verdict.at_ms, "verdict_kind": verdict.verdict, "verdict_route": route}
-            for version in (item.prompt.version, ALL_VERSIONS):
+            for version in (item.prompt.version, EVERY_VERSION):
                 self._event(w, item.event_id, version, fields)
 
         return [write]
@@ -208,7 +208,7 @@ class Rows:
             place_id = dead_letter_id(self.workflow, self.settings, headers, value)
             self._place(w, place_id, "dead_letter", headers.get(Header.error_reason, "unknown"), timestamp_ms,
                         headers.get(REPLAY_HEADER))
-            for each in ([version] if version is not None else []) + [ALL_VERSIONS]:
+            for each in ([version] if version is not None else []) + [EVERY_VERSION]:
                 self._event(w, event_id, each, fields)
 
         return [write]
@@ -232,7 +232,7 @@ class Rows:
     def _both(self, event_id: str, version: str, fields: dict) -> Op:
         """The event's row under its prompt version and under all versions."""
         def write(w: Writer) -> None:
-            for each in (version, ALL_VERSIONS):
+            for each in (version, EVERY_VERSION):
                 self._event(w, event_id, each, fields)
 
         return write
@@ -243,7 +243,7 @@ class Rows:
 
 
 LATEST = {"decided_at_ms": ("decision_source", "decision_route", "model_latency_ms", "e2e_ms"),
-          "review_at_ms": ("review_route",), "verdict_at_ms": ("verdict_kind", "verdict_route")}
+          "review_at_ms": ("review_route",), "dead_at_ms": (), "verdict_at_ms": ("verdict_kind", "verdict_route")}
 """Groups of report_events columns that move together: the latest by their time column wins."""
 FLAGS = ("touched", "repaired", "missed")
 SUMS = ("verdicts", "overrides", "tokens_in", "tokens_out", "cost_usd")

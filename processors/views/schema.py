@@ -11,7 +11,7 @@ except the report, which aggregates one row per settled event (``report_events``
   known; open ones are read by ``(scope, decided, rank, created_at_ms)``.
 * ``verdicts``: the first verdict per review id, in log order (verdicts are keyed by review id, so
   all of an item's verdicts are in one partition, applied in offset order).
-* ``report_events``: per event and prompt version (and once more under ``version = ''`` for the
+* ``report_events``: per event and prompt version (and once more under ``version = ''`` (``EVERY_VERSION``) for the
   all-versions row), what the report counts: the latest decision, the latest settling review item
   and dead letter, whether a person touched it, repairs, first verdicts, missed escalations,
   spend (:mod:`processors.ops.report` defines each figure).
@@ -29,7 +29,7 @@ from sqlalchemy import BigInteger, Boolean, Column, Float, Index, Integer, MetaD
 
 metadata = MetaData()
 
-ALL_VERSIONS = ""
+EVERY_VERSION = ""
 """``report_events.version`` of the all-versions row."""
 
 ID = String(512)
