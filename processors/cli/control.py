@@ -7,8 +7,9 @@ from typing import Annotated, Literal, Optional
 
 import typer
 
-from processors.cli.params import Bootstrap, WorkflowName, WorkflowsDir, control_store, fail
+from processors.cli.params import Bootstrap, ViewsUrl, WorkflowName, WorkflowsDir, control_store, fail, views
 from processors.records import ControlState, Mode
+from processors.views.control_history import control_history
 
 app = typer.Typer(no_args_is_help=True, help="What a workflow's running stages obey — rollout mode, kill "
                                              "switch, thresholds — in force within a second, no restart.")
@@ -42,12 +43,13 @@ def bound(value: str, name: str) -> float | None:
 
 
 @app.command("show")
-def control_show(workflow: WorkflowName, history: Annotated[bool, typer.Option(help="Every change still on the "
-                                                                                   "topic, oldest first.")] = False,
-                 bootstrap: Bootstrap = None, workflows_dir: WorkflowsDir = None) -> None:
+def control_show(workflow: WorkflowName, history: Annotated[bool, typer.Option(help="Every change, oldest first "
+                                                                                   "(from the views).")] = False,
+                 bootstrap: Bootstrap = None, workflows_dir: WorkflowsDir = None, views_url: ViewsUrl = None) -> None:
     """The state in force, as JSON (the workflow file's defaults when nothing was published)."""
     store = control_store(workflow, bootstrap, workflows_dir)
-    for state in store.history() if history else [store.current()]:
+    states = control_history(store.workflow, store.settings, views(views_url)) if history else [store.current()]
+    for state in states:
         typer.echo(state.model_dump_json())
 
 

@@ -17,6 +17,7 @@ from processors.control.store import ControlStore, ControlUnavailable
 from processors.kafka.broker import BrokerUnreachable, missing_topics
 from processors.kafka.settings import KafkaSettings
 from processors.project import PROJECT_ENV
+from processors.views.store import ViewStore, ViewsUnavailable, open_store
 from processors.workflow.workflow import Workflow, WorkflowError, load_workflow
 
 Bootstrap = Annotated[Optional[str], typer.Option("--bootstrap", "-b", envvar="KAFKA_BOOTSTRAP_SERVERS",
@@ -28,6 +29,8 @@ WorkflowsDir = Annotated[Optional[Path], typer.Option("--workflows-dir", envvar=
 Project = Annotated[Optional[Path], typer.Option("--project", envvar=PROJECT_ENV, exists=True, file_okay=False,
                                                  resolve_path=True, help="The folder holding workflows/, schemas/ "
                                                                          "and topics/ (default: the shipped examples).")]
+ViewsUrl = Annotated[Optional[str], typer.Option("--views-url", envvar="HANDOFF_VIEWS_URL", help=(
+    "The views database: sqlite:///path or postgresql://user@host:port/db (default: .local/views.db)."))]
 DataDir = Annotated[Path, typer.Option(help="Where the broker keeps its data, pid and logs (git-ignored).")]
 
 
@@ -73,3 +76,11 @@ def control_store(workflow: str, bootstrap: str | None, workflows_dir: Path | No
     except ControlUnavailable as exc:
         raise fail(str(exc))
     return store
+
+
+def views(url: str | None) -> ViewStore:
+    """The views database (``--views-url``); exit 1 in one line when it cannot be opened."""
+    try:
+        return open_store(url)
+    except ViewsUnavailable as exc:
+        raise fail(str(exc))

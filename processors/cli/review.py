@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import orjson
 import typer
 
-from processors.cli.params import Bootstrap, WorkflowName, WorkflowsDir, fail, load, need_broker
+from processors.cli.params import Bootstrap, ViewsUrl, WorkflowName, WorkflowsDir, fail, load, need_broker, views
 from processors.ops.review_queue import (
     InvalidVerdict,
     ReviewQueue,
@@ -20,18 +20,22 @@ from processors.ops.review_queue import (
     parse_fields,
 )
 from processors.records import VerdictKind
+from processors.views.catch_up import ViewsBehind
+from processors.views.store import ViewsUnavailable
 
 app = typer.Typer(no_args_is_help=True, help="The review queue: what people must decide. The first verdict "
-                                             "on an item wins; a later one is refused.")
+                                             "on an item wins; a later one is refused. Served from the views "
+                                             "(--views-url), caught up with the topics first.")
 ReviewId = Annotated[str, typer.Argument(help="The review id, as `handoff review list` prints it.")]
 Reviewer = Annotated[Optional[str], typer.Option(help="Who decides (default: $HANDOFF_REVIEWER, else the OS user).")]
 OptionalReason = Annotated[Optional[str], typer.Option(help="Why (optional).")]
 
 
-def review_queue(workflow: str, bootstrap: str | None, workflows_dir: Path | None) -> ReviewQueue:
+def review_queue(workflow: str, bootstrap: str | None, workflows_dir: Path | None,
+                 views_url: str | None = None) -> ReviewQueue:
     flow, conf = load(workflow, bootstrap, workflows_dir)
     need_broker(flow, conf)
-    return ReviewQueue(flow, conf)
+    return ReviewQueue(flow, conf, views(views_url))
 
 
 def decide(queue: ReviewQueue, review_id: str, kind: VerdictKind, reviewer: str | None, fields: list[str] = (),
@@ -39,16 +43,20 @@ def decide(queue: ReviewQueue, review_id: str, kind: VerdictKind, reviewer: str 
     """Write a verdict; exit 1 with the reason when it is refused or void."""
     try:
         verdict = queue.decide(review_id, kind, reviewer=reviewer, fields=parse_fields(list(fields)), reason=reason)
-    except (InvalidVerdict, UnknownItem, VerdictRefused) as exc:
+    except (InvalidVerdict, UnknownItem, VerdictRefused, ViewsBehind, ViewsUnavailable) as exc:
         raise fail(str(exc))
     typer.echo(f"{kind} of {review_id} by {verdict.reviewer}: recorded, first verdict. {next_step(verdict)}")
 
 
 @app.command("list")
-def review_list(workflow: WorkflowName, bootstrap: Bootstrap = None, workflows_dir: WorkflowsDir = None) -> None:
+def review_list(workflow: WorkflowName, bootstrap: Bootstrap = None, workflows_dir: WorkflowsDir = None,
+                views_url: ViewsUrl = None) -> None:
     """Open items, event_rule first, then oldest first: id, reason, age, the model's label (or the action), the event."""
-    queue = review_queue(workflow, bootstrap, workflows_dir)
-    items = queue.open_items()
+    queue = review_queue(workflow, bootstrap, workflows_dir, views_url)
+    try:
+        items = queue.open_items()
+    except (ViewsBehind, ViewsUnavailable) as exc:
+        raise fail(str(exc))
     for item in items:
         typer.echo(line(queue.workflow, item))
     typer.echo(f"{len(items)} open")
@@ -58,34 +66,36 @@ def review_list(workflow: WorkflowName, bootstrap: Bootstrap = None, workflows_d
 
 @app.command("show")
 def review_show(review_id: ReviewId, workflow: WorkflowName, bootstrap: Bootstrap = None,
-                workflows_dir: WorkflowsDir = None) -> None:
+                workflows_dir: WorkflowsDir = None, views_url: ViewsUrl = None) -> None:
     """The whole context of an item as JSON: event, answer, errors, action, and its verdict if any."""
     try:
-        item, decided = review_queue(workflow, bootstrap, workflows_dir).get(review_id)
-    except UnknownItem as exc:
+        item, decided = review_queue(workflow, bootstrap, workflows_dir, views_url).get(review_id)
+    except (UnknownItem, ViewsBehind, ViewsUnavailable) as exc:
         raise fail(str(exc))
     typer.echo(orjson.dumps(context(item, decided), option=orjson.OPT_INDENT_2).decode())
 
 
 @app.command("approve")
 def review_approve(review_id: ReviewId, workflow: WorkflowName, reviewer: Reviewer = None,
-                   reason: OptionalReason = None, bootstrap: Bootstrap = None, workflows_dir: WorkflowsDir = None) -> None:
+                   reason: OptionalReason = None, bootstrap: Bootstrap = None, workflows_dir: WorkflowsDir = None,
+                   views_url: ViewsUrl = None) -> None:
     """The model's answer stands (or the risky action may run)."""
-    decide(review_queue(workflow, bootstrap, workflows_dir), review_id, VerdictKind.approve, reviewer, reason=reason)
+    decide(review_queue(workflow, bootstrap, workflows_dir, views_url), review_id, VerdictKind.approve, reviewer, reason=reason)
 
 
 @app.command("correct")
 def review_correct(review_id: ReviewId, workflow: WorkflowName,
                    set_: Annotated[list[str], typer.Option("--set", help="field=value on the model's answer; repeat.")],
                    reviewer: Reviewer = None, reason: OptionalReason = None, bootstrap: Bootstrap = None,
-                   workflows_dir: WorkflowsDir = None) -> None:
+                   workflows_dir: WorkflowsDir = None, views_url: ViewsUrl = None) -> None:
     """Set answer fields; checked against the prompt's output schema and the workflow's rules."""
-    decide(review_queue(workflow, bootstrap, workflows_dir), review_id, VerdictKind.correct, reviewer, set_, reason)
+    decide(review_queue(workflow, bootstrap, workflows_dir, views_url), review_id, VerdictKind.correct, reviewer, set_, reason)
 
 
 @app.command("reject")
 def review_reject(review_id: ReviewId, workflow: WorkflowName,
                   reason: Annotated[str, typer.Option(help="Why: recorded with the verdict.")],
-                  reviewer: Reviewer = None, bootstrap: Bootstrap = None, workflows_dir: WorkflowsDir = None) -> None:
+                  reviewer: Reviewer = None, bootstrap: Bootstrap = None, workflows_dir: WorkflowsDir = None,
+                  views_url: ViewsUrl = None) -> None:
     """Close the item: nothing continues."""
-    decide(review_queue(workflow, bootstrap, workflows_dir), review_id, VerdictKind.reject, reviewer, reason=reason)
+    decide(review_queue(workflow, bootstrap, workflows_dir, views_url), review_id, VerdictKind.reject, reviewer, reason=reason)

@@ -16,7 +16,8 @@ writes about the record.
 Writers (``handoff prompt promote``, ``handoff control …``) read the current state, apply one
 change and publish the next version, waiting for the broker's acknowledgement. Two writers
 racing on the same version both land; the later offset wins, and each change names who made
-it and why, so the history on the topic (until compaction) shows what happened.
+it and why. Compaction keeps only the latest state per workflow on the topic; the whole history
+is kept by the views (:mod:`processors.views.control_history`, ``handoff control show --history``).
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ class ControlStore:
                                      f"(create it: handoff topics apply --workflow {self.workflow.name})")
 
     def history(self) -> list[ControlState]:
-        """Every state still on the topic, oldest first (compaction keeps at least the latest)."""
+        """Every state still on the topic, oldest first (compaction keeps at least the latest): what
+        :meth:`current` reads; people read the whole history from the views."""
         return [state for msg in snapshot(self.settings, self.spec.name) if (state := self.decode(msg)) is not None]
 
     def decode(self, msg) -> ControlState | None:

@@ -450,6 +450,9 @@ class StageRuntime:
         if starts:  # the stage keeps its offsets: assigning with them is how a rebalance callback seeks
             consumer.assign([TopicPartition(tp.topic, tp.partition, starts.get((tp.topic, tp.partition), tp.offset))
                              for tp in partitions])
+            for tp, start in starts.items():  # what lies before is the stage's already: commit from there
+                if start >= 0 and tp in self._partitions:
+                    self._partitions[tp].released_to = self._partitions[tp].acked_to = start
         consumer.resume(partitions)  # librdkafka kept the pause of a partition paused before its revoke
 
     def _on_revoke(self, consumer, partitions: list[TopicPartition]) -> None:

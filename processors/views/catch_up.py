@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 
-from confluent_kafka import OFFSET_BEGINNING, IsolationLevel, KafkaError, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, IsolationLevel, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import OffsetSpec
 
 from processors.kafka.settings import KafkaSettings
@@ -28,6 +28,7 @@ from processors.workflow.workflow import Workflow
 
 BATCH = 5000
 """Records per transaction while catching up."""
+ATTEMPTS = 20
 
 
 class ViewsBehind(RuntimeError):
@@ -87,7 +88,16 @@ def _ends(settings: KafkaSettings, topics: list[str]) -> dict[tuple[str, int], i
                   for p in metadata[t].partitions]
     if not partitions:
         return {}
-    futures = admin.list_offsets({tp: OffsetSpec.latest() for tp in partitions},
-                                 isolation_level=IsolationLevel.READ_COMMITTED, request_timeout=10)
-    return {(tp.topic, tp.partition): future.result().offset for tp, future in futures.items()}
+    for attempt in range(ATTEMPTS):
+        futures = admin.list_offsets({tp: OffsetSpec.latest() for tp in partitions},
+                                     isolation_level=IsolationLevel.READ_COMMITTED, request_timeout=10)
+        try:
+            return {(tp.topic, tp.partition): future.result().offset for tp, future in futures.items()}
+        except KafkaException as exc:  # a just-created partition whose leader is still being elected
+            error = exc.args[0]
+            if attempt == ATTEMPTS - 1 or not (error.retriable() or error.code() == KafkaError.NOT_LEADER_FOR_PARTITION):
+                raise ViewsBehind(f"catching the views up: the end offsets of {', '.join(topics)}: {error.str()}") \
+                    from None
+            time.sleep(0.1 * (attempt + 1))
+    return {}
 

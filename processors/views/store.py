@@ -19,13 +19,15 @@ partition run on from the offset the previous batch ended at, so what is applied
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
 from sqlalchemy import Connection, Engine, Table, create_engine, event, select, text
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import SQLAlchemyError
 
 from processors.views.schema import applied, metadata
 
@@ -89,11 +91,18 @@ class ViewStore:
     def __init__(self, url: str):
         self.url = url
         self.engine = _engine(url)
-        try:
+        with self._failing():
             metadata.create_all(self.engine)
-        except Exception as exc:  # any driver's error: the message is what the operator needs
+
+    @contextmanager
+    def _failing(self) -> Iterator[None]:
+        """A database error as one line: which database, what it said, what to check."""
+        try:
+            yield
+        except SQLAlchemyError as exc:
             raise ViewsUnavailable(f"views database {self.engine.url.render_as_string()}: "
-                                   f"{str(exc).splitlines()[0]} (set {VIEWS_URL_ENV} or --views-url)") from None
+                                   f"{str(getattr(exc, 'orig', None) or exc).strip().splitlines()[0]} (check it, or set "
+                                   f"{VIEWS_URL_ENV} / --views-url)") from None
 
     def read(self) -> Connection:
         """A connection to query the views with (a context manager)."""
@@ -101,7 +110,7 @@ class ViewStore:
 
     def positions(self, topics: Iterable[str]) -> dict[tuple[str, int], int]:
         """The last offset applied per partition of ``topics`` (absent: nothing applied yet)."""
-        with self.read() as conn:
+        with self._failing(), self.read() as conn:
             rows = conn.execute(select(applied).where(applied.c.topic.in_(list(topics))))
             return {(r.topic, r.partition_id): r.last_offset for r in rows}
 
@@ -110,7 +119,7 @@ class ViewStore:
         was applied before; returns how many records it applied."""
         if not batch:
             return 0
-        with self.engine.connect().execution_options(writing=True) as conn:
+        with self._failing(), self.engine.connect().execution_options(writing=True) as conn:
             if conn.dialect.name == "postgresql":
                 conn.execute(select(text(f"pg_advisory_xact_lock({PG_LOCK})")))
             done = _last_offsets(conn, {(a.topic, a.partition) for a in batch})

@@ -51,7 +51,7 @@ def settle(workflow: Workflow, settings: KafkaSettings, selected: Selected, repl
     deadline = time.monotonic() + timeout
     with tqdm(total=len(wanted), desc=f"settling {replay_id}", unit="event", disable=None) as bar:
         while True:
-            now = {e: p for e, p in places(workflow, settings).items() if e in wanted and p.replay == replay_id}
+            now = {e: p for e, p in places(workflow, settings, replay=replay_id).items() if e in wanted}
             bar.update(len(now) - bar.n)
             if len(now) == len(wanted) or time.monotonic() >= deadline:
                 break

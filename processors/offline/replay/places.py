@@ -1,14 +1,18 @@
 """Where every event is now: the latest of its decisions, review items and dead letters.
 
-A selection reads it to skip what moved on, a live replay to see what changed; both read the
-same records the same way, so "before" and "after" compare like with like.
+A live replay reads it from the views (``placements``, kept by the views with the same rule,
+caught up first) to see where its events were before and where they ended; a selection from the
+review or dead-letter topic reads the records themselves, since it replays their bytes, and
+places them by the same rule (:func:`placed`), so "before" and "after" compare like with like.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Literal
 
 from pydantic import BaseModel
+from sqlalchemy import select
 
 from processors.kafka.settings import KafkaSettings
 from processors.kafka.topics import Role
@@ -16,7 +20,14 @@ from processors.offline.outputs import SETTLING_STAGES, dead_letter_id, dead_let
 from processors.records import Decision, ReviewItem
 from processors.runtime.dead_letter import Header
 from processors.stages.base import REPLAY_HEADER
+from processors.views.catch_up import catch_up
+from processors.views.rows import scope_of
+from processors.views.schema import placements
+from processors.views.store import ViewStore, open_store
 from processors.workflow.workflow import Workflow
+
+CHUNK = 500
+"""Event ids per query when asking for many."""
 
 
 class Place(BaseModel):
@@ -79,10 +90,29 @@ def settles(found: Found) -> bool:
     return True
 
 
-def places(workflow: Workflow, settings: KafkaSettings, found: list[Found] | None = None) -> dict[str, Place]:
-    """Each event's latest place (decision, review or dead letter), by event id."""
+def placed(found: list[Found]) -> dict[str, Place]:
+    """Each event's latest place among ``found`` (decision, review or dead letter), by event id."""
     latest: dict[str, Place] = {}
-    for item in found if found is not None else found_records(workflow, settings):
+    for item in found:
         if settles(item) and (item.event_id not in latest or item.place.at_ms >= latest[item.event_id].at_ms):
             latest[item.event_id] = item.place
     return latest
+
+
+def places(workflow: Workflow, settings: KafkaSettings, *, events: Iterable[str] | None = None,
+           replay: str | None = None, store: ViewStore | None = None) -> dict[str, Place]:
+    """Where ``events`` (all when None) are now, from the views; with ``replay``, only those a replay placed."""
+    store = store or open_store()
+    catch_up(workflow, settings, store)
+    where = [placements.c.scope == scope_of(workflow)]
+    if replay is not None:
+        where.append(placements.c.replay == replay)
+    wanted = None if events is None else list(events)
+    chunks = [None] if wanted is None else [wanted[i:i + CHUNK] for i in range(0, len(wanted), CHUNK)]
+    out = {}
+    with store.read() as conn:
+        for chunk in chunks:
+            query = select(placements).where(*where, *([] if chunk is None else [placements.c.event_id.in_(chunk)]))
+            out |= {r.event_id: Place(kind=r.kind, detail=r.detail, at_ms=r.at_ms, replay=r.replay)
+                    for r in conn.execute(query)}
+    return out

@@ -20,7 +20,7 @@ from processors.avro.serde import DecodeError, EncodeError
 from processors.kafka.read import watermarks
 from processors.kafka.settings import KafkaSettings
 from processors.kafka.topics import Role
-from processors.offline.replay.places import Found, Place, found_records, places, settles
+from processors.offline.replay.places import Found, Place, found_records, placed, places, settles
 from processors.paths import dotted
 from processors.records import WorkItem
 from processors.stages.base import REPLAY_HEADER
@@ -101,7 +101,9 @@ class Selected(BaseModel):
 
 def before(workflow: Workflow, settings: KafkaSettings, selected: Selected) -> dict[str, Place]:
     """Each event's place before the replay: the one the selection read, else read now."""
-    return selected.places if selected.places is not None else places(workflow, settings)
+    if selected.places is not None:
+        return selected.places
+    return places(workflow, settings, events=[o.event_id for o in selected.originals])
 
 
 def select(workflow: Workflow, settings: KafkaSettings, selection: Selection) -> Selected:
@@ -194,7 +196,7 @@ def _read(consumer, topic: str, ranges: dict[int, tuple[int, int]]) -> list[Mess
 
 def _from_source(workflow: Workflow, settings: KafkaSettings, source: Source) -> Selected:
     found = found_records(workflow, settings)
-    now = places(workflow, settings, found)
+    now = placed(found)
     kind = "review" if source == Source.review else "dead_letter"
     skipped: Counter = Counter()
     latest: dict[str, Found] = {}  # per event, its latest record of this kind
