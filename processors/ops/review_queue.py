@@ -115,11 +115,7 @@ class ReviewQueue:
         """Review items without a verdict: those held for an event rule first (a prompt injection
         fails closed, so an urgent event may be waiting behind it), then oldest first."""
         self.refresh()
-        with self.store.read() as conn:
-            rows = conn.execute(select(review_items.c.item)
-                                .where(review_items.c.scope == self.scope, review_items.c.decided.is_(False))
-                                .order_by(review_items.c.rank, review_items.c.created_at_ms))
-            return [ReviewItem.model_validate_json(item) for (item,) in rows]
+        return open_items(self.store, self.scope)
 
     def get(self, review_id: str) -> tuple[ReviewItem, Logged | None]:
         self.refresh()
@@ -194,6 +190,15 @@ class ReviewQueue:
             else:
                 answer[name] = text
         return answer
+
+
+def open_items(store: ViewStore, scope: str) -> list[ReviewItem]:
+    """The open queue as the view holds it (the order of :meth:`ReviewQueue.open_items`): one index range."""
+    with store.read() as conn:
+        rows = conn.execute(select(review_items.c.item)
+                            .where(review_items.c.scope == scope, review_items.c.decided.is_(False))
+                            .order_by(review_items.c.rank, review_items.c.created_at_ms))
+        return [ReviewItem.model_validate_json(item) for (item,) in rows]
 
 
 def parse_fields(pairs: list[str]) -> dict[str, str]:

@@ -43,8 +43,8 @@ class Views(Stage):
         self.rows = Rows(workflow, settings or KafkaSettings())
         self._store = store
         self.pending: list[Applied] = []
-        self.applied = 0
-        """Records written to the store by this instance (a restart's catch-up is counted by it)."""
+        self.consumed = 0
+        """Records this instance was handed: after a restart, only what came since (the store's offsets)."""
 
     @property
     def store(self) -> ViewStore:
@@ -64,6 +64,7 @@ class Views(Stage):
         return {tp: done[tp] + 1 if tp in done else OFFSET_BEGINNING for tp in partitions}
 
     async def process(self, record: Record) -> list[Emit]:
+        self.consumed += 1
         self.pending.append(self.rows.of(record.topic, record.partition, record.offset, record.key, record.raw or None,
                                          record.headers, record.timestamp_ms))
         return []
@@ -74,4 +75,4 @@ class Views(Stage):
 
     def flush(self) -> None:
         batch, self.pending = self.pending, []
-        self.applied += self.store.apply(batch)
+        self.store.apply(batch)

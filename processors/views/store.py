@@ -168,7 +168,11 @@ def _engine(url: str) -> Engine:
     return engine
 
 
-@cache
 def open_store(url: str | None = None) -> ViewStore:
-    """The store at ``views_url(url)``, one per process and URL."""
-    return ViewStore(views_url(url))
+    """The store at ``views_url(url)``, one per process and database."""
+    return _store(views_url(url))
+
+
+@cache
+def _store(url: str) -> ViewStore:
+    return ViewStore(url)

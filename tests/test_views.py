@@ -1,0 +1,143 @@
+"""The views against the real broker, on SQLite and on a real PostgreSQL server: the same answers
+as reading the topics, a views stage that resumes where its store left off, and a review item
+that outlives the review topic's retention."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import orjson
+import pytest
+from confluent_kafka import TopicPartition
+
+from processors.avro.serde import AvroSerde
+from processors.kafka.read import snapshot
+from processors.offline.outputs import SETTLING_STAGES, dead_letters, decision_suffixes, read
+from processors.offline.replay.places import found_records, placed, places
+from processors.ops.report import ALL_VERSIONS, build
+from processors.ops.review_queue import ReviewQueue, VerdictRefused
+from processors.pipeline import Pipeline
+from processors.providers.scripted import ScriptedProvider
+from processors.records import Decision, DecisionSource, ReviewItem, ReviewReason, Trace, VerdictKind
+from processors.views.store import VIEWS_URL_ENV, open_store
+from processors.workflow.verdict_log import first_verdicts
+from tests.conftest import deployed, produce, tickets
+
+BILLING = {"category": "billing", "urgency": "low", "confidence": 0.95, "reason": "A question about an invoice."}
+LOW = BILLING | {"confidence": 0.4}
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def views_url(request, tmp_path, monkeypatch) -> str:
+    """The views of this test in a SQLite file of its own, or in the session's PostgreSQL server."""
+    url = f"sqlite:///{tmp_path / 'views.db'}" if request.param == "sqlite" else request.getfixturevalue("postgres")
+    monkeypatch.setenv(VIEWS_URL_ENV, url)
+    return url
+
+
+# ---- the reference: what the commands read from the topics before the views -----------------------
+
+def topic_open_items(workflow, kafka) -> list[str]:
+    items: dict[str, ReviewItem] = {}
+    for item in read(workflow, kafka, "review", ReviewItem):
+        items.setdefault(item.review_id, item)
+    spec = workflow.spec("verdicts")
+    decided = first_verdicts(snapshot(kafka, spec.name), spec.serde(kafka))
+    return [i.review_id for i in sorted((i for i in items.values() if i.review_id not in decided),
+                                        key=lambda i: (i.reason != ReviewReason.event_rule, i.created_at_ms))]
+
+
+def topic_totals(workflow, kafka) -> dict:
+    """The all-versions row's counts as the report computed them from the topics."""
+    decisions = {d.event_id: d for s in decision_suffixes(workflow, shadow=True)
+                 for d in read(workflow, kafka, s, Decision)}
+    reviews = read(workflow, kafka, "review", ReviewItem)
+    settling = {r.event_id: r for r in reviews if r.stage in SETTLING_STAGES}
+    dead = {m.key() for m, h in dead_letters(workflow, kafka) if h.get("handoff.stage") in SETTLING_STAGES}
+    touched = {r.event_id for r in reviews}
+    by_model = {e: d for e, d in decisions.items() if d.source == DecisionSource.model}
+    settled = decisions.keys() | settling.keys()
+    spend = [t for t in read(workflow, kafka, "traces", Trace) if t.step == "classify" and t.prompt
+             and t.run_id in settled]
+    spec = workflow.spec("verdicts")
+    verdicts = [v.verdict for v in first_verdicts(snapshot(kafka, spec.name), spec.serde(kafka)).values()]
+    latency = [d.latency_ms for d in by_model.values()]
+    return {"events": len(settled) + len(dead), "decided": len(decisions), "reviewed": len(settling),
+            "automated": len(by_model.keys() - touched), "dead_lettered": len(dead), "verdicts": len(verdicts),
+            "overrides": sum(v.verdict != VerdictKind.approve for v in verdicts),
+            "tokens_in": sum(t.tokens_in for t in spend), "tokens_out": sum(t.tokens_out for t in spend),
+            "model_p50_ms": float(np.percentile(latency, 50)), "model_p95_ms": float(np.percentile(latency, 95))}
+
+
+def test_the_views_answer_as_the_topics_did_on_sqlite_and_postgresql(kafka, receiver, postgres):
+    workflow = deployed("support_ticket", kafka)
+    events = [copy.deepcopy(t) | {"event_id": f"e{i}"} for i, t in enumerate(tickets()[:10])]
+    answers = {f"e{i}": [LOW if i % 3 == 0 else BILLING] for i in range(10)} | {"e9": ["not json", "still not"]}
+    produce(kafka, workflow, events, raw=[(b"k-bad", b"not avro")])
+    assert Pipeline(workflow, kafka, provider=ScriptedProvider(answers)).run_until_drained(timeout=120)
+    ReviewQueue(workflow, kafka).decide("e0:low_confidence", VerdictKind.reject, reviewer="ana", reason="spam")
+    ReviewQueue(workflow, kafka).decide("e3:low_confidence", VerdictKind.approve, reviewer="ana")
+
+    expected_queue, expected = topic_open_items(workflow, kafka), topic_totals(workflow, kafka)
+    expected_places = placed(found_records(workflow, kafka))
+    assert expected_queue == ["e6:low_confidence", "e9:invalid_output"] and expected["dead_lettered"] == 1
+    for store in (open_store(), open_store(postgres)):  # the session's SQLite views, kept by the views stage
+        assert [i.review_id for i in ReviewQueue(workflow, kafka, store).open_items()] == expected_queue
+        total = build(workflow, kafka, store=store).total
+        assert total.prompt_version == ALL_VERSIONS
+        assert {name: getattr(total, name) for name in expected} == pytest.approx(expected)
+        assert places(workflow, kafka, store=store) == expected_places
+
+
+def test_a_restarted_views_stage_reads_only_what_came_since(kafka, views_url):
+    workflow = deployed("support_ticket", kafka)
+    spec = workflow.spec("review")
+    serde = AvroSerde(spec.value_schema)
+
+    def write(ids: range) -> None:
+        producer = kafka.producer()
+        for n in ids:
+            item = ReviewItem(review_id=f"e{n}:low_confidence", event_id=f"e{n}", workflow=workflow.name,
+                              reason="low_confidence", stage="validate", event="{}", answer=orjson.dumps(BILLING).decode(),
+                              prompt=workflow.prompt_spec.ref, model="scripted", created_at_ms=n)
+            producer.produce(spec.name, key=f"c{n % 7}", value=serde.encode(item.model_dump()))
+        assert producer.flush(10) == 0
+
+    def run_views() -> int:
+        pipeline = Pipeline(workflow, kafka, ["views"])
+        assert pipeline.run_until_drained(timeout=60)
+        return pipeline.runtimes[0].stage.consumed
+
+    write(range(30))
+    assert run_views() == 30
+    write(range(30, 35))
+    assert run_views() == 5, "a restart resumes from the store's offsets, not from the beginning"
+    assert len(ReviewQueue(workflow, kafka).open_items()) == 35
+
+
+def test_an_item_older_than_the_review_topics_retention_is_listed_and_decided(kafka, views_url):
+    workflow = deployed("support_ticket", kafka)
+    spec = workflow.spec("review")
+    item = ReviewItem(review_id="old:low_confidence", event_id="old", workflow=workflow.name, reason="low_confidence",
+                      stage="validate", event=orjson.dumps({k: v for k, v in tickets()[0].items() if k != "expected"})
+                      .decode(), answer=orjson.dumps(LOW).decode(), prompt=workflow.prompt_spec.ref, model="scripted",
+                      created_at_ms=1)
+    producer = kafka.producer()
+    producer.produce(spec.name, key="c1", value=AvroSerde(spec.value_schema).encode(item.model_dump()))
+    assert producer.flush(10) == 0
+    queue = ReviewQueue(workflow, kafka)
+    assert [i.review_id for i in queue.open_items()] == [item.review_id]
+
+    # Retention deletes whole segments from the start of the log: moving the log start past the item is what it does.
+    admin = kafka.admin()
+    ends = {p: TopicPartition(spec.name, p, -1) for p in admin.list_topics(spec.name, timeout=10).topics[spec.name].partitions}
+    for future in admin.delete_records(list(ends.values()), request_timeout=10).values():
+        future.result()
+    assert snapshot(kafka, spec.name) == [], "the review topic no longer holds the item"
+
+    assert [i.review_id for i in queue.open_items()] == [item.review_id], "the view still does"
+    verdict = queue.decide(item.review_id, VerdictKind.correct, reviewer="ana", fields={"category": "bug"})
+    assert queue.open_items() == [] and queue.get(item.review_id)[1].verdict.verdict_id == verdict.verdict_id
+    with pytest.raises(VerdictRefused, match="correct by ana"):
+        queue.decide(item.review_id, VerdictKind.approve, reviewer="bob")
