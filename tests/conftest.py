@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -93,16 +94,18 @@ def _pg_bin(name: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def postgres(tmp_path_factory):
+def postgres():
     """A PostgreSQL server of the session's own: initdb into a temporary folder, started on a free
-    loopback port, stopped at the end. initdb refuses to run as root, so as root the server runs as
-    the ``postgres`` user (runuser); otherwise as the user running the tests. Yields its URL."""
-    data = tmp_path_factory.mktemp("postgres")
+    loopback port, stopped and removed at the end. initdb refuses to run as root, so as root the
+    server runs as the ``postgres`` user (runuser), in a folder of its own under the system's
+    temporary folder (pytest's is private to root); otherwise as the user running the tests."""
+    data = Path(tempfile.mkdtemp(prefix="handoff-postgres-"))
     port = free_port()
     as_root = os.geteuid() == 0
     run_as = ["runuser", "-u", "postgres", "--"] if as_root else []
     if as_root:
         shutil.chown(data, "postgres")
+
     def pg(*args: str) -> None:
         done = subprocess.run([*run_as, *args], capture_output=True, text=True, timeout=120)
         if done.returncode:
@@ -115,6 +118,7 @@ def postgres(tmp_path_factory):
         yield f"postgresql://handoff@127.0.0.1:{port}/postgres"
     finally:
         pg(_pg_bin("pg_ctl"), "-D", str(data / "db"), "-m", "fast", "-w", "stop")
+        shutil.rmtree(data, ignore_errors=True)
 
 
 @pytest.fixture

@@ -59,7 +59,9 @@ class Writer:
 
     def add(self, table: Table, row: dict) -> bool:
         """Insert ``row`` unless its key is there; True when it was inserted."""
-        return self.conn.execute(self._insert(table).values(row).on_conflict_do_nothing()).rowcount == 1
+        key = next(iter(table.primary_key.columns))
+        return self.conn.execute(self._insert(table).values(row).on_conflict_do_nothing()
+                                 .returning(key)).first() is not None
 
     def merge(self, table: Table, row: dict, update: Callable[[Table, object], dict]) -> None:
         """Insert ``row``, or update the existing row by ``update(table, excluded)``: column → expression."""
