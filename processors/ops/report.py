@@ -258,8 +258,9 @@ def _figures(conn: Connection, scope: str, since: int, version: str, row, target
                        schema_failures=0, verdicts=0, overrides=0, escalations_needed=None, escalations_caught=None,
                        escalations_judged=None, latency_p50_ms=None, latency_p95_ms=None, model_p50_ms=None,
                        model_p95_ms=None, tokens_in=0, tokens_out=0, cost_usd=0.0)
-    by_model = [E.scope == scope, E.version == version, E.settled_at_ms >= since, E.decided_at_ms >= since,
-                E.decision_source == DecisionSource.model]
+    by_model = [E.scope == scope, E.version == version, E.decision_source == DecisionSource.model]
+    if since:  # without, the percentiles read only their index (a model decision has a decision time)
+        by_model += [E.settled_at_ms >= since, E.decided_at_ms >= since]
     latency = _percentiles(conn, E.e2e_ms, by_model, row.timed)
     model = _percentiles(conn, E.model_latency_ms, by_model, row.by_model)
     escalations = target is not None
