@@ -71,8 +71,8 @@ verdicts = Table(
 report_events = Table(
     "report_events", metadata,
     _scope(),
-    Column("event_id", ID, primary_key=True),
     Column("version", NAME, primary_key=True),
+    Column("event_id", ID, primary_key=True),
     Column("settled_at_ms", BigInteger, doc="The latest of decided_at_ms, review_at_ms and dead_at_ms."),
     Column("decided_at_ms", BigInteger),
     Column("decision_source", String(32)),
@@ -96,6 +96,7 @@ report_events = Table(
     Index("report_events_settled", "scope", "version", "settled_at_ms"),
     Index("report_events_latency", "scope", "version", "decision_source", "e2e_ms"),
     Index("report_events_model", "scope", "version", "decision_source", "model_latency_ms"),
+    sqlite_with_rowid=False,  # clustered by (scope, version, event): the report sweeps a scope's rows in order
 )
 
 placements = Table(
