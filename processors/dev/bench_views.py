@@ -1,7 +1,8 @@
 """Bench of the views: ``review list`` and ``handoff report`` latency at 10k, 100k and 1M settled events.
 
 A history is written straight into a views database of its own (``.local/bench/views.db`` unless
-given a URL), as the views stage would have left it, not by running events through a model:
+given a URL), as the views stage would have left it, not by running events through a model (the
+database makes the rows from a counter):
 per event its report rows (its prompt version's and the all-versions one) and its placement;
 one event in ten went to review, and every review item but 1,000 has its first verdict, so the
 queue holds 1,000 open items at every size. Then each query is timed as the commands run it,
@@ -13,11 +14,11 @@ and the whole report (:func:`processors.ops.report.compute`). Each figure is the
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
-from sqlalchemy import delete, insert
+from sqlalchemy import Float, String, and_, case, cast, delete, func, insert, literal, null, select
 
 from processors.ops.report import compute
 from processors.ops.review_queue import open_items
@@ -30,32 +31,61 @@ from processors.workflow.workflow import Workflow, load_workflow
 SIZES = {"10k": 10_000, "100k": 100_000, "1m": 1_000_000}
 OPEN = 1_000
 REVIEWED_EVERY = 10
-CHUNK = 20_000
 DEFAULT_DB = Path(".local/bench/views.db")
 VERSIONS = ("2026-05-29.1", "2026-06-02.1")
 ROUTES = ("billing", "bug", "how_to", "escalation")
 
 
 def build_history(store: ViewStore, workflow: Workflow, events: int) -> None:
-    """Replace the workflow's views with ``events`` settled events and 1,000 open review items."""
-    scope = scope_of(workflow)
-    item = _review_item(workflow)
+    """Replace the workflow's views with ``events`` settled events and 1,000 open review items. The rows
+    are made by the database itself from a counter (a recursive query), so even 1M take seconds."""
+    scope, item = scope_of(workflow), _review_item(workflow)
     reviewed = max(events // REVIEWED_EVERY, OPEN)
+    verdict = Verdict(verdict_id="v", review_id="r", event_id="e", workflow=workflow.name, reviewer="bench",
+                      verdict="approve", answer=item.answer, at_ms=1, item=item).model_dump_json()
+    template = item.model_copy(update={"review_id": "@ID@", "event_id": "@EVENT@"}).model_dump_json()
     with store.engine.begin() as conn:
         for table in (report_events, placements, review_items, verdicts):
             conn.execute(delete(table).where(table.c.scope == scope))
-        for rows in _chunks(_report_rows(scope, events, reviewed)):
-            conn.execute(insert(report_events), rows)
-        for rows in _chunks({"scope": scope, "event_id": f"e{n}", "kind": "decision", "detail": ROUTES[n % 4],
-                             "at_ms": n, "rank": 0, "replay": None} for n in range(events)):
-            conn.execute(insert(placements), rows)
-        for rows in _chunks(_review_rows(scope, item, reviewed)):
-            conn.execute(insert(review_items), rows)
-        verdict = Verdict(verdict_id="v", review_id="r", event_id="e", workflow=workflow.name, reviewer="bench",
-                          verdict="approve", answer=item.answer, at_ms=1, item=item).model_dump_json()
-        for rows in _chunks({"scope": scope, "review_id": f"e{n * REVIEWED_EVERY}:low_confidence", "partition_id": 0,
-                             "log_offset": n, "verdict": verdict} for n in range(OPEN, reviewed)):
-            conn.execute(insert(verdicts), rows)
+        n = _counter(events)
+        i = n.c.i
+        event_id = literal("e") + cast(i, String)
+        in_review = and_(i % REVIEWED_EVERY == 0, i < reviewed * REVIEWED_EVERY)
+        route = case(*((i % len(ROUTES) == k, r) for k, r in enumerate(ROUTES)))
+        decided = case((in_review, null()), else_=i + 1_000)
+        row = {"scope": literal(scope), "event_id": event_id, "settled_at_ms": i + 1_000, "decided_at_ms": decided,
+               "decision_source": case((in_review, null()), else_="model"), "decision_route": route,
+               "model_latency_ms": cast(i % 997, Float), "e2e_ms": cast(i % 1_013, Float),
+               "review_at_ms": case((in_review, i + 1_000), else_=null()),
+               "review_route": case((in_review, route), else_=null()), "touched": in_review,
+               "repaired": i % 50 == 0, "missed": i % 200 == 0, "verdicts": case((in_review, 1), else_=0),
+               "overrides": case((and_(in_review, i % 3 == 0), 1), else_=0),
+               "verdict_kind": case((in_review, "approve"), else_=null()), "verdict_at_ms": null(),
+               "verdict_route": null(), "dead_at_ms": null(), "tokens_in": literal(180), "tokens_out": literal(40),
+               "cost_usd": literal(0.0004)}
+        for version in (case((i % 2 == 0, VERSIONS[0]), else_=VERSIONS[1]), literal(EVERY_VERSION)):
+            columns = {**row, "version": version}
+            conn.execute(insert(report_events).from_select(list(columns), select(*columns.values()).select_from(n)))
+        place = {"scope": literal(scope), "event_id": event_id, "kind": literal("decision"), "detail": route, "at_ms": i,
+                 "rank": literal(0), "replay": null()}
+        conn.execute(insert(placements).from_select(list(place), select(*place.values()).select_from(n)))
+        m = _counter(reviewed)
+        review_id = literal("e") + cast(m.c.i * REVIEWED_EVERY, String) + literal(":low_confidence")
+        items = {"scope": literal(scope), "review_id": review_id, "event_id": literal("e") + cast(m.c.i * REVIEWED_EVERY, String),
+                 "rank": literal(1), "created_at_ms": m.c.i, "decided": m.c.i >= OPEN,
+                 "item": func.replace(func.replace(literal(template), "@ID@", review_id), "@EVENT@",
+                                      literal("e") + cast(m.c.i * REVIEWED_EVERY, String))}
+        conn.execute(insert(review_items).from_select(list(items), select(*items.values()).select_from(m)))
+        given = {"scope": literal(scope), "review_id": review_id, "partition_id": literal(0), "log_offset": m.c.i,
+                 "verdict": literal(verdict)}
+        conn.execute(insert(verdicts).from_select(list(given), select(*given.values()).select_from(m)
+                                                  .where(m.c.i >= OPEN)))
+
+
+def _counter(size: int):
+    """0 … size-1, one row each."""
+    n = select(literal(0).label("i")).cte("n", recursive=True)
+    return n.union_all(select(n.c.i + 1).where(n.c.i < size - 1))
 
 
 def _review_item(workflow: Workflow) -> ReviewItem:
@@ -64,39 +94,6 @@ def _review_item(workflow: Workflow) -> ReviewItem:
     return ReviewItem(review_id="r", event_id="e", workflow=workflow.name, reason="low_confidence", stage="validate",
                       event=orjson.dumps(event).decode(), answer=orjson.dumps(answer).decode(),
                       prompt=workflow.prompt_spec.ref, model="bench", created_at_ms=0)
-
-
-def _report_rows(scope: str, events: int, reviewed: int) -> Iterator[dict]:
-    for n in range(events):
-        in_review = n % REVIEWED_EVERY == 0 and n // REVIEWED_EVERY < reviewed
-        row = {"scope": scope, "event_id": f"e{n}", "settled_at_ms": 1_000 + n, "decided_at_ms": None if in_review else 1_000 + n,
-               "decision_source": None if in_review else "model", "decision_route": ROUTES[n % 4],
-               "model_latency_ms": float(n % 997), "e2e_ms": float(n % 1_013), "review_at_ms": 1_000 + n if in_review else None,
-               "review_route": ROUTES[n % 4] if in_review else None, "touched": in_review, "repaired": n % 50 == 0,
-               "missed": n % 200 == 0, "verdicts": int(in_review), "overrides": int(in_review and n % 3 == 0),
-               "verdict_kind": "approve" if in_review else None, "tokens_in": 180, "tokens_out": 40, "cost_usd": 0.0004}
-        yield row | {"version": VERSIONS[n % 2]}
-        yield row | {"version": EVERY_VERSION}
-
-
-def _review_rows(scope: str, item: ReviewItem, reviewed: int) -> Iterator[dict]:
-    for n in range(reviewed):
-        review_id = f"e{n * REVIEWED_EVERY}:low_confidence"
-        text = item.model_copy(update={"review_id": review_id, "event_id": f"e{n * REVIEWED_EVERY}",
-                                       "created_at_ms": n}).model_dump_json()
-        yield {"scope": scope, "review_id": review_id, "event_id": f"e{n * REVIEWED_EVERY}", "rank": 1,
-               "created_at_ms": n, "decided": n >= OPEN, "item": text}
-
-
-def _chunks(rows: Iterator[dict]) -> Iterator[list[dict]]:
-    chunk = []
-    for row in rows:
-        chunk.append(row)
-        if len(chunk) == CHUNK:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
 
 
 def _best(run: Callable[[], object], repeat: int) -> float:

@@ -276,15 +276,20 @@ def _figures(conn: Connection, scope: str, since: int, version: str, row, target
 
 def _percentiles(conn: Connection, column, where: list, n: int) -> tuple[float | None, float | None]:
     """p50 and p95 of ``column`` over the ``n`` rows ``where`` selects, interpolated linearly between ranks
-    as numpy does; each reads two values from the index at its rank, never the whole column."""
+    as numpy does; each reads the two values around its rank from the index, walking in from the
+    nearer end, never the whole column."""
     if not n:
         return None, None
     out = []
     for q in (0.5, 0.95):
         rank = (n - 1) * q
         low = int(rank)
-        values = [v for (v,) in conn.execute(select(column).where(*where, column.is_not(None))
-                                            .order_by(column).limit(2).offset(low))]
+        high = min(low + 1, n - 1)
+        query = select(column).where(*where, column.is_not(None)).limit(high - low + 1)
+        if low > (n - 1) / 2:  # nearer the top: count down from it
+            values = [v for (v,) in conn.execute(query.order_by(column.desc()).offset(n - 1 - high))][::-1]
+        else:
+            values = [v for (v,) in conn.execute(query.order_by(column).offset(low))]
         a, b = values[0], values[-1]
         t = rank - low
         out.append(float(b - (b - a) * (1 - t) if t >= 0.5 else a + (b - a) * t))
