@@ -56,10 +56,12 @@ class Role(StrEnum):
     actions_done = "actions.done"
     notifications = "notifications"
     seen = "seen"
+    taken = "taken"
     review = "review"
     traces = "traces"
     outcomes = "outcomes"
     verdicts = "verdicts"
+    verdicts_first = "verdicts.first"
     results = "results"
     joins = "joins"
     joins_inbox = "joins.inbox"
@@ -140,11 +142,19 @@ ENGINE_TOPICS: dict[Role, TopicSettings] = {
                                 doc="Action requests for the execute stage, keyed by idempotency key."),
     Role.executions: TopicSettings(value_schema="handoff/execution", doc="Results of executed actions."),
     Role.actions_done: _compacted(value_schema="handoff/action_done", doc=(
-        "Idempotency ledger: one entry per effect applied. Compacted, kept forever.")),
+        "Idempotency ledger (changelog of execute's store, co-partitioned with actions): one entry per effect "
+        "applied, tombstoned past the workflow's effects_kept.")),
     Role.notifications: TopicSettings(value_schema="handoff/notification",
                                       doc="What emit actions write: team notifications, keyed by event id."),
     Role.seen: _compacted(value_schema="handoff/seen_event", doc=(
-        "Duplicate-event ledger: one entry per settled event id. Compacted, kept forever.")),
+        "Validate's duplicate check (changelog of its store, co-partitioned with classified): one entry per "
+        "settled event id, tombstoned past the workflow's dedupe_window.")),
+    Role.taken: _compacted(value_schema="handoff/seen_event", doc=(
+        "Classify's duplicate check (changelog of its store, co-partitioned with the triggers): one entry per "
+        "event id sent to the model, tombstoned past the workflow's dedupe_window.")),
+    Role.verdicts_first: _compacted(value_schema="handoff/first_verdict", doc=(
+        "The review stage's index (changelog of its store, co-partitioned with verdicts): where the first "
+        "verdict on each review id sits. Kept forever: a pending item may be decided at any age.")),
     Role.review: TopicSettings(value_schema="handoff/review_item", retention_ms=THIRTY_DAYS_MS,
                                doc="Items a person must decide: low confidence, invalid output, risky actions."),
     Role.traces: TopicSettings(value_schema="handoff/trace", doc="One record per step of every run."),

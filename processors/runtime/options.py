@@ -6,6 +6,7 @@ Every option says what it buys and what it costs, so choosing one is a decision,
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -53,6 +54,11 @@ class RuntimeOptions(BaseModel):
         "(exactly_once), before the stage gives up with a clear error and exits for its supervisor to "
         "restart it. Longer rides out a longer broker outage in the process (an in-process pipeline has "
         "no supervisor); shorter hands a stuck process to the supervisor sooner."))
+    state_dir: Path = Field(Path(".local/state"), description=(
+        "Where stateful stages keep their partition-local stores (processors/state/store.py), one folder "
+        "per process and table. On a persistent volume a restart reads only the changelog written since "
+        "the last checkpoint; on an empty one (a new pod, a moved partition) it reads the partition's "
+        "whole changelog first. Costs disk about the size of the owned partitions' live state."))
     group: str | None = Field(None, description="Consumer group; default handoff.<workflow>.<stage>.")
     instance: str = Field(default_factory=socket.gethostname, description=(
         "This process's stable name within its group: its static group membership and, under "
