@@ -61,6 +61,15 @@ def kafka_bootstrap(tmp_path_factory):
         broker.stop()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def state_dir(tmp_path_factory):
+    """Stateful stages keep their stores under the session's temporary folder, never in the checkout
+    (``handoff run`` subprocesses inherit it)."""
+    os.environ["HANDOFF_STATE_DIR"] = str(tmp_path_factory.mktemp("state"))
+    yield Path(os.environ["HANDOFF_STATE_DIR"])
+    os.environ.pop("HANDOFF_STATE_DIR", None)
+
+
 @pytest.fixture
 def namespace() -> str:
     """A fresh topic namespace per test: tests share the broker, never topics."""

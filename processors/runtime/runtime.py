@@ -481,9 +481,6 @@ class StageRuntime:
     # ---- rebalance ---------------------------------------------------------------------------
 
     def _on_assign(self, consumer, partitions: list[TopicPartition]) -> None:
-        self._epoch += 1
-        for tp in partitions:
-            self._partitions[(tp.topic, tp.partition)] = PartitionBook(epoch=self._epoch)
         assigned = {(tp.topic, tp.partition) for tp in partitions}
         for table in self.tables:  # the stage's state, before any record of the new partitions
             numbers = self._numbers(assigned, table)
@@ -492,6 +489,9 @@ class StageRuntime:
             if numbers:
                 log.info("stage %s: restored %s partitions %s: %d changelog records in %.2fs", self.stage.name,
                          table.topic, numbers, read, time.monotonic() - started)
+        self._epoch += 1
+        for tp in partitions:
+            self._partitions[(tp.topic, tp.partition)] = PartitionBook(epoch=self._epoch)
         consumer.resume(partitions)  # librdkafka kept the pause of a partition paused before its revoke
 
     def _numbers(self, partitions, table: Table) -> list[int]:

@@ -79,6 +79,10 @@ RESTORE_BATCH = 10_000  # distinct keys per write batch while restoring
 REFRESH_MS = 3600 * 1000  # an unchanged checkpoint is rewritten this often, so idle state never looks stale
 
 
+class StoreUnusable(RuntimeError):
+    """The store's changelog cannot hold its state (too few partitions, missing): the stage does not start."""
+
+
 @dataclass
 class _Change(Generic[Entry]):
     """One pending change: the entry (None: deleted), and once acknowledged, where and what the log has."""
@@ -182,15 +186,15 @@ class Store(Table, Generic[Entry]):
     # ---- the runtime's side (see the module docstring) ----------------------------------------
 
     def open(self, context: TableContext) -> None:
-        """Check the changelog can hold every partition of the source (raises ``ValueError``: the stage
-        does not start), and read how long its tombstones live."""
+        """Check the changelog can hold every partition of the source (:class:`StoreUnusable`), and read
+        how long its tombstones live."""
         self._context = context
         self._serde = context.changelog.serde(context.settings)
         topics = context.settings.admin().list_topics(timeout=10).topics
         counts = {spec.name: len(topics[spec.name].partitions) if spec.name in topics else 0
                   for spec in (context.changelog, context.source)}
         if counts[context.changelog.name] < counts[context.source.name]:
-            raise ValueError(f"changelog {context.changelog.name} has {counts[context.changelog.name]} partitions, "
+            raise StoreUnusable(f"changelog {context.changelog.name} has {counts[context.changelog.name]} partitions, "
                              f"fewer than its source {context.source.name} ({counts[context.source.name]}): declare "
                              f"at least as many for it in topics/ and run `handoff topics apply`")
         self._delete_retention_ms = _delete_retention_ms(context)
