@@ -20,8 +20,10 @@ import pytest
 from confluent_kafka import TopicPartition
 
 from processors.clock import now_ms
+from processors.dev.bench_state import BULK
 from processors.kafka.read import reader, snapshot, watermarks
 from processors.kafka.topics import Role
+from processors.kafka.write import load
 from processors.offline.outputs import read
 from processors.ops.outcomes import send_outcome
 from processors.records import (
@@ -109,19 +111,9 @@ def restored(log_text: str, topic: str) -> int:
 
 
 def write(kafka, topic: str, records, partition: int | None = None) -> int:
-    """Produce ``records`` (key, value bytes) to ``topic``; the partition the last one landed on."""
-    producer = kafka.producer(**{"linger.ms": 50, "batch.num.messages": 10_000})
-    landed = []
-    for key, value in records:
-        while True:
-            try:
-                producer.produce(topic, key=key, value=value, on_delivery=lambda err, msg: landed.append(msg.partition()),
-                                 **({} if partition is None else {"partition": partition}))
-                break
-            except BufferError:
-                producer.poll(0.1)
-    assert producer.flush(60) == 0
-    return landed[-1]
+    """Produce ``records`` (key, value bytes) to ``topic``; the highest partition they landed on."""
+    landed = load(kafka.producer(**BULK), topic, ((key, value, partition) for key, value in records))
+    return max(landed)
 
 
 def size(kafka, topic: str, partitions) -> int:
