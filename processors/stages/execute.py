@@ -42,8 +42,8 @@ from processors.records import (
 )
 from processors.runtime import metrics
 from processors.runtime.stage import DeadLetter, Emit, Record, Table
-from processors.state.store import Store
 from processors.stages.base import WorkflowStage
+from processors.state.store import Store
 from processors.workflow.checks import SchemaCheck
 from processors.workflow.workflow import Action, ActionKind, Workflow
 

@@ -54,8 +54,8 @@ from processors.records import (
     StageName,
 )
 from processors.runtime.stage import DeadLetter, Emit, Record, Table
-from processors.state.store import Store
 from processors.stages.base import WorkflowStage
+from processors.state.store import Store
 from processors.workflow.workflow import Workflow
 
 

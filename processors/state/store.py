@@ -151,7 +151,7 @@ class Store(Table, Generic[Entry]):
             found = [(at, key, entry) for key, changes in part.pending.items()
                      if (entry := changes[-1].entry) is not None and (at := self.due_ms(entry)) <= now]
             if part.db is not None:
-                for raw_key, _ in part.db.items(from_key=b"d"):
+                for raw_key in part.db.keys(from_key=b"d"):
                     if raw_key[:1] != b"d" or len(found) >= 2 * limit:
                         break
                     (at,) = _DUE.unpack_from(raw_key, 1)
