@@ -9,6 +9,7 @@ says why.
 from __future__ import annotations
 
 import os
+import threading
 import uuid
 from pathlib import Path
 
@@ -21,6 +22,8 @@ from processors.dev.receiver import WebhookReceiver
 from processors.kafka.settings import KafkaSettings
 from processors.kafka.topics import apply
 from processors.project import EXAMPLES
+from processors.runtime.options import Guarantee, RuntimeOptions
+from processors.runtime.runtime import StageRuntime
 from processors.workflow.workflow import ModelRetries, Workflow, load_workflow
 
 WORKFLOWS = EXAMPLES / "workflows"
@@ -134,3 +137,34 @@ def produce(kafka, workflow: Workflow, events: list[dict], raw: list[tuple[bytes
         producer.produce(spec.name, key=key, value=value)
     assert producer.flush(10) == 0
     return sent
+
+
+class Running:
+    """One stage on a runtime in a thread, stopped (drained, committed, checkpointed) on exit."""
+
+    def __init__(self, stage, workflow: Workflow, kafka: KafkaSettings, guarantee: Guarantee = Guarantee.at_least_once,
+                 instance: str = "a", state_dir: Path | None = None):
+        self.stage = stage
+        self.runtime = StageRuntime(stage, workflow.name, workflow.topics, kafka, RuntimeOptions(
+            guarantee=guarantee, commit_interval_s=0.2, instance=instance, **({"state_dir": state_dir} if state_dir else {})))
+        self.thread = threading.Thread(target=self._run)
+        self.failure: BaseException | None = None
+
+    def _run(self) -> None:
+        try:
+            self.runtime.run()
+        except BaseException as exc:  # noqa: BLE001  reported by __exit__
+            self.failure = exc
+
+    def owned(self) -> set[int]:
+        """The partition numbers the runtime holds now (restored before they appear)."""
+        return {p for _, p in list(self.runtime._partitions)}
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.runtime.stop()
+        self.thread.join(60)
+        assert not self.thread.is_alive() and self.failure is None, self.failure

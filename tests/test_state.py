@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import re
 import signal
-import threading
 import time
 from collections import Counter
 
@@ -48,39 +47,10 @@ from processors.stages.join import Join
 from processors.stages.validate import Validate
 from processors.state.changelog import RestoreIncomplete
 from processors.workflow.workflow import Retention
-from tests.conftest import deployed
+from tests.conftest import Running, deployed
 from tests.test_recovery import handoff_run, wait_for
 
 HISTORY = 100_000  # changelog records before the one that matters: far beyond a few seconds' read
-
-
-class Running:
-    """One stage on a runtime in a thread; stopped (drained, committed, checkpointed) on exit."""
-
-    def __init__(self, stage, workflow, kafka, state_dir, instance: str = "a"):
-        self.stage = stage
-        self.runtime = StageRuntime(stage, workflow.name, workflow.topics, kafka,
-                                    RuntimeOptions(commit_interval_s=0.2, instance=instance, state_dir=state_dir))
-        self.thread = threading.Thread(target=self._run)
-        self.failure: BaseException | None = None
-
-    def _run(self) -> None:
-        try:
-            self.runtime.run()
-        except BaseException as exc:
-            self.failure = exc
-
-    def owned(self) -> set[int]:
-        return {p for _, p in list(self.runtime._partitions)}
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.runtime.stop()
-        self.thread.join(60)
-        assert not self.thread.is_alive() and self.failure is None, self.failure
 
 
 def item(workflow, kafka, event_id: str, customer: str = "cus_1") -> bytes:
@@ -162,9 +132,9 @@ def test_a_moved_partition_is_restored_by_its_new_owner_and_nowhere_else(kafka, 
     classified, seen = workflow.spec(Role.classified).name, workflow.spec(Role.seen).name
     for p in range(6):
         write(kafka, classified, [(b"k", item(workflow, kafka, f"p{p}e{i}")) for i in range(20)], partition=p)
-    with Running(Validate(workflow), workflow, kafka, tmp_path / "a", "a") as a:
+    with Running(Validate(workflow), workflow, kafka, instance="a", state_dir=tmp_path / "a") as a:
         until(lambda: len(reviews(kafka, workflow)) == 120, "120 settled items", running=a)
-        with Running(Validate(workflow), workflow, kafka, tmp_path / "b", "b") as b:
+        with Running(Validate(workflow), workflow, kafka, instance="b", state_dir=tmp_path / "b") as b:
             until(lambda: b.owned() and a.owned() and len(a.owned() | b.owned()) == 6, "the partitions shared", running=b)
             assert not a.owned() & b.owned()
             assert b.stage.seen.restored == size(kafka, seen, b.owned()), "b read the whole of its new partitions"
@@ -193,7 +163,7 @@ def test_a_duplicate_deep_in_history_is_recognised_and_a_partial_restore_stops_t
         runtime.run()
     assert not reviews(kafka, workflow), "nothing was processed on part of the state"
 
-    with Running(Validate(workflow), workflow, kafka, tmp_path / "v") as running:
+    with Running(Validate(workflow), workflow, kafka, state_dir=tmp_path / "v") as running:
         write(kafka, classified, [(b"k", item(workflow, kafka, "fresh"))], partition=0)
         until(lambda: reviews(kafka, workflow)["fresh"] == 1, "the fresh item behind the duplicate", running=running)
     assert reviews(kafka, workflow)["deep"] == 0, "the duplicate of an event settled 100,000 entries ago was dropped"
@@ -215,7 +185,7 @@ def test_an_action_done_deep_in_history_is_not_done_again(kafka, receiver, tmp_p
                             arguments=orjson.dumps({"team": "billing", "event_id": "deep"}).decode(), route="billing",
                             decision=decision, requested_at_ms=now_ms())
     write(kafka, actions, [(key.encode(), encoded(workflow, kafka, Role.actions, request))], partition=0)
-    with Running(Execute(workflow), workflow, kafka, tmp_path / "x") as running:
+    with Running(Execute(workflow), workflow, kafka, state_dir=tmp_path / "x") as running:
         until(lambda: read(workflow, kafka, "executions", Execution), "the execution record", running=running)
     [execution] = read(workflow, kafka, "executions", Execution)
     assert execution.status == "already_done"
@@ -233,7 +203,7 @@ def test_an_outcome_whose_decision_is_deep_in_history_is_joined(kafka, tmp_path)
     filler = (JoinState(event_id=f"old{i}", decision=decided, updated_at_ms=now_ms()) for i in range(HISTORY))
     write(kafka, joins, [(s.event_id.encode(), encoded(workflow, kafka, Role.joins, s)) for s in filler],
           partition=partition)
-    with Running(Join(workflow), workflow, kafka, tmp_path / "j") as running:
+    with Running(Join(workflow), workflow, kafka, state_dir=tmp_path / "j") as running:
         send_outcome(workflow, kafka, Outcome(event_id="deep", workflow=workflow.name, outcome_type="reopened",
                                               at_ms=now_ms(), source="crm"))
         until(lambda: read(workflow, kafka, "results", Result), "the joined result", running=running)
@@ -245,7 +215,7 @@ def test_an_event_id_past_the_dedupe_window_is_forgotten_and_tombstoned(kafka, t
     workflow = deployed("support_ticket", kafka)
     workflow = workflow.model_copy(update={"retention": Retention(dedupe_window="2s")})
     classified, seen = workflow.spec(Role.classified).name, workflow.spec(Role.seen).name
-    with Running(Validate(workflow), workflow, kafka, tmp_path / "v") as running:
+    with Running(Validate(workflow), workflow, kafka, state_dir=tmp_path / "v") as running:
         write(kafka, classified, [(b"k", item(workflow, kafka, "once"))], partition=0)
         until(lambda: any(m.key() == b"once" and m.value() is None for m in snapshot(kafka, seen)),
               "the tombstone of the expired entry", running=running)
