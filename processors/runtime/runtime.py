@@ -163,13 +163,14 @@ class StageRuntime:
                                                **{"partition.assignment.strategy": "range",
                                                   "group.instance.id": self.member,
                                                   "fetch.error.backoff.ms": 20})
-        self.limits = OutputLimits.read(self.settings.admin(), self.topics.values(), self.options.max_message_bytes)
+        self.admin = self.settings.admin()
+        self.limits = OutputLimits.read(self.admin, self.topics.values(), self.options.max_message_bytes)
         self.producer = self._new_producer()
         self.events = EventLoop()
         try:
             for table in self.tables:
                 table.open(TableContext(changelog=self.topics[table.topic], source=self.topics[table.source],
-                                        settings=self.settings,
+                                        settings=self.settings, admin=self.admin,
                                         directory=self.options.state_dir / self.member / table.topic))
             self.events.run(self.stage.start(), timeout=120)
             self._retried(self._start_committer)
@@ -195,7 +196,7 @@ class StageRuntime:
                 self._metrics.flush()
                 self.events.run(self.stage.close(), timeout=30)
                 self.events.stop()
-                del self.producer, self.consumer  # librdkafka handles are destroyed with the last reference
+                del self.producer, self.consumer, self.admin  # librdkafka handles go with the last reference
 
     def _new_producer(self):
         return self.settings.producer(error_cb=self._on_error, **self.committer.producer_config(self.member),

@@ -190,7 +190,7 @@ class Store(Table, Generic[Entry]):
         how long its tombstones live."""
         self._context = context
         self._serde = context.changelog.serde(context.settings)
-        topics = context.settings.admin().list_topics(timeout=10).topics
+        topics = context.admin.list_topics(timeout=10).topics
         counts = {spec.name: len(topics[spec.name].partitions) if spec.name in topics else 0
                   for spec in (context.changelog, context.source)}
         if counts[context.changelog.name] < counts[context.source.name]:
@@ -320,9 +320,8 @@ class Store(Table, Generic[Entry]):
 def _delete_retention_ms(context: TableContext) -> int:
     """The changelog's ``delete.retention.ms``: how long a tombstone outlives compaction."""
     resource = ConfigResource(ResourceType.TOPIC, context.changelog.name)
-    admin = context.settings.admin()  # kept referenced until the answer is in: its handle serves the future
     try:
-        configs = admin.describe_configs([resource])[resource].result(timeout=10)
+        configs = context.admin.describe_configs([resource])[resource].result(timeout=10)
         return int(configs["delete.retention.ms"].value)
     except Exception as exc:  # noqa: BLE001  an unreadable config must not stop a stage: Kafka's default
         log.warning("%s: delete.retention.ms unreadable (%s); assuming Kafka's default", context.changelog.name, exc)
