@@ -94,12 +94,13 @@ def test_tail_short_of_the_end_exits_with_one_line(kafka):
     producer.produce(triggers, value=b"not avro")
     assert producer.flush(10) == 0
 
+    env = {"HANDOFF_NAMESPACE": kafka.namespace}
     result = CliRunner().invoke(app, ["tail", "support_ticket.triggers", "--timeout", "0",
-                                      "--bootstrap", kafka.bootstrap_servers], env={"HANDOFF_NAMESPACE": kafka.namespace})
+                                      "--bootstrap", kafka.bootstrap_servers], env=env)
     assert result.exit_code == 1
     line = one_clear_line(result.stderr)
     assert line.startswith(f"reading {triggers} did not reach its end within 0s: ") and "1 records" not in line
 
     result = CliRunner().invoke(app, ["tail", "support_ticket.triggers", "--bootstrap", kafka.bootstrap_servers],
-                                env={"HANDOFF_NAMESPACE": kafka.namespace})
+                                env=env)
     assert result.exit_code == 0 and result.stdout.count('"undecoded"') == 1, result.output

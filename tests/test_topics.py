@@ -2,7 +2,6 @@
 real broker, created, re-applied idempotently, a short retention raised, other drift reported not fixed."""
 
 import re
-import shutil
 import time
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from processors.avro.serde import RegistryFraming
 from processors.cli.main import app
 from processors.kafka.settings import KafkaSettings
 from processors.kafka.topics import FOREVER, Keep, Role, TopicSpec, Windows, apply, plan, workflow_topics
-from processors.project import EXAMPLES, DataFileError
+from processors.project import DataFileError
 from processors.workflow.workflow import Retention, WorkflowError, load_topics, load_workflow
 
 DAY_MS = 86_400_000
@@ -142,7 +141,8 @@ def test_an_override_changes_only_the_topic_it_names(tmp_path):
     assert list(topics)[:6] == ["flow.triggers", "flow.classified", "flow.repair", "flow.validated",
                                 "flow.decisions.a", "flow.decisions.b"]  # a route named twice has one topic
     assert len(topics) == len(Role) - 1 + 2 and topics["flow.dlq"].name == "t1.flow.dlq"
-    assert topics["flow.classified"].retention_ms == 1000 and topics["flow.classified"].value_schema == "handoff/work_item"
+    classified = topics["flow.classified"]
+    assert classified.retention_ms == 1000 and classified.value_schema == "handoff/work_item"
     assert topics["flow.traces"].retention_ms == FOREVER, "a retention longer than the workflow needs is kept"
     assert topics["flow.decisions.b"].partitions == 12 and topics["flow.decisions.a"].partitions == 6
     assert topics["flow.triggers"] == TopicSpec(name="t1.flow.triggers", value_schema="flow/event", key_field="id",
@@ -177,17 +177,6 @@ def test_a_retention_shorter_than_the_workflow_needs_fails_with_file_field_and_b
     assert str(failure.value).startswith(f"{tmp_path / 'flow.yaml'}: {message}")
 
 
-@pytest.fixture
-def project(tmp_path, monkeypatch) -> Path:
-    """A project of its own: a copy of the shipped support_ticket workflow, its schemas and topics."""
-    root = tmp_path / "project"
-    shutil.copytree(EXAMPLES / "workflows/support_ticket", root / "workflows/support_ticket")
-    shutil.copytree(EXAMPLES / "schemas", root / "schemas")
-    shutil.copytree(EXAMPLES / "topics", root / "topics")
-    monkeypatch.setenv("HANDOFF_PROJECT", str(root))
-    return root
-
-
 def edit_yaml(path: Path, change) -> None:
     body = yaml.safe_load(path.read_text())
     change(body)
@@ -203,7 +192,8 @@ def test_a_workflow_whose_topic_file_keeps_too_little_does_not_load(project):
     edit_yaml(project / "workflows/support_ticket/workflow.yaml",
               lambda body: body.update(retention={"replay_reach": "7d", "dedupe_window": "7d", "report_window": "30d"}))
     workflow = load_workflow("support_ticket")  # a reach the file keeps
-    assert workflow.spec(Role.triggers).retention_ms == 7 * DAY_MS and workflow.spec(Role.traces).retention_ms == 30 * DAY_MS
+    assert workflow.spec(Role.triggers).retention_ms == 7 * DAY_MS
+    assert workflow.spec(Role.traces).retention_ms == 30 * DAY_MS
 
 
 def test_triggers_kept_past_what_the_effects_ledger_remembers_do_not_load(project):
@@ -212,7 +202,8 @@ def test_triggers_kept_past_what_the_effects_ledger_remembers_do_not_load(projec
     with pytest.raises(WorkflowError, match=re.escape("retention.effects_kept: 30d is shorter than "
                                                       "topics/support_ticket.yaml keeps the triggers (60d)")):
         load_workflow("support_ticket")
-    edit_yaml(project / "workflows/support_ticket/workflow.yaml", lambda body: body.update(retention={"effects_kept": "60d"}))
+    edit_yaml(project / "workflows/support_ticket/workflow.yaml",
+              lambda body: body.update(retention={"effects_kept": "60d"}))
     assert load_workflow("support_ticket").spec(Role.triggers).retention_ms == 60 * DAY_MS
 
 
@@ -240,11 +231,12 @@ def test_a_topic_owns_its_serde_one_per_schema_and_registry():
 
 
 def test_the_dry_run_shows_the_workflows_reach_and_each_topics_retention(kafka):
-    result = CliRunner().invoke(app, ["topics", "apply", "--workflow", "support_ticket", "--dry-run",
-                                      "--bootstrap", kafka.bootstrap_servers], env={"HANDOFF_NAMESPACE": kafka.namespace})
+    result = CliRunner().invoke(app, ["topics", "apply", "--workflow", "support_ticket", "--dry-run", "--bootstrap",
+                                      kafka.bootstrap_servers], env={"HANDOFF_NAMESPACE": kafka.namespace})
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
-    assert lines[0].startswith("support_ticket: replay reach 30d, report window 90d, dedupe window 30d, effects kept 30d")
+    assert lines[0].startswith("support_ticket: replay reach 30d, report window 90d, dedupe window 30d, "
+                               "effects kept 30d")
     assert f"would create {kafka.namespace}.support_ticket.triggers  retention 30d (replay reach)" in lines[1]
     assert any(f"{kafka.namespace}.support_ticket.review  retention forever (until decided)" in line for line in lines)
     assert any(f"{kafka.namespace}.support_ticket.seen  retention compacted (state)" in line for line in lines)

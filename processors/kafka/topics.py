@@ -175,7 +175,8 @@ class TopicSpec(EngineTopic):
     @property
     def retention(self) -> str:
         """The retention and why, as the plan shows it: ``30d (replay reach)``."""
-        return f"{'compacted' if self.cleanup_policy == CleanupPolicy.compact else span(self.retention_ms)} ({self.keep})"
+        kept = "compacted" if self.cleanup_policy == CleanupPolicy.compact else span(self.retention_ms)
+        return f"{kept} ({self.keep})"
 
     def configs(self) -> dict[str, str]:
         configs = {"cleanup.policy": self.cleanup_policy.value, "retention.ms": str(self.retention_ms)}
@@ -430,7 +431,8 @@ def _configs(admin: AdminClient, names: list[str]) -> dict[str, dict[str, str]]:
     if not names:
         return {}
     futures = admin.describe_configs([ConfigResource(ResourceType.TOPIC, name) for name in names])
-    return {res.name: {key: entry.value for key, entry in fut.result(timeout=10).items()} for res, fut in futures.items()}
+    return {res.name: {key: entry.value for key, entry in fut.result(timeout=10).items()}
+            for res, fut in futures.items()}
 
 
 def _wait_applied(admin: AdminClient, altered: dict[str, dict[str, str]], timeout: float = 15.0) -> None:

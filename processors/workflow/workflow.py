@@ -168,7 +168,8 @@ class Retention(Strict):
     def windows(self) -> Windows:
         """What the topics must keep (processors/kafka/topics.py): the triggers ``replay_reach``, what the
         report reads ``report_window``."""
-        return Windows(replay_reach_ms=round(self.replay_reach * 1000), report_window_ms=round(self.report_window * 1000))
+        return Windows(replay_reach_ms=round(self.replay_reach * 1000),
+                       report_window_ms=round(self.report_window * 1000))
 
 
 class ActionKind(StrEnum):
