@@ -1,5 +1,5 @@
-"""Reading handoff topics outside any consumer group: ``handoff tail``, the demo summary, tests,
-and the runtime restoring a stage's tables (``Stage.tables``).
+"""Reading handoff topics outside any consumer group: ``handoff tail``, the demo summary, the report,
+the review commands, replay's lookups, the control history, tests.
 
 ``snapshot`` reads every partition from the beginning up to the end offsets it finds when it
 starts, with no consumer group (assign, never commit), so it never disturbs a stage's offsets.

@@ -121,7 +121,8 @@ class Keep(StrEnum):
     """Review items and verdicts: an item waits for a person however long that takes, and the first
     verdict must still be found when a second one comes, so nothing expires by time."""
     state = "state"
-    """Ledgers and changelogs: compacted (latest value per key), never expired by time."""
+    """Ledgers and changelogs: compacted (latest value per key); an entry leaves when its stage writes
+    a tombstone for it (past ``dedupe_window``, ``effects_kept``, a join done), never by time."""
 
 
 class Windows(BaseModel):
@@ -140,7 +141,7 @@ class Windows(BaseModel):
             Keep.report_and_replay: (max(self.report_window_ms, self.replay_reach_ms),
                                      "the longer of retention.report_window and retention.replay_reach"),
             Keep.until_decided: (FOREVER, "a pending item may wait however long"),
-            Keep.state: (FOREVER, "a ledger or changelog is compacted, never expired"),
+            Keep.state: (FOREVER, "a ledger or changelog is compacted: entries leave by tombstone, never by time"),
         }.get(keep)
 
 
@@ -199,7 +200,7 @@ def _serde(value_schema: str, registry_url: str | None) -> AvroSerde:
 
 
 def _compacted(**fields) -> EngineTopic:
-    """Keyed state (a ledger, the joiner's changelog, control): the latest value per key, kept forever."""
+    """Keyed state (a ledger, the joiner's changelog, control): the latest value per key, kept until tombstoned."""
     return EngineTopic(cleanup_policy=CleanupPolicy.compact, keep=Keep.state, **fields)
 
 
