@@ -14,7 +14,7 @@ from confluent_kafka.admin import NewTopic
 from typer.testing import CliRunner
 
 from processors.cli.main import app
-from processors.kafka.read import IncompleteRead, records, snapshot
+from processors.kafka.read import IncompleteRead, ReadError, count, records, snapshot
 from tests.test_cli_errors import one_clear_line
 
 PARTITIONS = 3
@@ -86,6 +86,13 @@ def test_a_transactional_topic_is_read_whole_past_its_markers_and_aborted_record
 
     producer.commit_transaction()
     assert [m.value() for m in snapshot(kafka, name) if m.partition() == 1] == [b"committed", b"open"]
+
+
+def test_a_topic_the_broker_lacks_is_an_error_not_an_empty_read(kafka):
+    missing = f"{kafka.namespace}.never.created"
+    for read in (snapshot, count):
+        with pytest.raises(ReadError, match=f"topic {missing}: "):
+            read(kafka, missing)
 
 
 def test_tail_short_of_the_end_exits_with_one_line(kafka):

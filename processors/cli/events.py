@@ -11,7 +11,7 @@ import typer
 from processors.avro.serde import AvroSerde
 from processors.cli.params import Bootstrap, WorkflowName, WorkflowsDir, fail, load, need_broker
 from processors.kafka.broker import QUIET
-from processors.kafka.read import IncompleteRead, describe, follow, records
+from processors.kafka.read import IncompleteRead, ReadError, describe, follow, records
 from processors.kafka.topics import Role
 from processors.ops.produce import produce_file
 
@@ -50,5 +50,5 @@ def tail(topic: Annotated[str, typer.Argument(help="Declared topic name, e.g. su
     try:
         for msg in follow(conf, spec.name) if follow_ else records(conf, spec.name, timeout):
             typer.echo(orjson.dumps(describe(msg, serde)).decode())
-    except IncompleteRead as exc:
+    except (IncompleteRead, ReadError) as exc:
         raise fail(str(exc))

@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from pydantic import BaseModel
 
@@ -23,6 +23,7 @@ from processors.avro.serde import AvroSerde, DecodeError
 from processors.kafka.settings import KafkaSettings
 
 POLL_S = 0.5
+BATCH = 10_000  # records a consume call may return at once
 
 
 def reader(settings: KafkaSettings) -> Consumer:
@@ -48,6 +49,10 @@ class PartitionProgress(BaseModel):
     @property
     def complete(self) -> bool:
         return self.reached >= self.target
+
+
+class ReadError(RuntimeError):
+    """The broker answered a read with an error: the topic is missing, or a partition cannot be read."""
 
 
 class IncompleteRead(TimeoutError):
@@ -92,37 +97,45 @@ def records(settings: KafkaSettings, topic: str, timeout: float = 30.0) -> Itera
         read = 0
         deadline = time.monotonic() + timeout
         while pending:
-            left = deadline - time.monotonic()
-            if left <= 0:
+            batch = consumer.consume(BATCH, timeout=max(0.0, min(POLL_S, deadline - time.monotonic())))
+            if not batch:  # control records at the end move the position without a record to show
+                for tp in consumer.position([TopicPartition(topic, p) for p in pending]):
+                    reached[tp.partition] = max(reached[tp.partition], tp.offset)
+            for msg in batch:
+                if time.monotonic() >= deadline:
+                    break
+                p = msg.partition()
+                if msg.error():
+                    if msg.error().code() != KafkaError._PARTITION_EOF:
+                        raise ReadError(f"reading {topic}: {msg.error().str()}")
+                    reached[p] = max(reached[p], msg.offset())
+                elif p in pending:
+                    reached[p] = msg.offset() + 1
+                    if msg.offset() < targets[p][1]:
+                        read += 1
+                        yield msg
+            pending = {p for p in pending if reached[p] < targets[p][1]}
+            if pending and time.monotonic() >= deadline:
                 progress = [PartitionProgress(partition=p, reached=reached[p], target=end)
                             for p, (_, end) in sorted(targets.items())]
                 raise IncompleteRead(topic, progress, read, timeout)
-            msg = consumer.poll(min(POLL_S, left))
-            if msg is None:  # control records at the end move the position without a record to show
-                for tp in consumer.position([TopicPartition(topic, p) for p in pending]):
-                    reached[tp.partition] = max(reached[tp.partition], tp.offset)
-            elif msg.error():
-                if msg.error().code() != KafkaError._PARTITION_EOF:
-                    raise RuntimeError(f"reading {topic}: {msg.error()}")
-                reached[msg.partition()] = max(reached[msg.partition()], msg.offset())
-            elif msg.partition() in pending:
-                reached[msg.partition()] = msg.offset() + 1
-                if msg.offset() < targets[msg.partition()][1]:
-                    read += 1
-                    yield msg
-            pending = {p for p in pending if reached[p] < targets[p][1]}
     finally:
         consumer.close()
+
+
+def _partitions(consumer: Consumer, topic: str) -> list[int]:
+    """The topic's partitions; :class:`ReadError` when the broker does not have it."""
+    meta = consumer.list_topics(topic, timeout=10).topics[topic]
+    if meta.error is not None:
+        raise ReadError(f"topic {topic}: {meta.error.str()}")
+    return sorted(meta.partitions)
 
 
 def _ends(consumer: Consumer, topic: str) -> dict[int, tuple[int, int]]:
     """Per partition holding records, its (low watermark, end offset) now: the end is the high
     watermark, or the last stable offset under ``read_committed`` (librdkafka asks the broker with
     the consumer's isolation level)."""
-    meta = consumer.list_topics(topic, timeout=10).topics[topic]
-    if meta.error is not None:
-        raise KeyError(f"topic {topic}: {meta.error}")
-    marks = {p: watermarks(consumer, TopicPartition(topic, p)) for p in meta.partitions}
+    marks = {p: watermarks(consumer, TopicPartition(topic, p)) for p in _partitions(consumer, topic)}
     return {p: (low, high) for p, (low, high) in marks.items() if high > low}
 
 
@@ -143,27 +156,26 @@ def count(settings: KafkaSettings, *topics: str) -> int:
     upper bound for transactional ones (commit markers take offsets too)."""
     consumer = reader(settings)
     try:
-        total = 0
-        for topic in topics:
-            for p in consumer.list_topics(topic, timeout=10).topics[topic].partitions:
-                low, high = watermarks(consumer, TopicPartition(topic, p))
-                total += high - low
-        return total
+        return sum(high - low for topic in topics for low, high in _ends(consumer, topic).values())
     finally:
         consumer.close()
 
 
 def follow(settings: KafkaSettings, topic: str, from_beginning: bool = True) -> Iterator[Message]:
-    """Every record of ``topic``, then new ones as they arrive, until interrupted."""
+    """Every record of ``topic``, then new ones as they arrive, until interrupted; :class:`ReadError`
+    when the broker answers with an error (the topic deleted, say) rather than waiting silently."""
     consumer = reader(settings)
-    meta = consumer.list_topics(topic, timeout=10).topics[topic]
-    start = OFFSET_BEGINNING if from_beginning else -1  # -1: OFFSET_END
-    consumer.assign([TopicPartition(topic, p, start) for p in meta.partitions])
     try:
+        start = OFFSET_BEGINNING if from_beginning else OFFSET_END
+        consumer.assign([TopicPartition(topic, p, start) for p in _partitions(consumer, topic)])
         while True:
-            msg = consumer.poll(0.5)
-            if msg is not None and not msg.error():
+            msg = consumer.poll(POLL_S)
+            if msg is None:
+                continue
+            if not msg.error():
                 yield msg
+            elif msg.error().code() != KafkaError._PARTITION_EOF:
+                raise ReadError(f"reading {topic}: {msg.error().str()}")
     finally:
         consumer.close()
 
