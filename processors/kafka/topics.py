@@ -113,7 +113,8 @@ class Keep(StrEnum):
     replay_reach = "replay reach"
     """The triggers: a replay reads them, so they reach back ``retention.replay_reach``."""
     report_window = "report window"
-    """Read by ``handoff report`` alone: kept ``retention.report_window``."""
+    """What ``handoff report`` reads (and the executions, which say which approved actions ran): kept
+    ``retention.report_window``."""
     report_and_replay = "report window, replay reach"
     """Decisions and dead letters: the report reads them, and a replay asks them where each event it
     reaches ended; kept the longer of the two."""
