@@ -9,6 +9,7 @@ says why.
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 import uuid
 from pathlib import Path
@@ -90,6 +91,17 @@ def kafka(kafka_bootstrap, namespace) -> KafkaSettings:
     leftovers = [t for t in admin.list_topics(timeout=10).topics if t.startswith(f"{namespace}.")]
     for future in (admin.delete_topics(leftovers, operation_timeout=30) if leftovers else {}).values():
         future.result()
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch) -> Path:
+    """A project of its own: a copy of the shipped support_ticket workflow, its schemas and topics."""
+    root = tmp_path / "project"
+    shutil.copytree(EXAMPLES / "workflows/support_ticket", root / "workflows/support_ticket")
+    shutil.copytree(EXAMPLES / "schemas", root / "schemas")
+    shutil.copytree(EXAMPLES / "topics", root / "topics")
+    monkeypatch.setenv("HANDOFF_PROJECT", str(root))  # the CLI sets it from --project; restored after the test
+    return root
 
 
 # ---- workflows under test: deploy one, feed it, read it back ----------------------------------------
