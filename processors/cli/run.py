@@ -16,7 +16,6 @@ from processors.runtime import metrics
 from processors.runtime.options import Guarantee, RuntimeOptions
 from processors.runtime.runtime import BrokerUnavailable
 from processors.stages.registry import STAGES
-from processors.state.changelog import RestoreIncomplete
 from processors.state.store import StoreUnusable
 from processors.workflow.workflow import WorkflowError
 
@@ -56,6 +55,5 @@ def run(workflow: WorkflowName,
         typer.echo(f"metrics on http://{metrics_addr}:{metrics.serve(metrics_port, metrics_addr).server_port}/metrics")
     try:
         Pipeline(flow, conf, stages, options).run()
-    except (BrokerUnavailable, ControlUnavailable, MissingSecret, RestoreIncomplete, StoreUnusable,
-            WorkflowError) as exc:
+    except (BrokerUnavailable, ControlUnavailable, MissingSecret, StoreUnusable, WorkflowError) as exc:
         raise fail(str(exc))
