@@ -6,21 +6,23 @@ for a placement the views stage has not written yet. So before it reads, it asks
 the end of each view topic (one ``ListOffsets`` request, read committed) and compares with the
 store's offsets (:meth:`~processors.views.store.ViewStore.positions`). When the views stage keeps
 up, nothing is left and the command reads at once; otherwise it reads the difference itself, from
-the store's offsets, with no consumer group (assign, never commit), and applies it through the
-same mapping and the same exactly-once batches as the stage, so both may run at once. The cost is
-what is new since the last applier, never the topics' history.
+the store's offsets (:func:`processors.kafka.read.records`, no consumer group), and applies it
+through the same mapping and the same exactly-once batches as the stage, so both may run at once.
+The cost is what is new since the last applier, never the topics' history.
 
-It reaches the ends it set out for, or raises :class:`ViewsBehind` naming the topic and how far it
-got: a view is never served cut short without saying so.
+It reaches the ends it set out for, or raises (``IncompleteRead`` naming the topic and how far
+each partition got; :class:`ViewsBehind` when the broker cannot say where the ends are): a view is
+never served cut short without saying so.
 """
 
 from __future__ import annotations
 
 import time
 
-from confluent_kafka import OFFSET_BEGINNING, IsolationLevel, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import IsolationLevel, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import OffsetSpec
 
+from processors.kafka.read import records
 from processors.kafka.settings import KafkaSettings
 from processors.views.rows import Rows
 from processors.views.store import ViewStore, open_store
@@ -32,51 +34,31 @@ ATTEMPTS = 20
 
 
 class ViewsBehind(RuntimeError):
-    """The views could not be brought up to the topics' ends in time."""
+    """The broker could not say where the view topics end."""
 
 
 def catch_up(workflow: Workflow, settings: KafkaSettings, store: ViewStore | None = None,
              timeout: float = 60.0) -> int:
-    """Apply every record of the workflow's view topics the store has not applied; returns how many."""
+    """Apply every record of the workflow's view topics the store has not applied; returns how many.
+    A topic not read to its end in ``timeout`` raises :class:`~processors.kafka.read.IncompleteRead`."""
     store = store or open_store()
     rows = Rows(workflow, settings)
     ends = _ends(settings, rows.topics)
     done = store.positions(rows.topics)
-    wanted = {tp: end for tp, end in ends.items() if end > done.get(tp, -1) + 1}
-    if not wanted:
-        return 0
-    consumer = settings.consumer("views-catch-up", **{"enable.partition.eof": True})  # assigned, never committed
-    applied, batch = 0, []
-    try:
-        consumer.assign([TopicPartition(t, p, done[(t, p)] + 1 if (t, p) in done else OFFSET_BEGINNING)
-                         for t, p in wanted])
-        deadline = time.monotonic() + timeout
-        reached = {tp: done.get(tp, -1) for tp in wanted}
-        while wanted:
-            if time.monotonic() > deadline:
-                (topic, partition), end = next(iter(wanted.items()))
-                raise ViewsBehind(f"catching the views up: {topic}[{partition}] reached offset "
-                                  f"{reached[(topic, partition)]} of {end - 1} in {timeout:.0f}s; is the broker "
-                                  f"slow? try again, or run `handoff run --stage views` to keep them up to date")
-            for msg in consumer.consume(BATCH, timeout=0.5):
-                where = (msg.topic(), msg.partition())
-                if msg.error():
-                    if msg.error().code() == KafkaError._PARTITION_EOF:
-                        wanted.pop(where, None)
-                        continue
-                    raise ViewsBehind(f"catching the views up: reading {msg.topic()}: {msg.error()}")
-                if where not in wanted:
-                    continue
-                batch.append(rows.of(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value(),
-                                     dict(msg.headers() or []), msg.timestamp()[1]))
-                reached[where] = msg.offset()
-                if msg.offset() + 1 >= wanted[where]:
-                    wanted.pop(where)
-            if len(batch) >= BATCH or not wanted:
+    applied = 0
+    for topic in rows.topics:
+        behind = {p: done.get((t, p), -1) + 1 for (t, p), end in ends.items() if t == topic
+                  and end > done.get((t, p), -1) + 1}
+        if not behind:
+            continue
+        batch = []
+        for msg in records(settings, topic, timeout, starts=behind):  # whole, or it raises
+            batch.append(rows.of(topic, msg.partition(), msg.offset(), msg.key(), msg.value(),
+                                 dict(msg.headers() or []), msg.timestamp()[1]))
+            if len(batch) >= BATCH:
                 applied += store.apply(batch)
                 batch = []
-    finally:
-        consumer.close()
+        applied += store.apply(batch)
     return applied
 
 
