@@ -24,6 +24,8 @@ from processors.project import EXAMPLES
 from processors.workflow.workflow import ModelRetries, Workflow, load_workflow
 
 WORKFLOWS = EXAMPLES / "workflows"
+# `handoff run` serves metrics by default on one port: processes started by tests take any free one
+os.environ.setdefault("HANDOFF_METRICS_PORT", "0")
 
 
 def _docker_answers() -> bool:

@@ -92,7 +92,7 @@ from processors.kafka.read import snapshot
 from processors.kafka.settings import KafkaSettings
 from processors.kafka.topics import Role, TopicSpec, topic_name
 from processors.records import Original
-from processors.runtime import metrics
+from processors.runtime import health, metrics
 from processors.runtime.commit import TIMEOUT_S, Moment, TransactionLost, committer_for
 from processors.runtime.dead_letter import Header, dead_letter
 from processors.runtime.event_loop import EventLoop, run_inline
@@ -143,6 +143,7 @@ class StageRuntime:
         self._failed = False
         self.group = self.options.group or f"handoff.{workflow}.{stage.name}"
         self._metrics = metrics.StageMetrics(workflow, stage.name)
+        self.health = health.register(workflow, stage.name)  # /healthz, /readyz
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -282,6 +283,7 @@ class StageRuntime:
             self._commit(Moment.interval)
         self.producer.poll(0)
         self._metrics.flush()
+        self.health.beat(broker_reachable=self._brokers_down_since is None)
 
     def _accept(self, msg: Message) -> None:
         book = self._partitions.get((msg.topic(), msg.partition()))
@@ -439,12 +441,14 @@ class StageRuntime:
 
     def _on_assign(self, consumer, partitions: list[TopicPartition]) -> None:
         self._epoch += 1
+        self.health.restoring()
         for tp in partitions:
             self._partitions[(tp.topic, tp.partition)] = PartitionBook(epoch=self._epoch)
         for table in self.stage.tables():  # the stage's state, before any record of the new partitions
             spec = self.topics[table.topic]
             table.restore(snapshot(self.settings, spec.name), spec.serde(self.settings))
         consumer.resume(partitions)  # librdkafka kept the pause of a partition paused before its revoke
+        self.health.restored()
 
     def _on_revoke(self, consumer, partitions: list[TopicPartition]) -> None:
         revoked = [(tp.topic, tp.partition) for tp in partitions]
