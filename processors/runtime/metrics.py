@@ -20,7 +20,9 @@ import threading
 from enum import StrEnum
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import Counter, Histogram, make_wsgi_app
+import orjson
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, make_wsgi_app
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import ThreadingWSGIServer
 
 from processors.runtime import health
@@ -40,6 +42,10 @@ MODEL_LATENCY = Histogram("handoff_model_latency_seconds", "Time from asking the
                           buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60))
 TOKENS = Counter("handoff_tokens_total", "Model tokens, by direction.", ["workflow", "direction"])
 COST = Counter("handoff_cost_usd_total", "Model cost in US dollars.", ["workflow"])
+LAG = Gauge("handoff_consumer_lag", "Records of an owned input partition not yet consumed (librdkafka's consumer_lag: "
+            "the high watermark, or the last stable offset under read_committed, minus the consumed or committed "
+            "offset), refreshed every STATISTICS_MS.", ["workflow", "stage", "topic", "partition"])
+STATISTICS_MS = 10_000  # librdkafka's statistics.interval.ms for a stage consumer: how fresh the lag gauge is
 SETTLED = Counter("handoff_settled_total", "Events leaving the automated path: decided by the model (automated) or "
                   "sent to review by classify, validate or route (review).", ["workflow", "prompt_version", "path"])
 APPROVALS = Counter("handoff_approvals_requested_total", "Risky actions of model decisions held for a person's "
@@ -83,6 +89,7 @@ class StageMetrics:
         self._out: dict[str, Counter] = {}
         self._consumed = 0
         self._produced: collections.Counter[str] = collections.Counter()
+        self._lagging: set[tuple[str, str]] = set()
 
     def consumed(self) -> None:
         self._consumed += 1
@@ -107,6 +114,18 @@ class StageMetrics:
 
     def observe(self, seconds: float) -> None:
         self._latency.observe(seconds)
+
+    def statistics(self, stats: str) -> None:
+        """librdkafka's ``stats_cb`` (every STATISTICS_MS, on the consumer's thread): the lag of each owned
+        partition; a partition no longer owned leaves the gauge."""
+        lags = {(topic, partition): p["consumer_lag"]
+                for topic, t in orjson.loads(stats).get("topics", {}).items()
+                for partition, p in t.get("partitions", {}).items() if partition != "-1" and p.get("consumer_lag", -1) >= 0}
+        for topic, partition in self._lagging - lags.keys():
+            LAG.remove(self.workflow, self.stage, topic, partition)
+        for (topic, partition), lag in lags.items():
+            LAG.labels(self.workflow, self.stage, topic, partition).set(lag)
+        self._lagging = set(lags)
 
 
 class ModelUsage:
@@ -173,6 +192,24 @@ class Quality:
 
     def _judged(self, prompt_version: str, needed: bool, escalated: bool, evidence: Evidence) -> None:
         ESCALATIONS.labels(self.workflow, prompt_version, str(needed).lower(), str(escalated).lower(), evidence).inc()
+
+
+class _HealthCollector:
+    """``handoff_stage_alive`` and ``handoff_stage_ready``: the answers of ``/healthz`` and ``/readyz``
+    per stage runtime, read at each scrape, so an alert can say which stage of which workflow is down."""
+
+    def collect(self):
+        alive = GaugeMetricFamily("handoff_stage_alive", "1 when the stage's consumer loop is not stuck (/healthz).",
+                                  labels=["workflow", "stage"])
+        ready = GaugeMetricFamily("handoff_stage_ready", "1 when the stage reaches a broker, has its assignment and "
+                                  "its state restored (/readyz).", labels=["workflow", "stage"])
+        for stage in health.status().stages:
+            alive.add_metric([stage.workflow, stage.stage], float(stage.alive))
+            ready.add_metric([stage.workflow, stage.stage], float(stage.ready))
+        return [alive, ready]
+
+
+REGISTRY.register(_HealthCollector())
 
 
 class _Quiet(WSGIRequestHandler):

@@ -159,7 +159,9 @@ class StageRuntime:
         self.consumer = self.settings.consumer(self.group, error_cb=self._on_error,
                                                **{"partition.assignment.strategy": "range",
                                                   "group.instance.id": self.member,
-                                                  "fetch.error.backoff.ms": 20})
+                                                  "fetch.error.backoff.ms": 20,
+                                                  "statistics.interval.ms": metrics.STATISTICS_MS},
+                                               stats_cb=self._metrics.statistics)
         self.limits = OutputLimits.read(self.settings.admin(), self.topics.values(), self.options.max_message_bytes)
         self.producer = self._new_producer()
         self.events = EventLoop()

@@ -1,0 +1,85 @@
+"""The Prometheus side: the rules' own unit tests under ``promtool``, and a real Prometheus server
+(Debian's ``prometheus`` package, which ``make test`` installs) that scrapes a running stage
+process with the shipped config and evaluates a shipped rule over what it scraped.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from processors.dev.localkafka import free_port
+from tests.conftest import deployed
+from tests.test_health import get
+from tests.test_recovery import handoff_run, wait_for
+
+PROMETHEUS = Path(__file__).resolve().parent.parent / "deploy/prometheus"
+
+
+def tool(name: str) -> str:
+    found = shutil.which(name)
+    if found is None:
+        pytest.fail(f"{name} is not installed: `make test` installs Debian's prometheus package "
+                    f"(apt-get install prometheus)", pytrace=False)
+    return found
+
+
+def promtool(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([tool("promtool"), *args], cwd=PROMETHEUS, capture_output=True, text=True, timeout=120)
+
+
+def test_the_rules_pass_their_promtool_unit_tests():
+    checked = promtool("check", "config", "prometheus.yml")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    tested = promtool("test", "rules", "alerts_test.yml")
+    assert tested.returncode == 0 and "SUCCESS" in tested.stdout, tested.stdout + tested.stderr
+
+
+def test_a_real_prometheus_scrapes_a_stage_and_evaluates_a_rule(kafka, receiver, tmp_path):
+    """The compose config with its targets pointed at one ``handoff run --stage route`` process and
+    its intervals at a second; the recording rule ``handoff:stages_ready:count`` turns 1 once the
+    stage is ready, and the alert rules load (none fires on a healthy stage)."""
+    deployed("support_ticket", kafka)
+    stage_port, web_port = free_port(), free_port()
+    config = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
+    config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
+    config["scrape_configs"][0]["static_configs"] = [{"targets": [f"127.0.0.1:{stage_port}"]}]
+    for rules in config["rule_files"]:
+        shutil.copy(PROMETHEUS / rules, tmp_path / rules)
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    api = f"http://127.0.0.1:{web_port}/api/v1"
+
+    def query(expr: str) -> list[dict]:
+        answer = get(f"{api}/query?query={expr}")
+        return [] if answer is None or answer.status_code != 200 else answer.json()["data"]["result"]
+
+    with open(tmp_path / "run.log", "wb") as log, open(tmp_path / "prometheus.log", "wb") as plog:
+        stage = handoff_run(kafka, receiver, log, "--stage", "route", "--metrics-port", str(stage_port))
+        server = subprocess.Popen([tool("prometheus"), f"--config.file={tmp_path / 'prometheus.yml'}",
+                                   f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{web_port}"],
+                                  stdout=plog, stderr=subprocess.STDOUT)
+        try:
+            def evaluated() -> bool:
+                assert server.poll() is None, (tmp_path / "prometheus.log").read_text()[-2000:]
+                return [r["value"][1] for r in query('handoff:stages_ready:count{stage="route"}')] == ["1"]
+
+            wait_for(evaluated, 90, "Prometheus to evaluate handoff:stages_ready:count", stage)
+            scraped = query('up{job="handoff"}')
+            rules = httpx.get(f"{api}/rules", timeout=5).json()["data"]["groups"]
+            firing = httpx.get(f"{api}/alerts", timeout=5).json()["data"]["alerts"]
+        finally:
+            server.send_signal(signal.SIGTERM)
+            stage.send_signal(signal.SIGTERM)
+            server.wait(30)
+            assert stage.wait(30) == 0, (tmp_path / "run.log").read_text()[-3000:]
+    assert [r["value"][1] for r in scraped] == ["1"]
+    loaded = {rule["name"] for group in rules for rule in group["rules"]}
+    assert {"HandoffStageNotReady", "HandoffEscalationRecallLow", "handoff:automation_rate:1h"} <= loaded
+    assert not [rule["lastError"] for group in rules for rule in group["rules"] if rule["health"] == "err"]
+    assert [a for a in firing if a["state"] == "firing"] == []
