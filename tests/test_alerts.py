@@ -16,6 +16,7 @@ import yaml
 
 from processors.dev.localkafka import free_port
 from tests.conftest import deployed
+from tests.test_deploy import dashboard_expressions
 from tests.test_health import get
 from tests.test_recovery import handoff_run, wait_for
 
@@ -44,7 +45,8 @@ def test_the_rules_pass_their_promtool_unit_tests():
 def test_a_real_prometheus_scrapes_a_stage_and_evaluates_a_rule(kafka, receiver, tmp_path):
     """The compose config with its targets pointed at one ``handoff run --stage route`` process and
     its intervals at a second; the recording rule ``handoff:stages_ready:count`` turns 1 once the
-    stage is ready, and the alert rules load (none fires on a healthy stage)."""
+    stage is ready, the alert rules load (none fires on a healthy stage), and every expression of
+    the Grafana dashboard is one this Prometheus accepts."""
     deployed("support_ticket", kafka)
     stage_port, web_port = free_port(), free_port()
     config = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
@@ -71,6 +73,7 @@ def test_a_real_prometheus_scrapes_a_stage_and_evaluates_a_rule(kafka, receiver,
 
             wait_for(evaluated, 90, "Prometheus to evaluate handoff:stages_ready:count", stage)
             scraped = query('up{job="handoff"}')
+            panels = {expr: get(f"{api}/query?query={expr}").json() for expr in dashboard_expressions(".*")}
             rules = httpx.get(f"{api}/rules", timeout=5).json()["data"]["groups"]
             firing = httpx.get(f"{api}/alerts", timeout=5).json()["data"]["alerts"]
         finally:
@@ -83,3 +86,5 @@ def test_a_real_prometheus_scrapes_a_stage_and_evaluates_a_rule(kafka, receiver,
     assert {"HandoffStageNotReady", "HandoffEscalationRecallLow", "handoff:automation_rate:1h"} <= loaded
     assert not [rule["lastError"] for group in rules for rule in group["rules"] if rule["health"] == "err"]
     assert [a for a in firing if a["state"] == "firing"] == []
+    assert {expr: answer.get("error") for expr, answer in panels.items() if answer["status"] != "success"} == {}
+    assert panels['sum by (workflow, stage) (handoff_stage_ready{workflow=~".*"})']["data"]["result"]

@@ -18,12 +18,13 @@ import httpx
 import pytest
 
 from processors.avro.serde import AvroSerde
+from processors.dev.localkafka import free_port
 from processors.kafka.settings import KafkaSettings
 from processors.logs import LIBRDKAFKA, Fold
 from processors.records import PromptRef, WorkItem, dumps
-from processors.runtime import health, metrics
+from processors.runtime import health
 from tests.conftest import deployed
-from tests.test_metrics import scrape, value
+from tests.test_metrics import scrape, served, value  # noqa: F401  served: a fixture
 from tests.test_recovery import handoff_run, wait_for
 
 
@@ -32,13 +33,6 @@ def get(url: str) -> httpx.Response | None:
         return httpx.get(url, timeout=5)
     except httpx.TransportError:
         return None  # not listening yet
-
-
-def free_port() -> int:
-    taken = metrics.serve(0)
-    port = taken.server_port
-    taken.server_close()
-    return port
 
 
 def test_a_stage_process_is_alive_then_ready_and_logs_json(kafka, receiver, tmp_path):
@@ -84,11 +78,8 @@ def test_a_stage_process_is_alive_then_ready_and_logs_json(kafka, receiver, tmp_
 
 
 @pytest.fixture
-def server():
-    served = metrics.serve(0)
-    yield f"http://127.0.0.1:{served.server_port}"
-    served.shutdown()
-    served.server_close()
+def server(served):
+    return served.removesuffix("/metrics")
 
 
 def mine(response: httpx.Response, workflow: str) -> dict:

@@ -29,6 +29,7 @@ LAYERS: list[set[str]] = [
     {"pipeline"},
     {"offline"},
     {"ops"},
+    {"deploy"},
     {"dev"},
     {"cli"},
 ]

@@ -40,8 +40,9 @@ RETRIES = Counter("handoff_retries_total", "Retried model calls and actions.", [
 MODEL_LATENCY = Histogram("handoff_model_latency_seconds", "Time from asking the model to its answer (the answer used, "
                           "retries excluded).", ["workflow", "model"],
                           buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60))
-TOKENS = Counter("handoff_tokens_total", "Model tokens, by direction.", ["workflow", "direction"])
-COST = Counter("handoff_cost_usd_total", "Model cost in US dollars.", ["workflow"])
+TOKENS = Counter("handoff_tokens_total", "Model tokens, by prompt version and direction.",
+                 ["workflow", "prompt_version", "direction"])
+COST = Counter("handoff_cost_usd_total", "Model cost in US dollars, by prompt version.", ["workflow", "prompt_version"])
 LAG = Gauge("handoff_consumer_lag", "Records of an owned input partition not yet consumed (librdkafka's consumer_lag: "
             "the high watermark, or the last stable offset under read_committed, minus the consumed or committed "
             "offset), refreshed every STATISTICS_MS.", ["workflow", "stage", "topic", "partition"])
@@ -129,23 +130,27 @@ class StageMetrics:
 
 
 class ModelUsage:
-    """Latency, tokens and cost of a workflow's model calls."""
+    """Latency, tokens and cost of a workflow's model calls; tokens and cost by prompt version, so a
+    new version's price shows beside the old one's."""
 
     def __init__(self, workflow: str):
         self.workflow = workflow
         self._latency: dict[str, Histogram] = {}
-        self._tokens_in = TOKENS.labels(workflow, "in")
-        self._tokens_out = TOKENS.labels(workflow, "out")
-        self._cost = COST.labels(workflow)
+        self._spend: dict[str, tuple[Counter, Counter, Counter]] = {}  # prompt version -> tokens in, out, cost
 
-    def record(self, model: str, latency_ms: float, tokens_in: int, tokens_out: int, cost_usd: float) -> None:
+    def record(self, model: str, prompt_version: str, latency_ms: float, tokens_in: int, tokens_out: int,
+               cost_usd: float) -> None:
         latency = self._latency.get(model)
         if latency is None:
             latency = self._latency[model] = MODEL_LATENCY.labels(self.workflow, model)
         latency.observe(latency_ms / 1000)
-        self._tokens_in.inc(tokens_in)
-        self._tokens_out.inc(tokens_out)
-        self._cost.inc(cost_usd)
+        spend = self._spend.get(prompt_version)
+        if spend is None:
+            spend = self._spend[prompt_version] = (TOKENS.labels(self.workflow, prompt_version, "in"),
+                                                   TOKENS.labels(self.workflow, prompt_version, "out"),
+                                                   COST.labels(self.workflow, prompt_version))
+        for counter, amount in zip(spend, (tokens_in, tokens_out, cost_usd)):
+            counter.inc(amount)
 
 
 class Quality:

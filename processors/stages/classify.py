@@ -120,7 +120,8 @@ class Classify(WorkflowStage):
                 self.taken.pop(event_id, None)  # not settled: the same event sent again is taken on again
             raise
         parsed = parse_answer(answer.text)
-        self.usage.record(answer.model, answer.latency_ms, answer.tokens_in, answer.tokens_out, answer.cost_usd)
+        self.usage.record(answer.model, spec.version, answer.latency_ms, answer.tokens_in, answer.tokens_out,
+                          answer.cost_usd)
         prompt = PromptRef(name=spec.name, version=spec.version)
         item = WorkItem(event_id=event_id, workflow=self.workflow.name, event=dumps(event), attempt=attempt,
                         prompt=prompt, model=answer.model, raw_answer=answer.text,
