@@ -5,6 +5,7 @@ process with the shipped config and evaluates a shipped rule over what it scrape
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import signal
 import subprocess
@@ -13,9 +14,27 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+from prometheus_client import REGISTRY
 
 from processors.dev.localkafka import free_port
-from tests.conftest import deployed
+from processors.kafka.topics import Role
+from processors.records import (
+    DecisionSource,
+    JoinedDecision,
+    Outcome,
+    PromptRef,
+    ReviewItem,
+    ReviewReason,
+    StageName,
+    Verdict,
+    VerdictKind,
+    dumps,
+)
+from processors.runtime.stage import Record
+from processors.stages.join import Join
+from processors.stages.review import Review
+from processors.workflow.workflow import load_workflow
+from tests.conftest import WORKFLOWS, deployed
 from tests.test_deploy import dashboard_expressions
 from tests.test_health import get
 from tests.test_recovery import handoff_run, wait_for
@@ -88,3 +107,45 @@ def test_a_real_prometheus_scrapes_a_stage_and_evaluates_a_rule(kafka, receiver,
     assert [a for a in firing if a["state"] == "firing"] == []
     assert {expr: answer.get("error") for expr, answer in panels.items() if answer["status"] != "success"} == {}
     assert panels['sum by (workflow, stage) (handoff_stage_ready{workflow=~".*"})']["data"]["result"]
+
+
+def counted(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def test_the_review_and_join_stages_count_what_the_recall_and_override_rules_divide():
+    """A reviewer corrects a billing ticket the model called low urgency to high (billing + high
+    escalates): a verdict that overrides, and an escalation needed that the model missed. Then a
+    decision on another route is reopened: a missed escalation by outcome."""
+    workflow = load_workflow("support_ticket", "", WORKFLOWS)
+    version = workflow.prompt_spec.version
+    prompt = PromptRef(name=workflow.prompt_spec.name, version=version)
+    event = dumps({"customer": {"plan": "pro"}, "subject": "invoice", "body": "charged twice"})
+    said = {"category": "billing", "urgency": "low", "confidence": 0.5, "reason": "An invoice question."}
+    item = ReviewItem(review_id="e-q:low_confidence", event_id="e-q", workflow=workflow.name,
+                      reason=ReviewReason.low_confidence, stage=StageName.validate, event=event, answer=dumps(said),
+                      prompt=prompt, model="m", created_at_ms=1)
+    verdict = Verdict(verdict_id="v1", review_id=item.review_id, event_id="e-q", workflow=workflow.name,
+                      reviewer="ana", verdict=VerdictKind.correct, answer=dumps(said | {"urgency": "high"}), at_ms=2,
+                      item=item)
+    labels = {"workflow": workflow.name, "prompt_version": version}
+    missed = labels | {"needed": "true", "escalated": "false"}
+    before = (counted("handoff_verdicts_total", **labels, verdict="correct"),
+              counted("handoff_escalation_judgements_total", **missed, evidence="verdict"),
+              counted("handoff_escalation_judgements_total", **missed, evidence="outcome"))
+
+    review = Review(workflow)
+    topic = workflow.spec(Role.verdicts).name
+    asyncio.run(review.process(Record(topic=topic, partition=0, offset=7, key=b"e-q", value=verdict.model_dump(),
+                                      timestamp_ms=2)))
+    join = Join(workflow)
+    decision = JoinedDecision(route="billing", label="billing", confidence=0.9, source=DecisionSource.model,
+                              prompt=prompt, decided_at_ms=3)
+    join._result(decision, Outcome(event_id="e-r", workflow=workflow.name, outcome_type="reopened", at_ms=4,
+                                   source="crm"), 5)
+    join._result(decision.model_copy(update={"route": "escalation"}),
+                 Outcome(event_id="e-s", workflow=workflow.name, outcome_type="reopened", at_ms=4, source="crm"), 5)
+    after = (counted("handoff_verdicts_total", **labels, verdict="correct"),
+             counted("handoff_escalation_judgements_total", **missed, evidence="verdict"),
+             counted("handoff_escalation_judgements_total", **missed, evidence="outcome"))
+    assert [a - b for a, b in zip(after, before)] == [1, 1, 1]  # the reopened escalation was no miss

@@ -4,7 +4,7 @@ A real ``handoff run --stage route`` process answers on its metrics port: alive 
 once its assignment arrived; its lines on a pipe are JSON, each naming the workflow, stage and
 instance; a decision it makes shows in the live quality counters. The stuck and broker-down
 answers come from a real server in this process, with a runtime's health object whose loop
-does not beat (a real stuck loop takes a minute to be called stuck).
+does not beat (a real stuck loop takes two minutes to be called stuck).
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def mine(response: httpx.Response, workflow: str) -> dict:
 
 def test_a_loop_that_stops_beating_is_not_alive_unless_it_is_restoring(server):
     stuck = health.register("health-stuck", "classify")
-    stuck._beat -= health.STUCK_AFTER_S + 1  # its loop last beat more than a minute ago
+    stuck._beat -= health.STUCK_AFTER_S + 1  # its loop last beat longer ago than a stuck loop's bound
     response = httpx.get(f"{server}/healthz", timeout=5)
     assert response.status_code == 503 and not mine(response, "health-stuck")["alive"]
     stuck.restoring()  # reading a big table inside the rebalance callback: alive, not ready

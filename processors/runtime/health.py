@@ -25,7 +25,10 @@ import weakref
 
 from pydantic import BaseModel
 
-STUCK_AFTER_S = 60.0  # > drain_timeout_s + a commit: a revoke drains inside consume(), without beats
+# Longer than the longest bounded wait the loop makes without a beat: a revoke (inside consume())
+# drains for drain_timeout_s (10 s), flushes and commits a transaction (30 + 35 s: commit.TIMEOUT_S,
+# WATCHDOG_S); a lost transaction retries its start-over for broker_timeout_s (60 s), then exits.
+STUCK_AFTER_S = 120.0
 
 
 class StageStatus(BaseModel):

@@ -224,7 +224,7 @@ class _Quiet(WSGIRequestHandler):
         pass
 
 
-def app(stuck_after_s: float = health.STUCK_AFTER_S):
+def _app():
     """The WSGI app: ``/healthz`` and ``/readyz`` (200 or 503, with the JSON status of every stage
     runtime), anything else the Prometheus exposition."""
     exposition = make_wsgi_app()
@@ -233,7 +233,7 @@ def app(stuck_after_s: float = health.STUCK_AFTER_S):
         path = environ.get("PATH_INFO", "")
         if path not in ("/healthz", "/readyz"):
             return exposition(environ, start_response)
-        status = health.status(stuck_after_s)
+        status = health.status()
         ok = status.alive if path == "/healthz" else status.ready
         body = status.model_dump_json().encode()
         start_response("200 OK" if ok else "503 Service Unavailable",
@@ -243,11 +243,11 @@ def app(stuck_after_s: float = health.STUCK_AFTER_S):
     return serve_request
 
 
-def serve(port: int, addr: str = "127.0.0.1", stuck_after_s: float = health.STUCK_AFTER_S) -> WSGIServer:
+def serve(port: int, addr: str = "127.0.0.1") -> WSGIServer:
     """Serve ``/metrics``, ``/healthz`` and ``/readyz`` on ``addr`` (``port`` 0: any free port, see
     ``server_port``), on a daemon thread. Loopback by default: a scraper on the same host or pod
     reaches it, nothing else on the network does; a scraper or a kubelet elsewhere needs ``0.0.0.0``
     or the pod's address."""
-    server = make_server(addr, port, app(stuck_after_s), ThreadingWSGIServer, handler_class=_Quiet)
+    server = make_server(addr, port, _app(), ThreadingWSGIServer, handler_class=_Quiet)
     threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
     return server
