@@ -90,5 +90,6 @@ def setup(format: LogFormat = LogFormat.auto, level: int = logging.INFO, **field
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.addFilter(_Fields(fields))
     logging.basicConfig(level=level, handlers=[handler], force=True)
-    LIBRDKAFKA.filters.clear()
-    LIBRDKAFKA.addFilter(Fold())
+
+
+LIBRDKAFKA.addFilter(Fold())  # in every process, whoever configures its handlers
