@@ -16,9 +16,9 @@ import threading
 import time
 from collections.abc import Callable
 
+from processors import logs
 from processors.control.watcher import ControlWatcher
 from processors.kafka.lag import LagProbe
-from processors import logs
 from processors.kafka.settings import KafkaSettings
 from processors.providers.base import Provider
 from processors.runtime.runtime import RuntimeOptions, StageRuntime

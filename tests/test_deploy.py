@@ -102,7 +102,7 @@ def test_each_stage_is_a_stateful_set_scaled_on_its_own_group_up_to_its_partitio
     for doc in kubernetes.manifests(workflow, target):
         by_kind.setdefault(doc["kind"], {})[doc["metadata"]["name"]] = doc
     (config,) = by_kind["ConfigMap"].values()
-    inputs = kubernetes.stage_inputs(workflow)
+    shapes = kubernetes.topology(workflow)
     for stage in STAGES:
         name = f"banking77-{stage}"
         sts, pdb, scaled = by_kind["StatefulSet"][name], by_kind["PodDisruptionBudget"][name], by_kind["ScaledObject"][name]
@@ -122,10 +122,16 @@ def test_each_stage_is_a_stateful_set_scaled_on_its_own_group_up_to_its_partitio
         assert scaled["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": name}
         trigger = scaled["spec"]["triggers"][0]["metadata"]
         assert trigger["consumerGroup"] == f"prod.handoff.banking77.{stage}"  # the group the runtime joins
-        assert scaled["spec"]["maxReplicaCount"] == max(workflow.topics[t].partitions for t in inputs[stage])
+        assert scaled["spec"]["maxReplicaCount"] == max(workflow.topics[t].partitions for t in shapes[stage].inputs)
+        # a stage with stores keeps them on its pod's own volume, found again by the restarted pod
+        claims = [c["metadata"]["name"] for c in sts["spec"].get("volumeClaimTemplates", [])]
+        mounts = {m["name"]: m["mountPath"] for m in container.get("volumeMounts", [])}
+        state_dir = {e["name"]: e.get("value") for e in container["env"]}.get("HANDOFF_STATE_DIR")
+        assert (claims, state_dir) == ((["state"], mounts["state"]) if shapes[stage].stateful else ([], None))
         assert scaled["spec"]["minReplicaCount"] == 1 and trigger["allowIdleConsumers"] == "false"
     assert config["data"]["HANDOFF_NAMESPACE"] == "prod" and config["data"]["HANDOFF_METRICS_ADDR"] == "0.0.0.0"
-    assert len(inputs["join"]) > 1, "join reads its inbox and every decision topic"
+    assert len(shapes["join"].inputs) > 1, "join reads its inbox and every decision topic"
+    assert shapes["execute"].stateful and not shapes["route"].stateful
 
 
 def test_the_kubernetes_scrape_job_keeps_the_pods_the_manifests_make():

@@ -38,6 +38,8 @@ def k8s(workflow: WorkflowName,
             "HANDOFF_NAMESPACE of the pods: the prefix of every topic and group name."))] = "",
         guarantee: Annotated[Guarantee, typer.Option(help="at_least_once or exactly_once.")] = Guarantee.at_least_once,
         lag_threshold: Annotated[int, typer.Option(help="KEDA's target consumer lag per replica.")] = 100,
+        state_size: Annotated[str, typer.Option(help="The persistent volume of each pod of a stage with state.")]
+        = "1Gi",
         out: Annotated[Optional[Path], typer.Option(help=(
             "Write <workflow>-config.yaml and one <workflow>-<stage>.yaml per stage here (default: all to stdout)."))]
         = None,
@@ -49,7 +51,7 @@ def k8s(workflow: WorkflowName,
     except WorkflowError as exc:
         raise fail(str(exc))
     target = kubernetes.Target(image=image, bootstrap_servers=kafka, topic_namespace=topic_namespace,
-                               guarantee=guarantee, lag_threshold=lag_threshold)
+                               guarantee=guarantee, lag_threshold=lag_threshold, state_size=state_size)
     documents = kubernetes.manifests(flow, target)
     if out is None:
         typer.echo(_dump(documents), nl=False)

@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from processors.actions.webhook import MissingSecret
-from processors.logs import LogFormat, setup
 from processors.cli.params import Bootstrap, WorkflowName, WorkflowsDir, fail, load, need_broker
 from processors.control.store import ControlUnavailable
+from processors.logs import LogFormat, setup
 from processors.pipeline import Pipeline
 from processors.runtime import metrics
 from processors.runtime.options import Guarantee, RuntimeOptions
 from processors.runtime.runtime import BrokerUnavailable
 from processors.stages.registry import STAGES
+from processors.state.changelog import RestoreIncomplete
+from processors.state.store import StoreUnusable
 from processors.workflow.workflow import WorkflowError
 
 log = logging.getLogger("handoff.run")
@@ -32,6 +35,9 @@ def run(workflow: WorkflowName,
             "--leave-group-on-stop/--keep-partitions-on-stop",
             help="On SIGTERM, hand this instance's partitions to the others at once (scale-in), or keep them for "
                  "the session timeout so a restart of the same instance takes them back without a rebalance.")] = True,
+        state_dir: Annotated[Optional[Path], typer.Option(envvar="HANDOFF_STATE_DIR", help=(
+            "Where stateful stages keep their partition-local stores (default .local/state): on a persistent "
+            "volume a restart reads only the changelog written since its last checkpoint."))] = None,
         metrics_port: Annotated[int, typer.Option(envvar="HANDOFF_METRICS_PORT", help=(
             "Serve Prometheus metrics on ADDR:PORT/metrics, and /healthz and /readyz (0: any free port)."))]
         = metrics.DEFAULT_PORT,
@@ -48,7 +54,8 @@ def run(workflow: WorkflowName,
         raise fail(f"unknown stage {stage!r}; one of {', '.join(STAGES)} or all")
     flow, conf = load(workflow, bootstrap, workflows_dir)
     options = RuntimeOptions(guarantee=guarantee, max_in_flight=max_in_flight, leave_group_on_stop=leave_group_on_stop,
-                             **({"instance": instance} if instance else {}))
+                             **({"instance": instance} if instance else {}),
+                             **({"state_dir": state_dir} if state_dir else {}))
     setup(log_format, workflow=workflow, instance=options.instance, **({"stage": stage} if stage != "all" else {}))
     need_broker(flow, conf)  # before any stage's clients exist
     log.info("running %s stages %s against %s (%s)", workflow, ", ".join(stages), conf.bootstrap_servers, guarantee)
@@ -60,5 +67,6 @@ def run(workflow: WorkflowName,
     log.info("metrics on http://%s:%d/metrics, /healthz, /readyz", metrics_addr, served.server_port)
     try:
         Pipeline(flow, conf, stages, options).run()
-    except (BrokerUnavailable, ControlUnavailable, MissingSecret, WorkflowError) as exc:
+    except (BrokerUnavailable, ControlUnavailable, MissingSecret, RestoreIncomplete, StoreUnusable,
+            WorkflowError) as exc:
         raise fail(str(exc))

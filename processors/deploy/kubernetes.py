@@ -10,7 +10,10 @@ topic shows up in the manifests the next time ``handoff deploy k8s`` runs. Per s
   ``/healthz`` (the loop is not stuck), readiness on ``/readyz`` (broker, assignment, restored
   state), a startup probe that gives start-up its own budget, and a termination grace period
   longer than a shutdown's drain, commit and group leave. Config from the workflow's ConfigMap,
-  secrets (webhook secret, API keys, SASL password) from a Secret the operator creates;
+  secrets (webhook secret, API keys, SASL password) from a Secret the operator creates. A stage
+  with state (its partition-local stores, :mod:`processors.state`) gets a persistent volume per pod
+  (``volumeClaimTemplates``) as ``HANDOFF_STATE_DIR``: a restarted pod finds its stores and their
+  checkpoints and reads only the changelog written since, instead of whole changelogs;
 * a headless **Service** (a StatefulSet's pods need one) that also names the metrics port;
 * a **PodDisruptionBudget**: a node drain takes one pod of a stage at a time;
 * a KEDA **ScaledObject** on the stage's consumer-group lag, from one replica up to the partition
@@ -35,6 +38,8 @@ Manifest = dict[str, Any]
 PART_OF = "handoff"  # app.kubernetes.io/part-of: what deploy/prometheus/kubernetes-scrape.yml keeps
 METRICS_PORT_NAME = "metrics"
 MODEL_STAGES = {"classify"}  # the stage that holds a model in memory and waits on it
+STATE_DIR = "/var/lib/handoff/state"
+USER_ID = 10001  # the Dockerfile's user: it owns the state volume (fsGroup)
 
 
 class Target(BaseModel):
@@ -47,6 +52,14 @@ class Target(BaseModel):
     lag_threshold: int = Field(100, ge=1, description=(
         "KEDA's target lag per replica: KEDA adds replicas while the group's lag over its replicas is above it."))
     secret: str | None = Field(None, description="The Secret with the workflow's secrets (default: <workflow>-secrets).")
+    state_size: str = Field("1Gi", description="The persistent volume of each pod of a stage with state.")
+
+
+class StageShape(BaseModel):
+    """What the manifests need to know of a stage: what it reads, and whether it keeps state."""
+
+    inputs: list[str] = Field(description="Its input topics (declared names).")
+    stateful: bool = Field(description="It keeps partition-local stores (Stage.tables).")
 
 
 def dns_name(text: str) -> str:
@@ -54,10 +67,11 @@ def dns_name(text: str) -> str:
     return re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")
 
 
-def stage_inputs(workflow: Workflow) -> dict[str, list[str]]:
-    """Each stage's input topics (declared names). The model plays no part in what a stage reads, so
-    classify is built with a placeholder provider: no API key is needed to write manifests."""
-    return {name.value: build_stage(name, workflow, ScriptedProvider()).inputs for name in STAGES}
+def topology(workflow: Workflow) -> dict[str, StageShape]:
+    """Each stage's shape. The model plays no part in what a stage reads or keeps, so classify is built
+    with a placeholder provider: no API key is needed to write manifests."""
+    stages = {name.value: build_stage(name, workflow, ScriptedProvider()) for name in STAGES}
+    return {name: StageShape(inputs=stage.inputs, stateful=bool(stage.tables())) for name, stage in stages.items()}
 
 
 def termination_grace_s(options: RuntimeOptions) -> int:
@@ -78,10 +92,10 @@ def manifests(workflow: Workflow, target: Target, options: RuntimeOptions | None
         "data": {"KAFKA_BOOTSTRAP_SERVERS": target.bootstrap_servers, "HANDOFF_NAMESPACE": target.topic_namespace,
                  "HANDOFF_METRICS_ADDR": "0.0.0.0", "HANDOFF_METRICS_PORT": str(metrics.DEFAULT_PORT),
                  "HANDOFF_LOG_FORMAT": "json"}}]
-    for stage, inputs in stage_inputs(workflow).items():
-        partitions = max(workflow.topics[topic].partitions for topic in inputs)
+    for stage, shape in topology(workflow).items():
+        partitions = max(workflow.topics[topic].partitions for topic in shape.inputs)
         group = settings.group_id(options.group or f"handoff.{workflow.name}.{stage}")
-        out += _stage(workflow, stage, target, options, config, partitions, group)
+        out += _stage(workflow, stage, shape, target, options, config, partitions, group)
     return out
 
 
@@ -90,7 +104,7 @@ def _labels(workflow: Workflow, stage: str | None = None) -> dict[str, str]:
     return labels | ({"app.kubernetes.io/component": stage} if stage else {})
 
 
-def _stage(workflow: Workflow, stage: str, target: Target, options: RuntimeOptions, config: str,
+def _stage(workflow: Workflow, stage: str, shape: StageShape, target: Target, options: RuntimeOptions, config: str,
            partitions: int, group: str) -> list[Manifest]:
     name = f"{dns_name(workflow.name)}-{stage}"
     labels = _labels(workflow, stage)
@@ -100,7 +114,8 @@ def _stage(workflow: Workflow, stage: str, target: Target, options: RuntimeOptio
         "name": "stage", "image": target.image, "imagePullPolicy": "IfNotPresent",
         "args": ["run", "--workflow", workflow.name, "--stage", stage, "--instance", "$(POD_NAME)",
                  "--guarantee", target.guarantee.value],
-        "env": [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
+        "env": [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]
+        + ([{"name": "HANDOFF_STATE_DIR", "value": STATE_DIR}] if shape.stateful else []),
         "envFrom": [{"configMapRef": {"name": config}},
                     {"secretRef": {"name": target.secret or f"{dns_name(workflow.name)}-secrets"}}],
         "ports": [{"name": METRICS_PORT_NAME, "containerPort": metrics.DEFAULT_PORT, "protocol": "TCP"}],
@@ -113,6 +128,11 @@ def _stage(workflow: Workflow, stage: str, target: Target, options: RuntimeOptio
         "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
                             "runAsNonRoot": True},
     }
+    state: dict[str, Any] = {}
+    if shape.stateful:
+        container["volumeMounts"] = [{"name": "state", "mountPath": STATE_DIR}]
+        state = {"volumeClaimTemplates": [{"metadata": {"name": "state"}, "spec": {
+            "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": target.state_size}}}}]}
     return [
         {"apiVersion": "v1", "kind": "Service",
          "metadata": {"name": name, "labels": labels},
@@ -126,8 +146,9 @@ def _stage(workflow: Workflow, stage: str, target: Target, options: RuntimeOptio
                       "metadata": {"labels": labels, "annotations": {
                           "prometheus.io/scrape": "true", "prometheus.io/port": str(metrics.DEFAULT_PORT)}},
                       "spec": {"terminationGracePeriodSeconds": termination_grace_s(options),
-                               "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
-                               "containers": [container]}}}},
+                               "securityContext": {"runAsNonRoot": True, "runAsUser": USER_ID, "runAsGroup": USER_ID,
+                                                   "fsGroup": USER_ID, "seccompProfile": {"type": "RuntimeDefault"}},
+                               "containers": [container]}}} | state},
         {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
          "metadata": {"name": name, "labels": labels},
          "spec": {"maxUnavailable": 1, "selector": {"matchLabels": labels}}},
