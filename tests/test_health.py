@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import signal
+import socket
 import time
 
 import httpx
@@ -24,6 +25,7 @@ from processors.logs import LIBRDKAFKA, Fold
 from processors.records import PromptRef, WorkItem, dumps
 from processors.runtime import health
 from tests.conftest import deployed
+from tests.test_cli_errors import handoff, one_clear_line
 from tests.test_metrics import scrape, served, value  # noqa: F401  served: a fixture
 from tests.test_recovery import handoff_run, wait_for
 
@@ -75,6 +77,19 @@ def test_a_stage_process_is_alive_then_ready_and_logs_json(kafka, receiver, tmp_
                          and entry["instance"] == "route-0" and {"time", "level", "message"} <= entry.keys()
                          for entry in lines), lines
     assert any(entry["message"].startswith("metrics on ") for entry in lines)
+
+
+def test_a_metrics_port_in_use_is_one_line_naming_it(kafka):
+    """Metrics are on by default, so two processes on one host meet on the port: the second says so."""
+    deployed("support_ticket", kafka)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = handoff("run", "--workflow", "support_ticket", "--stage", "route", "--metrics-port", str(port),
+                       env={"KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers, "HANDOFF_NAMESPACE": kafka.namespace})
+    assert done.returncode == 1
+    assert one_clear_line(done.stderr + done.stdout).startswith(f"cannot serve metrics on 127.0.0.1:{port} ")
 
 
 @pytest.fixture

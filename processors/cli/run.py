@@ -58,12 +58,12 @@ def run(workflow: WorkflowName,
                              **({"state_dir": state_dir} if state_dir else {}))
     setup(log_format, workflow=workflow, instance=options.instance, **({"stage": stage} if stage != "all" else {}))
     need_broker(flow, conf)  # before any stage's clients exist
-    log.info("running %s stages %s against %s (%s)", workflow, ", ".join(stages), conf.bootstrap_servers, guarantee)
     try:
         served = metrics.serve(metrics_port, metrics_addr)
     except OSError as exc:
         raise fail(f"cannot serve metrics on {metrics_addr}:{metrics_port} ({exc.strerror}); "
                    f"give another --metrics-port (0: any free port)")
+    log.info("running %s stages %s against %s (%s)", workflow, ", ".join(stages), conf.bootstrap_servers, guarantee)
     log.info("metrics on http://%s:%d/metrics, /healthz, /readyz", metrics_addr, served.server_port)
     try:
         Pipeline(flow, conf, stages, options).run()
