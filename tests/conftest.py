@@ -149,7 +149,7 @@ def produce(kafka, workflow: Workflow, events: list[dict], raw: list[tuple[bytes
         producer.produce(spec.name, key=event["customer"]["id"], value=value)
     for key, value in raw:
         producer.produce(spec.name, key=key, value=value)
-    assert producer.flush(10) == 0
+    assert producer.flush(60) == 0  # a broker just started may still be loading its coordinators
     return sent
 
 

@@ -17,7 +17,6 @@ from processors.runtime import metrics
 from processors.runtime.options import Guarantee, RuntimeOptions
 from processors.runtime.runtime import BrokerUnavailable
 from processors.stages.registry import STAGES
-from processors.state.changelog import RestoreIncomplete
 from processors.state.store import StoreUnusable
 from processors.workflow.workflow import WorkflowError
 
@@ -67,6 +66,5 @@ def run(workflow: WorkflowName,
     log.info("metrics on http://%s:%d/metrics, /healthz, /readyz", metrics_addr, served.server_port)
     try:
         Pipeline(flow, conf, stages, options).run()
-    except (BrokerUnavailable, ControlUnavailable, MissingSecret, RestoreIncomplete, StoreUnusable,
-            WorkflowError) as exc:
+    except (BrokerUnavailable, ControlUnavailable, MissingSecret, StoreUnusable, WorkflowError) as exc:
         raise fail(str(exc))

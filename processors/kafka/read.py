@@ -16,7 +16,6 @@ import time
 from collections.abc import Iterator
 
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, KafkaException, Message, TopicPartition
-
 from pydantic import BaseModel
 
 from processors.avro.serde import AvroSerde, DecodeError
@@ -76,9 +75,11 @@ def snapshot(settings: KafkaSettings, topic: str, timeout: float = 30.0) -> list
     return list(records(settings, topic, timeout))
 
 
-def records(settings: KafkaSettings, topic: str, timeout: float = 30.0) -> Iterator[Message]:
+def records(settings: KafkaSettings, topic: str, timeout: float = 30.0,
+            starts: dict[int, int] | None = None) -> Iterator[Message]:
     """:func:`snapshot` one record at a time, for a caller that shows records as they come (``handoff
     tail``): it raises :class:`IncompleteRead` after the records it got, if the deadline passed first.
+    ``starts`` reads only those partitions, each from its offset (a state store's restore).
 
     The end of each partition is judged by the reader's position, not by counting records: under
     ``read_committed`` a partition's last offsets may be transaction markers or aborted records the
@@ -89,9 +90,13 @@ def records(settings: KafkaSettings, topic: str, timeout: float = 30.0) -> Itera
     consumer = reader(settings)
     try:
         targets = _ends(consumer, topic)
+        if starts is not None:
+            targets = {p: (max(low, starts[p]), end) for p, (low, end) in targets.items()
+                       if p in starts and end > starts[p]}
         if not targets:
             return
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in targets])
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING if starts is None else first)
+                         for p, (first, _) in targets.items()])
         reached = {p: low for p, (low, _) in targets.items()}
         pending = set(targets)
         read = 0
