@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: install postgres demo test bench kafka-up kafka-down topics clean
+.PHONY: install demo test bench kafka-up kafka-down topics clean
 
 install: $(STAMP)
 
@@ -28,12 +28,9 @@ topics: kafka-up
 demo: install
 	$(BIN)/python -m processors.dev.demo
 
-# The view tests start a PostgreSQL server of their own from Debian's package (installed once, quietly).
-postgres:
-	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { $$([ "$$(id -u)" = 0 ] || echo sudo) apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $$([ "$$(id -u)" = 0 ] || echo sudo) apt-get install -y -qq postgresql >/dev/null; }
-
-test: install postgres
+test: install
+	@command -v promtool >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null; }  # the view tests start their own server
 	$(BIN)/python -m pytest
 
 bench: install

@@ -31,6 +31,8 @@ from processors.views.store import VIEWS_URL_ENV
 from processors.workflow.workflow import ModelRetries, Workflow, load_workflow
 
 WORKFLOWS = EXAMPLES / "workflows"
+# `handoff run` serves metrics by default on one port: processes started by tests take any free one
+os.environ.setdefault("HANDOFF_METRICS_PORT", "0")
 
 
 def _docker_answers() -> bool:
@@ -206,7 +208,7 @@ def produce(kafka, workflow: Workflow, events: list[dict], raw: list[tuple[bytes
         producer.produce(spec.name, key=event["customer"]["id"], value=value)
     for key, value in raw:
         producer.produce(spec.name, key=key, value=value)
-    assert producer.flush(10) == 0
+    assert producer.flush(60) == 0  # a broker just started may still be loading its coordinators
     return sent
 
 

@@ -11,7 +11,21 @@ import os
 
 import typer
 
-from processors.cli import broker, control, dataset, evals, events, outcome, prompt, replay, report, review, run, topics
+from processors.cli import (
+    broker,
+    control,
+    dataset,
+    deploy,
+    evals,
+    events,
+    outcome,
+    prompt,
+    replay,
+    report,
+    review,
+    run,
+    topics,
+)
 from processors.cli.params import Project, fail
 from processors.kafka.read import IncompleteRead, ReadError
 from processors.project import PROJECT_ENV
@@ -53,3 +67,4 @@ app.add_typer(prompt.app, name="prompt")
 app.add_typer(control.app, name="control")
 app.command()(replay.replay)
 app.command("eval")(evals.eval_)
+app.add_typer(deploy.app, name="deploy")

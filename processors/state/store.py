@@ -23,7 +23,8 @@ two checkpoints leaves the files behind the log, never ahead of it.
 
 **Restore.** On assignment the runtime calls :meth:`Store.assign`: each partition's RocksDB is opened
 (created empty when this instance never had the partition) and the changelog partition read from the
-checkpoint + 1 to its end (:mod:`.changelog`: all of it or an error), each record applied. A restart
+checkpoint + 1 to its end, once no transaction is open on it (:mod:`.changelog`), all of it or an
+error (:class:`~processors.kafka.read.IncompleteRead`), each record applied. A restart
 reads only the tail written since its last checkpoint; a partition new to this instance reads its
 changelog partition whole, and no instance reads a partition it does not own. Local files that cannot
 be trusted are wiped and restored from the start: a checkpoint before the changelog's first offset (the
@@ -54,6 +55,7 @@ import logging
 import shutil
 import struct
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -63,8 +65,9 @@ from rocksdict import Options, Rdict, WriteBatch
 
 from processors.avro.serde import AvroSerde
 from processors.clock import now_ms
+from processors.kafka.read import records
 from processors.runtime.stage import Emit, Table, TableContext
-from processors.state.changelog import ends, read_to_end
+from processors.state.changelog import settled
 
 log = logging.getLogger("handoff.state")
 
@@ -204,17 +207,18 @@ class Store(Table, Generic[Entry]):
         """Open each partition's files and read the changelog from its checkpoint to the end (Restore)."""
         context = self._context
         name = context.changelog.name
-        marks = ends(context.settings, name, partitions)
+        deadline = time.monotonic() + self.restore_timeout_s
+        lows = settled(context.settings, name, partitions, self.restore_timeout_s)
         starts = {}
         with self._lock:
             for p in partitions:
-                part = self._open(p, marks[p][0])
+                part = self._open(p, lows[p])
                 self._partitions[p] = part
                 starts[p] = part.checkpoint + 1
         read = 0
         latest: dict[int, dict[bytes, bytes | None]] = {}  # per partition: the last value read of each key
         last: dict[int, int] = {}
-        for msg in read_to_end(context.settings, name, starts, self.restore_timeout_s):
+        for msg in records(context.settings, name, max(0.0, deadline - time.monotonic()), starts=starts):
             p = msg.partition()
             values = latest.setdefault(p, {})
             values[msg.key()] = msg.value()
