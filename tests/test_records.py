@@ -27,6 +27,7 @@ SAMPLES = {
                                            attempts=1, http_status=200, latency_ms=1.0, executed_at_ms=1),
     "handoff/action_done": records.ActionDone(idempotency_key="e:a", event_id="e", action="a", executed_at_ms=1),
     "handoff/seen_event": records.SeenEvent(event_id="e", partition=0, offset=7, at_ms=1),
+    "handoff/first_verdict": records.FirstVerdict(review_id="r", partition=0, offset=7, at_ms=1),
     "handoff/notification": records.Notification(event_id="e", workflow="w", action="a", idempotency_key="e:a",
                                                  arguments="{}", at_ms=1),
     "handoff/trace": records.Trace(run_id="e", workflow="w", step="classify", at_ms=1, prompt=PROMPT, cost_usd=0.1),
