@@ -1,8 +1,9 @@
 """The ``handoff`` command: every command group's module assembled under one app.
 
 Each group lives in its own module (``processors/cli/<group>.py``), its options shared through
-:mod:`processors.cli.params`; this module only names them. ``--project`` comes before the command
-(``handoff --project ~/flows run -w mine``) because it decides where every command reads from.
+:mod:`processors.cli.params`; this module only names them. ``--project`` and ``--kafka-config``
+come before the command (``handoff --project ~/flows --kafka-config prod.properties run -w mine``)
+because they decide where every command reads from and how it talks to the broker.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import os
 import typer
 
 from processors.cli import broker, control, dataset, evals, events, outcome, prompt, replay, report, review, run, topics
-from processors.cli.params import Project
+from processors.cli.params import KafkaConfig, Project
+from processors.kafka.settings import CONFIG_ENV
 from processors.project import PROJECT_ENV
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
@@ -20,10 +22,12 @@ app = typer.Typer(no_args_is_help=True, add_completion=False,
 
 
 @app.callback()
-def main(project: Project = None) -> None:
-    """Options before the command: they decide where every command reads from."""
+def main(project: Project = None, kafka_config: KafkaConfig = None) -> None:
+    """Options before the command: they decide where every command reads from, and how it talks to Kafka."""
     if project is not None:  # processors.project reads it: every loader agrees on the one root
         os.environ[PROJECT_ENV] = str(project)
+    if kafka_config is not None:  # KafkaSettings reads it: every client of the command gets the same properties
+        os.environ[CONFIG_ENV] = str(kafka_config)
 
 
 app.add_typer(broker.app, name="kafka")

@@ -1,7 +1,7 @@
 """What the commands share: their common options and the steps before a command's own work.
 
 Every option that more than one command takes is declared here once (``--bootstrap``,
-``--workflow``, ``--workflows-dir``, ``--data-dir``…), and so are the steps that can fail before a
+``--workflow``, ``--workflows-dir``, ``--data-dir``, ``--kafka-config``…), and so are the steps that can fail before a
 command does anything — loading the workflow, asking the broker for its topics, reading the
 control topic — each failing in one line that says what is wrong and what to do (:func:`fail`).
 """
@@ -15,7 +15,7 @@ import typer
 
 from processors.control.store import ControlStore, ControlUnavailable
 from processors.kafka.broker import BrokerUnreachable, missing_topics
-from processors.kafka.settings import KafkaSettings
+from processors.kafka.settings import CONFIG_ENV, ClientConfigError, KafkaSettings
 from processors.project import PROJECT_ENV
 from processors.workflow.workflow import Workflow, WorkflowError, load_workflow
 
@@ -31,8 +31,18 @@ Project = Annotated[Optional[Path], typer.Option("--project", envvar=PROJECT_ENV
 DataDir = Annotated[Path, typer.Option(help="Where the broker keeps its data, pid and logs (git-ignored).")]
 
 
+KafkaConfig = Annotated[Optional[Path], typer.Option("--kafka-config", envvar=CONFIG_ENV, exists=True, dir_okay=False,
+                                                     resolve_path=True, help=(
+    "A properties file (key=value lines) of librdkafka and schema.registry.* client settings: SASL, TLS… "
+    "Secrets go here or in HANDOFF_KAFKA_* variables, never on the command line."))]
+
+
 def settings(bootstrap: str | None) -> KafkaSettings:
-    return KafkaSettings(bootstrap_servers=bootstrap) if bootstrap else KafkaSettings()
+    """The Kafka settings in force (properties file, environment, ``--bootstrap``); exit 1 when they do not read."""
+    try:
+        return KafkaSettings.load(bootstrap_servers=bootstrap)
+    except ClientConfigError as exc:
+        raise fail(str(exc))
 
 
 def fail(message: str) -> typer.Exit:
@@ -56,7 +66,7 @@ def need_broker(flow: Workflow, conf: KafkaSettings, *topics: str) -> None:
     makes clients of its own, which would log every refused connection."""
     try:
         missing = missing_topics(conf, topics)
-    except BrokerUnreachable as exc:
+    except (BrokerUnreachable, ClientConfigError) as exc:
         raise fail(str(exc))
     if missing:
         raise fail(f"topic {missing[0]} does not exist at {conf.bootstrap_servers}: create the workflow's topics "

@@ -11,9 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient
-
-from processors.kafka.settings import KafkaSettings
+from processors.kafka.settings import ClientConfigError, KafkaSettings
 
 
 def _ignore(_error) -> None:
@@ -30,8 +28,12 @@ class BrokerUnreachable(ConnectionError):
 
 def missing_topics(settings: KafkaSettings, names: Iterable[str], timeout: float = 5.0) -> list[str]:
     """Those of ``names`` the broker does not have (in their order); :class:`BrokerUnreachable`
-    when no broker answers within ``timeout``."""
-    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers, **QUIET})
+    when no broker answers within ``timeout``, :class:`ClientConfigError` when the user's client
+    properties do not make a client."""
+    try:
+        admin = settings.admin(**QUIET)
+    except KafkaException as exc:  # a property librdkafka does not know, or a value it refuses
+        raise ClientConfigError(f"Kafka client properties: {exc.args[0].str()}") from None
     try:
         topics = admin.list_topics(timeout=timeout).topics
     except KafkaException as exc:

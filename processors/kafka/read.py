@@ -15,18 +15,17 @@ from collections.abc import Iterator
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from processors.avro.serde import AvroSerde, DecodeError
-from processors.kafka.settings import KafkaSettings
+from processors.kafka.settings import ClientKind, KafkaSettings
 
 
 def reader(settings: KafkaSettings) -> Consumer:
     """A read-committed consumer that assigns and never commits: it never disturbs a stage's offsets."""
-    return Consumer({
-        "bootstrap.servers": settings.bootstrap_servers,
-        "group.id": "handoff-tail",  # required by librdkafka; never joined or committed
-        "enable.auto.commit": False,
-        "isolation.level": "read_committed",
-        "enable.partition.eof": True,
-    })
+    return Consumer(settings.config(
+        ClientKind.consumer,
+        **{"group.id": "handoff-tail",  # required by librdkafka; never joined or committed
+           "enable.auto.commit": False,
+           "isolation.level": "read_committed",
+           "enable.partition.eof": True}))
 
 
 def snapshot(settings: KafkaSettings, topic: str, timeout: float = 30.0) -> list[Message]:
