@@ -27,7 +27,7 @@ from fastavro import schemaless_reader, schemaless_writer
 from fastavro.read import SchemaResolutionError
 from fastavro.validation import validate
 
-from processors.avro.contracts import Contract, ContractStore, default_store
+from processors.avro.contracts import Contract, ContractStore, default_store, named_types
 from processors.avro.registry import Registry
 
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
@@ -84,21 +84,7 @@ def check_record(record: Any, contract: Contract) -> list[str]:
     """Every way ``record`` breaks ``contract``: wrong types, missing fields and fields the schema
     does not have, each named by its dotted path in the record (``customer.plan: missing``), so a
     person finds it in their JSON without knowing the schema's record names."""
-    return _errors(record, contract.schema, "", _definitions(contract.schema, {}))
-
-
-def _definitions(schema: Any, named: dict[str, Any]) -> dict[str, Any]:
-    """Every named type ``schema`` defines, by full name: a later use of one is only its name."""
-    if isinstance(schema, list):
-        for branch in schema:
-            _definitions(branch, named)
-    elif isinstance(schema, dict):
-        if schema.get("type") in ("record", "enum", "fixed"):
-            named[schema["name"]] = schema
-        inner = [f["type"] for f in schema.get("fields", [])] + [schema[k] for k in ("items", "values") if k in schema]
-        for sub in inner:
-            _definitions(sub, named)
-    return named
+    return _errors(record, contract.schema, "", named_types(contract.schema))
 
 
 def _errors(datum: Any, schema: Any, path: str, named: dict[str, Any]) -> list[str]:

@@ -12,10 +12,24 @@ import os
 
 import typer
 
-from processors.cli import broker, control, dataset, evals, events, outcome, prompt, replay, report, review, run, topics
+from processors.cli import (
+    broker,
+    control,
+    dataset,
+    evals,
+    events,
+    init,
+    outcome,
+    prompt,
+    replay,
+    report,
+    review,
+    run,
+    topics,
+)
 from processors.cli.params import KafkaConfig, Project
 from processors.kafka.settings import CONFIG_ENV
-from processors.project import PROJECT_ENV
+from processors.project import use
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="handoff: AI model outputs to governed business actions, on Kafka.")
@@ -24,8 +38,8 @@ app = typer.Typer(no_args_is_help=True, add_completion=False,
 @app.callback()
 def main(project: Project = None, kafka_config: KafkaConfig = None) -> None:
     """Options before the command: they decide where every command reads from, and how it talks to Kafka."""
-    if project is not None:  # processors.project reads it: every loader agrees on the one root
-        os.environ[PROJECT_ENV] = str(project)
+    if project is not None:  # every loader asks processors.project: they agree on the one root
+        use(project)
     if kafka_config is not None:  # KafkaSettings reads it: every client of the command gets the same properties
         os.environ[CONFIG_ENV] = str(kafka_config)
 
@@ -43,3 +57,5 @@ app.add_typer(prompt.app, name="prompt")
 app.add_typer(control.app, name="control")
 app.command()(replay.replay)
 app.command("eval")(evals.eval_)
+app.command()(init.init)
+app.add_typer(init.app, name="workflow")

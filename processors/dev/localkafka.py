@@ -1,6 +1,6 @@
 """A real single-node Apache Kafka broker (KRaft) on the local JVM, no Docker needed.
 
-The broker's classpath comes from Maven Central: ``deploy/kafka/pom.xml`` names the
+The broker's classpath comes from Maven Central: ``deploy/kafka/pom.xml`` (shipped in the wheel too) names the
 ``kafka_2.13`` artifact and ``mvn dependency:build-classpath`` resolves it (cached per pom
 hash). Start-up is three steps, each with a clear failure:
 
@@ -30,7 +30,9 @@ from pathlib import Path
 
 from confluent_kafka.admin import AdminClient
 
-DEPLOY_DIR = Path(__file__).resolve().parents[2] / "deploy" / "kafka"
+from processors import project
+
+DEPLOY_DIR = project.LOCAL_BROKER
 DEFAULT_DATA_DIR = Path(".local/kafka")
 DEFAULT_PORT = 9092
 
