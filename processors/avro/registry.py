@@ -19,6 +19,7 @@ from enum import StrEnum
 
 from confluent_kafka.schema_registry import (
     SchemaRegistryClient,
+    SchemaRegistryError,
     record_subject_name_strategy,
     topic_record_subject_name_strategy,
     topic_subject_name_strategy,
@@ -38,8 +39,17 @@ _STRATEGIES = {SubjectNameStrategy.topic: topic_subject_name_strategy,
                SubjectNameStrategy.topic_record: topic_record_subject_name_strategy}
 
 
+NUMERIC = {"max.retries", "retries.wait.ms", "retries.max.wait.ms", "timeout", "cache.capacity",
+           "cache.latest.ttl.sec"}
+"""Client properties the registry client takes as numbers; a properties file or variable gives text."""
+
+
 class RegistryConfigError(Exception):
     """The registry's client properties are not usable; the message says which."""
+
+
+class RegistryUnavailable(ConnectionError):
+    """The registry does not answer, or refuses these credentials; the message says which and what to do."""
 
 
 class Registry(BaseModel):
@@ -54,9 +64,24 @@ class Registry(BaseModel):
         """The subject a value schema named ``record_name`` is registered under, on ``topic``."""
         return _STRATEGIES[self.strategy](SerializationContext(topic, MessageField.VALUE), record_name)
 
+    def check(self) -> None:
+        """Ask the registry for its subjects, so a wrong URL or credentials fail a command before it
+        starts, in one line, instead of failing each record it would write."""
+        try:
+            self.client().get_subjects()
+        except SchemaRegistryError as exc:
+            hint = ("check basic.auth.user.info (SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO)"
+                    if exc.http_status_code in (401, 403) else "check SCHEMA_REGISTRY_URL")
+            raise RegistryUnavailable(f"the Schema Registry at {self.url} refused: HTTP {exc.http_status_code} "
+                                      f"{exc.error_message}; {hint}") from None
+        except Exception as exc:  # httpx's connection errors: nothing answers there
+            raise RegistryUnavailable(f"no Schema Registry answers at {self.url} ({type(exc).__name__}: {exc}); "
+                                      f"check SCHEMA_REGISTRY_URL") from None
+
     def client(self) -> SchemaRegistryClient:
         try:
-            return SchemaRegistryClient({"url": self.url, **dict(self.properties)})
+            return SchemaRegistryClient({"url": self.url, **{k: float(v) if k in NUMERIC else v
+                                                             for k, v in self.properties}})
         except (ValueError, TypeError) as exc:
             names = ", ".join(k for k, _ in self.properties) or "none"
             raise RegistryConfigError(f"Schema Registry client at {self.url} (properties: {names}): {exc}") from None

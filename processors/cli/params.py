@@ -13,6 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from processors.avro.registry import RegistryConfigError, RegistryUnavailable
 from processors.control.store import ControlStore, ControlUnavailable
 from processors.kafka.broker import BrokerUnreachable, missing_topics
 from processors.kafka.settings import CONFIG_ENV, ClientConfigError, KafkaSettings
@@ -62,11 +63,14 @@ def load(workflow: str, bootstrap: str | None, workflows_dir: Path | None = None
 
 
 def need_broker(flow: Workflow, conf: KafkaSettings, *topics: str) -> None:
-    """Exit 1 in one line unless a broker answers and has the ``topics``: asked before the command
-    makes clients of its own, which would log every refused connection."""
+    """Exit 1 in one line unless a broker answers and has the ``topics``, and the Schema Registry (when
+    one is set) answers to these credentials: asked before the command makes clients of its own,
+    which would log every refused connection, or fail every record they write."""
     try:
         missing = missing_topics(conf, topics)
-    except (BrokerUnreachable, ClientConfigError) as exc:
+        if conf.registry is not None:
+            conf.registry.check()
+    except (BrokerUnreachable, ClientConfigError, RegistryConfigError, RegistryUnavailable) as exc:
         raise fail(str(exc))
     if missing:
         raise fail(f"topic {missing[0]} does not exist at {conf.bootstrap_servers}: create the workflow's topics "
