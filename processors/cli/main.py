@@ -13,6 +13,7 @@ import os
 import typer
 
 from processors.cli import (
+    acls,
     broker,
     control,
     dataset,
@@ -59,3 +60,4 @@ app.command()(replay.replay)
 app.command("eval")(evals.eval_)
 app.command()(init.init)
 app.add_typer(init.app, name="workflow")
+app.command("acls")(acls.acls_)

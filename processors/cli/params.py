@@ -15,9 +15,11 @@ import typer
 
 from processors.avro.registry import RegistryConfigError, RegistryUnavailable
 from processors.control.store import ControlStore, ControlUnavailable
+from processors.kafka.acls import AccessDenied, check
 from processors.kafka.broker import BrokerUnreachable, missing_topics
 from processors.kafka.settings import CONFIG_ENV, ClientConfigError, KafkaSettings
 from processors.project import PROJECT_ENV
+from processors.stages.access import grants
 from processors.workflow.workflow import Workflow, WorkflowError, load_workflow
 
 Bootstrap = Annotated[Optional[str], typer.Option("--bootstrap", "-b", envvar="KAFKA_BOOTSTRAP_SERVERS",
@@ -75,6 +77,16 @@ def need_broker(flow: Workflow, conf: KafkaSettings, *topics: str) -> None:
     if missing:
         raise fail(f"topic {missing[0]} does not exist at {conf.bootstrap_servers}: create the workflow's topics "
                    f"with `handoff topics apply --workflow {flow.name}`")
+
+
+def need_access(flow: Workflow, conf: KafkaSettings, stages: list[str]) -> None:
+    """Exit 1 in one line naming the principal, the resource and the operation when this process may not
+    do something the ``stages`` do (:mod:`processors.stages.access`); on an open cluster everything is allowed."""
+    try:
+        for stage in stages:
+            check(conf, grants(flow, stage, conf))
+    except AccessDenied as exc:
+        raise fail(f"stage {stage}: {exc}")
 
 
 def control_store(workflow: str, bootstrap: str | None, workflows_dir: Path | None) -> ControlStore:

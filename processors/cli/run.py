@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from processors.actions.webhook import MissingSecret
-from processors.cli.params import Bootstrap, WorkflowName, WorkflowsDir, fail, load, need_broker
+from processors.cli.params import Bootstrap, WorkflowName, WorkflowsDir, fail, load, need_access, need_broker
 from processors.control.store import ControlUnavailable
 from processors.pipeline import Pipeline
 from processors.runtime import metrics
@@ -41,6 +41,7 @@ def run(workflow: WorkflowName,
         raise fail(f"unknown stage {stage!r}; one of {', '.join(STAGES)} or all")
     flow, conf = load(workflow, bootstrap, workflows_dir)
     need_broker(flow, conf)  # before any stage's clients exist
+    need_access(flow, conf, stages)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     options = RuntimeOptions(guarantee=guarantee, max_in_flight=max_in_flight, leave_group_on_stop=leave_group_on_stop,
                              **({"instance": instance} if instance else {}))

@@ -18,11 +18,16 @@ from processors.avro.serde import AvroSerde, DecodeError
 from processors.kafka.settings import ClientKind, KafkaSettings
 
 
+READER_GROUP = "handoff-tail"
+"""The group id of every reader: required by librdkafka, never joined or committed; on a secured cluster
+its principal needs Describe on it (the consumer looks its coordinator up)."""
+
+
 def reader(settings: KafkaSettings) -> Consumer:
     """A read-committed consumer that assigns and never commits: it never disturbs a stage's offsets."""
     return Consumer(settings.config(
         ClientKind.consumer,
-        **{"group.id": "handoff-tail",  # required by librdkafka; never joined or committed
+        **{"group.id": READER_GROUP,
            "enable.auto.commit": False,
            "isolation.level": "read_committed",
            "enable.partition.eof": True}))

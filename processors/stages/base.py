@@ -35,6 +35,15 @@ class WorkflowStage(Stage):
         self.inputs = [workflow.topic(role) for role in self.input_roles]
 
     input_roles: list[Role]
+    output_roles: list[Role]
+    """What the stage writes, by role (``decisions``: every route's): what its principal must be allowed
+    to write (``handoff acls``). Dead letters are the runtime's, for every stage."""
+
+    def outputs(self) -> list[str]:
+        """The declared names of every topic the stage may write, dead letters aside."""
+        return [name for role in self.output_roles for name in
+                ([self.workflow.topic(role, route) for route in self.workflow.route_names]
+                 if role == Role.decisions else [self.workflow.topic(role)])]
 
     def is_from(self, topic: str, role: Role) -> bool:
         """Does a consumed record's (namespaced) topic name the workflow's ``role`` topic?"""
