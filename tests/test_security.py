@@ -96,6 +96,16 @@ def test_a_property_handoff_relies_on_or_a_bad_line_is_refused_naming_the_file(t
     assert str(props) in str(refused.value)
 
 
+
+def test_a_property_librdkafka_does_not_know_fails_the_command_in_one_line(tmp_path, clean_env):
+    props = tmp_path / "client.properties"
+    props.write_text("securty.protocol=SASL_SSL\n")
+    clean_env.setenv("HANDOFF_KAFKA_CONFIG", "")  # restored afterwards: --kafka-config sets it in this process
+    result = CliRunner().invoke(app, ["--kafka-config", str(props), "topics", "apply", "--workflow", "support_ticket"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output.strip().splitlines() == [
+        'Kafka client properties: No such configuration property: "securty.protocol"'], result.output
+
 # ---- a secured cluster: SASL_SSL, SCRAM, ACLs ---------------------------------------------------------
 
 PATH_STAGES = ("classify", "validate", "route", "execute")
