@@ -100,14 +100,14 @@ def test_the_installed_wheel_scaffolds_a_project_and_runs_its_workflow(installed
 
 
 def test_the_scaffold_loads_evaluates_and_refuses_to_overwrite(tmp_path, monkeypatch):
-    monkeypatch.delenv(project.PROJECT_ENV, raising=False)  # restored afterwards: --project sets it in this process
+    monkeypatch.setenv(project.PROJECT_ENV, "")  # none, and restored afterwards: --project sets it in this process
     runner = CliRunner()
     made = runner.invoke(app, ["init", str(tmp_path / "p"), "--workflow", "leads"])
     assert made.exit_code == 0, made.output
     again = runner.invoke(app, ["--project", str(tmp_path / "p"), "workflow", "new", "leads"])
     assert again.exit_code == 1 and "exists already" in again.output and "Traceback" not in again.output
     assert runner.invoke(app, ["--project", str(tmp_path / "p"), "workflow", "new", "Bad-Name"]).exit_code == 1
-    monkeypatch.delenv(project.PROJECT_ENV)
+    monkeypatch.setenv(project.PROJECT_ENV, "")
     orphan = runner.invoke(app, ["workflow", "new", "more"])
     assert orphan.exit_code == 1 and "no project" in orphan.output
     evaluated = runner.invoke(app, ["--project", str(tmp_path / "p"), "eval", "--workflow", "leads",

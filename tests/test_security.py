@@ -162,9 +162,10 @@ def stage_env(secured: Secured, namespace: str, user: str, tmp_path: Path) -> di
     return env
 
 
-def wait_for_access(secured: Secured, namespace: str, workflow, stage: str, timeout: float = 60.0) -> None:
-    """Until the stage's principal signs in and has its ACLs: SCRAM users and ACLs reach the broker
-    a moment after the controller commits them."""
+def wait_for_access(secured: Secured, namespace: str, workflow, stage: str, allowed: bool = True,
+                    timeout: float = 60.0) -> None:
+    """Until the stage's principal signs in and has its ACLs (``allowed``) or lacks one: SCRAM users and
+    ACL changes reach the broker a moment after the controller commits them."""
     user = principal(namespace, stage)
     props = secured.listener.client_properties(user, f"{user}-secret")
     settings = KafkaSettings(bootstrap_servers=props.pop("bootstrap.servers"), namespace=namespace, client=props,
@@ -174,16 +175,28 @@ def wait_for_access(secured: Secured, namespace: str, workflow, stage: str, time
         try:
             missing_topics(settings, [], timeout=2)
             acls.check(settings, grants(workflow, stage, settings))
-            return
+            now = True
         except (BrokerUnreachable, acls.AccessDenied):
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
+            now = False
+        if now == allowed:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{user}'s access did not become {'allowed' if allowed else 'denied'}")
+        time.sleep(0.5)
 
 
 def run_stage(stage: str, env: dict[str, str], *args: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "processors.cli", *args, "run", "--workflow", "support_ticket",
                              "--stage", stage], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finished(process: subprocess.Popen, timeout: float = 60.0) -> str:
+    """The output of a process expected to exit by itself; killed if it does not."""
+    try:
+        return process.communicate(timeout=timeout)[0]
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return process.communicate()[0] + "\n(killed: it did not exit)"
 
 
 def test_each_stage_runs_as_its_own_principal_and_one_without_its_acl_is_refused(secured, tmp_path, receiver):
@@ -222,7 +235,7 @@ def test_each_stage_runs_as_its_own_principal_and_one_without_its_acl_is_refused
     finally:
         for process in stages.values():
             process.send_signal(signal.SIGTERM)
-        logs = {stage: process.communicate(timeout=60)[0] for stage, process in stages.items()}
+        logs = {stage: finished(process) for stage, process in stages.items()}
     assert count(admin, *settled) == len(events), logs
     assert count(admin, workflow.spec(Role.dlq).name) == 0, "nothing refused, nothing dead-lettered"
     for stage, process in stages.items():
@@ -235,8 +248,9 @@ def test_each_stage_runs_as_its_own_principal_and_one_without_its_acl_is_refused
     client = admin.admin()
     for future in client.delete_acls([removed]).values():
         future.result(timeout=30)
+    wait_for_access(secured, namespace, workflow, "validate", allowed=False)
     refused = run_stage("validate", stage_env(secured, namespace, principal(namespace, "validate"), tmp_path))
-    output, _ = refused.communicate(timeout=60)
+    output = finished(refused)
     assert refused.returncode == 1, output
     assert output.strip().splitlines() == [
         f"stage validate: principal User:{principal(namespace, 'validate')} may not Read topic {group} "
@@ -246,7 +260,7 @@ def test_each_stage_runs_as_its_own_principal_and_one_without_its_acl_is_refused
 def test_wrong_credentials_fail_in_one_line(secured, tmp_path):
     env = stage_env(secured, "nobody", "nobody", tmp_path)  # a user the broker does not know
     refused = run_stage("route", env)
-    output, _ = refused.communicate(timeout=60)
+    output = finished(refused)
     assert refused.returncode == 1, output
     [line] = output.strip().splitlines()
     assert "refused this client" in line and "sasl.username" in line, line
