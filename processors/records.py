@@ -236,6 +236,15 @@ class SeenEvent(BaseModel):
     at_ms: int
 
 
+class FirstVerdict(BaseModel):
+    """``handoff/first_verdict``: the review stage's index, where the first verdict on a review id sits."""
+
+    review_id: str
+    partition: int
+    offset: int
+    at_ms: int
+
+
 class Notification(BaseModel):
     """``handoff/notification``: what an ``emit`` action writes to its topic."""
 

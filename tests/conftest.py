@@ -9,6 +9,8 @@ says why.
 from __future__ import annotations
 
 import os
+import shutil
+import threading
 import uuid
 from pathlib import Path
 
@@ -21,6 +23,8 @@ from processors.dev.receiver import WebhookReceiver
 from processors.kafka.settings import KafkaSettings
 from processors.kafka.topics import apply
 from processors.project import EXAMPLES
+from processors.runtime.options import Guarantee, RuntimeOptions
+from processors.runtime.runtime import StageRuntime
 from processors.workflow.workflow import ModelRetries, Workflow, load_workflow
 
 WORKFLOWS = EXAMPLES / "workflows"
@@ -61,6 +65,15 @@ def kafka_bootstrap(tmp_path_factory):
         broker.stop()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def state_dir(tmp_path_factory):
+    """Stateful stages keep their stores under the session's temporary folder, never in the checkout
+    (``handoff run`` subprocesses inherit it)."""
+    os.environ["HANDOFF_STATE_DIR"] = str(tmp_path_factory.mktemp("state"))
+    yield Path(os.environ["HANDOFF_STATE_DIR"])
+    os.environ.pop("HANDOFF_STATE_DIR", None)
+
+
 @pytest.fixture
 def namespace() -> str:
     """A fresh topic namespace per test: tests share the broker, never topics."""
@@ -78,6 +91,17 @@ def kafka(kafka_bootstrap, namespace) -> KafkaSettings:
     leftovers = [t for t in admin.list_topics(timeout=10).topics if t.startswith(f"{namespace}.")]
     for future in (admin.delete_topics(leftovers, operation_timeout=30) if leftovers else {}).values():
         future.result()
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch) -> Path:
+    """A project of its own: a copy of the shipped support_ticket workflow, its schemas and topics."""
+    root = tmp_path / "project"
+    shutil.copytree(EXAMPLES / "workflows/support_ticket", root / "workflows/support_ticket")
+    shutil.copytree(EXAMPLES / "schemas", root / "schemas")
+    shutil.copytree(EXAMPLES / "topics", root / "topics")
+    monkeypatch.setenv("HANDOFF_PROJECT", str(root))  # the CLI sets it from --project; restored after the test
+    return root
 
 
 # ---- workflows under test: deploy one, feed it, read it back ----------------------------------------
@@ -123,5 +147,36 @@ def produce(kafka, workflow: Workflow, events: list[dict], raw: list[tuple[bytes
         producer.produce(spec.name, key=event["customer"]["id"], value=value)
     for key, value in raw:
         producer.produce(spec.name, key=key, value=value)
-    assert producer.flush(10) == 0
+    assert producer.flush(60) == 0  # a broker just started may still be loading its coordinators
     return sent
+
+
+class Running:
+    """One stage on a runtime in a thread, stopped (drained, committed, checkpointed) on exit."""
+
+    def __init__(self, stage, workflow: Workflow, kafka: KafkaSettings, guarantee: Guarantee = Guarantee.at_least_once,
+                 instance: str = "a", state_dir: Path | None = None):
+        self.stage = stage
+        self.runtime = StageRuntime(stage, workflow.name, workflow.topics, kafka, RuntimeOptions(
+            guarantee=guarantee, commit_interval_s=0.2, instance=instance, **({"state_dir": state_dir} if state_dir else {})))
+        self.thread = threading.Thread(target=self._run)
+        self.failure: BaseException | None = None
+
+    def _run(self) -> None:
+        try:
+            self.runtime.run()
+        except BaseException as exc:  # noqa: BLE001  reported by __exit__
+            self.failure = exc
+
+    def owned(self) -> set[int]:
+        """The partition numbers the runtime holds now (restored before they appear)."""
+        return {p for _, p in list(self.runtime._partitions)}
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.runtime.stop()
+        self.thread.join(60)
+        assert not self.thread.is_alive() and self.failure is None, self.failure

@@ -6,7 +6,6 @@ tick, under both guarantees); duplicates and unknown types take their paths."""
 from __future__ import annotations
 
 import signal
-import threading
 import time
 
 import pytest
@@ -18,11 +17,10 @@ from processors.kafka.read import snapshot
 from processors.offline.outputs import read
 from processors.ops.outcomes import send_outcome
 from processors.records import Decision, JoinState, Outcome, PromptRef, Result
-from processors.runtime.options import Guarantee, RuntimeOptions
-from processors.runtime.runtime import StageRuntime
+from processors.runtime.options import Guarantee
 from processors.stages.join import Join
 from processors.workflow.workflow import Outcomes
-from tests.conftest import deployed
+from tests.conftest import Running, deployed
 from tests.test_recovery import handoff_run
 
 
@@ -64,31 +62,6 @@ def wait_for(check, what: str, timeout: float = 60, proc=None) -> None:
         assert proc is None or proc.poll() is None, f"the join process exited with {proc.returncode} waiting for {what}"
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.3)
-
-
-class Running:
-    """The join stage on a runtime in a thread, stopped (drained and committed) on exit."""
-
-    def __init__(self, workflow, kafka, guarantee: Guarantee = Guarantee.at_least_once, instance: str = "a"):
-        self.runtime = StageRuntime(Join(workflow), workflow.name, workflow.topics, kafka,
-                                    RuntimeOptions(guarantee=guarantee, commit_interval_s=0.2, instance=instance))
-        self.thread = threading.Thread(target=self._run)
-        self.failure: BaseException | None = None
-
-    def _run(self) -> None:
-        try:
-            self.runtime.run()
-        except BaseException as exc:
-            self.failure = exc
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.runtime.stop()
-        self.thread.join(60)
-        assert not self.thread.is_alive() and self.failure is None, self.failure
 
 
 @pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
@@ -136,7 +109,7 @@ def test_outcome_first_waits_for_its_decision_and_bad_outcomes_are_dead_lettered
     outcomes_topic = workflow.topics[workflow.topic("outcomes")].name
     unknown = Outcome(event_id="e3", workflow=workflow.name, outcome_type="teleported", at_ms=1, source="crm")
     unknown_bytes = AvroSerde("handoff/outcome").encode(unknown.model_dump())
-    with Running(workflow, kafka):
+    with Running(Join(workflow), workflow, kafka):
         sent = report(kafka, workflow, "e2", "reply_received")
         producer = kafka.producer()
         producer.produce(outcomes_topic, key="e3", value=unknown_bytes)
@@ -165,7 +138,7 @@ def test_outcome_first_waits_for_its_decision_and_bad_outcomes_are_dead_lettered
 @pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
 def test_outcome_whose_decision_never_comes_is_dead_lettered_then_redriven(kafka, guarantee):
     workflow = deployed("support_ticket", kafka).model_copy(update={"outcomes": Outcomes(wait_for_decision_s=1)})
-    with Running(workflow, kafka, Guarantee(guarantee)):
+    with Running(Join(workflow), workflow, kafka, Guarantee(guarantee)):
         sent = report(kafka, workflow, "e5", "reopened")
         wait_for(lambda: dead_letters(kafka, workflow), "the expired outcome's dead letter")
         [letter] = dead_letters(kafka, workflow)
@@ -201,10 +174,10 @@ def test_two_joiners_share_the_work_and_join_every_outcome_once(kafka):
         else:
             decide(kafka, workflow, events[i], customer=f"c{i}")
 
-    with Running(workflow, kafka, instance="a"):
+    with Running(Join(workflow), workflow, kafka, instance="a"):
         for i in range(12):
             send(i, "first")
-        with Running(workflow, kafka, instance="b") as second:  # joins the group: partitions move mid-stream
+        with Running(Join(workflow), workflow, kafka, instance="b") as second:  # joins the group: partitions move mid-stream
             wait_for(lambda: second.runtime._partitions, "the second joiner to own partitions")
             for i in range(12, 24):
                 send(i, "first")

@@ -242,8 +242,8 @@ def test_each_stage_runs_as_its_own_principal_and_one_without_its_acl_is_refused
         assert process.returncode == 0, logs[stage]
         assert "authoriz" not in logs[stage].lower(), (stage, logs[stage])  # no ACL the derivation forgot
 
-    group = workflow.spec(Role.seen).name  # take validate's WRITE on the duplicate ledger away
-    removed = AclBindingFilter(ResourceType.TOPIC, group, ResourcePatternType.LITERAL,
+    ledger = workflow.spec(Role.seen).name  # take validate's ACL on its duplicate ledger away
+    removed = AclBindingFilter(ResourceType.TOPIC, ledger, ResourcePatternType.LITERAL,
                                f"User:{principal(namespace, 'validate')}", "*", AclOperation.ANY, AclPermissionType.ANY)
     client = admin.admin()
     for future in client.delete_acls([removed]).values():
@@ -253,8 +253,8 @@ def test_each_stage_runs_as_its_own_principal_and_one_without_its_acl_is_refused
     output = finished(refused)
     assert refused.returncode == 1, output
     assert output.strip().splitlines() == [
-        f"stage validate: principal User:{principal(namespace, 'validate')} may not Read topic {group} "
-        f"(state it restores, and an output): `handoff acls` prints the ACLs each stage needs"], output
+        f"stage validate: principal User:{principal(namespace, 'validate')} may not Read topic {ledger} "
+        f"(its state's changelog: restored, and written): `handoff acls` prints the ACLs each stage needs"], output
 
 
 def test_wrong_credentials_fail_in_one_line(secured, tmp_path):

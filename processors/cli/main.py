@@ -28,12 +28,26 @@ from processors.cli import (
     run,
     topics,
 )
-from processors.cli.params import KafkaConfig, Project
+from processors.cli.params import KafkaConfig, Project, fail
+from processors.kafka.read import IncompleteRead, ReadError
 from processors.kafka.settings import CONFIG_ENV
 from processors.project import use
 
-app = typer.Typer(no_args_is_help=True, add_completion=False,
-                  help="handoff: AI model outputs to governed business actions, on Kafka.")
+
+class Handoff(typer.Typer):
+    """The app: a read that failed (:class:`IncompleteRead`, :class:`ReadError`: the broker slow, a topic
+    missing), in whichever command, ends it with one line and exit 1, never a traceback."""
+
+    def __call__(self, *args, **kwargs):
+        try:
+            return super().__call__(*args, **kwargs)
+        except (IncompleteRead, ReadError) as exc:
+            fail(str(exc))
+            raise SystemExit(1) from None
+
+
+app = Handoff(no_args_is_help=True, add_completion=False,
+              help="handoff: AI model outputs to governed business actions, on Kafka.")
 
 
 @app.callback()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -15,6 +16,7 @@ from processors.runtime import metrics
 from processors.runtime.options import Guarantee, RuntimeOptions
 from processors.runtime.runtime import BrokerUnavailable
 from processors.stages.registry import STAGES
+from processors.state.store import StoreUnusable
 from processors.workflow.workflow import WorkflowError
 
 
@@ -29,6 +31,9 @@ def run(workflow: WorkflowName,
             "--leave-group-on-stop/--keep-partitions-on-stop",
             help="On SIGTERM, hand this instance's partitions to the others at once (scale-in), or keep them for "
                  "the session timeout so a restart of the same instance takes them back without a rebalance.")] = True,
+        state_dir: Annotated[Optional[Path], typer.Option(envvar="HANDOFF_STATE_DIR", help=(
+            "Where stateful stages keep their partition-local stores (default .local/state): on a persistent "
+            "volume a restart reads only the changelog written since its last checkpoint."))] = None,
         metrics_port: Annotated[Optional[int], typer.Option(envvar="HANDOFF_METRICS_PORT", help=(
             "Serve Prometheus metrics on ADDR:PORT/metrics (default: off)."))] = None,
         metrics_addr: Annotated[str, typer.Option(envvar="HANDOFF_METRICS_ADDR", help=(
@@ -44,11 +49,12 @@ def run(workflow: WorkflowName,
     need_access(flow, conf, stages)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     options = RuntimeOptions(guarantee=guarantee, max_in_flight=max_in_flight, leave_group_on_stop=leave_group_on_stop,
-                             **({"instance": instance} if instance else {}))
+                             **({"instance": instance} if instance else {}),
+                             **({"state_dir": state_dir} if state_dir else {}))
     typer.echo(f"running {workflow} stages {', '.join(stages)} against {conf.bootstrap_servers} ({guarantee})")
     if metrics_port is not None:
         typer.echo(f"metrics on http://{metrics_addr}:{metrics.serve(metrics_port, metrics_addr).server_port}/metrics")
     try:
         Pipeline(flow, conf, stages, options).run()
-    except (BrokerUnavailable, ControlUnavailable, MissingSecret, WorkflowError) as exc:
+    except (BrokerUnavailable, ControlUnavailable, MissingSecret, StoreUnusable, WorkflowError) as exc:
         raise fail(str(exc))

@@ -6,7 +6,11 @@
     with no Kafka client at all;
 (b) classify with the scripted model at 100 ms a call and 500 calls in flight, in one process
     (does the runtime hide model latency?);
-(c) a plain confluent-kafka consume → decode → encode → produce loop, the reference.
+(c) a plain confluent-kafka consume → decode → encode → produce loop, the reference;
+state: what a stateful stage costs as its history grows (:mod:`.bench_state`).
+
+Every figure is printed and written to ``.local/bench/results.json`` as named numbers
+(``throughput.<name>``, ``state.<name>.<history size>``), so runs can be compared by a script.
 
 What bounds (a): per event the reference reads one record and writes one; validate and route
 read two and write six — the validated item, the duplicate ledger's entry, the decision, the
@@ -34,6 +38,7 @@ import typer
 from confluent_kafka import TIMESTAMP_CREATE_TIME, Consumer, Message
 
 from processors.clock import now_ms
+from processors.dev import bench_state
 from processors.dev.localkafka import LocalKafka, free_port
 from processors.kafka.read import snapshot
 from processors.kafka.settings import KafkaSettings
@@ -48,6 +53,7 @@ from processors.workflow.workflow import Workflow, load_workflow
 
 BENCH_BROKER_DIR = Path(".local/bench-kafka")
 BENCH_LOGS = Path(".local/bench-logs")
+RESULTS = Path(".local/bench/results.json")
 
 
 CUSTOMERS = 100_000
@@ -212,6 +218,16 @@ def run(settings: KafkaSettings, n: int, latency: float, in_flight: int) -> None
           f"(latency-bound ceiling {in_flight / latency:.0f}/s)", flush=True)
     print(f"ratios: (a)/(c) = {a / c:.2f} (target 0.5); ceiling/(c) = {work / c:.2f}; "
           f"one process/ceiling = {together / work:.2f} (what the runtime keeps); (b)/(c) = {b / c:.2f}", flush=True)
+    print("state (the duplicate check's store, by history size):", flush=True)
+    state = bench_state.measure(load_workflow("support_ticket", settings.namespace), settings, BENCH_LOGS)
+    figures = {"embedded_accuracy": round(accuracy.accuracy, 4),
+               "throughput": {"plain_loop_eps": round(c), "validate_route_processes_eps": round(a),
+                              "validate_route_one_process_eps": round(together), "stage_work_ceiling_eps": round(work),
+                              "classify_scripted_eps": round(b)},
+               "state": state}
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_bytes(orjson.dumps(figures, option=orjson.OPT_INDENT_2))
+    print(f"figures written to {RESULTS}", flush=True)
 
 
 def main(events_per_run: int = typer.Option(5000, "--events", help="Events per measurement."),

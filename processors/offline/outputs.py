@@ -29,10 +29,12 @@ def decision_suffixes(workflow: Workflow, shadow: bool = False) -> list[str]:
 
 
 def read(workflow: Workflow, settings: KafkaSettings, suffix: str, model: type[Model]) -> list[Model]:
-    """Every record of ``<workflow>.<suffix>`` so far, decoded into ``model``."""
+    """Every record of ``<workflow>.<suffix>`` so far, decoded into ``model``; a changelog's tombstones
+    (a store forgot the key) are left out."""
     spec = workflow.topics[workflow.topic(suffix)]
     serde = spec.serde(settings)
-    return [model.model_validate(serde.decode(msg.value())) for msg in snapshot(settings, spec.name)]
+    return [model.model_validate(serde.decode(msg.value())) for msg in snapshot(settings, spec.name)
+            if msg.value() is not None]
 
 
 def dead_letters(workflow: Workflow, settings: KafkaSettings) -> list[tuple[Message, dict[str, str]]]:

@@ -190,7 +190,7 @@ class OfflineRunner:
             trail.decision = emit.value
         elif suffix == Role.actions:
             trail.actions.append(emit.value.action)
-        elif suffix not in (Role.traces, Role.seen):
+        elif suffix not in (Role.traces, Role.seen, Role.taken):
             raise ValueError(f"offline runner: no path for output topic {emit.topic}")
         return None
 

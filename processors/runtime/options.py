@@ -5,8 +5,10 @@ Every option says what it buys and what it costs, so choosing one is a decision,
 
 from __future__ import annotations
 
+import os
 import socket
 from enum import StrEnum
+from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -16,6 +18,9 @@ class Guarantee(StrEnum):
 
     at_least_once = "at_least_once"
     exactly_once = "exactly_once"
+
+
+STATE_DIR_ENV = "HANDOFF_STATE_DIR"
 
 
 class RuntimeOptions(BaseModel):
@@ -53,6 +58,11 @@ class RuntimeOptions(BaseModel):
         "(exactly_once), before the stage gives up with a clear error and exits for its supervisor to "
         "restart it. Longer rides out a longer broker outage in the process (an in-process pipeline has "
         "no supervisor); shorter hands a stuck process to the supervisor sooner."))
+    state_dir: Path = Field(default_factory=lambda: Path(os.environ.get(STATE_DIR_ENV) or ".local/state"), description=(
+        "Where stateful stages keep their partition-local stores (processors/state/store.py), one folder "
+        "per process and table. On a persistent volume a restart reads only the changelog written since "
+        "the last checkpoint; on an empty one (a new pod, a moved partition) it reads the partition's "
+        "whole changelog first. Costs disk about the size of the owned partitions' live state."))
     group: str | None = Field(None, description="Consumer group; default handoff.<workflow>.<stage>.")
     instance: str = Field(default_factory=socket.gethostname, description=(
         "This process's stable name within its group: its static group membership and, under "

@@ -15,3 +15,5 @@ class Output:
     headers: list[tuple[str, bytes]] = field(default_factory=list)
     source: Message | None = None
     """The input record whose output this is (none for a tick's): dead-lettered if the broker refuses this output."""
+    partition: int | None = None
+    """Set for a state store's changelog record (its store's partition); None: the partitioner chooses."""

@@ -22,9 +22,11 @@ partition, and the committed offset never passes a record whose outputs were not
 **Commits**, every ``commit_interval_s`` and on revoke and shutdown, go through the committer of
 the guarantee, chosen once at start: :mod:`.commit` holds both protocols.
 
-**State.** A stage declares its state (``Stage.tables``); on every assignment, before any record
-of the new partitions, the runtime reads each table's topic (the whole topic, read committed, up
-to its end) and hands it over: a stage never reads a topic itself.
+**State.** A stage declares its state (``Stage.tables``: partition-local stores with changelogs,
+:mod:`processors.state.store`); the runtime drives their protocol: open before subscribing, restore
+the assigned partitions before any of their records, report each changelog record the broker
+acknowledged, checkpoint after each commit that succeeded, release revoked and lost partitions. A
+stage never reads a topic itself.
 
 **Backpressure.** At most ``max_in_flight`` records are being processed at once. Records of
 a key that is busy wait behind it, and records consumed beyond that wait, in order, in a
@@ -88,7 +90,6 @@ from pydantic import BaseModel
 
 from processors.avro.serde import DecodeError
 from processors.clock import now_ms
-from processors.kafka.read import snapshot
 from processors.kafka.settings import KafkaSettings
 from processors.kafka.topics import Role, TopicSpec, topic_name
 from processors.records import Original
@@ -101,7 +102,7 @@ from processors.runtime.limits import REFUSED, OutputLimits, OutputTooLarge, siz
 from processors.runtime.options import Guarantee, RuntimeOptions  # noqa: F401  Guarantee: still imported from here by the CLI
 from processors.runtime.output import Output
 from processors.runtime.partition import Books, PartitionBook
-from processors.runtime.stage import DeadLetter, Emit, Record, Stage
+from processors.runtime.stage import DeadLetter, Emit, Record, Stage, Table, TableContext
 
 log = logging.getLogger("handoff.runtime")
 
@@ -141,7 +142,10 @@ class StageRuntime:
         self._last_commit = time.monotonic()
         self._last_tick = time.monotonic()
         self._failed = False
+        self._rebalancing = False  # inside the revoke callback: the consumer must not be polled
         self.group = self.options.group or f"handoff.{workflow}.{stage.name}"
+        self.tables = stage.tables()
+        self._changelogs = {topics[t.topic].name: t for t in self.tables}  # changelog topic -> its table
         self._metrics = metrics.StageMetrics(workflow, stage.name)
 
     # ---- lifecycle ---------------------------------------------------------------------------
@@ -159,10 +163,15 @@ class StageRuntime:
                                                **{"partition.assignment.strategy": "range",
                                                   "group.instance.id": self.member,
                                                   "fetch.error.backoff.ms": 20})
-        self.limits = OutputLimits.read(self.settings.admin(), self.topics.values(), self.options.max_message_bytes)
+        self.admin = self.settings.admin()
+        self.limits = OutputLimits.read(self.admin, self.topics.values(), self.options.max_message_bytes)
         self.producer = self._new_producer()
         self.events = EventLoop()
         try:
+            for table in self.tables:
+                table.open(TableContext(changelog=self.topics[table.topic], source=self.topics[table.source],
+                                        settings=self.settings, admin=self.admin,
+                                        directory=self.options.state_dir / self.member / table.topic))
             self.events.run(self.stage.start(), timeout=120)
             self._retried(self._start_committer)
             self.consumer.subscribe(self.input_topics, on_assign=self._on_assign,
@@ -181,11 +190,13 @@ class StageRuntime:
                 self.consumer.close()  # revokes what is left; nothing is in flight by now
             finally:
                 self.committer.close()
+                for table in self.tables:
+                    table.close()
                 self.producer.flush(10)
                 self._metrics.flush()
                 self.events.run(self.stage.close(), timeout=30)
                 self.events.stop()
-                del self.producer, self.consumer  # librdkafka handles are destroyed with the last reference
+                del self.producer, self.consumer, self.admin  # librdkafka handles go with the last reference
 
     def _new_producer(self):
         return self.settings.producer(error_cb=self._on_error, **self.committer.producer_config(self.member),
@@ -213,7 +224,19 @@ class StageRuntime:
                                             f"{self.options.broker_timeout_s:.0f}s ({exc}); restart it: "
                                             f"uncommitted records will be reprocessed") from exc
                 log.warning("stage %s: %s; trying again", self.stage.name, exc)
-                time.sleep(RETRY_S)
+                self._serve_group(RETRY_S)
+
+    def _serve_group(self, seconds: float) -> None:
+        """Wait ``seconds`` between attempts while serving the consumer group: after a broker restart the
+        session may have timed out, and the rejoin runs only in the callbacks a poll serves (never from
+        inside one: a revoke's commit waits plainly). A record the poll returns is put back (a seek to it),
+        so the loop reads it again from a book of the assignment in force."""
+        if self._rebalancing:
+            time.sleep(seconds)
+            return
+        msg = self.consumer.poll(seconds)
+        if msg is not None and not msg.error():
+            self.consumer.seek(TopicPartition(msg.topic(), msg.partition(), msg.offset()))
 
     def _start_over(self, lost: TransactionLost, keep: list[tuple[str, int]]) -> None:
         """The open transaction is lost (:mod:`.commit`, Watchdog): drop the producer and everything
@@ -226,8 +249,11 @@ class StageRuntime:
         self.producer = self._new_producer()  # the old one may still be inside a call: dropped, never reused
 
         def resume() -> None:
-            committed = self.consumer.committed(owned, timeout=TIMEOUT_S) if owned else []
+            # Fence first: the lost transaction may hold offsets sent to it, and a read_committed consumer's
+            # committed() waits for them to settle (KIP-447: UNSTABLE_OFFSET_COMMIT) until the broker aborts
+            # it, which the new producer's init_transactions does now rather than at the transaction timeout.
             self._start_committer()
+            committed = self.consumer.committed(owned, timeout=TIMEOUT_S) if owned else []
             self._on_assign(self.consumer, owned)
             for tp in committed:
                 start = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
@@ -360,7 +386,8 @@ class StageRuntime:
         while True:
             try:
                 self.producer.produce(out.topic, value=out.value, key=out.key, headers=out.headers,
-                                      on_delivery=self._delivery(out, book, offset))
+                                      on_delivery=self._delivery(out, book, offset),
+                                      **({} if out.partition is None else {"partition": out.partition}))
                 self._metrics.produced(out.topic)
                 return
             except BufferError:  # the producer's local queue is full: let it drain
@@ -374,6 +401,9 @@ class StageRuntime:
         """The committer's delivery callback, behind which a refused output is replaced by its dead letter
         (when the committer allows it: see Poison)."""
         delivered = self.committer.delivery(book, offset)
+        table = self._changelogs.get(out.topic)
+        if table is not None:
+            delivered = self._changelog_delivery(delivered, table)
         if not self.committer.refusals_dead_lettered:
             return delivered
 
@@ -383,6 +413,18 @@ class StageRuntime:
                 delivered(err, msg)
             else:
                 self._produce(letter, book, offset)
+
+        return on_delivery
+
+    def _changelog_delivery(self, delivered, table: Table):
+        """Tell ``table`` where the broker put its changelog record (the store's checkpoint needs it); a
+        producer dropped by a start-over reports nothing (its records were aborted)."""
+        producer = self.producer
+
+        def on_delivery(err, msg) -> None:
+            if err is None and producer is self.producer:
+                table.delivered(msg.partition(), msg.key(), msg.offset(), msg.value())
+            delivered(err, msg)
 
         return on_delivery
 
@@ -428,6 +470,8 @@ class StageRuntime:
             books[(tp.topic, tp.partition)].settle(tp.offset)
         try:
             self.committer.commit(books, moment)
+            for table in self.tables:
+                table.checkpoint(None if partitions is None else self._numbers(partitions, table))
         except TransactionLost as lost:
             if moment is Moment.shutdown:
                 log.warning("stage %s: %s at shutdown; the next owner redoes the uncommitted records",
@@ -438,21 +482,33 @@ class StageRuntime:
     # ---- rebalance ---------------------------------------------------------------------------
 
     def _on_assign(self, consumer, partitions: list[TopicPartition]) -> None:
+        assigned = {(tp.topic, tp.partition) for tp in partitions}
+        for table in self.tables:  # the stage's state, before any record of the new partitions
+            numbers = self._numbers(assigned, table)
+            started = time.monotonic()
+            read = table.assign(numbers)
+            if numbers:
+                log.info("stage %s: restored %s partitions %s: %d changelog records in %.2fs", self.stage.name,
+                         table.topic, numbers, read, time.monotonic() - started)
         self._epoch += 1
         for tp in partitions:
             self._partitions[(tp.topic, tp.partition)] = PartitionBook(epoch=self._epoch)
-        for table in self.stage.tables():  # the stage's state, before any record of the new partitions
-            spec = self.topics[table.topic]
-            table.restore(snapshot(self.settings, spec.name), spec.serde(self.settings))
         consumer.resume(partitions)  # librdkafka kept the pause of a partition paused before its revoke
+
+    def _numbers(self, partitions, table: Table) -> list[int]:
+        """The partition numbers of ``table``'s source topic among ``partitions`` (topic, partition)."""
+        source = self.topics[table.source].name
+        return sorted(p for t, p in partitions if t == source)
 
     def _on_revoke(self, consumer, partitions: list[TopicPartition]) -> None:
         revoked = [(tp.topic, tp.partition) for tp in partitions]
+        self._rebalancing = True
         try:
             if not self._failed:
                 self._drain(revoked)
                 self._commit(Moment.revoke, set(revoked))
         finally:
+            self._rebalancing = False
             self._forget(revoked)
 
     def _on_lost(self, consumer, partitions: list[TopicPartition]) -> None:
@@ -470,6 +526,8 @@ class StageRuntime:
 
     def _forget(self, partitions: list[tuple[str, int]]) -> None:
         gone = set(partitions)
+        for table in self.tables:
+            table.release(self._numbers(gone, table))
         self._paused -= gone  # their pause outlives them in librdkafka: the assign callback resumes them
         unfinished = sum(self._partitions.pop(tp).unfinished() for tp in gone if tp in self._partitions)
         self.keys.forget(gone, unfinished)
@@ -517,7 +575,8 @@ class StageRuntime:
         except DecodeError as exc:
             outputs = [self._dead_letter(msg, exc.reason, exc)]
         except DeadLetter as exc:
-            outputs = [self._dead_letter(msg, exc.reason, exc, exc.attempts, exc.first_failure_ms)]
+            outputs = [self._dead_letter(msg, exc.reason, exc, exc.attempts, exc.first_failure_ms),
+                       *(self._encode(emit, msg) for emit in exc.keep)]
         except Exception as exc:  # a bug or an unexpected input: poison, not a crash
             log.error("stage %s failed on %s[%d]@%d:\n%s", self.stage.name, msg.topic(), msg.partition(),
                       msg.offset(), traceback.format_exc())
@@ -530,8 +589,8 @@ class StageRuntime:
         serde = spec.serde(self.settings)
         value = emit.value.model_dump() if isinstance(emit.value, BaseModel) else emit.value
         key = emit.key.encode() if isinstance(emit.key, str) else emit.key
-        return Output(spec.name, key, serde.encode(value, spec.name), [(k, v.encode()) for k, v in emit.headers.items()],
-                      source)
+        return Output(spec.name, key, None if value is None else serde.encode(value, spec.name),
+                      [(k, v.encode()) for k, v in emit.headers.items()], source, emit.partition)
 
     def _within_limits(self, out: Output) -> Output:
         """``out`` (a tick's), or its dead letter when it is over its size limit."""

@@ -6,8 +6,9 @@ without Kafka (the offline runner, :mod:`processors.offline.runner`) behaves the
 runtime calls a stage's methods in this order, on two threads:
 
 1. :meth:`Stage.start` — once, on the runtime's event loop, before anything is consumed.
-2. :meth:`Table.restore` of each of :meth:`Stage.tables` — on the consumer thread, each time
-   partitions are assigned, before any record of theirs (the stage's state, read by the runtime).
+2. :meth:`Table.assign` of each of :meth:`Stage.tables` — on the consumer thread, each time
+   partitions are assigned, before any record of theirs (the stage's state, restored by the table
+   from its changelog: :mod:`processors.state.store`).
 3. :meth:`Stage.process` — per record: on the event loop, or on the consumer thread for an
    ``inline`` stage. It returns :class:`Emit` outputs or raises :class:`DeadLetter`; any other
    exception is treated the same way (a poison record), so one bad record never stops a partition.
@@ -22,14 +23,15 @@ thread's calls (2, 4) and must keep it safe for that.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from confluent_kafka import Message
+from confluent_kafka.admin import AdminClient
 from pydantic import BaseModel
 
-from processors.avro.serde import AvroSerde
 from processors.clock import now_ms
+from processors.kafka.settings import KafkaSettings
+from processors.kafka.topics import TopicSpec
 from processors.records import Original
 
 
@@ -58,9 +60,13 @@ class Emit:
     runtime adds the namespace and encodes ``value`` with that topic's contract."""
 
     topic: str
-    value: BaseModel | dict
+    value: BaseModel | dict | None
+    """None: a tombstone (a state store's changelog deletes the key)."""
     key: bytes | str | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    partition: int | None = None
+    """The partition to write to; None: the producer's partitioner picks it by key. A changelog record
+    goes to the partition of its store (the input partition's number)."""
 
 
 class DeadLetter(Exception):
@@ -71,27 +77,66 @@ class DeadLetter(Exception):
     """
 
     def __init__(self, reason: str, message: str, attempts: int = 1, first_failure_ms: int | None = None,
-                 original: Original | None = None):
+                 original: Original | None = None, keep: list[Emit] | None = None):
         super().__init__(message)
         self.reason = reason
         self.attempts = attempts
         self.first_failure_ms = first_failure_ms or now_ms()
         self.original = original
+        self.keep = keep or []
+        """Outputs that stand although the record is dead-lettered (a state change the record made), produced
+        with its dead letter."""
+
+
+@dataclass(frozen=True)
+class TableContext:
+    """What the runtime hands a table when it starts: the topics, the client settings, and the folder
+    for its files (one per process and table: two instances never share one)."""
+
+    changelog: TopicSpec
+    source: TopicSpec
+    settings: KafkaSettings
+    admin: AdminClient
+    """The runtime's admin client, alive as long as the runtime runs."""
+    directory: Path
 
 
 class Table(ABC):
-    """State a stage keeps in a topic, declared by the stage (:meth:`Stage.tables`) and read by the
-    runtime: the stage never reads a topic itself. ``topic`` is the declared name."""
+    """State a stage keeps per input partition, declared by the stage (:meth:`Stage.tables`) and driven
+    by the runtime, which calls, on the consumer thread: :meth:`open` once before the consumer
+    subscribes; :meth:`assign` for each assignment, before any record of those partitions;
+    :meth:`delivered` as the broker acknowledges each changelog record; :meth:`checkpoint` after each
+    commit that succeeded; :meth:`release` when partitions are revoked or lost (after the revoke's
+    checkpoint); :meth:`close` last. The stage reads and writes it from ``process`` and ``tick``.
+    ``topic`` is the declared changelog, ``source`` the declared input whose partitions it follows."""
 
     topic: str
+    source: str
 
     @abstractmethod
-    def restore(self, messages: Iterable[Message], serde: AvroSerde) -> None:
-        """Replace memory with ``messages``: the whole topic, read committed, up to its end as the
-        runtime found it, partition by partition in offset order, decoded with ``serde``: the topic's,
-        framed as the runtime writes it (the Confluent wire format when a Schema Registry is set).
-        Called on the consumer thread each time partitions are assigned, before any of their records;
-        what it raises stops the stage (a stage must not run on state it could not read)."""
+    def open(self, context: TableContext) -> None:
+        """Where the table's files and changelog are. Before it, the table lives in memory only (offline runs)."""
+
+    @abstractmethod
+    def assign(self, partitions: list[int]) -> int:
+        """Open and restore ``partitions`` from the changelog (what the local files lack, up to the end);
+        return how many changelog records were read. What it raises stops the stage (a stage must not
+        run on state it could not read)."""
+
+    @abstractmethod
+    def delivered(self, partition: int, key: bytes, offset: int, value: bytes | None) -> None:
+        """The broker acknowledged the changelog record ``key`` of ``partition`` at ``offset``."""
+
+    @abstractmethod
+    def checkpoint(self, partitions: list[int] | None = None) -> None:
+        """A commit succeeded: what was acknowledged before it is now part of the log for good."""
+
+    @abstractmethod
+    def release(self, partitions: list[int]) -> None:
+        """Forget ``partitions`` (revoked or lost): drop what was not checkpointed, close their files."""
+
+    def close(self) -> None:
+        """The runtime stops: release every partition still open."""
 
 
 class Stage(ABC):
@@ -112,8 +157,8 @@ class Stage(ABC):
         committed, also after a failure; bounded to 30 s."""
 
     def tables(self) -> list[Table]:
-        """The state the runtime restores on every assignment, before any record (see :class:`Table`).
-        Called on the consumer thread; the same objects every time."""
+        """The state the runtime opens, restores and checkpoints (see :class:`Table`). The same objects
+        every time."""
         return []
 
     @abstractmethod

@@ -1,9 +1,9 @@
 """What each stage's principal must be allowed on a secured cluster, derived from the topology.
 
-A stage reads its inputs (``Stage.inputs``) in its consumer group, restores its tables
-(``Stage.tables``) and the control topic (every stage process follows it) with consumers that never
-join their group but look its coordinator up (Describe on the group id), and writes the topics
-it declares (``WorkflowStage.outputs``) and the dead letters (the runtime's, for every stage).
+A stage reads its inputs (``Stage.inputs``) in its consumer group; restores and writes its tables'
+changelogs (``Stage.tables``); reads the control topic (every stage process follows it) with
+consumers that never join their group but look its coordinator up (Describe on the group id); and
+writes the topics it declares (``WorkflowStage.outputs``) and the dead letters (the runtime's).
 The runtime reads the size limit of every topic of the workflow (``DescribeConfigs`` on the
 workflow's prefix), and under ``exactly_once`` uses transactional ids ``<group>.<instance>``
 (a prefix). So the grants below are exactly what ``handoff run --stage S`` does; ``handoff acls``
@@ -46,8 +46,9 @@ def grants(workflow: Workflow, stage: StageName | str, settings: KafkaSettings,
     with the namespace of ``settings``."""
     built = build_stage(stage, workflow, provider=_NoModel())
     who = principal.format(workflow=workflow.name, stage=stage)
-    reads = [*built.inputs, *(table.topic for table in built.tables()), workflow.topic(Role.control)]
-    writes = [*built.outputs(), workflow.topic(Role.dlq)]
+    tables = [table.topic for table in built.tables()]
+    reads = [*built.inputs, *tables, workflow.topic(Role.control)]
+    writes = [*built.outputs(), *tables, workflow.topic(Role.dlq)]
     group = settings.group_id(stage_group(workflow, stage))
     topics = [Grant(principal=who, resource=Resource.topic, name=workflow.topics[topic].name,
                     operations=tuple(op for op, wanted in ((Operation.read, topic in reads),
@@ -74,7 +75,7 @@ def _why(topic: str, stage: WorkflowStage, workflow: Workflow, writes: list[str]
     elif topic == workflow.topic(Role.control):
         reason = "the control state it follows"
     elif topic in {table.topic for table in stage.tables()}:
-        reason = "state it restores"
+        return "its state's changelog: restored, and written"
     else:
         return "its dead letters" if topic == workflow.topic(Role.dlq) else "an output"
     return reason + (", and an output" if topic in writes else "")

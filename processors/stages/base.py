@@ -13,8 +13,8 @@ from processors.control.state import Control, initial
 from processors.kafka.topics import Role
 from processors.records import ControlState, PromptRef, ReviewItem, ReviewReason, SeenEvent, Trace, Usage, dumps
 from processors.runtime import metrics
-from processors.runtime.ledger import Ledger
 from processors.runtime.stage import Emit, Stage
+from processors.state.store import Store
 from processors.workflow.workflow import Workflow
 
 REPLAY_HEADER = "handoff-replay"
@@ -23,9 +23,21 @@ PROMPT_VERSION_HEADER = "handoff-prompt-version"
 """On a replayed trigger: the prompt version to answer with, instead of the production label's."""
 
 
-def seen_ledger(workflow: Workflow) -> Ledger[SeenEvent]:
-    """The duplicate-event ledger (``<workflow>.seen``): classify and validate both consult it."""
-    return Ledger(workflow.topic(Role.seen), SeenEvent)
+class SeenEvents(Store[SeenEvent]):
+    """A duplicate check's memory: the record that first settled each event id, kept for the workflow's
+    ``retention.dedupe_window`` and then tombstoned (classify's on ``<wf>.taken``, validate's on ``<wf>.seen``)."""
+
+    def __init__(self, workflow: Workflow, changelog: Role, source: Role):
+        super().__init__(workflow.topic(changelog), workflow.topic(source), SeenEvent)
+        self.window_ms = int(workflow.retention.dedupe_window * 1000)
+
+    def due_ms(self, entry: SeenEvent) -> int:
+        return entry.at_ms + self.window_ms
+
+    def settle(self, event_id: str, partition: int, offset: int) -> Emit:
+        """Remember that the record at ``partition``/``offset`` settled ``event_id``."""
+        return self.put(partition, event_id, SeenEvent(event_id=event_id, partition=partition, offset=offset,
+                                                       at_ms=now_ms()))
 
 
 class WorkflowStage(Stage):
@@ -37,10 +49,10 @@ class WorkflowStage(Stage):
     input_roles: list[Role]
     output_roles: list[Role]
     """What the stage writes, by role (``decisions``: every route's): what its principal must be allowed
-    to write (``handoff acls``). Dead letters are the runtime's, for every stage."""
+    to write (``handoff acls``). Its tables write their changelogs, the runtime the dead letters."""
 
     def outputs(self) -> list[str]:
-        """The declared names of every topic the stage may write, dead letters aside."""
+        """The declared names of every topic the stage writes itself (not its tables' changelogs, not dead letters)."""
         return [name for role in self.output_roles for name in
                 ([self.workflow.topic(role, route) for route in self.workflow.route_names]
                  if role == Role.decisions else [self.workflow.topic(role)])]
@@ -48,6 +60,10 @@ class WorkflowStage(Stage):
     def is_from(self, topic: str, role: Role) -> bool:
         """Does a consumed record's (namespaced) topic name the workflow's ``role`` topic?"""
         return self.workflow.spec(role).name == topic
+
+    def owned(self, partitions: list[tuple[str, int]], role: Role) -> list[int]:
+        """The partition numbers of the ``role`` topic among ``partitions`` (what a tick is given)."""
+        return [p for topic, p in partitions if self.is_from(topic, role)]
 
     def trace(self, run_id: str, *, usage: Usage | None = None, prompt: PromptRef | None = None,
               model: str | None = None, **texts: object) -> Emit:

@@ -4,10 +4,11 @@ only, ask the model, keep everything.
 Before the model is asked (a model call is paid for, and an injection sent is an injection read),
 a new trigger meets two checks that need no answer:
 
-* **duplicate**: an event id already settled (the ``<workflow>.seen`` ledger, which the runtime
-  restores on assign) or already sent to the model by this stage — by a *different* record: the
-  same record re-read after a crash or an aborted transaction is processed again — is dropped with
-  a trace, as validate drops it;
+* **duplicate**: an event id this stage already sent to the model or settled (its partition-local
+  store :class:`~processors.stages.base.SeenEvents`, changelog ``<workflow>.taken``, kept for
+  ``retention.dedupe_window``), or is asking the model about right now — by a *different* record:
+  the same record re-read after a crash or an aborted transaction is processed again — is dropped
+  with a trace, as validate drops it;
 * **event rules** (``rules.EVENT_RULES``, those of the workflow's ``rules``: the event tries to
   instruct the model) → review (``event_rule``) at once, with the rules' messages; the event is
   settled in the ledger, as validate settles what it sends to review.
@@ -50,10 +51,10 @@ from processors.control.state import Control
 from processors.kafka.topics import Role
 from processors.paths import dotted
 from processors.providers.base import ModelAnswer, ModelRequest, Provider, ProviderError, ProviderTimeout
-from processors.records import ControlState, PromptRef, ReviewReason, SeenEvent, StageName, Usage, WorkItem, dumps
+from processors.records import ControlState, PromptRef, ReviewReason, StageName, Usage, WorkItem, dumps
 from processors.runtime import metrics
 from processors.runtime.stage import DeadLetter, Emit, Record, Table
-from processors.stages.base import PROMPT_VERSION_HEADER, REPLAY_HEADER, WorkflowStage, seen_ledger
+from processors.stages.base import PROMPT_VERSION_HEADER, REPLAY_HEADER, SeenEvents, WorkflowStage
 from processors.workflow import rules
 from processors.workflow.prompt import PromptSpec
 from processors.workflow.workflow import Workflow, WorkflowError
@@ -74,15 +75,15 @@ def parse_answer(text: str) -> dict | None:
 class Classify(WorkflowStage):
     name = StageName.classify
     input_roles = [Role.triggers, Role.repair]
-    output_roles = [Role.classified, Role.review, Role.seen, Role.traces]
+    output_roles = [Role.classified, Role.review, Role.traces]
 
     def __init__(self, workflow: Workflow, provider: Provider, control: Control | ControlState | None = None):
         super().__init__(workflow, control)
         self.provider = provider
         self.usage = metrics.ModelUsage(workflow.name)
-        self.seen = seen_ledger(workflow)
+        self.seen = SeenEvents(workflow, Role.taken, Role.triggers)
         self.taken: dict[str, tuple[int, int]] = {}
-        """Event id -> (partition, offset) of the trigger this stage sent to the model (process memory only)."""
+        """Event id -> (partition, offset) of a trigger being asked about now; the store has it once answered."""
 
     def tables(self) -> list[Table]:
         return [self.seen]
@@ -114,12 +115,12 @@ class Classify(WorkflowStage):
         request = ModelRequest(prompt_name=spec.name, prompt_version=spec.version, system=spec.system, user=user,
                                inputs=inputs, output_schema=spec.output_schema, temperature=spec.temperature,
                                max_tokens=spec.max_tokens, repair_errors=errors, event_id=event_id)
+        new = repaired is None and not replay
         try:
             answer = await self._ask(request)
-        except DeadLetter:
-            if not replay:
-                self.taken.pop(event_id, None)  # not settled: the same event sent again is taken on again
-            raise
+        finally:
+            if new:
+                self.taken.pop(event_id, None)  # answered: the store has it below; failed: taken on again if sent again
         parsed = parse_answer(answer.text)
         self.usage.record(answer.model, answer.latency_ms, answer.tokens_in, answer.tokens_out, answer.cost_usd)
         prompt = PromptRef(name=spec.name, version=spec.version)
@@ -130,9 +131,14 @@ class Classify(WorkflowStage):
                         cost_usd=answer.cost_usd, control_version=control.version, replay=replay)
         tried = [self.trace(event_id, usage=Usage(latency_ms=a.latency_ms), prompt=prompt, model=a.model,
                             error=a.outcome) for a in answer.attempts[:-1]]  # their cost is in the answer's
-        return [Emit(self.workflow.topic(Role.classified), item, key=record.key), *tried,
+        settled = [self.seen.settle(event_id, record.partition, record.offset)] if new else []
+        return [Emit(self.workflow.topic(Role.classified), item, key=record.key), *settled, *tried,
                 self.trace(event_id, usage=item, prompt=prompt, model=answer.model, inputs=inputs,
                            raw_answer=answer.text, answer=item.answer)]
+
+    def tick(self, now_ms: int, partitions: list[tuple[str, int]]) -> list[Emit]:
+        """Forget event ids taken longer ago than the dedupe window."""
+        return self.seen.expire(self.owned(partitions, Role.triggers), now_ms)
 
     def spec(self, version: str | None) -> PromptSpec:
         """The prompt spec of ``version`` (the workflow file's when None); a version with no file
@@ -146,7 +152,7 @@ class Classify(WorkflowStage):
                  replay: str | None) -> list[Emit]:
         """A new trigger's path when it must not reach the model (a duplicate, an event rule); [] when it may."""
         here = (record.partition, record.offset)
-        settled = None if replay else self.seen.get(event_id)
+        settled = None if replay else self.seen.get(record.partition, event_id)
         if settled is not None and (settled.partition, settled.offset) != here:
             return [self.trace(event_id, error=f"duplicate event id, first settled at offset {settled.offset}: "
                                                "not sent to the model")]
@@ -158,8 +164,7 @@ class Classify(WorkflowStage):
         if not errors:
             return []
         prompt = PromptRef(name=spec.name, version=spec.version)
-        settles = [] if replay else [self.seen.record(event_id, SeenEvent(
-            event_id=event_id, partition=record.partition, offset=record.offset, at_ms=now_ms()))]
+        settles = [] if replay else [self.seen.settle(event_id, record.partition, record.offset)]
         return [self.review(ReviewReason.event_rule, event_id=event_id, event=dumps(event), prompt=prompt, model="none",
                             key=record.key, control_version=control.version, replay=replay, validation_errors=errors),
                 *settles, self.trace(event_id, prompt=prompt, validation=errors,

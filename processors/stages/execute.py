@@ -2,9 +2,11 @@
 
 In order, for each request:
 
-1. **Already done?** The idempotency ledger (``<workflow>.actions.done``, compacted, restored
-   by the runtime on assign) knows every key whose effect was applied; a known key is answered
-   with an ``already_done`` execution and nothing runs — across restarts and replays.
+1. **Already done?** The idempotency ledger (:class:`EffectsDone`, a partition-local store of the
+   actions topic's partition, changelog ``<workflow>.actions.done``) knows every key whose effect was
+   applied within ``retention.effects_kept``, which a workflow cannot set shorter than its replay
+   reach or its dedupe window; a known key is answered with an ``already_done`` execution and
+   nothing runs — across restarts and replays.
 2. **Allowed?** The action must exist and its scope must be granted to the workflow; its
    arguments must satisfy its JSON Schema. Otherwise → dead letters, nothing runs.
 3. **Risky?** Risk above the ``approval_risk`` in force (the control state's when set, else
@@ -39,21 +41,32 @@ from processors.records import (
     StageName,
 )
 from processors.runtime import metrics
-from processors.runtime.ledger import Ledger
 from processors.runtime.stage import DeadLetter, Emit, Record, Table
 from processors.stages.base import WorkflowStage
+from processors.state.store import Store
 from processors.workflow.checks import SchemaCheck
 from processors.workflow.workflow import Action, ActionKind, Workflow
+
+
+class EffectsDone(Store[ActionDone]):
+    """Every idempotency key whose effect was applied, kept for ``retention.effects_kept``."""
+
+    def __init__(self, workflow: Workflow):
+        super().__init__(workflow.topic(Role.actions_done), workflow.topic(Role.actions), ActionDone)
+        self.kept_ms = int(workflow.retention.effects_kept * 1000)
+
+    def due_ms(self, entry: ActionDone) -> int:
+        return entry.executed_at_ms + self.kept_ms
 
 
 class Execute(WorkflowStage):
     name = StageName.execute
     input_roles = [Role.actions]
-    output_roles = [Role.executions, Role.actions_done, Role.review, Role.traces]  # and each emit action's topic
+    output_roles = [Role.executions, Role.review, Role.traces]  # and each emit action's topic
 
     def __init__(self, workflow: Workflow, control: Control | ControlState | None = None):
         super().__init__(workflow, control)
-        self.done = Ledger(workflow.topic(Role.actions_done), ActionDone)
+        self.done = EffectsDone(workflow)
         self.schemas = {name: SchemaCheck(a.arguments_schema, "(arguments)") for name, a in workflow.actions.items()}
         self.webhooks: dict[str, WebhookAction] = {}
 
@@ -76,7 +89,7 @@ class Execute(WorkflowStage):
     async def process(self, record: Record) -> list[Emit]:
         request = ActionRequest.model_validate(record.value)
         key = request.idempotency_key
-        if self.done.get(key) is not None:
+        if self.done.get(record.partition, key) is not None:
             return self._executed(request, ExecutionStatus.already_done,
                                   ActionResult(http_status=None, response=None, attempts=0, latency_ms=0.0))
         action, arguments = self._allowed(request)
@@ -104,9 +117,13 @@ class Execute(WorkflowStage):
                                                        action=request.action, idempotency_key=key,
                                                        arguments=request.arguments, at_ms=now_ms()),
                             key=request.event_id)]
-        ledger = self.done.record(key, ActionDone(idempotency_key=key, event_id=request.event_id,
-                                                  action=request.action, executed_at_ms=now_ms()))
+        ledger = self.done.put(record.partition, key, ActionDone(idempotency_key=key, event_id=request.event_id,
+                                                                 action=request.action, executed_at_ms=now_ms()))
         return outputs + [ledger] + self._executed(request, ExecutionStatus.done, result)
+
+    def tick(self, now_ms: int, partitions: list[tuple[str, int]]) -> list[Emit]:
+        """Forget effects older than ``retention.effects_kept``: no replay or duplicate can reach them."""
+        return self.done.expire(self.owned(partitions, Role.actions), now_ms)
 
     def _retried(self, attempts: int) -> None:
         """Webhook retries count in ``handoff_retries_total`` like model retries do."""

@@ -10,23 +10,25 @@ offset order on the consumer thread, so the state needs no lock) does it in thre
    original bytes. An outcome of a type the workflow does not declare (``outcomes.types``), or of
    another workflow, goes to the dead letters here. Both sides of an event now meet in one inbox
    partition, in the order they were forwarded, whatever partitioner the outcome's producer used.
-2. **Merge.** An inbox record is merged into the event's state, kept in the compacted
-   ``<wf>.joins`` changelog and restored by the runtime on assign (a
-   :class:`~processors.runtime.ledger.Ledger`). A decision is kept; a later one (a live replay, a
-   reviewer's correction) replaces it. An outcome is added unless its ``outcome_id`` (event id, type, at_ms, source) is already there. While a decision
-   is known, every waiting outcome is joined: one :class:`Result` on ``<wf>.results`` per
-   outcome, released with the new state entry.
+2. **Merge.** An inbox record is merged into the event's state, kept in the partition-local store
+   of its inbox partition (:class:`JoinStates`, changelog ``<wf>.joins``: see
+   :mod:`processors.state.store`). A decision is kept; a later one (a live replay, a reviewer's
+   correction) replaces it. An outcome is added unless its ``outcome_id`` (event id, type, at_ms,
+   source) is already there. While a decision is known, every waiting outcome is joined: one
+   :class:`Result` on ``<wf>.results`` per outcome, released with the new state entry.
 3. **Expire.** Every second (:meth:`Stage.tick`) an outcome that has waited
    ``outcomes.wait_for_decision_s`` since it reached ``<wf>.outcomes`` goes to the dead letters
    (``decision_never_came``) with its original key, bytes and headers, and is marked expired.
-   Sent again from the dead letters (a new record on ``<wf>.outcomes``), it waits again.
+   Sent again from the dead letters (a new record on ``<wf>.outcomes``), it waits again. A state
+   whose use is over is dropped (tombstoned): ``wait_for_decision_s`` after its outcomes were
+   joined or expired, or ``retention.report_window`` after a decision no outcome came for.
 
-**Many instances.** The state of an event id is written only by the instance that owns its
-inbox partition (recorded in the entry as ``owner_partition``), and that instance sees every
-decision and outcome of the event: the join is correct with any number of instances. A new
-owner (rebalance, restart) gets the changelog restored on assign, after the previous owner committed
-(the eager rebalance revokes, and commits, before it assigns). Each instance keeps the whole
-changelog in memory: one small entry per event id with a decision or an outcome (no event text).
+**Many instances.** The state of an event id lives only in the store of its inbox partition, and
+the instance that owns that partition sees every decision and outcome of the event: the join is
+correct with any number of instances. A new owner (rebalance, restart) restores that partition's
+store from the changelog (its local files' tail, or the whole partition when new to it), after
+the previous owner committed (the eager rebalance revokes, and commits, before it assigns).
+Memory holds only the changes since the last checkpoint; the rest is on local disk.
 
 **Restarts and duplicates.** A decision or outcome forwarded twice (a replay after a crash, a
 duplicate report) merges into an unchanged state: nothing is emitted. Under ``exactly_once``
@@ -39,11 +41,6 @@ same record, recognisable by event id, outcome type, outcome at_ms and source.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
-from confluent_kafka import Message
-
-from processors.avro.serde import AvroSerde
 from processors.clock import now_ms
 from processors.kafka.topics import Role
 from processors.records import (
@@ -56,47 +53,39 @@ from processors.records import (
     Result,
     StageName,
 )
-from processors.runtime.ledger import Ledger
 from processors.runtime.stage import DeadLetter, Emit, Record, Table
 from processors.stages.base import WorkflowStage
+from processors.state.store import Store
 from processors.workflow.workflow import Workflow
 
 
-class JoinLedger(Ledger[JoinState]):
-    """The changelog, plus when the oldest waiting outcome of each event arrived: what ``tick`` scans."""
+class JoinStates(Store[JoinState]):
+    """Each event's join state, in the store of its inbox partition; due when it needs the tick (Expire)."""
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.waiting: dict[str, int] = {}
+    def __init__(self, workflow: Workflow):
+        super().__init__(workflow.topic(Role.joins), workflow.topic(Role.joins_inbox), JoinState)
+        self.wait_ms = int(workflow.outcomes.wait_for_decision_s * 1000)
+        self.report_ms = int(workflow.retention.report_window * 1000)
 
-    def restore(self, messages: Iterable[Message], serde: AvroSerde) -> None:
-        super().restore(messages, serde)
-        self.waiting = {}
-        for key, state in self._entries.items():
-            self._index(key, state)
-
-    def record(self, key: str, entry: JoinState) -> Emit:
-        self._index(key, entry)
-        return super().record(key, entry)
-
-    def _index(self, key: str, state: JoinState) -> None:
-        arrivals = [o.received_at_ms for o in state.outcomes if o.status == JoinStatus.waiting]
-        if arrivals:
-            self.waiting[key] = min(arrivals)
-        else:
-            self.waiting.pop(key, None)
+    def due_ms(self, state: JoinState) -> int:
+        """An outcome's wait ending; else the end of the state's use: a wait after it was joined (or its
+        outcomes expired), the report window for a decision no outcome has come for yet."""
+        waiting = [o.received_at_ms for o in state.outcomes if o.status == JoinStatus.waiting]
+        if waiting:
+            return min(waiting) + self.wait_ms
+        return state.updated_at_ms + (self.wait_ms if state.outcomes else self.report_ms)
 
 
 class Join(WorkflowStage):
     name = StageName.join
     input_roles = [Role.outcomes, Role.joins_inbox]  # and every decisions.<route> topic, added below
-    output_roles = [Role.joins_inbox, Role.joins, Role.results, Role.traces]
+    output_roles = [Role.joins_inbox, Role.results, Role.traces]
     inline = True
 
     def __init__(self, workflow: Workflow):
         super().__init__(workflow)
         self.inputs += [workflow.topic(Role.decisions, route) for route in workflow.route_names]
-        self.joins = JoinLedger(workflow.topic(Role.joins), JoinState)
+        self.joins = JoinStates(workflow)
         self.inbox = workflow.spec(Role.joins_inbox).name
         self.wait_ms = int(workflow.outcomes.wait_for_decision_s * 1000)
 
@@ -128,7 +117,7 @@ class Join(WorkflowStage):
 
     def _merge(self, record: Record) -> list[Emit]:
         incoming = JoinState.model_validate(record.value)
-        known_state = self.joins.get(incoming.event_id)  # copied: memory changes only with the entry emitted
+        known_state = self.joins.get(record.partition, incoming.event_id)  # copied: the store changes only by put
         state = known_state.model_copy(deep=True) if known_state else JoinState(event_id=incoming.event_id,
                                                                                 updated_at_ms=0)
         changed = False
@@ -153,7 +142,7 @@ class Join(WorkflowStage):
                 waiting.status, waiting.original = JoinStatus.joined, None
                 results.append(self._result(state.decision, waiting.outcome, now))
         state.owner_partition, state.updated_at_ms = record.partition, now
-        outputs = results + [self.joins.record(state.event_id, state)]
+        outputs = results + [self.joins.put(record.partition, state.event_id, state)]
         if results or incoming.outcomes:  # a decision alone changes nothing worth a trace
             outputs.append(self.trace(state.event_id, decision=state.decision.model_dump() if state.decision else None,
                                       inputs={"joined": [r.value.outcome_type for r in results],
@@ -168,23 +157,26 @@ class Join(WorkflowStage):
         return Emit(self.workflow.topic(Role.results), result, key=outcome.event_id)
 
     def tick(self, now: int, partitions: list[tuple[str, int]]) -> list[Emit | DeadLetter]:
-        """Dead-letter the outcomes of owned events that waited past the limit for their decision."""
-        owned = {p for topic, p in partitions if topic == self.inbox}
-        due = [key for key, since in self.joins.waiting.items()
-               if since + self.wait_ms <= now and self.joins.get(key).owner_partition in owned]
+        """Dead-letter the outcomes of owned events that waited past the limit for their decision; drop
+        the states whose use is over (:meth:`JoinStates.due_ms`)."""
         outputs: list[Emit | DeadLetter] = []
-        for key in due:
-            state = self.joins.get(key)
-            for expired in (o for o in state.outcomes
-                            if o.status == JoinStatus.waiting and o.received_at_ms + self.wait_ms <= now):
-                outputs.append(DeadLetter(
-                    "decision_never_came", f"no decision for event {key} within "
-                    f"{self.workflow.outcomes.wait_for_decision_s:g}s of outcome {expired.outcome_id}",
-                    original=expired.original))
-                expired.status = JoinStatus.expired
-            state.updated_at_ms = now
-            outputs += [self.joins.record(key, state), self.trace(key, error="outcomes waited too long for their "
-                                                                             "decision: dead-lettered")]
+        for partition in self.owned(partitions, Role.joins_inbox):
+            for key, due in self.joins.due(partition, now):
+                state = due.model_copy(deep=True)  # the store changes only by put
+                expired = [o for o in state.outcomes
+                           if o.status == JoinStatus.waiting and o.received_at_ms + self.wait_ms <= now]
+                if not expired:
+                    outputs.append(self.joins.delete(partition, key))
+                    continue
+                for outcome in expired:
+                    outputs.append(DeadLetter(
+                        "decision_never_came", f"no decision for event {key} within "
+                        f"{self.workflow.outcomes.wait_for_decision_s:g}s of outcome {outcome.outcome_id}",
+                        original=outcome.original))
+                    outcome.status = JoinStatus.expired
+                state.updated_at_ms = now
+                outputs += [self.joins.put(partition, key, state),
+                            self.trace(key, error="outcomes waited too long for their decision: dead-lettered")]
         return outputs
 
 

@@ -3,11 +3,10 @@
 Input: ``<workflow>.verdicts``, keyed by review id, written by ``handoff review``
 (:mod:`processors.ops.review_queue`). Only the **first** verdict in the log on a review id is
 applied; a later one gets a trace saying it was refused, nothing else. The stage knows which
-verdict came first without any state of its own: it declares the verdicts topic as its table
-(:class:`FirstVerdicts`), which the runtime restores on assign from the topic up to now, keeping
-the first offset per review id (:func:`~processors.workflow.verdict_log.first_verdicts`; unlike a
-ledger, which keeps the last entry per key); verdicts that arrive later are met in log order, so
-the first one it meets on a review id it has not seen is the first.
+verdict came first from its partition-local store (:class:`FirstVerdicts`, changelog
+``<wf>.verdicts.first``): verdicts on one review id share a partition and are met in log order, so
+the first one it meets on a review id it has no entry for is the first, and its place is stored.
+An invalid first verdict (dead-lettered) still claims the review id: a later verdict is refused.
 
 Applying the first verdict (the verdict carries its review item, so no lookup):
 
@@ -28,37 +27,35 @@ idempotency ledger still runs each action once.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import orjson
-from confluent_kafka import Message
 
-from processors.avro.serde import AvroSerde
+from processors.clock import now_ms
 from processors.control.state import Control
 from processors.kafka.topics import Role
 from processors.paths import lookup
-from processors.records import ControlState, ReviewItem, ReviewReason, StageName, Verdict, VerdictKind, WorkItem
+from processors.records import (
+    ControlState,
+    FirstVerdict,
+    ReviewItem,
+    ReviewReason,
+    StageName,
+    Verdict,
+    VerdictKind,
+    WorkItem,
+)
 from processors.runtime.stage import DeadLetter, Emit, Record, Table
 from processors.stages.base import WorkflowStage
+from processors.state.store import Store
 from processors.workflow.answers import verdict_errors
-from processors.workflow.verdict_log import first_verdicts
 from processors.workflow.workflow import Workflow
 
 
-class FirstVerdicts(Table):
-    """Where the first verdict on each review id sits in the log (partition, offset)."""
+class FirstVerdicts(Store[FirstVerdict]):
+    """Where the first verdict on each review id sits in the log, in the store of its verdicts partition
+    (changelog ``<wf>.verdicts.first``). Kept forever: a pending item may be decided at any age."""
 
-    def __init__(self, topic: str):
-        self.topic = topic
-        self.first: dict[str, tuple[int, int]] = {}
-
-    def restore(self, messages: Iterable[Message], serde: AvroSerde) -> None:
-        self.first = {review_id: (logged.partition, logged.offset)
-                      for review_id, logged in first_verdicts(messages, serde).items()}
-
-    def claim(self, review_id: str, here: tuple[int, int]) -> tuple[int, int]:
-        """The first verdict's place on ``review_id``: ``here`` when none came before it."""
-        return self.first.setdefault(review_id, here)
+    def __init__(self, workflow: Workflow):
+        super().__init__(workflow.topic(Role.verdicts_first), workflow.topic(Role.verdicts), FirstVerdict)
 
 
 class Review(WorkflowStage):
@@ -69,32 +66,34 @@ class Review(WorkflowStage):
 
     def __init__(self, workflow: Workflow, control: Control | ControlState | None = None):
         super().__init__(workflow, control)
-        self.verdicts = FirstVerdicts(workflow.topic(Role.verdicts))
+        self.verdicts = FirstVerdicts(workflow)
 
     def tables(self) -> list[Table]:
         return [self.verdicts]
 
     async def process(self, record: Record) -> list[Emit]:
         verdict = Verdict.model_validate(record.value)
-        here = (record.partition, record.offset)
-        first = self.verdicts.claim(verdict.review_id, here)
-        if first != here:
+        first = self.verdicts.get(record.partition, verdict.review_id)
+        if first is not None and (first.partition, first.offset) != (record.partition, record.offset):
             return [self.trace(verdict.event_id, error=f"verdict {verdict.verdict_id} ({verdict.verdict} by "
                                f"{verdict.reviewer}) refused: {verdict.review_id} was decided first by the verdict "
-                               f"at partition {first[0]} offset {first[1]}")]
+                               f"at partition {first.partition} offset {first.offset}")]
+        claimed = [] if first is not None else [self.verdicts.put(record.partition, verdict.review_id, FirstVerdict(
+            review_id=verdict.review_id, partition=record.partition, offset=record.offset, at_ms=now_ms()))]
         errors = verdict_errors(self.workflow, verdict)
-        if errors:
-            raise DeadLetter("invalid_verdict", "; ".join(errors))
+        if errors:  # it is still the first in the log: a later verdict on the item is refused
+            raise DeadLetter("invalid_verdict", "; ".join(errors), keep=claimed)
         item = verdict.item
         said = {"review_id": verdict.review_id, "verdict": verdict.verdict, "reviewer": verdict.reviewer,
                 "reason": verdict.reason}
         if verdict.verdict == VerdictKind.reject:
-            return [self.trace(verdict.event_id, decision=said | {"closed": item.reason})]
+            return [*claimed, self.trace(verdict.event_id, decision=said | {"closed": item.reason})]
         if item.reason == ReviewReason.risky_action:
             request = item.action.model_copy(update={"approved_by": verdict.reviewer})
-            return [Emit(self.workflow.topic(Role.actions), request, key=request.idempotency_key),
+            return [*claimed, Emit(self.workflow.topic(Role.actions), request, key=request.idempotency_key),
                     self.trace(verdict.event_id, decision=said, action_request=request.arguments)]
-        return [Emit(self.workflow.topic(Role.validated), self._reviewed(item, verdict), key=self._trigger_key(item)),
+        return [*claimed,
+                Emit(self.workflow.topic(Role.validated), self._reviewed(item, verdict), key=self._trigger_key(item)),
                 self.trace(verdict.event_id, decision=said, answer=verdict.answer)]
 
     def _reviewed(self, item: ReviewItem, verdict: Verdict) -> WorkItem:

@@ -13,8 +13,9 @@ review threshold. Then:
 * valid but not confident enough → review (``low_confidence``);
 * valid → the validated topic, for route.
 
-A duplicate event id is recognised with a compacted ledger (``<workflow>.seen``): the first
-record to settle an event is remembered with its partition and offset; a *different* record
+A duplicate event id is recognised with a partition-local store (:class:`SeenEvents`, changelog
+``<workflow>.seen``, kept for ``retention.dedupe_window``): the first record to settle an event is
+remembered with its partition and offset; a *different* record
 for the same event id later is dropped as a duplicate, while the *same* record re-read after
 a crash is processed again (its earlier outputs were never committed). A replayed item
 (``WorkItem.replay``) is a deliberate re-run: it neither consults nor updates the ledger. Classify
@@ -28,13 +29,12 @@ that produced it, whichever version the production label points to now.
 
 from __future__ import annotations
 
-from processors.clock import now_ms
 from processors.control.state import Control, review_threshold
 from processors.kafka.topics import Role
-from processors.records import ControlState, ReviewReason, SeenEvent, StageName, WorkItem
+from processors.records import ControlState, ReviewReason, StageName, WorkItem
 from processors.runtime import metrics
 from processors.runtime.stage import Emit, Record, Table
-from processors.stages.base import WorkflowStage, seen_ledger
+from processors.stages.base import SeenEvents, WorkflowStage
 from processors.workflow.answers import AnswerErrors, answer_errors
 from processors.workflow.workflow import Workflow
 
@@ -44,15 +44,19 @@ MAX_ATTEMPTS = 2  # the first answer and one repair
 class Validate(WorkflowStage):
     name = StageName.validate
     input_roles = [Role.classified]
-    output_roles = [Role.repair, Role.validated, Role.review, Role.seen, Role.traces]
+    output_roles = [Role.repair, Role.validated, Role.review, Role.traces]
     inline = True
 
     def __init__(self, workflow: Workflow, control: Control | ControlState | None = None):
         super().__init__(workflow, control)
-        self.seen = seen_ledger(workflow)
+        self.seen = SeenEvents(workflow, Role.seen, Role.classified)
 
     def tables(self) -> list[Table]:
         return [self.seen]
+
+    def tick(self, now_ms: int, partitions: list[tuple[str, int]]) -> list[Emit]:
+        """Forget event ids settled longer ago than the dedupe window."""
+        return self.seen.expire(self.owned(partitions, Role.classified), now_ms)
 
     def errors(self, answer: dict | None, item: WorkItem) -> AnswerErrors:
         return answer_errors(self.workflow, answer, item.prompt.version, item.event_dict())
@@ -60,7 +64,7 @@ class Validate(WorkflowStage):
     async def process(self, record: Record) -> list[Emit]:
         control = self.control.state
         item = WorkItem.model_validate(record.value)
-        earlier = None if item.replay else self.seen.get(item.event_id)
+        earlier = None if item.replay else self.seen.get(record.partition, item.event_id)
         if earlier is not None and (earlier.partition, earlier.offset) != (record.partition, record.offset):
             return [self.trace(item.event_id, error=f"duplicate event id, first settled at offset {earlier.offset}")]
         answer = item.answer_dict()
@@ -73,8 +77,7 @@ class Validate(WorkflowStage):
         if errors and item.attempt < MAX_ATTEMPTS and not event_rule:
             retry = item.model_copy(update={"validation_errors": errors, "control_version": control.version})
             return [Emit(self.workflow.topic(Role.repair), retry, key=record.key), trace]
-        settled = [] if item.replay else [self.seen.record(item.event_id, SeenEvent(
-            event_id=item.event_id, partition=record.partition, offset=record.offset, at_ms=now_ms()))]
+        settled = [] if item.replay else [self.seen.settle(item.event_id, record.partition, record.offset)]
         if errors:
             reason = ReviewReason.event_rule if event_rule else ReviewReason.invalid_output
             return [self._review(reason, item, record, errors, control), *settled, trace]
