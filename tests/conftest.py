@@ -28,6 +28,8 @@ from processors.runtime.runtime import StageRuntime
 from processors.workflow.workflow import ModelRetries, Workflow, load_workflow
 
 WORKFLOWS = EXAMPLES / "workflows"
+# `handoff run` serves metrics by default on one port: processes started by tests take any free one
+os.environ.setdefault("HANDOFF_METRICS_PORT", "0")
 
 
 def _docker_answers() -> bool:

@@ -84,7 +84,7 @@ def test_the_installed_wheel_scaffolds_a_project_and_runs_its_workflow(installed
     settled = [workflow.spec(Role.review).name] + [workflow.spec(Role.decisions, r).name for r in workflow.route_names]
     env = {"PATH": os.environ["PATH"], "HOME": os.environ["HOME"], "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
            "HANDOFF_NAMESPACE": kafka.namespace, "HANDOFF_PROJECT": str(folder)}
-    stages = subprocess.Popen([installed / "handoff", "run", "--workflow", "orders"], cwd=tmp_path, env=env,
+    stages = subprocess.Popen([installed / "handoff", "run", "--workflow", "orders", "--metrics-port", "0"], cwd=tmp_path, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 90

@@ -187,7 +187,7 @@ def wait_for_access(secured: Secured, namespace: str, workflow, stage: str, allo
 
 def run_stage(stage: str, env: dict[str, str], *args: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "processors.cli", *args, "run", "--workflow", "support_ticket",
-                             "--stage", stage], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                             "--stage", stage, "--metrics-port", "0"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def finished(process: subprocess.Popen, timeout: float = 60.0) -> str:

@@ -17,6 +17,7 @@ from processors.cli import (
     broker,
     control,
     dataset,
+    deploy,
     evals,
     events,
     init,
@@ -72,6 +73,7 @@ app.add_typer(prompt.app, name="prompt")
 app.add_typer(control.app, name="control")
 app.command()(replay.replay)
 app.command("eval")(evals.eval_)
+app.add_typer(deploy.app, name="deploy")
 app.command()(init.init)
 app.add_typer(init.app, name="workflow")
 app.command("acls")(acls.acls_)

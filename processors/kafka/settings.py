@@ -35,6 +35,7 @@ from confluent_kafka.admin import AdminClient
 from pydantic import BaseModel, Field, model_validator
 
 from processors.avro.registry import Registry, SubjectNameStrategy
+from processors.logs import LIBRDKAFKA
 
 CONFIG_ENV = "HANDOFF_KAFKA_CONFIG"
 KAFKA_ENV_PREFIX = "HANDOFF_KAFKA_"
@@ -204,7 +205,10 @@ class KafkaSettings(BaseModel):
 
     def producer(self, **overrides) -> Producer:
         tunable = {"linger.ms": 5, "compression.type": "lz4"}
-        return Producer({**tunable, **self.config(ClientKind.producer, **{"enable.idempotence": True, **overrides})})
+        return Producer({**tunable, **self.config(ClientKind.producer, **{
+            "enable.idempotence": True,
+            "logger": LIBRDKAFKA,  # librdkafka's own lines through handoff's logging (JSON, repeats folded)
+            **overrides})})
 
     def group_id(self, group: str) -> str:
         """A consumer group's name on the broker: namespaced like topics."""
@@ -215,5 +219,6 @@ class KafkaSettings(BaseModel):
             "group.id": self.group_id(group),
             "enable.auto.commit": False,
             "isolation.level": "read_committed",
+            "logger": LIBRDKAFKA,
             **overrides,
         })})
