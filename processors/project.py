@@ -1,9 +1,14 @@
 """Where a project's data lives: ``workflows/``, ``schemas/`` and ``topics/`` under one root.
 
-``HANDOFF_PROJECT`` names the root; without it the shipped examples (the folder this package
-was checked out in) are the project. Every loader asks here, never relative to its own file,
-so a workflow of your own runs without editing the package, and reads its YAML files through
-:func:`load_yaml`, so a syntax error names the file, line and column the same way everywhere.
+``HANDOFF_PROJECT`` names the root; without it the shipped examples are the project. Every
+loader asks here, never relative to its own file, so a workflow of your own runs without editing
+the package, and reads its YAML files through :func:`load_yaml`, so a syntax error names the
+file, line and column the same way everywhere.
+
+**What ships** (:data:`SHIPPED`): in a checkout, the checkout itself; in an installed wheel,
+``processors/shipped/``, where ``setup.py`` copies the examples and the local broker's files.
+The engine's own record contracts (``schemas/handoff/``, :func:`engine_schemas_dir`) always come
+from there: a project holds only its own trigger schemas.
 """
 
 from __future__ import annotations
@@ -15,15 +20,33 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-EXAMPLES = Path(__file__).resolve().parent.parent
+_PACKAGE = Path(__file__).resolve().parent
+SHIPPED = _PACKAGE / "shipped" if (_PACKAGE / "shipped").is_dir() else _PACKAGE.parent
+"""What ships with handoff: ``processors/shipped/`` in an installed wheel, else the checkout."""
+EXAMPLES = SHIPPED
 """The shipped examples: ``workflows/support_ticket`` and ``workflows/banking77`` with their schemas and topics."""
+LOCAL_BROKER = SHIPPED / "deploy" / "kafka"
+"""The local development broker's pom, server.properties and log configuration (processors/dev/localkafka.py)."""
+ENGINE_SCHEMAS = "handoff"
+"""The folder under ``schemas/`` holding the engine's record contracts."""
 
 PROJECT_ENV = "HANDOFF_PROJECT"
 
 
 def root() -> Path:
     """The project folder in force: ``HANDOFF_PROJECT`` when set, else the shipped examples."""
-    return Path(os.environ.get(PROJECT_ENV) or EXAMPLES)
+    return root_from_env() or EXAMPLES
+
+
+def root_from_env() -> Path | None:
+    """The project folder the user named (``--project``, ``HANDOFF_PROJECT``), or None."""
+    named = os.environ.get(PROJECT_ENV)
+    return Path(named) if named else None
+
+
+def use(folder: Path) -> None:
+    """Make ``folder`` the project in force for this process (and the processes it starts)."""
+    os.environ[PROJECT_ENV] = str(folder)
 
 
 def workflows_dir() -> Path:
@@ -36,6 +59,11 @@ def schemas_dir() -> Path:
 
 def topics_dir() -> Path:
     return root() / "topics"
+
+
+def engine_schemas_dir() -> Path:
+    """The ``schemas/`` folder whose ``handoff/`` holds the engine's contracts: always the shipped one."""
+    return SHIPPED / "schemas"
 
 
 class DataFileError(ValueError):

@@ -9,6 +9,10 @@ real HTTP, the two calls confluent-kafka's ``SchemaRegistryClient`` makes for
   ids are global: the same schema text has one id under every subject, and registering it again
   under a subject adds no version.
 * ``GET /schemas/ids/{id}`` (``get_schema``): ``{"schema": …}``, or 404 with error code 40403.
+* ``GET /subjects`` (``get_subjects``): the subjects registered; what a command asks first.
+
+With ``users`` (name → password), every request needs HTTP basic auth, as a registry behind
+``authentication.method=BASIC``: anything else is refused with 401 and error code 40101.
 
 Bodies are ``application/vnd.schemaregistry.v1+json``; errors carry the registry's
 ``error_code`` and ``message``, which the client turns into a ``SchemaRegistryError``.
@@ -17,11 +21,14 @@ Bodies are ``application/vnd.schemaregistry.v1+json``; errors carry the registry
 
 from __future__ import annotations
 
+import base64
 import threading
 
 import orjson
 from fastavro.schema import parse_schema
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -31,6 +38,7 @@ from processors.dev.loopback import LoopbackServer
 MEDIA_TYPE = "application/vnd.schemaregistry.v1+json"
 SCHEMA_NOT_FOUND = 40403
 INVALID_SCHEMA = 42201
+UNAUTHORIZED = 40101
 
 
 def _reply(body: dict, status: int = 200) -> Response:
@@ -40,14 +48,18 @@ def _reply(body: dict, status: int = 200) -> Response:
 class RegistryServer:
     """In a background thread on a free loopback port; use as a context manager."""
 
-    def __init__(self) -> None:
+    def __init__(self, users: dict[str, str] | None = None) -> None:
         self.url = ""
+        self.users = users
+        self.refused = 0  # requests turned away for their credentials
         self._lock = threading.Lock()
         self._ids: dict[str, int] = {}  # schema text -> its global id
         self._schemas: dict[int, str] = {}
         self._subjects: dict[str, list[int]] = {}  # subject -> schema ids, one per version
         app = Starlette(routes=[Route("/subjects/{subject:path}/versions", self._register, methods=["POST"]),
-                                Route("/schemas/ids/{schema_id:int}", self._schema, methods=["GET"])])
+                                Route("/schemas/ids/{schema_id:int}", self._schema, methods=["GET"]),
+                                Route("/subjects", self._list_subjects, methods=["GET"])],
+                        middleware=[Middleware(BaseHTTPMiddleware, dispatch=self._authenticate)])
         self._http = LoopbackServer(app, "schema-registry")
 
     @property
@@ -61,6 +73,22 @@ class RegistryServer:
 
     def __exit__(self, *exc_info: object) -> None:
         self._http.stop()
+
+    async def _authenticate(self, request: Request, call_next) -> Response:
+        if self.users is not None:
+            scheme, _, encoded = request.headers.get("authorization", "").partition(" ")
+            try:
+                name, _, password = base64.b64decode(encoded).decode().partition(":")
+            except ValueError:
+                name, password = "", ""
+            if scheme.lower() != "basic" or self.users.get(name) != password or not name:
+                with self._lock:
+                    self.refused += 1
+                return _reply({"error_code": UNAUTHORIZED, "message": "Unauthorized"}, 401)
+        return await call_next(request)
+
+    async def _list_subjects(self, request: Request) -> Response:
+        return Response(orjson.dumps(sorted(self.subjects)), media_type=MEDIA_TYPE)
 
     async def _register(self, request: Request) -> Response:
         body = orjson.loads(await request.body())

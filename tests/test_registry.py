@@ -1,18 +1,23 @@
 """With ``SCHEMA_REGISTRY_URL`` set, against the real broker and a registry on loopback
 (``tests/registry_server.py``, the Confluent REST subset the serde uses): what a stage writes to
 its ledger and what a command writes to the control topic are Confluent-framed, and whoever
-reads them again — a restarted stage, another command — decodes them through the registry."""
+reads them again — a restarted stage, another command — decodes them through the registry. The
+whole pipeline runs against a registry that wants basic auth, with another subject-name strategy,
+and is restarted in the middle."""
 
 from __future__ import annotations
 
 import pytest
 
+from processors.avro.registry import Registry, RegistryUnavailable, SubjectNameStrategy
+from processors.avro.serde import AvroSerde
 from processors.control.store import ControlStore
-from processors.kafka.read import snapshot
+from processors.kafka.read import count, snapshot
 from processors.kafka.settings import KafkaSettings
 from processors.kafka.topics import Role
 from processors.kafka.write import write
-from processors.offline.outputs import read
+from processors.offline.outputs import decision_suffixes, read
+from processors.ops.summary import collect
 from processors.pipeline import Pipeline
 from processors.records import PromptRef, SeenEvent, Trace, WorkItem, dumps
 from processors.workflow.workflow import Workflow
@@ -75,3 +80,51 @@ def test_the_control_store_publishes_and_reads_a_state_through_the_registry(fram
     assert record.value()[0] == CONFLUENT_MAGIC
     assert f"{control.name}-value" in registry.subjects
     assert ControlStore(framed, workflow).current() == published  # another reader: decoded by registry id
+
+
+def test_each_subject_name_strategy_names_the_subject_it_says(registry):
+    for strategy, subject in [(SubjectNameStrategy.topic, "t.decisions.billing-value"),
+                              (SubjectNameStrategy.record, "handoff.Decision"),
+                              (SubjectNameStrategy.topic_record, "t.decisions.billing-handoff.Decision")]:
+        serde = AvroSerde("handoff/decision", registry=Registry(url=registry.url, strategy=strategy))
+        serde.framing.header(serde.writer, "t.decisions.billing")  # registers the writer schema
+        assert subject in registry.subjects, strategy
+
+
+def test_a_registry_refusing_the_credentials_is_named_before_anything_runs():
+    with RegistryServer(users={"handoff": "right"}) as guarded:
+        Registry(url=guarded.url, properties=(("basic.auth.user.info", "handoff:right"),)).check()
+        with pytest.raises(RegistryUnavailable, match="refused: HTTP 401.*SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO"):
+            Registry(url=guarded.url, properties=(("basic.auth.user.info", "handoff:wrong"),)).check()
+    with pytest.raises(RegistryUnavailable, match="no Schema Registry answers"):
+        Registry(url=guarded.url, properties=(("max.retries", "0"),)).check()
+
+
+def test_the_whole_pipeline_runs_through_an_authenticated_registry_with_a_restart_in_the_middle(kafka, receiver):
+    with RegistryServer(users={"handoff": "registry-secret"}) as guarded:
+        framed = kafka.model_copy(update={"schema_registry_url": guarded.url,
+                                          "schema_registry": {"basic.auth.user.info": "handoff:registry-secret"},
+                                          "subject_name_strategy": SubjectNameStrategy.topic_record})
+        workflow = deployed("support_ticket", framed)
+        ControlStore(framed, workflow).publish("review threshold 0.75", review_threshold=0.75, changed_by="test")
+        trigger = workflow.spec(Role.triggers)
+        events = [{k: v for k, v in t.items() if k != "expected"} for t in tickets()[:30]]
+
+        def send(batch: list[dict]) -> None:
+            write(framed.producer(), trigger.name, [(e["customer"]["id"], trigger.serde(framed).encode(e, trigger.name))
+                                                    for e in batch], what="triggers")
+
+        send(events[:15])
+        assert Pipeline(workflow, framed).run_until_drained(timeout=180)
+        send(events[15:] + events[:5])  # the rest, and five again: the restored duplicate ledger must know them
+        assert Pipeline(workflow, framed).run_until_drained(timeout=180)  # every stage restarted in the middle
+
+        summary = collect(workflow, framed)
+        assert summary.triggers == 35 and summary.placed == 30 and not summary.in_two_places()
+        decided = [workflow.topics[workflow.topic(s)].name for s in decision_suffixes(workflow)]
+        assert count(framed, *decided) == len(summary.decided), "no event decided twice"
+        assert guarded.refused == 0
+        assert f"{workflow.spec(Role.seen).name}-handoff.SeenEvent" in guarded.subjects
+        assert f"{workflow.spec(Role.control).name}-handoff.ControlState" in guarded.subjects
+        assert all(m.value()[0] == CONFLUENT_MAGIC for m in snapshot(framed, workflow.spec(Role.actions_done).name))
+

@@ -8,6 +8,7 @@ import pytest
 from fastavro import schemaless_reader
 
 from processors.avro.contracts import ContractStore
+from processors.avro.registry import Registry
 from processors.avro.serde import (
     AvroSerde,
     EncodeError,
@@ -94,7 +95,7 @@ def test_a_record_in_the_other_framing_says_which_and_what_to_set():
     with pytest.raises(WrongFraming, match="schema id 7.*set SCHEMA_REGISTRY_URL") as confluent:
         AvroSerde("support_ticket/created").decode(b"\x00" + struct.pack(">I", 7) + body)
     with pytest.raises(WrongFraming, match="unset SCHEMA_REGISTRY_URL") as single:
-        AvroSerde("support_ticket/created", registry_url="http://127.0.0.1:9").decode(
+        AvroSerde("support_ticket/created", registry=Registry(url="http://127.0.0.1:9")).decode(
             AvroSerde("support_ticket/created.v1").encode(TICKET_V1))
     assert confluent.value.reason == single.value.reason == "wrong_framing"
 

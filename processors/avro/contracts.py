@@ -20,6 +20,7 @@ import re
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import orjson
 from fastavro import parse_schema
@@ -60,6 +61,42 @@ class Contract:
     def version(self) -> int:
         return _version(self.name)
 
+    def has_field(self, path: str) -> bool:
+        """Does the record have a field at dotted ``path`` (``customer.id``), through nested records and
+        nullable unions? What a workflow's key and event-id paths are checked with at load."""
+        named = named_types(self.schema)
+        types: list[Any] = [self.schema]
+        for name in path.split("."):
+            records = [t for t in _resolved(types, named) if isinstance(t, dict) and t.get("type") == "record"]
+            types = [f["type"] for record in records for f in record["fields"] if f["name"] == name]
+            if not types:
+                return False
+        return True
+
+
+def _resolved(types: list[Any], named: dict[str, Any]) -> list[Any]:
+    """``types`` with unions flattened and type names replaced by their definitions."""
+    out: list[Any] = []
+    for t in types:
+        t = named.get(t, t) if isinstance(t, str) else t
+        out += _resolved(t, named) if isinstance(t, list) else [t]
+    return out
+
+
+def named_types(schema: Any, named: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Every named type ``schema`` defines, by full name: a later use of one is only its name."""
+    named = {} if named is None else named
+    if isinstance(schema, list):
+        for branch in schema:
+            named_types(branch, named)
+    elif isinstance(schema, dict):
+        if schema.get("type") in ("record", "enum", "fixed"):
+            named[schema["name"]] = schema
+        inner = [f["type"] for f in schema.get("fields", [])] + [schema[k] for k in ("items", "values") if k in schema]
+        for sub in inner:
+            named_types(sub, named)
+    return named
+
 
 def _version(name: str) -> int:
     m = _VERSIONED.match(name)
@@ -74,9 +111,8 @@ class _Files(AbstractSchemaRepository):
     """The schema JSON of every file, by contract name and by the full name of the type it defines:
     what ``load_schema`` asks for when a schema names a type it does not define itself."""
 
-    def __init__(self, root: Path):
-        self.raw = {path.relative_to(root).with_suffix("").as_posix(): orjson.loads(path.read_bytes())
-                    for path in root.rglob("*.avsc")}
+    def __init__(self, raw: dict[str, Any]):
+        self.raw = raw
         self.by_type = {fullname(raw): name for name, raw in sorted(self.raw.items(), key=lambda kv: _version(kv[0]))
                         if isinstance(raw, dict) and "name" in raw}
 
@@ -87,14 +123,31 @@ class _Files(AbstractSchemaRepository):
         return copy.deepcopy(found)  # load_schema writes the definitions it expands into what it loads
 
 
+def _read(root: Path, under: str = "") -> dict[str, Any]:
+    """The schema JSON of every ``.avsc`` below ``root / under``, by its name under ``root``."""
+    return {path.relative_to(root).with_suffix("").as_posix(): orjson.loads(path.read_bytes())
+            for path in (root / under).rglob("*.avsc")}
+
+
 class ContractStore:
-    """Every ``.avsc`` under a folder, indexed by name and by fingerprint."""
+    """Every ``.avsc`` under a folder, indexed by name and by fingerprint. Without a folder: the
+    project's schemas and the engine's contracts (``handoff/``, always the shipped ones: a project
+    holds only its own; a copy of one that differs is refused, it would fork the engine's records)."""
 
     def __init__(self, root: Path | None = None):
-        self.root = root = root or project.schemas_dir()
+        self.root = project.schemas_dir() if root is None else root
         self.by_name: dict[str, Contract] = {}
         self.by_fingerprint: dict[bytes, Contract] = {}
-        files = _Files(root)
+        raw = _read(self.root)
+        if root is None:
+            engine = _read(project.engine_schemas_dir(), project.ENGINE_SCHEMAS)
+            forked = sorted(name for name in engine if name in raw and raw[name] != engine[name])
+            if forked:
+                raise ValueError(f"{self.root / forked[0]}.avsc differs from handoff's own contract of that name: "
+                                 f"schemas/{project.ENGINE_SCHEMAS}/ belongs to the engine; delete it from the project")
+            raw |= engine
+        files = _Files(raw)
+        root = self.root
         for name in sorted(files.raw):
             try:
                 expanded = load_schema(name, repo=files)
@@ -118,6 +171,11 @@ class ContractStore:
         return max(versions, key=lambda c: c.version)
 
 
-@cache
 def default_store() -> ContractStore:
+    """The contracts of the project in force and the engine's, read once per project."""
+    return _store_of(project.schemas_dir())
+
+
+@cache
+def _store_of(schemas: Path) -> ContractStore:
     return ContractStore()

@@ -5,8 +5,9 @@ Two framings, chosen per serde:
 * **Single-object encoding** (default, Avro spec): ``C3 01`` + the writer schema's 8-byte
   little-endian CRC-64-AVRO fingerprint + the Avro body. A reader needs no registry: it looks
   the fingerprint up among the versions kept in ``schemas/``.
-* **Confluent wire format** (when a Schema Registry URL is configured): ``00`` + the 4-byte
-  big-endian schema id + the body. Writer schemas are registered under ``<topic>-value``.
+* **Confluent wire format** (when a Schema Registry is configured: :mod:`.registry`): ``00`` + the
+  4-byte big-endian schema id + the body. Writer schemas are registered under the subject the
+  registry's strategy names (``<topic>-value`` by default).
 
 Either way the body is decoded with the *writer* schema and resolved into the consumer's
 *reader* schema, so a v1 consumer reads v2 records and the reverse (Avro schema resolution).
@@ -21,12 +22,13 @@ import struct
 from typing import Any, Protocol
 
 import orjson
-from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+from confluent_kafka.schema_registry import Schema
 from fastavro import schemaless_reader, schemaless_writer
 from fastavro.read import SchemaResolutionError
 from fastavro.validation import validate
 
-from processors.avro.contracts import Contract, ContractStore, default_store
+from processors.avro.contracts import Contract, ContractStore, default_store, named_types
+from processors.avro.registry import Registry
 
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
 SINGLE_OBJECT_HEADER = 10
@@ -82,21 +84,7 @@ def check_record(record: Any, contract: Contract) -> list[str]:
     """Every way ``record`` breaks ``contract``: wrong types, missing fields and fields the schema
     does not have, each named by its dotted path in the record (``customer.plan: missing``), so a
     person finds it in their JSON without knowing the schema's record names."""
-    return _errors(record, contract.schema, "", _definitions(contract.schema, {}))
-
-
-def _definitions(schema: Any, named: dict[str, Any]) -> dict[str, Any]:
-    """Every named type ``schema`` defines, by full name: a later use of one is only its name."""
-    if isinstance(schema, list):
-        for branch in schema:
-            _definitions(branch, named)
-    elif isinstance(schema, dict):
-        if schema.get("type") in ("record", "enum", "fixed"):
-            named[schema["name"]] = schema
-        inner = [f["type"] for f in schema.get("fields", [])] + [schema[k] for k in ("items", "values") if k in schema]
-        for sub in inner:
-            _definitions(sub, named)
-    return named
+    return _errors(record, contract.schema, "", named_types(contract.schema))
 
 
 def _errors(datum: Any, schema: Any, path: str, named: dict[str, Any]) -> list[str]:
@@ -174,8 +162,9 @@ class SingleObjectFraming:
 class RegistryFraming:
     """Confluent Schema Registry wire format, through confluent-kafka's registry client."""
 
-    def __init__(self, url: str, store: ContractStore):
-        self.client = SchemaRegistryClient({"url": url})
+    def __init__(self, registry: Registry, store: ContractStore):
+        self.registry = registry
+        self.client = registry.client()
         self.store = store
         self._ids: dict[tuple[str, str], int] = {}
         self._by_id: dict[int, Contract] = {}
@@ -183,7 +172,8 @@ class RegistryFraming:
     def header(self, contract: Contract, topic: str) -> bytes:
         key = (contract.name, topic)
         if key not in self._ids:
-            self._ids[key] = self.client.register_schema(f"{topic}-value", Schema(contract.canonical, "AVRO"))
+            subject = self.registry.subject(topic, contract.schema["name"])
+            self._ids[key] = self.client.register_schema(subject, Schema(contract.canonical, "AVRO"))
         return CONFLUENT_MAGIC + struct.pack(">I", self._ids[key])
 
     def writer(self, data: bytes) -> tuple[Contract, int]:
@@ -212,11 +202,11 @@ class AvroSerde:
     """
 
     def __init__(self, writer: str, reader: str | None = None, *, store: ContractStore | None = None,
-                 registry_url: str | None = None):
+                 registry: Registry | None = None):
         self.store = store or default_store()
         self.writer = self.store.get(writer)
         self.reader = self.store.get(reader) if reader else self.writer
-        self.framing: Framing = RegistryFraming(registry_url, self.store) if registry_url else SingleObjectFraming(self.store)
+        self.framing: Framing = RegistryFraming(registry, self.store) if registry else SingleObjectFraming(self.store)
 
     def encode(self, record: dict, topic: str = "", *, check: bool = False) -> bytes:
         """Avro bytes with header. ``check`` reports every field error before writing (slower)."""

@@ -24,7 +24,7 @@ def produce(file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, he
     flow, conf = load(workflow, bootstrap, workflows_dir)
     trigger = flow.spec(Role.triggers)
     need_broker(flow, conf, trigger.name)
-    serde = AvroSerde(schema or trigger.value_schema, registry_url=conf.schema_registry_url)
+    serde = AvroSerde(schema or trigger.value_schema, registry=conf.registry)
     summary = produce_file(file, conf.producer(**QUIET), trigger.name, serde, trigger.key_field)
     for bad in summary.rejected:
         typer.secho(f"line {bad.line}: rejected: {bad.reason}", fg=typer.colors.YELLOW, err=True)

@@ -1,8 +1,9 @@
 """The ``handoff`` command: every command group's module assembled under one app.
 
 Each group lives in its own module (``processors/cli/<group>.py``), its options shared through
-:mod:`processors.cli.params`; this module only names them. ``--project`` comes before the command
-(``handoff --project ~/flows run -w mine``) because it decides where every command reads from.
+:mod:`processors.cli.params`; this module only names them. ``--project`` and ``--kafka-config``
+come before the command (``handoff --project ~/flows --kafka-config prod.properties run -w mine``)
+because they decide where every command reads from and how it talks to the broker.
 """
 
 from __future__ import annotations
@@ -12,12 +13,14 @@ import os
 import typer
 
 from processors.cli import (
+    acls,
     broker,
     control,
     dataset,
     deploy,
     evals,
     events,
+    init,
     outcome,
     prompt,
     replay,
@@ -26,9 +29,10 @@ from processors.cli import (
     run,
     topics,
 )
-from processors.cli.params import Project, fail
+from processors.cli.params import KafkaConfig, Project, fail
 from processors.kafka.read import IncompleteRead, ReadError
-from processors.project import PROJECT_ENV
+from processors.kafka.settings import CONFIG_ENV
+from processors.project import use
 
 
 class Handoff(typer.Typer):
@@ -48,10 +52,12 @@ app = Handoff(no_args_is_help=True, add_completion=False,
 
 
 @app.callback()
-def main(project: Project = None) -> None:
-    """Options before the command: they decide where every command reads from."""
-    if project is not None:  # processors.project reads it: every loader agrees on the one root
-        os.environ[PROJECT_ENV] = str(project)
+def main(project: Project = None, kafka_config: KafkaConfig = None) -> None:
+    """Options before the command: they decide where every command reads from, and how it talks to Kafka."""
+    if project is not None:  # every loader asks processors.project: they agree on the one root
+        use(project)
+    if kafka_config is not None:  # KafkaSettings reads it: every client of the command gets the same properties
+        os.environ[CONFIG_ENV] = str(kafka_config)
 
 
 app.add_typer(broker.app, name="kafka")
@@ -68,3 +74,6 @@ app.add_typer(control.app, name="control")
 app.command()(replay.replay)
 app.command("eval")(evals.eval_)
 app.add_typer(deploy.app, name="deploy")
+app.command()(init.init)
+app.add_typer(init.app, name="workflow")
+app.command("acls")(acls.acls_)

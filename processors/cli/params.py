@@ -1,7 +1,7 @@
 """What the commands share: their common options and the steps before a command's own work.
 
 Every option that more than one command takes is declared here once (``--bootstrap``,
-``--workflow``, ``--workflows-dir``, ``--data-dir``…), and so are the steps that can fail before a
+``--workflow``, ``--workflows-dir``, ``--data-dir``, ``--kafka-config``…), and so are the steps that can fail before a
 command does anything — loading the workflow, asking the broker for its topics, reading the
 control topic — each failing in one line that says what is wrong and what to do (:func:`fail`).
 """
@@ -13,10 +13,13 @@ from typing import Annotated, Optional
 
 import typer
 
+from processors.avro.registry import RegistryConfigError, RegistryUnavailable
 from processors.control.store import ControlStore, ControlUnavailable
+from processors.kafka.acls import AccessDenied, check
 from processors.kafka.broker import BrokerUnreachable, missing_topics
-from processors.kafka.settings import KafkaSettings
+from processors.kafka.settings import CONFIG_ENV, ClientConfigError, KafkaSettings
 from processors.project import PROJECT_ENV
+from processors.stages.access import grants
 from processors.views.store import ViewStore, ViewsUnavailable, open_store
 from processors.workflow.workflow import Workflow, WorkflowError, load_workflow
 
@@ -34,8 +37,18 @@ ViewsUrl = Annotated[Optional[str], typer.Option("--views-url", envvar="HANDOFF_
 DataDir = Annotated[Path, typer.Option(help="Where the broker keeps its data, pid and logs (git-ignored).")]
 
 
+KafkaConfig = Annotated[Optional[Path], typer.Option("--kafka-config", envvar=CONFIG_ENV, exists=True, dir_okay=False,
+                                                     resolve_path=True, help=(
+    "A properties file (key=value lines) of librdkafka and schema.registry.* client settings: SASL, TLS… "
+    "Secrets go here or in HANDOFF_KAFKA_* variables, never on the command line."))]
+
+
 def settings(bootstrap: str | None) -> KafkaSettings:
-    return KafkaSettings(bootstrap_servers=bootstrap) if bootstrap else KafkaSettings()
+    """The Kafka settings in force (properties file, environment, ``--bootstrap``); exit 1 when they do not read."""
+    try:
+        return KafkaSettings.load(bootstrap_servers=bootstrap)
+    except ClientConfigError as exc:
+        raise fail(str(exc))
 
 
 def fail(message: str) -> typer.Exit:
@@ -55,15 +68,28 @@ def load(workflow: str, bootstrap: str | None, workflows_dir: Path | None = None
 
 
 def need_broker(flow: Workflow, conf: KafkaSettings, *topics: str) -> None:
-    """Exit 1 in one line unless a broker answers and has the ``topics``: asked before the command
-    makes clients of its own, which would log every refused connection."""
+    """Exit 1 in one line unless a broker answers and has the ``topics``, and the Schema Registry (when
+    one is set) answers to these credentials: asked before the command makes clients of its own,
+    which would log every refused connection, or fail every record they write."""
     try:
         missing = missing_topics(conf, topics)
-    except BrokerUnreachable as exc:
+        if conf.registry is not None:
+            conf.registry.check()
+    except (BrokerUnreachable, ClientConfigError, RegistryConfigError, RegistryUnavailable) as exc:
         raise fail(str(exc))
     if missing:
         raise fail(f"topic {missing[0]} does not exist at {conf.bootstrap_servers}: create the workflow's topics "
                    f"with `handoff topics apply --workflow {flow.name}`")
+
+
+def need_access(flow: Workflow, conf: KafkaSettings, stages: list[str]) -> None:
+    """Exit 1 in one line naming the principal, the resource and the operation when this process may not
+    do something the ``stages`` do (:mod:`processors.stages.access`); on an open cluster everything is allowed."""
+    try:
+        for stage in stages:
+            check(conf, grants(flow, stage, conf))
+    except AccessDenied as exc:
+        raise fail(f"stage {stage}: {exc}")
 
 
 def control_store(workflow: str, bootstrap: str | None, workflows_dir: Path | None) -> ControlStore:

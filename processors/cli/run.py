@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from processors.actions.webhook import MissingSecret
-from processors.cli.params import Bootstrap, WorkflowName, WorkflowsDir, fail, load, need_broker
+from processors.cli.params import Bootstrap, WorkflowName, WorkflowsDir, fail, load, need_access, need_broker
 from processors.control.store import ControlUnavailable
 from processors.logs import LogFormat, setup
 from processors.pipeline import Pipeline
@@ -57,6 +57,7 @@ def run(workflow: WorkflowName,
                              **({"state_dir": state_dir} if state_dir else {}))
     setup(log_format, workflow=workflow, instance=options.instance, **({"stage": stage} if stage != "all" else {}))
     need_broker(flow, conf)  # before any stage's clients exist
+    need_access(flow, conf, stages)
     try:
         served = metrics.serve(metrics_port, metrics_addr)
     except OSError as exc:

@@ -19,6 +19,12 @@ log = logging.getLogger("handoff.control")
 POLL_S = 0.5
 
 
+def watcher_group(workflow: Workflow) -> str:
+    """The group id of a watcher's consumer (before the namespace): never joined or committed, but on a
+    secured cluster its principal needs Describe on it (the consumer looks its coordinator up)."""
+    return f"{workflow.name}.control-watcher"
+
+
 class ControlWatcher(Control):
     """The latest state on ``<workflow>.control``, followed on a background thread.
 
@@ -41,8 +47,7 @@ class ControlWatcher(Control):
         except KafkaException as exc:
             raise BrokerUnavailable(f"no Kafka broker at {self.store.settings.bootstrap_servers} answered when "
                                     f"reading the control topic {topic}: {exc.args[0].str()}") from None
-        consumer = self.store.settings.consumer(f"{self.store.workflow.name}.control-watcher",
-                                                **{"enable.partition.eof": True})
+        consumer = self.store.settings.consumer(watcher_group(self.store.workflow), **{"enable.partition.eof": True})
         consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
         try:
             self._catch_up(consumer, timeout)

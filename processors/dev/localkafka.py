@@ -1,6 +1,6 @@
 """A real single-node Apache Kafka broker (KRaft) on the local JVM, no Docker needed.
 
-The broker's classpath comes from Maven Central: ``deploy/kafka/pom.xml`` names the
+The broker's classpath comes from Maven Central: ``deploy/kafka/pom.xml`` (shipped in the wheel too) names the
 ``kafka_2.13`` artifact and ``mvn dependency:build-classpath`` resolves it (cached per pom
 hash). Start-up is three steps, each with a clear failure:
 
@@ -8,7 +8,11 @@ hash). Start-up is three steps, each with a clear failure:
 2. format the data folder once (``kafka.tools.StorageTool format --standalone``),
 3. start ``kafka.Kafka`` detached and wait until it answers a metadata request.
 
-The broker listens on 127.0.0.1 only. Its pid, ports and logs live in the data folder, so
+The broker listens on 127.0.0.1 only. With a :class:`SecureListener` it also listens with
+SASL_SSL (SCRAM-SHA-512 over TLS, a certificate made with the JDK's ``keytool``) and enforces ACLs
+(KRaft's ``StandardAuthorizer``, nothing allowed without an ACL): a secured cluster to test
+against. The loopback PLAINTEXT listener stays, for the broker's own traffic and for the set-up
+(topics, SCRAM users, ACLs) as ``User:ANONYMOUS``, its super user. Its pid, ports and logs live in the data folder, so
 ``stop`` works from another process (``make kafka-down``), and ``start`` after ``stop`` restarts the
 same broker, with its data and its controller port (a test restarting its broker mid-stream).
 The same classpath carries Kafka's command-line tools (:meth:`LocalKafka.tool`).
@@ -30,13 +34,77 @@ from pathlib import Path
 
 from confluent_kafka.admin import AdminClient
 
-DEPLOY_DIR = Path(__file__).resolve().parents[2] / "deploy" / "kafka"
+from processors import project
+
+DEPLOY_DIR = project.LOCAL_BROKER
 DEFAULT_DATA_DIR = Path(".local/kafka")
 DEFAULT_PORT = 9092
 
 
 class LocalKafkaError(RuntimeError):
     """The local broker could not be set up, started or reached; the message says why."""
+
+
+@dataclass(frozen=True)
+class SecureListener:
+    """A SASL_SSL listener on ``port``: SCRAM-SHA-512 over TLS with the key in ``folder/broker.p12``,
+    whose self-signed certificate (for 127.0.0.1 and localhost) a client trusts as ``ca.pem``."""
+
+    folder: Path
+    port: int
+    password: str
+
+    MECHANISM = "SCRAM-SHA-512"
+
+    @classmethod
+    def create(cls, folder: Path, port: int | None = None) -> SecureListener:
+        """Make the broker's key and certificate in ``folder`` with ``keytool`` (valid two days)."""
+        keytool = _require("keytool", "install a Java 17+ JDK (for example `apt-get install openjdk-17-jdk-headless`)")
+        folder.mkdir(parents=True, exist_ok=True)
+        listener = cls(folder.resolve(), port or free_port(), uuid.uuid4().hex)
+        store = ["-keystore", str(listener.keystore), "-storetype", "PKCS12", "-storepass", listener.password]
+        for args in (["-genkeypair", "-alias", "broker", "-keyalg", "RSA", "-keysize", "2048", "-validity", "2",
+                      "-dname", "CN=localhost", "-ext", "SAN=IP:127.0.0.1,DNS:localhost", "-keypass", listener.password],
+                     ["-exportcert", "-alias", "broker", "-rfc", "-file", str(listener.ca_location)]):
+            made = subprocess.run([keytool, *args, *store], capture_output=True, text=True)
+            if made.returncode != 0:
+                raise LocalKafkaError(f"keytool {args[0]} failed:\n{made.stdout}{made.stderr}")
+        return listener
+
+    @property
+    def keystore(self) -> Path:
+        return self.folder / "broker.p12"
+
+    @property
+    def ca_location(self) -> Path:
+        return self.folder / "ca.pem"
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def server_properties(self, plain_port: int, controller_port: int) -> str:
+        """What server.properties gets on top (later keys win): the listener, TLS, SASL and the authorizer."""
+        return "\n".join([
+            "", "# SecureListener: SASL_SSL with SCRAM, ACLs enforced",
+            f"listeners=PLAINTEXT://127.0.0.1:{plain_port},SASL_SSL://127.0.0.1:{self.port},"
+            f"CONTROLLER://127.0.0.1:{controller_port}",
+            f"advertised.listeners=PLAINTEXT://127.0.0.1:{plain_port},SASL_SSL://127.0.0.1:{self.port},"
+            f"CONTROLLER://127.0.0.1:{controller_port}",
+            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL",
+            f"sasl.enabled.mechanisms={self.MECHANISM}",
+            f"listener.name.sasl_ssl.{self.MECHANISM.lower()}.sasl.jaas.config="
+            "org.apache.kafka.common.security.scram.ScramLoginModule required;",
+            f"ssl.keystore.location={self.keystore}", "ssl.keystore.type=PKCS12",
+            f"ssl.keystore.password={self.password}", f"ssl.key.password={self.password}",
+            "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+            "allow.everyone.if.no.acl.found=false", "super.users=User:ANONYMOUS", ""])
+
+    def client_properties(self, user: str, password: str) -> dict[str, str]:
+        """What a client of this listener sets (in a properties file or HANDOFF_KAFKA_* variables)."""
+        return {"bootstrap.servers": self.bootstrap, "security.protocol": "SASL_SSL",
+                "sasl.mechanism": self.MECHANISM, "sasl.username": user, "sasl.password": password,
+                "ssl.ca.location": str(self.ca_location)}
 
 
 def free_port() -> int:
@@ -82,6 +150,7 @@ class LocalKafka:
 
     data_dir: Path = DEFAULT_DATA_DIR
     port: int = DEFAULT_PORT
+    secure: SecureListener | None = None
 
     @property
     def bootstrap(self) -> str:
@@ -150,6 +219,7 @@ class LocalKafka:
             .replace("${port}", str(self.port))
             .replace("${controller_port}", str(self._controller_port()))
             .replace("${data_dir}", str(self.data_dir / "log"))
+            + (self.secure.server_properties(self.port, self._controller_port()) if self.secure else "")
         )
         java = ["java", "-Xms256m", "-Xmx1g", "-XX:+UseG1GC", "-Djava.awt.headless=true",
                 f"-Dkafka.logs.dir={logs}",

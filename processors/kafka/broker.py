@@ -10,10 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient
-
-from processors.kafka.settings import KafkaSettings
+from confluent_kafka import KafkaError, KafkaException
+from processors.kafka.settings import ClientConfigError, KafkaSettings
 
 
 def _ignore(_error) -> None:
@@ -25,16 +23,34 @@ QUIET = {"log_level": 0, "error_cb": _ignore}
 
 
 class BrokerUnreachable(ConnectionError):
-    """No broker answered at the bootstrap address."""
+    """No broker answered at the bootstrap address, or it refused the client's credentials."""
+
+
+_REFUSALS = {
+    KafkaError._AUTHENTICATION: "check sasl.username and sasl.password (HANDOFF_KAFKA_SASL_USERNAME, "
+                                "HANDOFF_KAFKA_SASL_PASSWORD or HANDOFF_KAFKA_SASL_PASSWORD_FILE) and sasl.mechanism",
+    KafkaError._SSL: "check security.protocol and ssl.ca.location (the CA that signed the broker's certificate)",
+}
+"""Errors librdkafka reports through ``error_cb`` when a broker answers but refuses the client, and what to check."""
 
 
 def missing_topics(settings: KafkaSettings, names: Iterable[str], timeout: float = 5.0) -> list[str]:
     """Those of ``names`` the broker does not have (in their order); :class:`BrokerUnreachable`
-    when no broker answers within ``timeout``."""
-    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers, **QUIET})
+    when no broker answers within ``timeout``, :class:`ClientConfigError` when the user's client
+    properties do not make a client."""
+    errors: list[KafkaError] = []
+    try:
+        admin = settings.admin(**{**QUIET, "error_cb": errors.append})
+    except KafkaException as exc:  # a property librdkafka does not know, or a value it refuses
+        raise ClientConfigError(f"Kafka client properties: {exc.args[0].str()}") from None
     try:
         topics = admin.list_topics(timeout=timeout).topics
     except KafkaException as exc:
+        admin.poll(0)  # serves the error callbacks queued meanwhile: an authentication failure is one
+        refused = next((e for e in errors if e.code() in _REFUSALS), None)
+        if refused is not None:
+            raise BrokerUnreachable(f"the broker at {settings.bootstrap_servers} refused this client: {refused.str()}; "
+                                    f"{_REFUSALS[refused.code()]}") from None
         raise BrokerUnreachable(
             f"no Kafka broker answers at {settings.bootstrap_servers} (asked for its topics for {timeout:.0f}s: "
             f"{exc.args[0].str()}); start one with `handoff kafka up`, or point --bootstrap or "

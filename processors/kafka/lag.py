@@ -17,7 +17,7 @@ from __future__ import annotations
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from processors.kafka.read import reader, watermarks
-from processors.kafka.settings import KafkaSettings
+from processors.kafka.settings import ClientKind, KafkaSettings
 
 TIMEOUT_S = 10
 
@@ -55,8 +55,8 @@ class LagProbe:
         """A consumer of ``group``'s id that only reads its committed offsets: it never subscribes,
         so it never joins the group or disturbs its members."""
         if group not in self._offsets:
-            self._offsets[group] = Consumer({"bootstrap.servers": self.settings.bootstrap_servers,
-                                             "group.id": group, "enable.auto.commit": False})
+            self._offsets[group] = Consumer(self.settings.config(ClientKind.consumer, **{
+                "group.id": group, "enable.auto.commit": False}))
         return self._offsets[group]
 
     def _partitions_of(self, topic: str) -> list[int]:

@@ -19,7 +19,11 @@ from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, 
 from pydantic import BaseModel
 
 from processors.avro.serde import AvroSerde, DecodeError
-from processors.kafka.settings import KafkaSettings
+from processors.kafka.settings import ClientKind, KafkaSettings
+
+READER_GROUP = "handoff-tail"
+"""The group id of every reader: required by librdkafka, never joined or committed; on a secured cluster
+its principal needs Describe on it (the consumer looks its coordinator up)."""
 
 POLL_S = 0.5
 BATCH = 10_000  # records a consume call may return at once
@@ -27,14 +31,13 @@ BATCH = 10_000  # records a consume call may return at once
 
 def reader(settings: KafkaSettings) -> Consumer:
     """A read-committed consumer that assigns and never commits: it never disturbs a stage's offsets."""
-    return Consumer({
-        "bootstrap.servers": settings.bootstrap_servers,
-        "group.id": "handoff-tail",  # required by librdkafka; never joined or committed
-        "enable.auto.commit": False,
-        "isolation.level": "read_committed",
-        "enable.partition.eof": True,
-        "auto.offset.reset": "earliest",  # a position retention deleted resumes at the oldest record left
-    })
+    return Consumer(settings.config(
+        ClientKind.consumer,
+        **{"group.id": READER_GROUP,
+           "enable.auto.commit": False,
+           "isolation.level": "read_committed",
+           "enable.partition.eof": True,
+           "auto.offset.reset": "earliest"}))  # a position retention deleted resumes at the oldest record left
 
 
 class PartitionProgress(BaseModel):

@@ -40,6 +40,7 @@ from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, C
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from processors import project
+from processors.avro.registry import Registry
 from processors.avro.serde import AvroSerde
 from processors.kafka.settings import KafkaSettings
 
@@ -192,12 +193,12 @@ class TopicSpec(EngineTopic):
         path may ask for it per record."""
         if self.value_schema is None:
             raise ValueError(f"{self.name} carries raw bytes (no value_schema): there is no serde for it")
-        return _serde(self.value_schema, settings.schema_registry_url)
+        return _serde(self.value_schema, settings.registry)
 
 
 @cache
-def _serde(value_schema: str, registry_url: str | None) -> AvroSerde:
-    return AvroSerde(value_schema, registry_url=registry_url)
+def _serde(value_schema: str, registry: Registry | None) -> AvroSerde:
+    return AvroSerde(value_schema, registry=registry)
 
 
 def _compacted(**fields) -> EngineTopic:

@@ -56,6 +56,15 @@ class WorkflowStage(Stage):
         self.quality = metrics.Quality(workflow.name, workflow.escalation.route if workflow.escalation else None)
 
     input_roles: list[Role]
+    output_roles: list[Role]
+    """What the stage writes, by role (``decisions``: every route's): what its principal must be allowed
+    to write (``handoff acls``). Its tables write their changelogs, the runtime the dead letters."""
+
+    def outputs(self) -> list[str]:
+        """The declared names of every topic the stage writes itself (not its tables' changelogs, not dead letters)."""
+        return [name for role in self.output_roles for name in
+                ([self.workflow.topic(role, route) for route in self.workflow.route_names]
+                 if role == Role.decisions else [self.workflow.topic(role)])]
 
     def is_from(self, topic: str, role: Role) -> bool:
         """Does a consumed record's (namespaced) topic name the workflow's ``role`` topic?"""

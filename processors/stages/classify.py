@@ -75,6 +75,7 @@ def parse_answer(text: str) -> dict | None:
 class Classify(WorkflowStage):
     name = StageName.classify
     input_roles = [Role.triggers, Role.repair]
+    output_roles = [Role.classified, Role.review, Role.traces]
 
     def __init__(self, workflow: Workflow, provider: Provider, control: Control | ControlState | None = None):
         super().__init__(workflow, control)

@@ -62,6 +62,7 @@ class EffectsDone(Store[ActionDone]):
 class Execute(WorkflowStage):
     name = StageName.execute
     input_roles = [Role.actions]
+    output_roles = [Role.executions, Role.review, Role.traces]  # and each emit action's topic
 
     def __init__(self, workflow: Workflow, control: Control | ControlState | None = None):
         super().__init__(workflow, control)
@@ -81,6 +82,9 @@ class Execute(WorkflowStage):
 
     def tables(self) -> list[Table]:
         return [self.done]
+
+    def outputs(self) -> list[str]:
+        return super().outputs() + [a.topic for a in self.workflow.actions.values() if a.kind == ActionKind.emit]
 
     async def process(self, record: Record) -> list[Emit]:
         request = ActionRequest.model_validate(record.value)

@@ -79,6 +79,7 @@ class JoinStates(Store[JoinState]):
 class Join(WorkflowStage):
     name = StageName.join
     input_roles = [Role.outcomes, Role.joins_inbox]  # and every decisions.<route> topic, added below
+    output_roles = [Role.joins_inbox, Role.results, Role.traces]
     inline = True
 
     def __init__(self, workflow: Workflow):

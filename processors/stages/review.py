@@ -61,6 +61,7 @@ class FirstVerdicts(Store[FirstVerdict]):
 class Review(WorkflowStage):
     name = StageName.review
     input_roles = [Role.verdicts]
+    output_roles = [Role.validated, Role.actions, Role.traces]
     inline = True
 
     def __init__(self, workflow: Workflow, control: Control | ControlState | None = None):

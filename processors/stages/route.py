@@ -44,6 +44,7 @@ from processors.workflow.workflow import RouteRule
 class Route(WorkflowStage):
     name = StageName.route
     input_roles = [Role.validated]
+    output_roles = [Role.decisions, Role.shadow, Role.actions, Role.review, Role.traces]
     inline = True
 
     async def process(self, record: Record) -> list[Emit]:

@@ -44,6 +44,7 @@ MAX_ATTEMPTS = 2  # the first answer and one repair
 class Validate(WorkflowStage):
     name = StageName.validate
     input_roles = [Role.classified]
+    output_roles = [Role.repair, Role.validated, Role.review, Role.traces]
     inline = True
 
     def __init__(self, workflow: Workflow, control: Control | ControlState | None = None):

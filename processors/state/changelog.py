@@ -17,8 +17,8 @@ import time
 
 from confluent_kafka import Consumer, TopicPartition
 
-from processors.kafka.read import IncompleteRead, PartitionProgress, reader, watermarks
-from processors.kafka.settings import KafkaSettings
+from processors.kafka.read import READER_GROUP, IncompleteRead, PartitionProgress, reader, watermarks
+from processors.kafka.settings import ClientKind, KafkaSettings
 
 SETTLE_POLL_S = 0.2
 
@@ -26,9 +26,8 @@ SETTLE_POLL_S = 0.2
 def settled(settings: KafkaSettings, topic: str, partitions: list[int], timeout_s: float) -> dict[int, int]:
     """Wait until no transaction is open on ``partitions`` (see the module docstring); their low watermarks
     (where the changelog starts now). :class:`IncompleteRead` if one is still open after ``timeout_s``."""
-    committed, everything = reader(settings), Consumer({
-        "bootstrap.servers": settings.bootstrap_servers, "group.id": "handoff-tail",
-        "isolation.level": "read_uncommitted", "enable.auto.commit": False})
+    committed, everything = reader(settings), Consumer(settings.config(ClientKind.consumer, **{
+        "group.id": READER_GROUP, "isolation.level": "read_uncommitted", "enable.auto.commit": False}))
     deadline = time.monotonic() + timeout_s
     try:
         lows, open_ = {}, list(partitions)

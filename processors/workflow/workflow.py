@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterable
 from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from processors import project
+from processors.avro.contracts import UnknownContract, default_store
 from processors.kafka.topics import Role, TopicSpec, Windows, keeps_less, span, topic_name, workflow_topics
 from processors.paths import lookup
 from processors.providers.base import Provider
@@ -317,6 +319,7 @@ class Workflow(Strict):
         if triggers.value_schema != self.trigger.schema_:
             problems.append(f"trigger.schema: topics/{self.name}.yaml must declare the trigger topic "
                             f"with value_schema {self.trigger.schema_}")
+        problems += self._event_paths_problems()
         effects_ms = round(self.retention.effects_kept * 1000)
         if keeps_less(effects_ms, triggers.retention_ms):
             problems.append(f"retention.effects_kept: {span(effects_ms)} is shorter than topics/{self.name}.yaml keeps "
@@ -346,12 +349,35 @@ class Workflow(Strict):
         if problems:
             raise WorkflowError(f"{self.folder / 'workflow.yaml'}:\n  " + "\n  ".join(problems))
 
+    def _event_paths_problems(self) -> list[str]:
+        """Every path into the trigger event — its key, its event id, the topic's key field, the prompt's
+        inputs, ``event.`` paths of routes and action arguments — checked against the trigger schema,
+        so a misspelt one fails here and not on the first record."""
+        try:
+            contract = default_store().get(self.trigger.schema_)
+        except UnknownContract:
+            return [f"trigger.schema: no schema {self.trigger.schema_!r} in {project.schemas_dir()}"]
+        paths = {"trigger.key": [self.trigger.key], "trigger.event_id": [self.trigger.event_id],
+                 f"(topics/{self.name}.yaml) trigger.key_field": [self.spec(Role.triggers).key_field],
+                 f"prompt ({self.prompt_path.name}) inputs": self.prompt_spec.inputs}
+        for index, route in enumerate(self.routes):
+            paths[f"routes[{index}].when"] = _in_event(path for alternative in route.when for path in alternative)
+        for name, action in self.actions.items():
+            paths[f"actions.{name}.arguments"] = _in_event(action.arguments.values())
+        return [f"{field}: {path!r} is not a field of {contract.name}"
+                for field, found in paths.items() for path in found if path and not contract.has_field(path)]
+
     @staticmethod
     def _route_names(route: RouteRule, properties: dict) -> list[str]:
         field = _ROUTE_FIELD.match(route.name)
         if not field:
             return [route.name]
         return list(properties.get(field.group(1).removeprefix("answer."), {}).get("enum", []))
+
+
+def _in_event(paths: Iterable[str]) -> list[str]:
+    """The ``event.`` paths among ``paths``, as paths into the event."""
+    return [path.removeprefix("event.") for path in paths if path.startswith("event.")]
 
 
 def _member(value: Any, allowed: frozenset[str]) -> bool:
