@@ -7,7 +7,8 @@
 (b) classify with the scripted model at 100 ms a call and 500 calls in flight, in one process
     (does the runtime hide model latency?);
 (c) a plain confluent-kafka consume → decode → encode → produce loop, the reference;
-state: what a stateful stage costs as its history grows (:mod:`.bench_state`).
+state: what a stateful stage costs as its history grows (:mod:`.bench_state`), and what the views
+for people cost (:mod:`.bench_views`).
 
 Every figure is printed and written to ``.local/bench/results.json`` as named numbers
 (``throughput.<name>``, ``state.<name>.<history size>``), so runs can be compared by a script.
@@ -39,6 +40,7 @@ from confluent_kafka import TIMESTAMP_CREATE_TIME, Consumer, Message
 
 from processors.clock import now_ms
 from processors.dev import bench_state
+from processors.dev.bench_views import bench_views
 from processors.dev.localkafka import LocalKafka, free_port
 from processors.kafka.read import snapshot
 from processors.kafka.settings import KafkaSettings
@@ -221,6 +223,8 @@ def run(settings: KafkaSettings, n: int, latency: float, in_flight: int) -> None
           f"one process/ceiling = {together / work:.2f} (what the runtime keeps); (b)/(c) = {b / c:.2f}", flush=True)
     print("state (the duplicate check's store, by history size):", flush=True)
     state = bench_state.measure(load_workflow("support_ticket", settings.namespace), settings, BENCH_LOGS)
+    print("views (review list with 1,000 open, handoff report; SQLite, by history size):", flush=True)
+    state |= bench_views(say=lambda line: print(f"    {line}", flush=True))
     figures = {"embedded_accuracy": round(accuracy.accuracy, 4),
                "throughput": {"plain_loop_eps": round(c), "validate_route_processes_eps": round(a),
                               "validate_route_one_process_eps": round(together), "stage_work_ceiling_eps": round(work),
