@@ -3,7 +3,7 @@
 import os
 
 import pytest
-from confluent_kafka import TopicPartition
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import NewTopic
 
 from processors.kafka.read import snapshot
@@ -13,11 +13,13 @@ from processors.runtime.commit import (
     DeliveryFailed,
     ExactlyOnceCommitter,
     Moment,
+    TransactionLost,
     committer_for,
 )
 from processors.runtime.options import Guarantee
 from processors.runtime.output import Output
 from processors.runtime.partition import PartitionBook
+from processors.runtime.runtime import _refused_to
 
 
 def topic(kafka, name: str, **config: str) -> str:
@@ -99,3 +101,12 @@ def test_exactly_once_publishes_outputs_and_offsets_together(kafka):
     committer.close()
     consumer.close()
     producer.flush(10)
+
+
+def test_an_authorization_failure_is_named_not_retried():
+    """A transactional id the principal may not use fails the start at once with what was refused; a
+    lost transaction (any other error) is retried (runtime._retried)."""
+    lost = TransactionLost("init_transactions failed")
+    lost.__cause__ = KafkaException(KafkaError(KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED))
+    assert "transactional id" in _refused_to(lost)
+    assert _refused_to(KafkaException(KafkaError(KafkaError._TIMED_OUT))) is None

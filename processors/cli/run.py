@@ -11,6 +11,7 @@ import typer
 from processors.actions.webhook import MissingSecret
 from processors.cli.params import Bootstrap, WorkflowName, WorkflowsDir, fail, load, need_access, need_broker
 from processors.control.store import ControlUnavailable
+from processors.kafka.acls import AccessDenied
 from processors.logs import LogFormat, setup
 from processors.pipeline import Pipeline
 from processors.runtime import metrics
@@ -67,5 +68,5 @@ def run(workflow: WorkflowName,
     log.info("metrics on http://%s:%d/metrics, /healthz, /readyz", metrics_addr, served.server_port)
     try:
         Pipeline(flow, conf, stages, options).run()
-    except (BrokerUnavailable, ControlUnavailable, MissingSecret, StoreUnusable, WorkflowError) as exc:
+    except (AccessDenied, BrokerUnavailable, ControlUnavailable, MissingSecret, StoreUnusable, WorkflowError) as exc:
         raise fail(str(exc))

@@ -90,6 +90,7 @@ from pydantic import BaseModel
 
 from processors.avro.serde import DecodeError
 from processors.clock import now_ms
+from processors.kafka.acls import AccessDenied
 from processors.kafka.settings import KafkaSettings
 from processors.kafka.topics import Role, TopicSpec, topic_name
 from processors.records import Original
@@ -112,6 +113,20 @@ RETRY_S = 1.0  # between attempts to start over after a lost transaction
 
 class BrokerUnavailable(RuntimeError):
     """No broker answered for longer than ``broker_timeout_s``."""
+
+
+AUTHORIZATION_FAILURES = {KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED: "its transactional id",
+                          KafkaError.GROUP_AUTHORIZATION_FAILED: "its consumer group",
+                          KafkaError.TOPIC_AUTHORIZATION_FAILED: "a topic",
+                          KafkaError.CLUSTER_AUTHORIZATION_FAILED: "a cluster operation"}
+
+
+def _refused_to(exc: BaseException) -> str | None:
+    """What the broker refused the principal, when ``exc`` (or what caused it) is an authorization failure."""
+    for error in (exc, exc.__cause__):
+        if isinstance(error, KafkaException) and error.args[0].code() in AUTHORIZATION_FAILURES:
+            return f"{AUTHORIZATION_FAILURES[error.args[0].code()]} ({error.args[0].str()})"
+    return None
 
 
 class StageRuntime:
@@ -223,6 +238,10 @@ class StageRuntime:
             try:
                 return attempt()
             except (TransactionLost, KafkaException) as exc:
+                refused = _refused_to(exc)
+                if refused is not None:  # no retry can help: the principal lacks an ACL
+                    raise AccessDenied(f"stage {self.stage.name}: the broker refused {refused}; grant the stage's "
+                                       f"ACLs (handoff acls --workflow {self.workflow} --apply)") from exc
                 if time.monotonic() >= deadline:
                     raise BrokerUnavailable(f"stage {self.stage.name} could not resume its transactions for "
                                             f"{self.options.broker_timeout_s:.0f}s ({exc}); restart it: "
