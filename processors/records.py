@@ -181,6 +181,7 @@ class ActionRequest(BaseModel):
     decision: Decision
     approved_by: str | None = None
     requested_at_ms: int
+    original_arguments: str | None = None
 
 
 class ReviewItem(BaseModel):
@@ -216,6 +217,9 @@ class Execution(BaseModel):
     response: str | None = None
     latency_ms: float
     executed_at_ms: int
+    arguments: str | None = None
+    original_arguments: str | None = None
+    approved_by: str | None = None
 
 
 class ActionDone(BaseModel):
@@ -273,6 +277,7 @@ class Trace(Usage):
     action_response: str | None = None
     decision: str | None = None
     error: str | None = None
+    tool: str | None = None
 
 
 class Outcome(BaseModel):
@@ -299,6 +304,7 @@ class Verdict(BaseModel):
     reason: str | None = None
     at_ms: int
     item: ReviewItem
+    arguments: str | None = None
 
 
 class Result(BaseModel):

@@ -17,6 +17,7 @@ can be made to fail (``fail_next``), so retry paths run against the real protoco
 from __future__ import annotations
 
 import argparse
+import asyncio
 import threading
 from collections import Counter
 from typing import Any
@@ -38,6 +39,8 @@ class RecordsService:
         self.applied: dict[str, dict[str, Any]] = {}
         self.calls: Counter[str] = Counter()
         self.duplicates = 0
+        self.delay_s = 0.0
+        """How long each effect takes (``issue_refund``): long enough for a test to kill a stage mid-stream."""
         self._failures: list[str] = []
 
     def fail_next(self, *tools: str) -> None:
@@ -80,8 +83,9 @@ class RecordsService:
             return {"customer_id": customer_id, "tickets": tickets[:limit]}
 
         @server.tool()
-        def issue_refund(order_id: str, amount: float, currency: str, idempotency_key: str) -> dict[str, Any]:
+        async def issue_refund(order_id: str, amount: float, currency: str, idempotency_key: str) -> dict[str, Any]:
             """Refund ``amount`` of an order, once per idempotency key."""
+            await asyncio.sleep(self.delay_s)
             return self.apply("issue_refund", idempotency_key, {"refund_id": f"rf-{idempotency_key}",
                                                                 "order_id": order_id, "amount": amount,
                                                                 "currency": currency})

@@ -129,15 +129,19 @@ class ReviewQueue:
         item, decided = self.get(review_id)
         if decided is not None:
             raise VerdictRefused(decided.verdict, void=False)
+        arguments = None
         if kind == VerdictKind.correct:
             answer = orjson.dumps(self.corrected(item, fields or {})).decode()
+        elif fields and kind == VerdictKind.approve and item.action is not None:
+            answer, arguments = None, orjson.dumps(self.adjusted(item, fields)).decode()
         elif fields:
-            raise InvalidVerdict("--set belongs to correct; approve takes the answer as it is")
+            raise InvalidVerdict("--set belongs to correct (an answer) or to approving an action's adjustable "
+                                 "arguments; approve takes the answer as it is")
         else:
             answer = item.answer if kind == VerdictKind.approve and item.reason != ReviewReason.risky_action else None
         verdict = Verdict(verdict_id=uuid.uuid4().hex, review_id=review_id, event_id=item.event_id,
                           workflow=self.workflow.name, reviewer=reviewer_name(reviewer), verdict=kind,
-                          answer=answer, reason=reason, at_ms=now_ms(), item=item)
+                          answer=answer, reason=reason, at_ms=now_ms(), item=item, arguments=arguments)
         errors = verdict_errors(self.workflow, verdict)
         if errors:
             raise InvalidVerdict(f"{kind} of {review_id} refused:\n  " + "\n  ".join(errors))
@@ -165,16 +169,27 @@ class ReviewQueue:
         answer = orjson.loads(item.answer) if item.answer else {}
         if "confidence" in properties:
             answer["confidence"] = 1.0
-        for name, text in fields.items():
-            if properties.get(name, {}).get("type") in JSON_TYPES:
-                try:
-                    answer[name] = orjson.loads(text)
-                except orjson.JSONDecodeError:
-                    raise InvalidVerdict(f"--set {name}={text}: {name} needs a JSON "
-                                         f"{properties[name]['type']}") from None
-            else:
-                answer[name] = text
-        return answer
+        return _set(answer, properties, fields)
+
+    def adjusted(self, item: ReviewItem, fields: dict[str, str]) -> dict:
+        """The action's requested arguments with the approver's fields set (typed by its arguments_schema)."""
+        action = self.workflow.actions.get(item.action.action)
+        properties = action.arguments_schema.get("properties", {}) if action else {}
+        return _set(orjson.loads(item.action.arguments), properties, fields)
+
+
+def _set(values: dict, properties: dict, fields: dict[str, str]) -> dict:
+    """``values`` with each field set; a field whose schema type is not a string is read as JSON."""
+    for name, text in fields.items():
+        if properties.get(name, {}).get("type") in JSON_TYPES:
+            try:
+                values[name] = orjson.loads(text)
+            except orjson.JSONDecodeError:
+                raise InvalidVerdict(f"--set {name}={text}: {name} needs a JSON "
+                                     f"{properties[name]['type']}") from None
+        else:
+            values[name] = text
+    return values
 
 
 def parse_fields(pairs: list[str]) -> dict[str, str]:
@@ -193,7 +208,8 @@ def next_step(verdict: Verdict) -> str:
     if verdict.verdict == VerdictKind.reject:
         return "closed: nothing continues"
     if verdict.item.reason == ReviewReason.risky_action:
-        return "the action runs once (the review stage hands it to execute, approved)"
+        adjusted = " with the adjusted arguments" if verdict.arguments else ""
+        return f"the action runs once{adjusted} (the review stage hands it to execute, approved)"
     return "the reviewed answer goes on to route, then its actions run once"
 
 

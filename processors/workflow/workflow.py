@@ -20,6 +20,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from processors import project
+from processors.actions.mcp import ToolGrant, Tools, ToolServer
 from processors.kafka.topics import Role, TopicSpec, topic_name, workflow_topics
 from processors.paths import lookup
 from processors.providers.base import Provider
@@ -162,6 +163,21 @@ class Retention(Strict):
 class ActionKind(StrEnum):
     webhook = "webhook"
     emit = "emit"
+    mcp_tool = "mcp_tool"
+
+
+class Approval(StrEnum):
+    """When an action waits for a person."""
+
+    risk = "risk"
+    """When its risk is above the approval risk in force (the control topic may move it)."""
+    always = "always"
+    """Every time, whatever the rollout mode, thresholds, approval risk or kill switch say (money, closing an
+    account): execute refuses to run it without ``approved_by``."""
+
+
+IDEMPOTENCY_PARTS = ("event_id", "action")
+"""What an idempotency key may be made of besides ``arguments.<name>`` and ``decision.<route|label>``."""
 
 
 class Action(Strict):
@@ -175,6 +191,14 @@ class Action(Strict):
     timeout_s: float = 5.0
     max_attempts: int = 4
     topic: str | None = Field(None, description="emit: the declared topic the notification goes to.")
+    tool: str | None = Field(None, description="mcp_tool: the tool it calls, by its name on the allow-list (tools).")
+    approval: Approval = Field(Approval.risk, description="always: a person approves every run, whatever any "
+                                                          "setting says.")
+    adjustable: list[str] = Field(default_factory=list, description=(
+        "Arguments an approver may change (a refund amount), within arguments_schema."))
+    idempotency: list[str] = Field(default_factory=lambda: list(IDEMPOTENCY_PARTS), description=(
+        "What makes it once: event_id, action, arguments.<name>, decision.route, decision.label, joined in this order "
+        "into the idempotency key. [event_id, action, arguments.team] lets a replay that reroutes notify the new team."))
 
     @model_validator(mode="after")
     def _kind_fields(self) -> Action:
@@ -182,7 +206,23 @@ class Action(Strict):
             raise ValueError("a webhook action needs url")
         if self.kind == ActionKind.emit and not self.topic:
             raise ValueError("an emit action needs topic")
+        if self.kind == ActionKind.mcp_tool and not self.tool:
+            raise ValueError("an mcp_tool action needs tool")
+        unknown = set(self.adjustable) - set(self.arguments)
+        if unknown:
+            raise ValueError(f"adjustable names arguments the action does not have: {sorted(unknown)}")
+        bad = [part for part in self.idempotency if part not in IDEMPOTENCY_PARTS
+               and part not in ("decision.route", "decision.label")
+               and part.removeprefix("arguments.") not in self.arguments]
+        if bad or not self.idempotency:
+            raise ValueError(f"idempotency: {bad or 'empty'}: use event_id, action, arguments.<an argument>, "
+                             "decision.route or decision.label")
         return self
+
+    def idempotency_key(self, event_id: str, action: str, arguments: dict[str, Any], decision: dict) -> str:
+        """The key that makes this action once, from the parts ``idempotency`` names (default ``<event id>:<action>``)."""
+        view = {"event_id": event_id, "action": action, "arguments": arguments, "decision": decision}
+        return ":".join(str(lookup(view, part)) for part in self.idempotency)
 
     def resolved_url(self) -> str:
         try:
@@ -216,6 +256,10 @@ class Workflow(Strict):
     grants: list[str] = Field(default_factory=list, description="Permission scopes this workflow's actions may use.")
     routes: list[RouteRule]
     actions: dict[str, Action] = Field(default_factory=dict)
+    tool_servers: dict[str, ToolServer] = Field(default_factory=dict, description=(
+        "MCP servers by name: url (streamable HTTP) or command (stdio); address and credentials from ${ENV}."))
+    tools: dict[str, ToolGrant] = Field(default_factory=dict, description=(
+        "The allow-list: the only tools the workflow may call, each with its server, scope, timeout and retries."))
     escalation: Escalation | None = Field(None, description="Which route escalates; none: no escalation recall.")
     outcomes: Outcomes = Outcomes()
     retention: Retention = Retention()
@@ -256,6 +300,10 @@ class Workflow(Strict):
                                     f"(known: {self.prompt_versions()})")
             spec = self.loaded_prompt_specs[version] = load_prompt(path)
         return spec
+
+    def tool_client(self) -> Tools:
+        """The workflow's allow-listed tools on its servers (connections open on first use)."""
+        return Tools(self.tool_servers, self.tools)
 
     def provider(self) -> Provider:
         """The provider ``model`` declares, built now (HTTP kinds read their API keys from the environment)."""
@@ -324,6 +372,13 @@ class Workflow(Strict):
                 problems.append(f"actions.{name}.scope: {action.scope!r} is not granted (grants: {self.grants})")
             if action.topic and action.topic not in self.topics:
                 problems.append(f"actions.{name}.topic: {action.topic!r} is not a topic of this workflow")
+            if action.tool and action.tool not in self.tools:
+                problems.append(f"actions.{name}.tool: {action.tool!r} is not on the allow-list (tools)")
+        for name, grant in self.tools.items():
+            if grant.server not in self.tool_servers:
+                problems.append(f"tools.{name}.server: {grant.server!r} is not declared (tool_servers)")
+            if grant.scope not in self.grants:
+                problems.append(f"tools.{name}.scope: {grant.scope!r} is not granted (grants: {self.grants})")
         if problems:
             raise WorkflowError(f"{self.folder / 'workflow.yaml'}:\n  " + "\n  ".join(problems))
 
