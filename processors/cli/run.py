@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from processors.actions.mcp import MissingSetting
 from processors.actions.webhook import MissingSecret
 from processors.cli.params import Bootstrap, WorkflowName, WorkflowsDir, fail, load, need_broker
 from processors.control.store import ControlUnavailable
@@ -15,7 +16,7 @@ from processors.pipeline import Pipeline
 from processors.runtime import metrics
 from processors.runtime.options import Guarantee, RuntimeOptions
 from processors.runtime.runtime import BrokerUnavailable
-from processors.stages.registry import STAGES
+from processors.stages.registry import STAGES, stages_for
 from processors.state.changelog import RestoreIncomplete
 from processors.state.store import StoreUnusable
 from processors.workflow.workflow import WorkflowError
@@ -42,10 +43,10 @@ def run(workflow: WorkflowName,
         = "127.0.0.1",
         bootstrap: Bootstrap = None, workflows_dir: WorkflowsDir = None) -> None:
     """Run a workflow's stages until SIGTERM or Ctrl-C (drains in-flight work, then commits)."""
-    stages = list(STAGES) if stage == "all" else [stage]
-    if not set(stages) <= set(STAGES):
+    if stage != "all" and stage not in STAGES:
         raise fail(f"unknown stage {stage!r}; one of {', '.join(STAGES)} or all")
     flow, conf = load(workflow, bootstrap, workflows_dir)
+    stages = stages_for(flow) if stage == "all" else [stage]
     need_broker(flow, conf)  # before any stage's clients exist
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     options = RuntimeOptions(guarantee=guarantee, max_in_flight=max_in_flight, leave_group_on_stop=leave_group_on_stop,
@@ -56,6 +57,6 @@ def run(workflow: WorkflowName,
         typer.echo(f"metrics on http://{metrics_addr}:{metrics.serve(metrics_port, metrics_addr).server_port}/metrics")
     try:
         Pipeline(flow, conf, stages, options).run()
-    except (BrokerUnavailable, ControlUnavailable, MissingSecret, RestoreIncomplete, StoreUnusable,
+    except (BrokerUnavailable, ControlUnavailable, MissingSecret, MissingSetting, RestoreIncomplete, StoreUnusable,
             WorkflowError) as exc:
         raise fail(str(exc))

@@ -18,7 +18,7 @@ from processors.workflow.workflow import Workflow
 
 Model = TypeVar("Model", bound=BaseModel)
 
-SETTLING_STAGES = (StageName.classify, StageName.validate, StageName.route)
+SETTLING_STAGES = (StageName.ground, StageName.classify, StageName.validate, StageName.route)
 """Stages whose review items and dead letters settle a trigger; execute's concern actions of
 triggers that were already decided."""
 

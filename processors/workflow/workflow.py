@@ -234,6 +234,44 @@ class Action(Strict):
         return {name: lookup(view, path) for name, path in self.arguments.items()}
 
 
+class LookupFailure(StrEnum):
+    """Where an event goes when one of its lookups failed after its retries."""
+
+    review = "review"
+    """A person decides without that context (``lookup_failed``), from the event."""
+    dead_letter = "dead_letter"
+    """The dead letters, to be replayed once the system of record is back."""
+
+
+class Lookup(Strict):
+    """Context fetched before the model (processors/stages/ground.py): an allow-listed MCP tool or an HTTP GET,
+    with arguments taken from the event. Its result is the input ``lookups.<name>``, which reaches the model
+    only where the prompt spec declares it."""
+
+    tool: str | None = Field(None, description="An MCP tool on the allow-list (tools); its retries are the tool's.")
+    url: str | None = Field(None, description=(
+        "HTTP GET instead: ${ENV} expanded at start, {argument} placeholders filled (URL-encoded) per event."))
+    arguments: dict[str, str] = Field(default_factory=dict, description="Argument name -> dotted path into the event.")
+    timeout_s: float = Field(5.0, gt=0, description="HTTP GET: per attempt.")
+    attempts: int = Field(3, ge=1, description="HTTP GET: on timeouts, connection errors and 5xx.")
+    on_failure: LookupFailure = LookupFailure.review
+    cache_for: Duration | None = Field(None, description=(
+        "Reuse a result for the same arguments this long (e.g. 10m); none: look up every event."))
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Lookup:
+        if (self.tool is None) == (self.url is None):
+            raise ValueError("a lookup has either tool (MCP) or url (HTTP GET)")
+        return self
+
+    def build_arguments(self, event: dict) -> dict[str, Any]:
+        return {name: lookup(event, path) for name, path in self.arguments.items()}
+
+
+LOOKUPS_INPUT = "lookups"
+"""The prompt inputs that render lookup results start with ``lookups.<name>``."""
+
+
 class Workflow(Strict):
     name: str
     description: str = ""
@@ -260,6 +298,8 @@ class Workflow(Strict):
         "MCP servers by name: url (streamable HTTP) or command (stdio); address and credentials from ${ENV}."))
     tools: dict[str, ToolGrant] = Field(default_factory=dict, description=(
         "The allow-list: the only tools the workflow may call, each with its server, scope, timeout and retries."))
+    lookups: dict[str, Lookup] = Field(default_factory=dict, description=(
+        "Context looked up before the model (a ground stage runs when any is declared)."))
     escalation: Escalation | None = Field(None, description="Which route escalates; none: no escalation recall.")
     outcomes: Outcomes = Outcomes()
     retention: Retention = Retention()
@@ -319,8 +359,17 @@ class Workflow(Strict):
 
     @cached_property
     def topics(self) -> dict[str, TopicSpec]:
-        """Every topic by declared name: the engine's, one per route, the trigger (processors/kafka/topics.py)."""
-        return workflow_topics(self.name, self.route_names, self.namespace)
+        """Every topic by declared name: the engine's, one per route, the trigger (processors/kafka/topics.py), and
+        ``<wf>.grounded`` when lookups are declared (partitioned like the triggers, so classify's store follows it)."""
+        topics = workflow_topics(self.name, self.route_names, self.namespace)
+        if self.lookups:
+            triggers = topics[self.topic(Role.triggers)]
+            name = self.topic(Role.grounded)
+            topics[name] = TopicSpec(name=triggers.name.removesuffix(Role.triggers) + Role.grounded,
+                                     partitions=triggers.partitions, replication=triggers.replication,
+                                     value_schema="handoff/grounded_event",
+                                     doc="Triggers with what their lookups returned, on their way to classify.")
+        return topics
 
     def topic(self, role: Role | str, route: str | None = None) -> str:
         """The declared topic name ``<workflow>.<role>`` (``<workflow>.decisions.<route>``)."""
@@ -374,6 +423,13 @@ class Workflow(Strict):
                 problems.append(f"actions.{name}.topic: {action.topic!r} is not a topic of this workflow")
             if action.tool and action.tool not in self.tools:
                 problems.append(f"actions.{name}.tool: {action.tool!r} is not on the allow-list (tools)")
+        for name, declared in self.lookups.items():
+            if declared.tool and declared.tool not in self.tools:
+                problems.append(f"lookups.{name}.tool: {declared.tool!r} is not on the allow-list (tools)")
+        for path in spec.inputs:
+            head, _, rest = path.partition(".")
+            if head == LOOKUPS_INPUT and rest.partition(".")[0] not in self.lookups:
+                problems.append(f"prompt inputs: {path!r} names no declared lookup (lookups: {sorted(self.lookups)})")
         for name, grant in self.tools.items():
             if grant.server not in self.tool_servers:
                 problems.append(f"tools.{name}.server: {grant.server!r} is not declared (tool_servers)")
