@@ -11,7 +11,21 @@ import os
 
 import typer
 
-from processors.cli import broker, control, dataset, evals, events, outcome, prompt, replay, report, review, run, topics
+from processors.cli import (
+    broker,
+    control,
+    dataset,
+    evals,
+    events,
+    outcome,
+    prompt,
+    replay,
+    report,
+    review,
+    run,
+    topics,
+    trace,
+)
 from processors.cli.params import Project
 from processors.project import PROJECT_ENV
 
@@ -38,4 +52,5 @@ app.add_typer(dataset.app, name="dataset")
 app.add_typer(prompt.app, name="prompt")
 app.add_typer(control.app, name="control")
 app.command()(replay.replay)
+app.command()(trace.trace)
 app.command("eval")(evals.eval_)

@@ -38,6 +38,10 @@ the ground stage: the trigger with its lookups' results) instead of the triggers
 prompt from the event and ``lookups.<name>…`` — only the lookup paths the prompt spec declares among
 its inputs — and keeps the lookups on the work item, so a repair renders the same context.
 
+Chaining: a workflow whose trigger is another's decisions (``trigger.chain``) reads the parent's
+decision and sees it unpacked (:meth:`Trigger.event_view`: the parent's event, and its event id,
+decision and prompt version under ``parent``), so its records carry them.
+
 Replay: a trigger with header ``handoff-replay: <id>`` is a deliberate re-run. Its work item
 carries the id (route copies it to the decision, validate does not take it for a duplicate),
 and ``handoff-prompt-version: <V>`` on it overrides the label for that one record.
@@ -113,7 +117,8 @@ class Classify(WorkflowStage):
                                                   repaired.trigger_timestamp_ms)
             version, replay, lookups = repaired.prompt.version, repaired.replay, repaired.lookups
         else:
-            event, attempt, errors, trigger_ms, lookups = record.value, 1, [], record.timestamp_ms, None
+            event, attempt, errors, trigger_ms, lookups = (self.workflow.trigger.event_view(record.value), 1, [],
+                                                           record.timestamp_ms, None)
             if self.source == Role.grounded:
                 grounded = GroundedEvent.model_validate(record.value)
                 event, trigger_ms, lookups = orjson.loads(grounded.event), grounded.trigger_timestamp_ms, grounded.lookups

@@ -82,7 +82,7 @@ class Ground(WorkflowStage):
         await self.tools.close()
 
     async def process(self, record: Record) -> list[Emit]:
-        event = record.value
+        event = self.workflow.trigger.event_view(record.value)
         event_id = str(dotted(event, self.workflow.trigger.event_id))
         names = list(self.workflow.lookups)
         found = await asyncio.gather(*(self._look(name, event) for name in names), return_exceptions=True)

@@ -17,6 +17,7 @@ from pathlib import Path
 from string import Template
 from typing import Annotated, Any
 
+import orjson
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from processors import project
@@ -41,11 +42,35 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class Chain(Strict):
+    """A workflow triggered by another's decisions: it reads ``<workflow>.decisions.<route>`` itself, with its own
+    consumer groups — chaining happens on topics, with no orchestrator."""
+
+    workflow: str = Field(description="The parent workflow.")
+    route: str = Field(description="The parent's route whose decisions trigger this workflow.")
+
+
+CHAIN_SCHEMA = "handoff/decision"
+"""The contract of a chained trigger: the parent's decision."""
+
+
 class Trigger(Strict):
     event: str = Field(description="The event type, e.g. support_ticket.created.")
     schema_: str = Field(alias="schema", description="Contract name under schemas/; read with its latest version.")
     key: str = Field(description="Dotted path of the record key, so one entity's events stay in order.")
     event_id: str = "event_id"
+    chain: Chain | None = Field(None, description=(
+        "Triggered by another workflow's decisions (schema handoff/decision). The event this workflow sees is "
+        "{event_id, parent: {workflow, event_id, route, label, confidence, prompt, model, answer}, event: the "
+        "parent's event}, so every record it writes carries the parent's event id, decision and prompt version."))
+
+    def event_view(self, value: dict) -> dict:
+        """The event as this workflow's stages see it: the trigger itself, or a parent's decision unpacked."""
+        if self.chain is None:
+            return value
+        parent = {name: value[name] for name in ("workflow", "event_id", "route", "label", "confidence", "model")}
+        return {"event_id": value["event_id"], "event": orjson.loads(value["event"]),
+                "parent": parent | {"prompt": value["prompt"], "answer": orjson.loads(value["answer"])}}
 
 
 class ModelRetries(Strict):
@@ -359,9 +384,18 @@ class Workflow(Strict):
 
     @cached_property
     def topics(self) -> dict[str, TopicSpec]:
-        """Every topic by declared name: the engine's, one per route, the trigger (processors/kafka/topics.py), and
+        """Every topic by declared name: the engine's, one per route, the trigger (processors/kafka/topics.py; for a
+        chained workflow the parent's decisions topic, under the name ``<wf>.triggers``), and
         ``<wf>.grounded`` when lookups are declared (partitioned like the triggers, so classify's store follows it)."""
         topics = workflow_topics(self.name, self.route_names, self.namespace)
+        chain = self.trigger.chain
+        if chain is not None:  # the parent's decisions topic stands where the trigger topic would
+            parent = load_workflow(chain.workflow, self.namespace, self.folder.parent)
+            if chain.route not in parent.route_names:
+                raise WorkflowError(f"{self.folder / 'workflow.yaml'}:\n  trigger.chain.route: {chain.route!r} is not a "
+                                    f"route of {chain.workflow} (routes: {parent.route_names})")
+            parent = parent.spec(Role.decisions, chain.route)
+            topics[self.topic(Role.triggers)] = parent.model_copy(update={"key_field": None})
         if self.lookups:
             triggers = topics[self.topic(Role.triggers)]
             name = self.topic(Role.grounded)
@@ -398,7 +432,9 @@ class Workflow(Strict):
         """Cross-file checks: prompt, rules, routes → topics, actions → scopes and topics."""
         problems = []
         triggers = self.spec(Role.triggers)
-        if triggers.value_schema != self.trigger.schema_:
+        if self.trigger.chain is not None and self.trigger.schema_ != CHAIN_SCHEMA:
+            problems.append(f"trigger.schema: a chained trigger reads the parent's decisions: schema {CHAIN_SCHEMA}")
+        elif triggers.value_schema != self.trigger.schema_:
             problems.append(f"trigger.schema: topics/{self.name}.yaml must declare the trigger topic "
                             f"with value_schema {self.trigger.schema_}")
         spec = self.prompt_spec
