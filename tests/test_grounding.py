@@ -19,6 +19,7 @@ from processors.dev.loopback import LoopbackServer
 from processors.dev.tool_server import ToolServerThread
 from processors.kafka.read import count, snapshot
 from processors.kafka.topics import Role
+from processors.offline.runner import OfflineRunner
 from processors.providers.scripted import ScriptedProvider
 from processors.records import GroundedEvent, ReviewReason
 from processors.runtime.stage import DeadLetter, Record
@@ -154,3 +155,12 @@ def test_an_http_get_lookup(tmp_path, records, env, monkeypatch):
         server.stop()
     assert isinstance(grounded, GroundedEvent) and seen == [event["customer"]["plan"]]
     assert orjson.loads(grounded.lookups) == {"policy": {"plan": event["customer"]["plan"], "refund_days": 30}}
+
+
+def test_the_offline_runner_grounds_too(tmp_path, records, env):
+    """Evals and shadow replays look the context up again, as the pipeline would now."""
+    workflow = load_workflow("support_ticket", root=grounded_root(tmp_path, LOOKUPS, ["lookups.plan.plan"]))
+    provider = ScriptedProvider()
+    event = tickets()[0] | {"customer": tickets()[0]["customer"] | {"id": "C-1001"}}
+    [result] = asyncio.run(OfflineRunner(workflow, provider).run([event]))
+    assert result.ended in ("decision", "review") and "lookups.plan.plan: enterprise" in provider.requests[0].user
