@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import orjson
 
@@ -17,6 +18,8 @@ from processors.kafka.read import count, snapshot
 from processors.kafka.topics import Role
 from processors.ops.review_queue import ReviewQueue
 from processors.records import PromptRef, VerdictKind, WorkItem, dumps
+from processors.runtime.dead_letter import Header
+from processors.stages.execute import Execute
 from processors.stages.review import Review
 from processors.stages.route import Route
 from tests.conftest import Running, deployed
@@ -87,3 +90,29 @@ def test_an_adjusted_approval_runs_once_with_the_new_amount_under_sigkill_of_exe
     records = [executions.serde(kafka).decode(m.value()) for m in snapshot(kafka, executions.name)]
     assert {(r["approved_by"], orjson.loads(r["original_arguments"])["amount"] - orjson.loads(r["arguments"])["amount"])
             for r in records if r["status"] == "done"} == {("lead", 50.0)}
+
+
+def test_a_payment_server_that_is_down_is_retried_then_dead_lettered_with_the_headers(kafka, monkeypatch):
+    monkeypatch.setenv("HANDOFF_PAYMENTS_MCP_URL", "http://127.0.0.1:9/mcp")  # nothing listens on port 9
+    monkeypatch.setenv("HANDOFF_PAYMENTS_MCP_TOKEN", "test-token")
+    workflow = deployed("refund", kafka)
+    retries = workflow.tools["issue_refund"].retries
+    retries.backoff_initial_s = retries.backoff_max_s = 0.01
+    [req] = requests(workflow)[:1]
+    actions = workflow.spec(Role.actions)
+    raw = actions.serde(kafka).encode(req.model_copy(update={"approved_by": "lead"}).model_dump(), actions.name)
+    producer = kafka.producer()
+    producer.produce(actions.name, key=req.idempotency_key, value=raw)
+    assert producer.flush(10) == 0
+    dlq = workflow.spec(Role.dlq).name
+    with Running(Execute(workflow), workflow, kafka):
+        deadline = time.monotonic() + 60
+        while count(kafka, dlq) < 1:
+            assert time.monotonic() < deadline, "the refund should be dead-lettered"
+            time.sleep(0.3)
+    [letter] = snapshot(kafka, dlq)
+    headers = {k: v.decode() for k, v in letter.headers()}
+    assert (headers[Header.error_reason], headers[Header.attempts], headers[Header.stage]) == (
+        "tool_unavailable_exhausted", "4", "execute")
+    assert headers[Header.original_topic] == actions.name and letter.value() == raw
+    assert Header.first_failure_ms in headers
