@@ -29,6 +29,7 @@ demo: install
 	$(BIN)/python -m processors.dev.demo
 
 test: install
+	@command -v promtool >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
 	$(BIN)/python -m pytest
 
 bench: install

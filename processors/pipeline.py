@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from processors import logs
 from processors.control.watcher import ControlWatcher
 from processors.kafka.lag import LagProbe
 from processors.kafka.settings import KafkaSettings
@@ -99,6 +100,7 @@ class Pipeline:
         return watcher.result()
 
     def _run_one(self, runtime: StageRuntime, until: Callable[[], bool] | None) -> None:
+        logs.bind(stage=runtime.stage.name)  # every line of this stage's thread says which stage
         try:
             runtime.run(until)
         except BaseException as exc:

@@ -27,6 +27,7 @@ REPLY = {
     "trigger": {"event": "support_ticket.decided", "schema": "handoff/decision", "key": "event.customer.id",
                 "chain": {"workflow": "support_ticket", "route": "billing"}},
     "prompt": "reply_drafter@2026-06-03.1", "label": "tone", "model": {"kind": "scripted"},
+    "retention": {"effects_kept": "90d"},  # the parent's decisions, its triggers, are kept as long as its reports look back
     "grants": ["replies:send"], "routes": [{"name": "send", "actions": ["send_reply"]}],
     "actions": {"send_reply": {"kind": "emit", "topic": "reply.notifications", "scope": "replies:send",
                                "arguments": {"ticket_id": "event.event.ticket.id", "category": "event.parent.label"},

@@ -21,7 +21,6 @@ from processors.actions.webhook import MissingSecret, secret_from_env
 from processors.cli.main import app
 from processors.control.watcher import ControlWatcher
 from processors.kafka.settings import KafkaSettings
-from processors.project import EXAMPLES
 from processors.runtime.runtime import BrokerUnavailable
 from processors.workflow.workflow import load_workflow
 from tests.conftest import deployed, tickets
@@ -111,17 +110,6 @@ def test_a_workflows_dir_without_the_workflow_never_falls_back_to_the_shipped_on
 
 
 # ---- files that are not YAML: file, line and column ----------------------------------------------
-
-
-@pytest.fixture
-def project(tmp_path, monkeypatch) -> Path:
-    """A project of its own: a copy of the shipped support_ticket workflow, its schemas and topics."""
-    root = tmp_path / "project"
-    shutil.copytree(EXAMPLES / "workflows/support_ticket", root / "workflows/support_ticket")
-    shutil.copytree(EXAMPLES / "schemas", root / "schemas")
-    shutil.copytree(EXAMPLES / "topics", root / "topics")
-    monkeypatch.setenv("HANDOFF_PROJECT", str(root))  # the CLI sets it from --project; restored after the test
-    return root
 
 
 def _break(path: Path) -> int:

@@ -257,8 +257,8 @@ def test_classify_asks_with_the_labelled_version_and_not_at_all_under_the_kill_s
 
 def test_a_replayed_item_is_not_taken_for_a_duplicate_event():
     validate = Validate(WORKFLOW)
-    validate.seen._entries["e1"] = SeenEvent(event_id="e1", partition=0, offset=1, at_ms=1)  # settled earlier
+    validate.seen.put(0, "e1", SeenEvent(event_id="e1", partition=0, offset=1, at_ms=1))  # settled earlier
     assert places(run(validate, work_item(BILLING).model_dump(), "classified")) == [], "a duplicate: trace only"
     replay = run(validate, work_item(BILLING, replay="r1").model_dump(), "classified")
     assert places(replay) == [("validated", "")] and replay[0].value.replay == "r1"
-    assert validate.seen.get("e1").offset == 1, "a replay leaves the ledger as it was"
+    assert validate.seen.get(0, "e1").offset == 1, "a replay leaves the ledger as it was"

@@ -96,9 +96,10 @@ def test_a_running_pipeline_counts_what_happened(kafka, receiver, served):
     # tokens and cost: exactly what the server reported for its answers, priced by the price table
     answered = [a for a in llm.arrivals if a.status == 200]
     assert len(answered) == 5 and len(llm.arrivals) == 6  # 4 firsts (one a 503), the retry, the repair
-    assert delta("handoff_tokens_total", **WF, direction="in") == sum(a.usage[0] for a in answered) > 0
-    assert delta("handoff_tokens_total", **WF, direction="out") == sum(a.usage[1] for a in answered) > 0
-    assert delta("handoff_cost_usd_total", **WF) == pytest.approx(
+    version_of = WF | {"prompt_version": workflow.prompt_spec.version}
+    assert delta("handoff_tokens_total", **version_of, direction="in") == sum(a.usage[0] for a in answered) > 0
+    assert delta("handoff_tokens_total", **version_of, direction="out") == sum(a.usage[1] for a in answered) > 0
+    assert delta("handoff_cost_usd_total", **version_of) == pytest.approx(
         sum(price_of("gpt-4.1-mini").cost(*a.usage) for a in answered))
     assert delta("handoff_model_requests_total", model="openai:gpt-4.1-mini", outcome="http_503") == 1
     # model latency: one observation per answer used (4 triggers, the repair); the 503 is a retry, not counted
@@ -112,8 +113,8 @@ def test_a_running_pipeline_counts_what_happened(kafka, receiver, served):
     assert (version.events, version.decided, version.automated, version.reviewed, version.schema_failures,
             version.dead_lettered) == (4, 3, 3, 1, 1, 0)
     assert (report.total.events, report.total.dead_lettered) == (5, 1)
-    assert version.tokens_in == delta("handoff_tokens_total", **WF, direction="in")
-    assert version.cost_usd == pytest.approx(delta("handoff_cost_usd_total", **WF))
+    assert version.tokens_in == delta("handoff_tokens_total", **version_of, direction="in")
+    assert version.cost_usd == pytest.approx(delta("handoff_cost_usd_total", **version_of))
 
 
 def test_handoff_run_serves_metrics_on_loopback(kafka, receiver, tmp_path):

@@ -97,8 +97,8 @@ def test_banking77_confidence_is_meaningful_on_the_holdout(banking):
     it gets right are more confident than the ones it gets wrong."""
     held = banking.holdout_examples()
 
-    async def replay():
-        return [await banking.complete(request(example.inputs, INTENT_SCHEMA)) for example in held]
+    async def replay():  # all at once, as a busy classify stage asks: answered in batches
+        return await asyncio.gather(*(banking.complete(request(example.inputs, INTENT_SCHEMA)) for example in held))
 
     right, wrong = [], []
     for example, answer in zip(held, asyncio.run(replay())):
@@ -109,6 +109,22 @@ def test_banking77_confidence_is_meaningful_on_the_holdout(banking):
     print(f"\nmean confidence: right {mean_right:.3f}, wrong {mean_wrong:.3f}")
     assert accuracy == pytest.approx(banking.evaluate().labels["intent"].accuracy, abs=1e-4)
     assert mean_right > mean_wrong + 0.1
+
+
+def test_requests_in_flight_are_answered_in_batches_as_one_at_a_time(banking):
+    """Many requests at once are predicted in a few vectorised calls, off the event loop, and every
+    answer is the one the request gets alone."""
+    held = [request(example.inputs, INTENT_SCHEMA) for example in banking.holdout_examples()[:200]]
+
+    async def together():
+        return await asyncio.gather(*(banking.complete(req) for req in held))
+
+    calls = banking._batches.calls
+    answers = [answer.text for answer in asyncio.run(together())]
+    batched = banking._batches.calls - calls
+    assert batched < len(held) / 4, f"{len(held)} requests took {batched} calls"
+    alone = [asyncio.run(banking.complete(req)).text for req in held]
+    assert answers == alone
 
 
 def test_banking77_second_instance_loads_the_cache(banking, banking_cache):

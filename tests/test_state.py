@@ -20,7 +20,7 @@ from confluent_kafka import TopicPartition
 
 from processors.clock import now_ms
 from processors.dev.bench_state import BULK
-from processors.kafka.read import reader, snapshot, watermarks
+from processors.kafka.read import IncompleteRead, reader, snapshot, watermarks
 from processors.kafka.topics import Role
 from processors.kafka.write import load
 from processors.offline.outputs import read
@@ -45,7 +45,6 @@ from processors.runtime.runtime import StageRuntime
 from processors.stages.execute import Execute
 from processors.stages.join import Join
 from processors.stages.validate import Validate
-from processors.state.changelog import RestoreIncomplete
 from processors.workflow.workflow import Retention
 from tests.conftest import Running, deployed
 from tests.test_recovery import handoff_run, wait_for
@@ -159,7 +158,7 @@ def test_a_duplicate_deep_in_history_is_recognised_and_a_partial_restore_stops_t
     hurried.seen.restore_timeout_s = 0.01
     runtime = StageRuntime(hurried, workflow.name, workflow.topics, kafka,
                            RuntimeOptions(instance="hurried", state_dir=tmp_path / "hurried"))
-    with pytest.raises(RestoreIncomplete, match=re.escape(seen)):
+    with pytest.raises(IncompleteRead, match=re.escape(seen)):
         runtime.run()
     assert not reviews(kafka, workflow), "nothing was processed on part of the state"
 

@@ -123,7 +123,8 @@ class WebhookAction:
     async def _deliver(self, client: httpx.AsyncClient, key: str, body: bytes) -> ActionResult:
         started = time.perf_counter()
         retrying = AsyncRetrying(stop=stop_after_attempt(self.max_attempts), wait=self._wait,
-                                 retry=retry_if_exception_type(_Transient), before_sleep=self._log_retry,
+                                 retry=retry_if_exception_type(_Transient),
+                                 before_sleep=lambda state: self._log_retry(state, key),
                                  reraise=True)
         try:
             async for attempt in retrying:
@@ -166,7 +167,7 @@ class WebhookAction:
         retry_after = failure.retry_after if isinstance(failure, _Transient) else None
         return min(max(self._backoff(state), retry_after or 0.0), self.backoff_max)
 
-    def _log_retry(self, state: RetryCallState) -> None:
+    def _log_retry(self, state: RetryCallState, key: str) -> None:
         failure = state.outcome.exception() if state.outcome else None
         log.warning("action %s attempt %d failed (%s); retrying in %.2fs", self.name, state.attempt_number,
-                    failure, state.upcoming_sleep)
+                    failure, state.upcoming_sleep, extra={"idempotency_key": key})  # <event id>:<action>, in JSON logs

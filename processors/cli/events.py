@@ -11,7 +11,7 @@ import typer
 from processors.avro.serde import AvroSerde
 from processors.cli.params import Bootstrap, WorkflowName, WorkflowsDir, fail, load, need_broker
 from processors.kafka.broker import QUIET
-from processors.kafka.read import describe, follow, snapshot
+from processors.kafka.read import IncompleteRead, ReadError, describe, follow, records
 from processors.kafka.topics import Role
 from processors.ops.produce import produce_file
 
@@ -37,13 +37,18 @@ def produce(file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, he
 
 def tail(topic: Annotated[str, typer.Argument(help="Declared topic name, e.g. support_ticket.review.")],
          follow_: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new records.")] = False,
+         timeout: Annotated[float, typer.Option(help="Seconds to read the topic to its end (without --follow); "
+                                                     "short of it, exit 1 saying how far it got.")] = 30.0,
          bootstrap: Bootstrap = None, workflows_dir: WorkflowsDir = None) -> None:
-    """Print a handoff topic's records decoded as JSON, one per line."""
+    """Print a handoff topic's records decoded as JSON, one per line: all of them, or exit 1 saying where it stopped."""
     flow, conf = load(topic.split(".")[0], bootstrap, workflows_dir)
     spec = flow.topics.get(topic)
     if spec is None:
         raise fail(f"{topic} is not a topic of {flow.name} (its topics: {', '.join(sorted(flow.topics))})")
     need_broker(flow, conf, spec.name)
     serde = spec.serde(conf) if spec.value_schema else None
-    for msg in follow(conf, spec.name) if follow_ else snapshot(conf, spec.name):
-        typer.echo(orjson.dumps(describe(msg, serde)).decode())
+    try:
+        for msg in follow(conf, spec.name) if follow_ else records(conf, spec.name, timeout):
+            typer.echo(orjson.dumps(describe(msg, serde)).decode())
+    except (IncompleteRead, ReadError) as exc:
+        raise fail(str(exc))

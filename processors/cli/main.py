@@ -15,6 +15,7 @@ from processors.cli import (
     broker,
     control,
     dataset,
+    deploy,
     evals,
     events,
     outcome,
@@ -26,11 +27,25 @@ from processors.cli import (
     topics,
     trace,
 )
-from processors.cli.params import Project
+from processors.cli.params import Project, fail
+from processors.kafka.read import IncompleteRead, ReadError
 from processors.project import PROJECT_ENV
 
-app = typer.Typer(no_args_is_help=True, add_completion=False,
-                  help="handoff: AI model outputs to governed business actions, on Kafka.")
+
+class Handoff(typer.Typer):
+    """The app: a read that failed (:class:`IncompleteRead`, :class:`ReadError`: the broker slow, a topic
+    missing), in whichever command, ends it with one line and exit 1, never a traceback."""
+
+    def __call__(self, *args, **kwargs):
+        try:
+            return super().__call__(*args, **kwargs)
+        except (IncompleteRead, ReadError) as exc:
+            fail(str(exc))
+            raise SystemExit(1) from None
+
+
+app = Handoff(no_args_is_help=True, add_completion=False,
+              help="handoff: AI model outputs to governed business actions, on Kafka.")
 
 
 @app.callback()
@@ -54,3 +69,4 @@ app.add_typer(control.app, name="control")
 app.command()(replay.replay)
 app.command()(trace.trace)
 app.command("eval")(evals.eval_)
+app.add_typer(deploy.app, name="deploy")

@@ -117,7 +117,8 @@ def bench_validate_route(workflow: Workflow, settings: KafkaSettings, n: int) ->
 def bench_validate_route_processes(workflow: Workflow, settings: KafkaSettings, n: int) -> float:
     """Each stage in its own ``handoff run --stage`` process, as production deploys them."""
     produce(settings, workflow.spec(Role.classified).name, preclassified(workflow, settings, n, "processes"))
-    env = os.environ | {"KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers, "HANDOFF_NAMESPACE": settings.namespace}
+    env = os.environ | {"KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers, "HANDOFF_NAMESPACE": settings.namespace,
+                        "HANDOFF_METRICS_PORT": "0"}  # two processes on one host: each takes a free metrics port
     logs = {stage: BENCH_LOGS / f"{stage}.log" for stage in ("validate", "route")}
     BENCH_LOGS.mkdir(parents=True, exist_ok=True)
     started = now_ms()

@@ -80,8 +80,9 @@ def dedupe_check_us(workflow: Workflow, settings: KafkaSettings, folder: Path, i
     """Microseconds per duplicate check on the restored store (this process opens the same folder)."""
     store = SeenEvents(workflow, Role.seen, Role.classified)
     member = f"{settings.group_id(f'handoff.{workflow.name}.validate')}.{instance}"
+    admin = settings.admin()
     store.open(TableContext(changelog=workflow.spec(Role.seen), source=workflow.spec(Role.classified),
-                            settings=settings, directory=folder / member / store.topic))
+                            settings=settings, admin=admin, directory=folder / member / store.topic))
     store.assign(list(range(partitions)))
     try:
         keys = [(i % partitions, f"h{i}") for i in random.Random(7).sample(range(n), min(CHECKS, n))]

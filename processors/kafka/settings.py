@@ -13,6 +13,8 @@ from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient
 from pydantic import BaseModel, Field
 
+from processors.logs import LIBRDKAFKA
+
 
 def _env(name: str, default: str | None = None) -> str | None:
     return os.environ.get(name) or default
@@ -36,6 +38,7 @@ class KafkaSettings(BaseModel):
             "enable.idempotence": True,
             "linger.ms": 5,
             "compression.type": "lz4",
+            "logger": LIBRDKAFKA,  # librdkafka's own lines through handoff's logging (JSON, repeats folded)
             **overrides,
         })
 
@@ -50,5 +53,6 @@ class KafkaSettings(BaseModel):
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
             "isolation.level": "read_committed",
+            "logger": LIBRDKAFKA,
             **overrides,
         })

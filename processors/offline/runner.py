@@ -178,7 +178,7 @@ class OfflineRunner:
             return self._result(event_id, "dead_letter", trail, dead_letter_reason=exc.reason,
                                 dead_letter_message=str(exc), attempts=exc.attempts)
         except Exception as exc:  # a bug or an unexpected input: what the runtime dead-letters as poison
-            log.error("offline run of %s failed:\n%s", event_id, traceback.format_exc())
+            log.error("offline run of %s failed:\n%s", event_id, traceback.format_exc(), extra={"event_id": event_id})
             return self._result(event_id, "dead_letter", trail, dead_letter_reason="stage_error",
                                 dead_letter_message=f"{type(exc).__name__}: {exc}")
         ended = "decision" if trail.decision else "review" if trail.review else "duplicate"

@@ -93,7 +93,7 @@ from processors.clock import now_ms
 from processors.kafka.settings import KafkaSettings
 from processors.kafka.topics import Role, TopicSpec, topic_name
 from processors.records import Original
-from processors.runtime import metrics
+from processors.runtime import health, metrics
 from processors.runtime.commit import TIMEOUT_S, Moment, TransactionLost, committer_for
 from processors.runtime.dead_letter import Header, dead_letter
 from processors.runtime.event_loop import EventLoop, run_inline
@@ -147,6 +147,7 @@ class StageRuntime:
         self.tables = stage.tables()
         self._changelogs = {topics[t.topic].name: t for t in self.tables}  # changelog topic -> its table
         self._metrics = metrics.StageMetrics(workflow, stage.name)
+        self.health = health.register(workflow, stage.name)  # /healthz, /readyz
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -162,14 +163,17 @@ class StageRuntime:
         self.consumer = self.settings.consumer(self.group, error_cb=self._on_error,
                                                **{"partition.assignment.strategy": "range",
                                                   "group.instance.id": self.member,
-                                                  "fetch.error.backoff.ms": 20})
-        self.limits = OutputLimits.read(self.settings.admin(), self.topics.values(), self.options.max_message_bytes)
+                                                  "fetch.error.backoff.ms": 20,
+                                                  "statistics.interval.ms": metrics.STATISTICS_MS},
+                                               stats_cb=self._metrics.statistics)
+        self.admin = self.settings.admin()
+        self.limits = OutputLimits.read(self.admin, self.topics.values(), self.options.max_message_bytes)
         self.producer = self._new_producer()
         self.events = EventLoop()
         try:
             for table in self.tables:
                 table.open(TableContext(changelog=self.topics[table.topic], source=self.topics[table.source],
-                                        settings=self.settings,
+                                        settings=self.settings, admin=self.admin,
                                         directory=self.options.state_dir / self.member / table.topic))
             self.events.run(self.stage.start(), timeout=120)
             self._retried(self._start_committer)
@@ -195,7 +199,7 @@ class StageRuntime:
                 self._metrics.flush()
                 self.events.run(self.stage.close(), timeout=30)
                 self.events.stop()
-                del self.producer, self.consumer  # librdkafka handles are destroyed with the last reference
+                del self.producer, self.consumer, self.admin  # librdkafka handles go with the last reference
 
     def _new_producer(self):
         return self.settings.producer(error_cb=self._on_error, **self.committer.producer_config(self.member),
@@ -307,6 +311,7 @@ class StageRuntime:
             self._commit(Moment.interval)
         self.producer.poll(0)
         self._metrics.flush()
+        self.health.beat(broker_reachable=self._brokers_down_since is None)
 
     def _accept(self, msg: Message) -> None:
         book = self._partitions.get((msg.topic(), msg.partition()))
@@ -481,6 +486,7 @@ class StageRuntime:
     # ---- rebalance ---------------------------------------------------------------------------
 
     def _on_assign(self, consumer, partitions: list[TopicPartition]) -> None:
+        self.health.restoring()
         assigned = {(tp.topic, tp.partition) for tp in partitions}
         for table in self.tables:  # the stage's state, before any record of the new partitions
             numbers = self._numbers(assigned, table)
@@ -493,6 +499,7 @@ class StageRuntime:
         for tp in partitions:
             self._partitions[(tp.topic, tp.partition)] = PartitionBook(epoch=self._epoch)
         consumer.resume(partitions)  # librdkafka kept the pause of a partition paused before its revoke
+        self.health.restored()
 
     def _numbers(self, partitions, table: Table) -> list[int]:
         """The partition numbers of ``table``'s source topic among ``partitions`` (topic, partition)."""

@@ -26,6 +26,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from confluent_kafka.admin import AdminClient
 from pydantic import BaseModel
 
 from processors.clock import now_ms
@@ -95,6 +96,8 @@ class TableContext:
     changelog: TopicSpec
     source: TopicSpec
     settings: KafkaSettings
+    admin: AdminClient
+    """The runtime's admin client, alive as long as the runtime runs."""
     directory: Path
 
 

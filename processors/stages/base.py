@@ -45,6 +45,7 @@ class WorkflowStage(Stage):
         self.workflow = workflow
         self.control = control if isinstance(control, Control) else Control(control or initial(workflow))
         self.inputs = [workflow.topic(role) for role in self.input_roles]
+        self.quality = metrics.Quality(workflow.name, workflow.escalation.route if workflow.escalation else None)
 
     input_roles: list[Role]
 
@@ -74,6 +75,7 @@ class WorkflowStage(Stage):
         twice, and carries the replay id of a replayed item, so a re-review after a fix is a new item.
         ``control_version``: the version the caller decided under (default: the one in force now)."""
         metrics.REVIEWS.labels(self.workflow.name, reason).inc()
+        self.quality.sent_to_review(prompt.version, risky_action=reason == ReviewReason.risky_action)
         review_id = f"{event_id}:{reason}{suffix}" + (f":replay:{replay}" if replay else "")
         item = ReviewItem(review_id=review_id, event_id=event_id, workflow=self.workflow.name, reason=reason,
                           stage=self.name, event=event, prompt=prompt, model=model, created_at_ms=now_ms(),

@@ -147,7 +147,8 @@ class Classify(WorkflowStage):
             if new:
                 self.taken.pop(event_id, None)  # answered: the store has it below; failed: taken on again if sent again
         parsed = parse_answer(answer.text)
-        self.usage.record(answer.model, answer.latency_ms, answer.tokens_in, answer.tokens_out, answer.cost_usd)
+        self.usage.record(answer.model, spec.version, answer.latency_ms, answer.tokens_in, answer.tokens_out,
+                          answer.cost_usd)
         prompt = PromptRef(name=spec.name, version=spec.version)
         item = WorkItem(event_id=event_id, workflow=self.workflow.name, event=dumps(event), attempt=attempt,
                         prompt=prompt, model=answer.model, raw_answer=answer.text,

@@ -150,6 +150,9 @@ class Join(WorkflowStage):
         return outputs
 
     def _result(self, decision: JoinedDecision, outcome: Outcome, now: int) -> Emit:
+        escalation = self.workflow.escalation
+        if escalation and outcome.outcome_type in escalation.missed_outcomes and decision.route != escalation.route:
+            self.quality.missed_escalation(decision.prompt.version)  # a live escalation-recall miss
         result = Result(event_id=outcome.event_id, workflow=self.workflow.name, **dict(decision),
                         outcome_type=outcome.outcome_type, outcome_value=outcome.value,
                         outcome_source=outcome.source, outcome_at_ms=outcome.at_ms, joined_at_ms=now)

@@ -86,6 +86,7 @@ class Review(WorkflowStage):
         if errors:  # it is still the first in the log: a later verdict on the item is refused
             raise DeadLetter("invalid_verdict", "; ".join(errors), keep=claimed)
         item = verdict.item
+        self._count(verdict)
         said = {"review_id": verdict.review_id, "verdict": verdict.verdict, "reviewer": verdict.reviewer,
                 "reason": verdict.reason}
         if verdict.verdict == VerdictKind.reject:
@@ -99,6 +100,23 @@ class Review(WorkflowStage):
         return [*claimed,
                 Emit(self.workflow.topic(Role.validated), self._reviewed(item, verdict), key=self._trigger_key(item)),
                 self.trace(verdict.event_id, decision=said, answer=verdict.answer)]
+
+    def _count(self, verdict: Verdict) -> None:
+        """The verdict's part of the live override and escalation-recall rates (:class:`metrics.Quality`),
+        by the evidence rules of :mod:`processors.ops.report`; a risky-action approval judges an action,
+        not the route, and an invalid or absent answer escalates nothing."""
+        item = verdict.item
+        if item.reason == ReviewReason.risky_action:
+            self.quality.verdict(item.prompt.version, verdict.verdict, None, None)
+            return
+        answer_route = (None if item.reason in (ReviewReason.invalid_output, ReviewReason.kill_switch)
+                        else self._route(item.answer, item.event))
+        needed_route = {VerdictKind.approve: answer_route, VerdictKind.reject: None}.get(
+            verdict.verdict, self._route(verdict.answer, item.event))
+        self.quality.verdict(item.prompt.version, verdict.verdict, answer_route, needed_route)
+
+    def _route(self, answer: str | None, event: str) -> str | None:
+        return self.workflow.decide(orjson.loads(answer), orjson.loads(event))[1] if answer else None
 
     def _reviewed(self, item: ReviewItem, verdict: Verdict) -> WorkItem:
         return WorkItem(event_id=item.event_id, workflow=item.workflow, event=item.event, prompt=item.prompt,

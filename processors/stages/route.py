@@ -72,6 +72,7 @@ class Route(WorkflowStage):
                             trigger_timestamp_ms=item.trigger_timestamp_ms, latency_ms=item.latency_ms,
                             tokens_in=item.tokens_in, tokens_out=item.tokens_out, cost_usd=item.cost_usd,
                             control_version=control.version, replay=item.replay)
+        self.quality.decided(item.prompt.version, route_name, by_model=decision.source == DecisionSource.model)
         outputs = [Emit(topic, decision, key=record.key)]
         requests = [] if shadow else self._requests(route.actions, decision, answer, event)
         outputs += [Emit(self.workflow.topic(Role.actions), r, key=r.idempotency_key) for r in requests]

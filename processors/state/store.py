@@ -23,7 +23,8 @@ two checkpoints leaves the files behind the log, never ahead of it.
 
 **Restore.** On assignment the runtime calls :meth:`Store.assign`: each partition's RocksDB is opened
 (created empty when this instance never had the partition) and the changelog partition read from the
-checkpoint + 1 to its end (:mod:`.changelog`: all of it or an error), each record applied. A restart
+checkpoint + 1 to its end, once no transaction is open on it (:mod:`.changelog`), all of it or an
+error (:class:`~processors.kafka.read.IncompleteRead`), each record applied. A restart
 reads only the tail written since its last checkpoint; a partition new to this instance reads its
 changelog partition whole, and no instance reads a partition it does not own. Local files that cannot
 be trusted are wiped and restored from the start: a checkpoint before the changelog's first offset (the
@@ -54,6 +55,7 @@ import logging
 import shutil
 import struct
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -63,8 +65,9 @@ from rocksdict import Options, Rdict, WriteBatch
 
 from processors.avro.serde import AvroSerde
 from processors.clock import now_ms
+from processors.kafka.read import records
 from processors.runtime.stage import Emit, Table, TableContext
-from processors.state.changelog import ends, read_to_end
+from processors.state.changelog import settled
 
 log = logging.getLogger("handoff.state")
 
@@ -190,7 +193,7 @@ class Store(Table, Generic[Entry]):
         how long its tombstones live."""
         self._context = context
         self._serde = context.changelog.serde(context.settings)
-        topics = context.settings.admin().list_topics(timeout=10).topics
+        topics = context.admin.list_topics(timeout=10).topics
         counts = {spec.name: len(topics[spec.name].partitions) if spec.name in topics else 0
                   for spec in (context.changelog, context.source)}
         if counts[context.changelog.name] < counts[context.source.name]:
@@ -204,17 +207,18 @@ class Store(Table, Generic[Entry]):
         """Open each partition's files and read the changelog from its checkpoint to the end (Restore)."""
         context = self._context
         name = context.changelog.name
-        marks = ends(context.settings, name, partitions)
+        deadline = time.monotonic() + self.restore_timeout_s
+        lows = settled(context.settings, name, partitions, self.restore_timeout_s)
         starts = {}
         with self._lock:
             for p in partitions:
-                part = self._open(p, marks[p][0])
+                part = self._open(p, lows[p])
                 self._partitions[p] = part
                 starts[p] = part.checkpoint + 1
         read = 0
         latest: dict[int, dict[bytes, bytes | None]] = {}  # per partition: the last value read of each key
         last: dict[int, int] = {}
-        for msg in read_to_end(context.settings, name, starts, self.restore_timeout_s):
+        for msg in records(context.settings, name, max(0.0, deadline - time.monotonic()), starts=starts):
             p = msg.partition()
             values = latest.setdefault(p, {})
             values[msg.key()] = msg.value()
@@ -320,9 +324,8 @@ class Store(Table, Generic[Entry]):
 def _delete_retention_ms(context: TableContext) -> int:
     """The changelog's ``delete.retention.ms``: how long a tombstone outlives compaction."""
     resource = ConfigResource(ResourceType.TOPIC, context.changelog.name)
-    admin = context.settings.admin()  # kept referenced until the answer is in: its handle serves the future
     try:
-        configs = admin.describe_configs([resource])[resource].result(timeout=10)
+        configs = context.admin.describe_configs([resource])[resource].result(timeout=10)
         return int(configs["delete.retention.ms"].value)
     except Exception as exc:  # noqa: BLE001  an unreadable config must not stop a stage: Kafka's default
         log.warning("%s: delete.retention.ms unreadable (%s); assuming Kafka's default", context.changelog.name, exc)

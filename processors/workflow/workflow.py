@@ -22,7 +22,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from processors import project
 from processors.actions.mcp import ToolGrant, Tools, ToolServer
-from processors.kafka.topics import Role, TopicSpec, topic_name, workflow_topics
+from processors.kafka.topics import Role, TopicSpec, Windows, keeps_less, span, topic_name, workflow_topics
 from processors.paths import lookup
 from processors.providers.base import Provider
 from processors.providers.build import ModelConfig, build_provider
@@ -160,7 +160,14 @@ class Retention(Strict):
     keeps every entry at least that long (``effects_kept``). A duplicate trigger is dropped by the
     duplicate check within ``dedupe_window``; a later one reaches execute, where the effects ledger
     still stops its actions while ``effects_kept`` lasts. So no replay and no duplicate within
-    ``effects_kept`` runs an effect twice.
+    ``effects_kept`` runs an effect twice. A topic file may keep the triggers longer than
+    ``replay_reach``; a replay then reaches that far, so :meth:`Workflow.check` holds the trigger
+    topic's retention to ``effects_kept`` too.
+
+    The topics follow (processors/kafka/topics.py, :meth:`windows`): the triggers keep
+    ``replay_reach``; what the report reads keeps ``report_window``, and the decisions and dead
+    letters, which a replay also asks where each event ended, the longer of the two; review items
+    and verdicts never expire, since an item may wait for a person however long.
     """
 
     dedupe_window: Duration = Field(30 * 86400.0, description=(
@@ -183,6 +190,12 @@ class Retention(Strict):
                              f"dedupe_window ({reach:.0f}s): a replay or a late duplicate could run an action "
                              f"again; raise effects_kept or shorten the others")
         return self
+
+    def windows(self) -> Windows:
+        """What the topics must keep (processors/kafka/topics.py): the triggers ``replay_reach``, what the
+        report reads ``report_window``."""
+        return Windows(replay_reach_ms=round(self.replay_reach * 1000),
+                       report_window_ms=round(self.report_window * 1000))
 
 
 class ActionKind(StrEnum):
@@ -387,7 +400,7 @@ class Workflow(Strict):
         """Every topic by declared name: the engine's, one per route, the trigger (processors/kafka/topics.py; for a
         chained workflow the parent's decisions topic, under the name ``<wf>.triggers``), and
         ``<wf>.grounded`` when lookups are declared (partitioned like the triggers, so classify's store follows it)."""
-        topics = workflow_topics(self.name, self.route_names, self.namespace)
+        topics = workflow_topics(self.name, self.route_names, self.retention.windows(), self.namespace)
         chain = self.trigger.chain
         if chain is not None:  # the parent's decisions topic stands where the trigger topic would
             parent = load_workflow(chain.workflow, self.namespace, self.folder.parent)
@@ -437,6 +450,12 @@ class Workflow(Strict):
         elif triggers.value_schema != self.trigger.schema_:
             problems.append(f"trigger.schema: topics/{self.name}.yaml must declare the trigger topic "
                             f"with value_schema {self.trigger.schema_}")
+        effects_ms = round(self.retention.effects_kept * 1000)
+        if keeps_less(effects_ms, triggers.retention_ms):
+            problems.append(f"retention.effects_kept: {span(effects_ms)} is shorter than topics/{self.name}.yaml keeps "
+                            f"the triggers ({span(triggers.retention_ms)}): a replay could reach triggers whose "
+                            f"effects the ledger has forgotten and run them again; raise effects_kept, or the "
+                            f"trigger's retention_ms down to replay_reach")
         spec = self.prompt_spec
         properties = spec.output_schema.get("properties", {})
         if self.label not in properties:

@@ -1,0 +1,1 @@
+"""Running handoff where production runs: the models an image carries, the Kubernetes manifests of a workflow."""
