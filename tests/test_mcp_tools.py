@@ -115,3 +115,12 @@ def test_a_server_that_is_down_is_retried_then_fails_unavailable() -> None:
             call(tools, "customer_plan", {"customer_id": "C-1"})
     assert (failed.value.reason, failed.value.call.attempts) == ("tool_unavailable_exhausted", 3)
     assert "not reachable" in failed.value.call.error
+
+
+def test_an_allowed_tool_the_server_does_not_offer_is_refused_without_a_call(records, monkeypatch):
+    monkeypatch.setenv("RECORDS_MCP_URL", records.url)
+    tools = Tools({"records": ToolServer(url="${RECORDS_MCP_URL}")},
+                  grants(close_account=ToolGrant(server="records", scope="accounts:close")))
+    with pytest.raises(ToolRefused) as refused:
+        call(tools, "close_account", {"customer_id": "C-1"})
+    assert refused.value.reason == "tool_not_offered" and "customer_plan" in str(refused.value)

@@ -156,7 +156,8 @@ class ToolCall(BaseModel):
 
 
 class ToolRefused(Exception):
-    """The call was not made: ``reason`` is ``tool_not_allowed`` or ``tool_invalid_arguments``."""
+    """The call was not made: ``reason`` is ``tool_not_allowed`` (not on the allow-list), ``tool_not_offered`` (the
+    server does not list it) or ``tool_invalid_arguments`` (they break its inputSchema)."""
 
     def __init__(self, reason: str, message: str, call: ToolCall):
         super().__init__(message)
@@ -300,7 +301,7 @@ class Tools:
         tool = grant.tool or name
         validator = connection.schemas.get(tool)
         if validator is None:
-            raise ToolRefused("tool_not_allowed", f"tool {tool!r} is not offered by server {grant.server} "
+            raise ToolRefused("tool_not_offered", f"tool {tool!r} is not offered by server {grant.server} "
                                                   f"(it lists {sorted(connection.schemas)})", call)
         errors = [f"{'/'.join(map(str, e.instance_path)) or '(arguments)'}: {e.message}"
                   for e in validator.iter_errors(arguments)]
