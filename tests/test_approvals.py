@@ -129,7 +129,8 @@ def test_an_approval_that_adjusts_the_amount_runs_once_with_it_and_records_both(
     assert orjson.loads(approved.arguments)["amount"] == 45.5
     assert orjson.loads(approved.original_arguments)["amount"] == 120.0
     assert approved.idempotency_key == "rf-1:refund"
-    outputs = asyncio.run(run(Execute(workflow, control()), record(Role.actions, approved, workflow)))
+    execute = Execute(workflow, control())
+    outputs = asyncio.run(run(execute, record(Role.actions, approved, workflow)))
     [execution] = on(outputs, workflow, Role.executions)
     assert isinstance(execution, Execution) and execution.status == "done"
     assert (execution.approved_by, orjson.loads(execution.arguments)["amount"],
@@ -139,6 +140,13 @@ def test_an_approval_that_adjusts_the_amount_runs_once_with_it_and_records_both(
     [tool_trace] = [t for t in on(outputs, workflow, Role.traces) if t.tool]
     assert tool_trace.tool == "issue_refund" and "45.5" in tool_trace.action_request
     assert "rf-rf-1:refund" in tool_trace.action_response and tool_trace.latency_ms > 0
+
+    # a live replay re-requests the action (same key, no approval): the ledger answers, no person, no second refund
+    calls = payments.service.calls["issue_refund"]
+    replayed = asyncio.run(run(execute, record(Role.actions, request(workflow), workflow, offset=1)))
+    assert [e.status for e in on(replayed, workflow, Role.executions)] == ["already_done"]
+    assert on(replayed, workflow, Role.review) == [] and payments.service.calls["issue_refund"] == calls
+    assert payments.service.applied["rf-1:refund"]["amount"] == 45.5
 
 
 @pytest.mark.parametrize("adjusted,why", [({"currency": "USD"}, "currency cannot be adjusted"),
