@@ -86,6 +86,23 @@ def test_a_chained_workflow_runs_end_to_end_and_handoff_trace_shows_the_chain(ka
     assert first["event"]["ticket"]["id"].startswith("T")
     assert all(f"decided by {parent.prompt_spec.version}" in r.user for r in drafts.requests)
 
+    # the parent's live replay re-decides an event: the child takes the replayed decision as a replay, not a duplicate
+    billing = parent.spec(Role.decisions, "billing")
+    [original] = [m for m in snapshot(kafka, billing.name)  # not the event traced below
+                  if billing.serde(kafka).decode(m.value())["event_id"] == sample[-1]["event_id"]]
+    replayed = billing.serde(kafka).decode(original.value()) | {"replay": "fix-1"}
+    producer = kafka.producer()
+    producer.produce(billing.name, key=original.key(), value=billing.serde(kafka).encode(replayed, billing.name))
+    assert producer.flush(10) == 0
+    classified = child.spec(Role.classified)
+    with Running(Classify(child, drafts), child, kafka, instance="reply-classify"):
+        deadline = time.monotonic() + 60
+        while count(kafka, classified.name) < len(sample) + 1:
+            assert time.monotonic() < deadline, "the replayed decision should be classified again"
+            time.sleep(0.5)
+    items = [classified.serde(kafka).decode(m.value()) for m in snapshot(kafka, classified.name)]
+    assert [i["replay"] for i in items if i["event_id"] == replayed["event_id"]] == [None, "fix-1"]
+
     event_id = sample[0]["event_id"]
     result = CliRunner().invoke(app, ["trace", event_id, "--workflow", "reply",
                                       "--bootstrap", kafka.bootstrap_servers],

@@ -40,7 +40,8 @@ its inputs — and keeps the lookups on the work item, so a repair renders the s
 
 Chaining: a workflow whose trigger is another's decisions (``trigger.chain``) reads the parent's
 decision and sees it unpacked (:meth:`Trigger.event_view`: the parent's event, and its event id,
-decision and prompt version under ``parent``), so its records carry them.
+decision and prompt version under ``parent``), so its records carry them. A decision the parent made
+in a live replay carries the replay id, and the child takes it as a replay too (not a duplicate).
 
 Replay: a trigger with header ``handoff-replay: <id>`` is a deliberate re-run. Its work item
 carries the id (route copies it to the decision, validate does not take it for a duplicate),
@@ -122,7 +123,7 @@ class Classify(WorkflowStage):
             if self.source == Role.grounded:
                 grounded = GroundedEvent.model_validate(record.value)
                 event, trigger_ms, lookups = orjson.loads(grounded.event), grounded.trigger_timestamp_ms, grounded.lookups
-            replay = _header(record, REPLAY_HEADER)
+            replay = _header(record, REPLAY_HEADER) or self.workflow.trigger.replay_of(record.value)
             version = (replay and _header(record, PROMPT_VERSION_HEADER)) or control.labels.get("production")
         spec = self.spec(version)
         event_id = str(dotted(event, self.workflow.trigger.event_id))

@@ -64,6 +64,10 @@ class Trigger(Strict):
         "{event_id, parent: {workflow, event_id, route, label, confidence, prompt, model, answer}, event: the "
         "parent's event}, so every record it writes carries the parent's event id, decision and prompt version."))
 
+    def replay_of(self, value: dict) -> str | None:
+        """A chained trigger's replay id: the parent's replayed decision carries it, so the child re-runs too."""
+        return value.get("replay") if self.chain is not None else None
+
     def event_view(self, value: dict) -> dict:
         """The event as this workflow's stages see it: the trigger itself, or a parent's decision unpacked."""
         if self.chain is None:
