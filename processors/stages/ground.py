@@ -32,7 +32,6 @@ import urllib.parse
 from typing import Any
 
 import httpx
-import orjson
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
 from processors.actions.mcp import RESULT_LIMIT, ToolCall, ToolCallFailed, ToolRefused, expand
