@@ -22,7 +22,7 @@ from processors.kafka.lag import LagProbe
 from processors.kafka.settings import KafkaSettings
 from processors.providers.base import Provider
 from processors.runtime.runtime import RuntimeOptions, StageRuntime
-from processors.stages.registry import STAGES, build_stage
+from processors.stages.registry import build_stage, stages_for
 from processors.workflow.workflow import Workflow
 
 log = logging.getLogger("handoff.pipeline")
@@ -51,8 +51,10 @@ def wait_until_drained(settings: KafkaSettings, runtimes: list[StageRuntime], ti
 class Pipeline:
     """Runs the named stages of one workflow, each in its own thread, until stopped."""
 
-    def __init__(self, workflow: Workflow, settings: KafkaSettings, stages: list[str] = list(STAGES),
+    def __init__(self, workflow: Workflow, settings: KafkaSettings, stages: list[str] | None = None,
                  options: RuntimeOptions | None = None, provider: Provider | None = None):
+        """``stages``: by name; default every stage the workflow runs (:func:`stages_for`)."""
+        stages = stages_for(workflow) if stages is None else stages
         self.control = ControlWatcher(settings, workflow)  # one per process, shared by its stages
         self.runtimes = [StageRuntime(build_stage(name, workflow, provider, self.control), workflow.name,
                                       workflow.topics, settings, options) for name in stages]

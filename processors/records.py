@@ -34,6 +34,8 @@ class StageName(StrEnum):
     """The stages a workflow runs: each names its consumer group, its traces (``Trace.step``), its
     review items (``ReviewItem.stage``) and its dead letters (the ``handoff.stage`` header)."""
 
+    ground = "ground"
+    """Only in a workflow that declares lookups: it runs before classify."""
     classify = "classify"
     validate = "validate"
     route = "route"
@@ -62,6 +64,9 @@ class ReviewReason(StrEnum):
     """Rollout mode ``suggest``: every answer is a suggestion a person decides (route)."""
     partial = "partial"
     """Rollout mode ``partial``: not confident enough, or an action above the low-risk bound (route)."""
+    lookup_failed = "lookup_failed"
+    """A lookup declared ``on_failure: review`` failed after its retries: a person decides without that
+    context, from the event (ground)."""
 
 
 class DecisionSource(StrEnum):
@@ -147,12 +152,23 @@ class WorkItem(Usage):
     control_version: int = 0
     replay: str | None = None
     reviewed_by: str | None = None
+    lookups: str | None = None
 
     def event_dict(self) -> dict:
         return orjson.loads(self.event)
 
     def answer_dict(self) -> dict | None:
         return None if self.answer is None else orjson.loads(self.answer)
+
+
+class GroundedEvent(BaseModel):
+    """``handoff/grounded_event``: a trigger with what its lookups returned, on ``<wf>.grounded`` to classify."""
+
+    event_id: str
+    workflow: str
+    event: str
+    lookups: str
+    trigger_timestamp_ms: int
 
 
 class Decision(Usage):
@@ -188,6 +204,7 @@ class ActionRequest(BaseModel):
     decision: Decision
     approved_by: str | None = None
     requested_at_ms: int
+    original_arguments: str | None = None
 
 
 class ReviewItem(BaseModel):
@@ -223,6 +240,9 @@ class Execution(BaseModel):
     response: str | None = None
     latency_ms: float
     executed_at_ms: int
+    arguments: str | None = None
+    original_arguments: str | None = None
+    approved_by: str | None = None
 
 
 class ActionDone(BaseModel):
@@ -280,6 +300,7 @@ class Trace(Usage):
     action_response: str | None = None
     decision: str | None = None
     error: str | None = None
+    tool: str | None = None
 
 
 class Outcome(BaseModel):
@@ -306,6 +327,7 @@ class Verdict(BaseModel):
     reason: str | None = None
     at_ms: int
     item: ReviewItem
+    arguments: str | None = None
 
 
 class Result(BaseModel):

@@ -99,7 +99,7 @@ def test_an_unknown_workflow_lists_the_known_ones(tmp_path, args):
     result = CliRunner().invoke(app, [str(events) if a == "EVENTS" else a for a in args])
     assert result.exit_code == 1
     line = one_clear_line(result.output)
-    assert "no workflow 'nosuch'" in line and "known: ['banking77', 'support_ticket']" in line
+    assert "no workflow 'nosuch'" in line and "known: ['banking77', 'refund', 'support_ticket']" in line
 
 
 def test_a_workflows_dir_without_the_workflow_never_falls_back_to_the_shipped_one(tmp_path, monkeypatch):

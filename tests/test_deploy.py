@@ -27,7 +27,7 @@ import processors.pipeline  # noqa: F401  every stage's and provider's metrics, 
 from processors.deploy import kubernetes
 from processors.providers.embedded import EmbeddedProvider
 from processors.runtime.options import RuntimeOptions
-from processors.stages.registry import STAGES
+from processors.stages.registry import stages_for
 from processors.workflow.workflow import load_workflow
 from tests.conftest import WORKFLOWS
 
@@ -69,11 +69,12 @@ def test_the_committed_manifests_are_what_the_generator_writes(tmp_path):
 
 @pytest.mark.parametrize("workflow", ["support_ticket", "banking77"])
 def test_every_manifest_validates_against_the_kubernetes_and_keda_schemas(workflow):
-    generated = kubernetes.manifests(load_workflow(workflow, "", WORKFLOWS), TARGET)
+    flow = load_workflow(workflow, "", WORKFLOWS)
+    generated = kubernetes.manifests(flow, TARGET)
     for doc in generated + (committed() if workflow == "support_ticket" else []):
         validate(doc)
     kinds = [doc["kind"] for doc in generated]
-    assert kinds.count("StatefulSet") == kinds.count("ScaledObject") == kinds.count("PodDisruptionBudget") == len(STAGES)
+    assert kinds.count("StatefulSet") == kinds.count("ScaledObject") == kinds.count("PodDisruptionBudget") == len(stages_for(flow))
 
 
 def test_a_misspelt_or_mistyped_field_fails_validation():
@@ -103,7 +104,7 @@ def test_each_stage_is_a_stateful_set_scaled_on_its_own_group_up_to_its_partitio
         by_kind.setdefault(doc["kind"], {})[doc["metadata"]["name"]] = doc
     (config,) = by_kind["ConfigMap"].values()
     shapes = kubernetes.topology(workflow)
-    for stage in STAGES:
+    for stage in stages_for(workflow):
         name = f"banking77-{stage}"
         sts, pdb, scaled = by_kind["StatefulSet"][name], by_kind["PodDisruptionBudget"][name], by_kind["ScaledObject"][name]
         pod = sts["spec"]["template"]
@@ -205,12 +206,13 @@ def test_handoff_deploy_models_leaves_the_trained_model_where_a_process_loads_it
 def test_the_compose_file_runs_every_stage_and_prometheus_scrapes_each():
     compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
     services = compose["services"]
-    for stage in STAGES:
+    stages = stages_for(load_workflow("support_ticket", "", WORKFLOWS))  # the compose file runs support_ticket
+    for stage in stages:
         command = services[stage]["command"]
         assert command[:1] == ["run"] and command[command.index("--stage") + 1] == stage
         assert services[stage]["depends_on"] == {"topics": {"condition": "service_completed_successfully"}}
     targets = yaml.safe_load((DEPLOY / "prometheus/prometheus.yml").read_text())["scrape_configs"][0]["static_configs"][0]
-    assert sorted(targets["targets"]) == sorted(f"{stage}:9464" for stage in STAGES)
+    assert sorted(targets["targets"]) == sorted(f"{stage}:9464" for stage in stages)
     assert all(port.startswith("127.0.0.1:") for service in services.values() for port in service.get("ports", []))
     assert services["receiver"]["network_mode"] == "service:execute"
     assert services["execute"]["environment"]["HANDOFF_WEBHOOK_URL"].startswith("http://127.0.0.1:")

@@ -48,6 +48,8 @@ SAMPLES = {
                                       value=b"\xc3\x01", headers={"h": b"v", "n": None}))]),
     "handoff/control_state": records.ControlState(workflow="w", version=2, labels={"production": "1"}, mode="partial",
                                                   review_threshold=0.8, changed_by="ana", change="mode partial", at_ms=1),
+    "handoff/grounded_event": records.GroundedEvent(event_id="e", workflow="w", event="{}", lookups='{"plan": "pro"}',
+                                                    trigger_timestamp_ms=1),
 }
 
 

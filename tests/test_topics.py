@@ -151,7 +151,8 @@ def test_an_override_changes_only_the_topic_it_names(tmp_path):
     topics = workflow_topics("flow", ["a", "b", "a"], WINDOWS, "t1", root)
     assert list(topics)[:6] == ["flow.triggers", "flow.classified", "flow.repair", "flow.validated",
                                 "flow.decisions.a", "flow.decisions.b"]  # a route named twice has one topic
-    assert len(topics) == len(Role) - 1 + 2 and topics["flow.dlq"].name == "t1.flow.dlq"
+    # every role one topic but decisions (one per route) and grounded (only a workflow with lookups has it)
+    assert len(topics) == len(Role) - 2 + 2 and topics["flow.dlq"].name == "t1.flow.dlq"
     classified = topics["flow.classified"]
     assert classified.retention_ms == 1000 and classified.value_schema == "handoff/work_item"
     assert topics["flow.traces"].retention_ms == FOREVER, "a retention longer than the workflow needs is kept"

@@ -28,6 +28,7 @@ from processors.cli import (
     review,
     run,
     topics,
+    trace,
 )
 from processors.cli.params import KafkaConfig, Project, fail
 from processors.kafka.read import IncompleteRead, ReadError
@@ -72,6 +73,7 @@ app.add_typer(dataset.app, name="dataset")
 app.add_typer(prompt.app, name="prompt")
 app.add_typer(control.app, name="control")
 app.command()(replay.replay)
+app.command()(trace.trace)
 app.command("eval")(evals.eval_)
 app.add_typer(deploy.app, name="deploy")
 app.command()(init.init)

@@ -78,9 +78,12 @@ def review_show(review_id: ReviewId, workflow: WorkflowName, bootstrap: Bootstra
 @app.command("approve")
 def review_approve(review_id: ReviewId, workflow: WorkflowName, reviewer: Reviewer = None,
                    reason: OptionalReason = None, bootstrap: Bootstrap = None, workflows_dir: WorkflowsDir = None,
-                   views_url: ViewsUrl = None) -> None:
-    """The model's answer stands (or the risky action may run)."""
-    decide(review_queue(workflow, bootstrap, workflows_dir, views_url), review_id, VerdictKind.approve, reviewer, reason=reason)
+                   views_url: ViewsUrl = None,
+                   set_: Annotated[list[str], typer.Option("--set", help=(
+                       "An action's adjustable argument=value (e.g. amount=40); repeat."))] = ()) -> None:
+    """The model's answer stands (or the action may run, with the adjustable arguments --set changes)."""
+    decide(review_queue(workflow, bootstrap, workflows_dir, views_url), review_id, VerdictKind.approve, reviewer,
+           list(set_), reason=reason)
 
 
 @app.command("correct")

@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from processors.actions.mcp import MissingSetting
 from processors.actions.webhook import MissingSecret
 from processors.cli.params import Bootstrap, WorkflowName, WorkflowsDir, fail, load, need_access, need_broker
 from processors.control.store import ControlUnavailable
@@ -17,7 +18,7 @@ from processors.pipeline import Pipeline
 from processors.runtime import metrics
 from processors.runtime.options import Guarantee, RuntimeOptions
 from processors.runtime.runtime import BrokerUnavailable
-from processors.stages.registry import STAGES
+from processors.stages.registry import STAGES, stages_for
 from processors.state.store import StoreUnusable
 from processors.workflow.workflow import WorkflowError
 
@@ -49,10 +50,10 @@ def run(workflow: WorkflowName,
         = LogFormat.auto,
         bootstrap: Bootstrap = None, workflows_dir: WorkflowsDir = None) -> None:
     """Run a workflow's stages until SIGTERM or Ctrl-C (drains in-flight work, then commits)."""
-    stages = list(STAGES) if stage == "all" else [stage]
-    if not set(stages) <= set(STAGES):
+    if stage != "all" and stage not in STAGES:
         raise fail(f"unknown stage {stage!r}; one of {', '.join(STAGES)} or all")
     flow, conf = load(workflow, bootstrap, workflows_dir)
+    stages = stages_for(flow) if stage == "all" else [stage]
     options = RuntimeOptions(guarantee=guarantee, max_in_flight=max_in_flight, leave_group_on_stop=leave_group_on_stop,
                              **({"instance": instance} if instance else {}),
                              **({"state_dir": state_dir} if state_dir else {}))
@@ -68,5 +69,6 @@ def run(workflow: WorkflowName,
     log.info("metrics on http://%s:%d/metrics, /healthz, /readyz", metrics_addr, served.server_port)
     try:
         Pipeline(flow, conf, stages, options).run()
-    except (AccessDenied, BrokerUnavailable, ControlUnavailable, MissingSecret, StoreUnusable, WorkflowError) as exc:
+    except (AccessDenied, BrokerUnavailable, ControlUnavailable, MissingSecret, MissingSetting, StoreUnusable,
+            WorkflowError) as exc:
         raise fail(str(exc))

@@ -31,7 +31,7 @@ from processors.kafka.settings import KafkaSettings
 from processors.providers.scripted import ScriptedProvider
 from processors.runtime import metrics
 from processors.runtime.options import Guarantee, RuntimeOptions
-from processors.stages.registry import STAGES, build_stage
+from processors.stages.registry import build_stage, stages_for
 from processors.workflow.workflow import Workflow
 
 Manifest = dict[str, Any]
@@ -70,7 +70,7 @@ def dns_name(text: str) -> str:
 def topology(workflow: Workflow) -> dict[str, StageShape]:
     """Each stage's shape. The model plays no part in what a stage reads or keeps, so classify is built
     with a placeholder provider: no API key is needed to write manifests."""
-    stages = {name.value: build_stage(name, workflow, ScriptedProvider()) for name in STAGES}
+    stages = {name.value: build_stage(name, workflow, ScriptedProvider()) for name in stages_for(workflow)}
     return {name: StageShape(inputs=stage.inputs, stateful=bool(stage.tables())) for name, stage in stages.items()}
 
 

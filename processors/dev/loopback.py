@@ -13,11 +13,12 @@ HOST = "127.0.0.1"  # loopback only: a test double and demo server, never a publ
 
 
 class LoopbackServer:
-    def __init__(self, app, name: str, port: int = 0):
+    def __init__(self, app, name: str, port: int = 0, lifespan: str = "off"):
+        """``lifespan="on"`` for an app that starts its own tasks on startup (an MCP server's sessions)."""
         self.name = name
         self.port = port
         self.url: str | None = None
-        self._server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
+        self._server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan=lifespan,
                                                      timeout_graceful_shutdown=10))
         self._thread: threading.Thread | None = None
 

@@ -22,13 +22,7 @@ import time
 from enum import StrEnum
 
 from confluent_kafka import KafkaError, KafkaException, TopicCollection
-from confluent_kafka.admin import (
-    AclBinding,
-    AclOperation,
-    AclPermissionType,
-    ResourcePatternType,
-    ResourceType,
-)
+from confluent_kafka.admin import AclBinding, AclOperation, AclPermissionType, ResourcePatternType, ResourceType
 from pydantic import BaseModel, ConfigDict
 
 from processors.kafka.broker import QUIET

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from confluent_kafka import KafkaError, KafkaException
+
 from processors.kafka.settings import ClientConfigError, KafkaSettings
 
 

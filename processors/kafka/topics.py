@@ -55,6 +55,7 @@ class Role(StrEnum):
     ``decisions`` is one topic per route: ``<workflow>.decisions.<route>``."""
 
     triggers = "triggers"
+    grounded = "grounded"
     classified = "classified"
     repair = "repair"
     validated = "validated"

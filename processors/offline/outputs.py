@@ -10,11 +10,7 @@ from pydantic import BaseModel
 from processors.kafka.read import snapshot
 from processors.kafka.settings import KafkaSettings
 from processors.kafka.topics import Role
-from processors.views.settling import (  # noqa: F401  re-exported: what the offline tools and ops read by
-    SETTLING_STAGES,
-    dead_letter_id,
-    decision_suffixes,
-)
+from processors.views.settling import SETTLING_STAGES, dead_letter_id, decision_suffixes  # noqa: F401  re-exported: what the offline tools and ops read by
 from processors.workflow.workflow import Workflow
 
 Model = TypeVar("Model", bound=BaseModel)

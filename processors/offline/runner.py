@@ -5,7 +5,9 @@ event without writing to its topics. The runner builds the same ``Classify``, ``
 ``Route`` stages a ``handoff run`` uses and hands records from one to the next the way the
 topics would, by the declared topic an ``Emit`` names:
 
-* ``classified`` → validate, ``repair`` → classify, ``validated`` → route;
+* ``classified`` → validate, ``repair`` → classify, ``validated`` → route; in a workflow that
+  declares lookups, ``triggers`` → ground (the lookups are made again, for real) and ``grounded``
+  → classify;
 * ``review``, ``decisions.*`` and ``shadow`` settle the event; ``actions`` are the requests the
   decision made (collected, never executed);
 * ``traces`` and ledger entries (``seen``) are dropped: nothing is written anywhere;
@@ -52,6 +54,7 @@ from processors.records import (
 )
 from processors.runtime.stage import DeadLetter, Emit, Record, Stage
 from processors.stages.classify import Classify
+from processors.stages.ground import Ground
 from processors.stages.route import Route
 from processors.stages.validate import Validate
 from processors.workflow.workflow import Workflow
@@ -135,10 +138,16 @@ class OfflineRunner:
             bar.update()
             return result
 
+        ground = stages.get(self.workflow.spec(Role.triggers).name)
+        grounding = isinstance(ground, Ground)
+        if grounding:
+            await ground.start()
         try:
             return list(await asyncio.gather(*(one(offset, raw) for offset, raw in enumerate(triggers))))
         finally:
             bar.close()
+            if grounding:
+                await ground.close()
 
     def _stages(self) -> dict[str, Stage]:
         """Fresh stages per run, so their in-memory ledgers only know this run's events; by
@@ -147,6 +156,8 @@ class OfflineRunner:
         validate = Validate(self.workflow, self.control)
         route = Route(self.workflow, self.control)
         by_role = {Role.triggers: classify, Role.repair: classify, Role.classified: validate, Role.validated: route}
+        if self.workflow.lookups:  # the lookups are made again, for real: what the model sees now
+            by_role |= {Role.triggers: Ground(self.workflow, self.control), Role.grounded: classify}
         return {self.workflow.spec(role).name: stage for role, stage in by_role.items()}
 
     async def _run_one(self, stages: dict[str, Stage], offset: int, raw: bytes) -> OfflineResult:
@@ -176,6 +187,10 @@ class OfflineRunner:
     def _dispatch(self, emit: Emit, trail: _Trail, offset: int) -> Record | None:
         """Settle, collect or drop one output; return the record the next stage reads, if any."""
         suffix = emit.topic.removeprefix(f"{self.workflow.name}.")
+        if suffix == Role.grounded:
+            return Record(topic=self.workflow.topics[emit.topic].name, partition=0, offset=offset, key=emit.key,
+                          value=emit.value.model_dump(), timestamp_ms=now_ms(),
+                          headers={k: v.encode() for k, v in emit.headers.items()})
         if suffix in (Role.classified, Role.repair, Role.validated):
             item = WorkItem.model_validate(emit.value)
             if suffix == Role.classified:

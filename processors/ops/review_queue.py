@@ -34,6 +34,7 @@ import datetime as dt
 import getpass
 import os
 import uuid
+
 import orjson
 from sqlalchemy import select
 
@@ -42,11 +43,11 @@ from processors.kafka.settings import KafkaSettings
 from processors.kafka.topics import Role
 from processors.kafka.write import write
 from processors.records import ReviewItem, ReviewReason, Verdict, VerdictKind
-from processors.workflow.answers import verdict_errors
 from processors.views.catch_up import catch_up
 from processors.views.rows import scope_of
 from processors.views.schema import review_items, skipped, verdicts
 from processors.views.store import ViewStore, open_store
+from processors.workflow.answers import verdict_errors
 from processors.workflow.verdict_log import Logged
 from processors.workflow.workflow import Workflow
 
@@ -144,15 +145,19 @@ class ReviewQueue:
         item, decided = self.get(review_id)
         if decided is not None:
             raise VerdictRefused(decided.verdict, void=False)
+        arguments = None
         if kind == VerdictKind.correct:
             answer = orjson.dumps(self.corrected(item, fields or {})).decode()
+        elif fields and kind == VerdictKind.approve and item.action is not None:
+            answer, arguments = None, orjson.dumps(self.adjusted(item, fields)).decode()
         elif fields:
-            raise InvalidVerdict("--set belongs to correct; approve takes the answer as it is")
+            raise InvalidVerdict("--set belongs to correct (an answer) or to approving an action's adjustable "
+                                 "arguments; approve takes the answer as it is")
         else:
             answer = item.answer if kind == VerdictKind.approve and item.reason != ReviewReason.risky_action else None
         verdict = Verdict(verdict_id=uuid.uuid4().hex, review_id=review_id, event_id=item.event_id,
                           workflow=self.workflow.name, reviewer=reviewer_name(reviewer), verdict=kind,
-                          answer=answer, reason=reason, at_ms=now_ms(), item=item)
+                          answer=answer, reason=reason, at_ms=now_ms(), item=item, arguments=arguments)
         errors = verdict_errors(self.workflow, verdict)
         if errors:
             raise InvalidVerdict(f"{kind} of {review_id} refused:\n  " + "\n  ".join(errors))
@@ -180,16 +185,27 @@ class ReviewQueue:
         answer = orjson.loads(item.answer) if item.answer else {}
         if "confidence" in properties:
             answer["confidence"] = 1.0
-        for name, text in fields.items():
-            if properties.get(name, {}).get("type") in JSON_TYPES:
-                try:
-                    answer[name] = orjson.loads(text)
-                except orjson.JSONDecodeError:
-                    raise InvalidVerdict(f"--set {name}={text}: {name} needs a JSON "
-                                         f"{properties[name]['type']}") from None
-            else:
-                answer[name] = text
-        return answer
+        return _set(answer, properties, fields)
+
+    def adjusted(self, item: ReviewItem, fields: dict[str, str]) -> dict:
+        """The action's requested arguments with the approver's fields set (typed by its arguments_schema)."""
+        action = self.workflow.actions.get(item.action.action)
+        properties = action.arguments_schema.get("properties", {}) if action else {}
+        return _set(orjson.loads(item.action.arguments), properties, fields)
+
+
+def _set(values: dict, properties: dict, fields: dict[str, str]) -> dict:
+    """``values`` with each field set; a field whose schema type is not a string is read as JSON."""
+    for name, text in fields.items():
+        if properties.get(name, {}).get("type") in JSON_TYPES:
+            try:
+                values[name] = orjson.loads(text)
+            except orjson.JSONDecodeError:
+                raise InvalidVerdict(f"--set {name}={text}: {name} needs a JSON "
+                                     f"{properties[name]['type']}") from None
+        else:
+            values[name] = text
+    return values
 
 
 def open_items(store: ViewStore, scope: str) -> list[ReviewItem]:
@@ -217,7 +233,8 @@ def next_step(verdict: Verdict) -> str:
     if verdict.verdict == VerdictKind.reject:
         return "closed: nothing continues"
     if verdict.item.reason == ReviewReason.risky_action:
-        return "the action runs once (the review stage hands it to execute, approved)"
+        adjusted = " with the adjusted arguments" if verdict.arguments else ""
+        return f"the action runs once{adjusted} (the review stage hands it to execute, approved)"
     return "the reviewed answer goes on to route, then its actions run once"
 
 

@@ -33,6 +33,16 @@ Control (``processors/control/``), read once per record: the prompt version is t
 kill switch on, no model is called: the trigger goes to review (``kill_switch``) whole, with no
 answer — fail safe. Every work item records the control version it was made under.
 
+Grounding: in a workflow that declares ``lookups``, classify reads ``<wf>.grounded`` (written by
+the ground stage: the trigger with its lookups' results) instead of the triggers, renders the
+prompt from the event and ``lookups.<name>…`` — only the lookup paths the prompt spec declares among
+its inputs — and keeps the lookups on the work item, so a repair renders the same context.
+
+Chaining: a workflow whose trigger is another's decisions (``trigger.chain``) reads the parent's
+decision and sees it unpacked (:meth:`Trigger.event_view`: the parent's event, and its event id,
+decision and prompt version under ``parent``), so its records carry them. A decision the parent made
+in a live replay carries the replay id, and the child takes it as a replay too (not a duplicate).
+
 Replay: a trigger with header ``handoff-replay: <id>`` is a deliberate re-run. Its work item
 carries the id (route copies it to the decision, validate does not take it for a duplicate),
 and ``handoff-prompt-version: <V>`` on it overrides the label for that one record.
@@ -51,13 +61,13 @@ from processors.control.state import Control
 from processors.kafka.topics import Role
 from processors.paths import dotted
 from processors.providers.base import ModelAnswer, ModelRequest, Provider, ProviderError, ProviderTimeout
-from processors.records import ControlState, PromptRef, ReviewReason, StageName, Usage, WorkItem, dumps
+from processors.records import ControlState, GroundedEvent, PromptRef, ReviewReason, StageName, Usage, WorkItem, dumps
 from processors.runtime import metrics
 from processors.runtime.stage import DeadLetter, Emit, Record, Table
 from processors.stages.base import PROMPT_VERSION_HEADER, REPLAY_HEADER, SeenEvents, WorkflowStage
 from processors.workflow import rules
 from processors.workflow.prompt import PromptSpec
-from processors.workflow.workflow import Workflow, WorkflowError
+from processors.workflow.workflow import LOOKUPS_INPUT, Workflow, WorkflowError
 
 
 def parse_answer(text: str) -> dict | None:
@@ -81,7 +91,10 @@ class Classify(WorkflowStage):
         super().__init__(workflow, control)
         self.provider = provider
         self.usage = metrics.ModelUsage(workflow.name)
-        self.seen = SeenEvents(workflow, Role.taken, Role.triggers)
+        self.source = Role.grounded if workflow.lookups else Role.triggers
+        """What new events come from: the triggers, or the ground stage's output when lookups are declared."""
+        self.inputs = [workflow.topic(self.source), workflow.topic(Role.repair)]
+        self.seen = SeenEvents(workflow, Role.taken, self.source)
         self.taken: dict[str, tuple[int, int]] = {}
         """Event id -> (partition, offset) of a trigger being asked about now; the store has it once answered."""
 
@@ -95,10 +108,14 @@ class Classify(WorkflowStage):
             repaired = WorkItem.model_validate(record.value)
             event, attempt, errors, trigger_ms = (repaired.event_dict(), 2, repaired.validation_errors,
                                                   repaired.trigger_timestamp_ms)
-            version, replay = repaired.prompt.version, repaired.replay
+            version, replay, lookups = repaired.prompt.version, repaired.replay, repaired.lookups
         else:
-            event, attempt, errors, trigger_ms = record.value, 1, [], record.timestamp_ms
-            replay = _header(record, REPLAY_HEADER)
+            event, attempt, errors, trigger_ms, lookups = (self.workflow.trigger.event_view(record.value), 1, [],
+                                                           record.timestamp_ms, None)
+            if self.source == Role.grounded:
+                grounded = GroundedEvent.model_validate(record.value)
+                event, trigger_ms, lookups = orjson.loads(grounded.event), grounded.trigger_timestamp_ms, grounded.lookups
+            replay = _header(record, REPLAY_HEADER) or self.workflow.trigger.replay_of(record.value)
             version = (replay and _header(record, PROMPT_VERSION_HEADER)) or control.labels.get("production")
         spec = self.spec(version)
         event_id = str(dotted(event, self.workflow.trigger.event_id))
@@ -110,7 +127,8 @@ class Classify(WorkflowStage):
             return self._killed(record, event, event_id, spec, control, replay, repaired)
         if repaired is None and not replay:
             self.taken[event_id] = (record.partition, record.offset)
-        inputs = self.workflow.redaction.inputs(spec.select_inputs(event))
+        seen = event if lookups is None else {**event, LOOKUPS_INPUT: orjson.loads(lookups)}
+        inputs = self.workflow.redaction.inputs(spec.select_inputs(seen))
         user = spec.render(inputs) + (f"\n\n{spec.render_repair(errors)}" if errors else "")
         request = ModelRequest(prompt_name=spec.name, prompt_version=spec.version, system=spec.system, user=user,
                                inputs=inputs, output_schema=spec.output_schema, temperature=spec.temperature,
@@ -129,7 +147,7 @@ class Classify(WorkflowStage):
                         prompt=prompt, model=answer.model, raw_answer=answer.text,
                         answer=None if parsed is None else dumps(parsed), trigger_timestamp_ms=trigger_ms,
                         latency_ms=answer.latency_ms, tokens_in=answer.tokens_in, tokens_out=answer.tokens_out,
-                        cost_usd=answer.cost_usd, control_version=control.version, replay=replay)
+                        cost_usd=answer.cost_usd, control_version=control.version, replay=replay, lookups=lookups)
         tried = [self.trace(event_id, usage=Usage(latency_ms=a.latency_ms), prompt=prompt, model=a.model,
                             error=a.outcome) for a in answer.attempts[:-1]]  # their cost is in the answer's
         settled = [self.seen.settle(event_id, record.partition, record.offset)] if new else []
@@ -139,7 +157,7 @@ class Classify(WorkflowStage):
 
     def tick(self, now_ms: int, partitions: list[tuple[str, int]]) -> list[Emit]:
         """Forget event ids taken longer ago than the dedupe window."""
-        return self.seen.expire(self.owned(partitions, Role.triggers), now_ms)
+        return self.seen.expire(self.owned(partitions, self.source), now_ms)
 
     def spec(self, version: str | None) -> PromptSpec:
         """The prompt spec of ``version`` (the workflow file's when None); a version with no file

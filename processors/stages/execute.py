@@ -11,11 +11,18 @@ In order, for each request:
    arguments must satisfy its JSON Schema. Otherwise → dead letters, nothing runs.
 3. **Risky?** Risk above the ``approval_risk`` in force (the control state's when set, else
    the workflow's) without an approval → review (``risky_action``) with the decision and the
-   request; nothing runs until a person says so.
+   request; nothing runs until a person says so. An action declared ``approval: always`` goes
+   there every time it comes without ``approved_by``, whatever the rollout mode, thresholds,
+   approval risk or kill switch say: this check is here, where the action runs, so no setting
+   and no path around route can lower it.
 4. **Run.** A webhook is POSTed with an HMAC signature and the Idempotency-Key (retries on
    timeouts and 5xx inside :class:`WebhookAction`); a 4xx, or retries exhausted → dead
-   letters. An emit writes a notification to its topic. Then an execution record and the
-   ledger entry, in the same commit.
+   letters. An emit writes a notification to its topic. An ``mcp_tool`` calls its allow-listed
+   tool (:mod:`processors.actions.mcp`: inputSchema checked first, the idempotency key as the
+   tool declares, retries per failure type; refused or exhausted → dead letters), traced with its
+   redacted arguments, result, latency and error. Then an execution record — the arguments it ran
+   with, the original ones when an approver adjusted them, who approved, the tool's result — and
+   the ledger entry, in the same commit.
 
 A crash after the effect but before the ledger entry is committed runs the action again on
 restart — with the same Idempotency-Key, which is what lets the receiver apply it once.
@@ -26,6 +33,7 @@ from __future__ import annotations
 import httpx
 import orjson
 
+from processors.actions.mcp import ToolCall, ToolCallFailed, ToolRefused
 from processors.actions.webhook import ActionFailed, ActionResult, WebhookAction, secret_from_env
 from processors.clock import now_ms
 from processors.control.state import Control, approval_risk
@@ -39,13 +47,14 @@ from processors.records import (
     Notification,
     ReviewReason,
     StageName,
+    Usage,
 )
 from processors.runtime import metrics
 from processors.runtime.stage import DeadLetter, Emit, Record, Table
 from processors.stages.base import WorkflowStage
 from processors.state.store import Store
 from processors.workflow.checks import SchemaCheck
-from processors.workflow.workflow import Action, ActionKind, Workflow
+from processors.workflow.workflow import Action, ActionKind, Approval, Workflow
 
 
 class EffectsDone(Store[ActionDone]):
@@ -69,8 +78,10 @@ class Execute(WorkflowStage):
         self.done = EffectsDone(workflow)
         self.schemas = {name: SchemaCheck(a.arguments_schema, "(arguments)") for name, a in workflow.actions.items()}
         self.webhooks: dict[str, WebhookAction] = {}
+        self.tools = workflow.tool_client()
 
     async def start(self) -> None:
+        self.tools.check_settings()
         self.http = httpx.AsyncClient()
         self.webhooks = {
             name: WebhookAction(name, action.resolved_url(), secret_from_env(name, action.secret_env),
@@ -79,6 +90,7 @@ class Execute(WorkflowStage):
 
     async def close(self) -> None:
         await self.http.aclose()
+        await self.tools.close()
 
     def tables(self) -> list[Table]:
         return [self.done]
@@ -95,14 +107,16 @@ class Execute(WorkflowStage):
         action, arguments = self._allowed(request)
         control = self.control.state
         bound = approval_risk(self.workflow, control)
-        if action.risk > bound and request.approved_by is None:
+        always = action.approval == Approval.always
+        if (always or action.risk > bound) and request.approved_by is None:
             decision = request.decision
+            why = "approval: always" if always else f"risk {action.risk} above {bound}"
             return [self.review(ReviewReason.risky_action, event_id=request.event_id, event=decision.event,
                                 prompt=decision.prompt, model=decision.model, key=request.event_id,
                                 suffix=f":{request.action}", answer=decision.answer, action=request,
                                 control_version=control.version, replay=decision.replay),
                     self.trace(request.event_id, action_request=request.arguments,
-                               error=f"risk {action.risk} above {bound}: awaiting approval")]
+                               error=f"{why}: awaiting approval")]
         if action.kind == ActionKind.webhook:
             try:
                 result = await self.webhooks[request.action].run(key, arguments)
@@ -111,6 +125,8 @@ class Execute(WorkflowStage):
                 raise DeadLetter(f"action_{exc.reason}", str(exc), attempts=exc.attempts) from exc
             self._retried(result.attempts)
             outputs = []
+        elif action.kind == ActionKind.mcp_tool:
+            result, outputs = await self._call_tool(request, action, arguments)
         else:
             result = ActionResult(http_status=None, response=None, attempts=1, latency_ms=0.0)
             outputs = [Emit(action.topic, Notification(event_id=request.event_id, workflow=self.workflow.name,
@@ -124,6 +140,25 @@ class Execute(WorkflowStage):
     def tick(self, now_ms: int, partitions: list[tuple[str, int]]) -> list[Emit]:
         """Forget effects older than ``retention.effects_kept``: no replay or duplicate can reach them."""
         return self.done.expire(self.owned(partitions, Role.actions), now_ms)
+
+    async def _call_tool(self, request: ActionRequest, action: Action, arguments: dict) -> tuple[ActionResult, list]:
+        """The tool's result as the action's, and the call's trace; DeadLetter (the trace kept) when it failed."""
+        try:
+            call = await self.tools.call(action.tool, arguments, idempotency_key=request.idempotency_key)
+        except ToolRefused as exc:
+            raise DeadLetter(exc.reason, str(exc), keep=[self._tool_trace(request, exc.call, str(exc))]) from exc
+        except ToolCallFailed as exc:
+            self._retried(exc.call.attempts)
+            raise DeadLetter(exc.reason, str(exc), attempts=exc.call.attempts, first_failure_ms=exc.first_failure_ms,
+                             keep=[self._tool_trace(request, exc.call, str(exc))]) from exc
+        self._retried(call.attempts)
+        result = ActionResult(http_status=None, response=call.result_text(), attempts=call.attempts,
+                              latency_ms=call.latency_ms)
+        return result, [self._tool_trace(request, call)]
+
+    def _tool_trace(self, request: ActionRequest, call: ToolCall, error: str | None = None) -> Emit:
+        return self.trace(request.event_id, usage=Usage(latency_ms=call.latency_ms), tool=call.tool,
+                          action_request=call.arguments, action_response=call.result_text(), error=error)
 
     def _retried(self, attempts: int) -> None:
         """Webhook retries count in ``handoff_retries_total`` like model retries do."""
@@ -150,7 +185,8 @@ class Execute(WorkflowStage):
         execution = Execution(event_id=request.event_id, workflow=self.workflow.name, action=request.action,
                               idempotency_key=request.idempotency_key, status=status, attempts=result.attempts,
                               http_status=result.http_status, response=result.response,
-                              latency_ms=result.latency_ms, executed_at_ms=now_ms())
+                              latency_ms=result.latency_ms, executed_at_ms=now_ms(), arguments=request.arguments,
+                              original_arguments=request.original_arguments, approved_by=request.approved_by)
         return [Emit(self.workflow.topic(Role.executions), execution, key=request.event_id),
                 self.trace(request.event_id, action_request=request.arguments,
                            action_response={"status": status, "http_status": result.http_status,

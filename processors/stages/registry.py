@@ -8,6 +8,7 @@ from processors.records import StageName
 from processors.runtime.stage import Stage
 from processors.stages.classify import Classify
 from processors.stages.execute import Execute
+from processors.stages.ground import Ground
 from processors.stages.join import Join
 from processors.stages.review import Review
 from processors.stages.route import Route
@@ -16,7 +17,12 @@ from processors.views.stage import Views
 from processors.workflow.workflow import Workflow
 
 STAGES = tuple(StageName)
-"""In pipeline order: what ``--stage all`` runs."""
+"""Every stage, in pipeline order."""
+
+
+def stages_for(workflow: Workflow) -> list[StageName]:
+    """What ``--stage all`` runs for ``workflow``: every stage, ground only when it declares lookups."""
+    return [name for name in STAGES if name != StageName.ground or workflow.lookups]
 
 
 def build_stage(name: StageName | str, workflow: Workflow, provider: Provider | None = None,
@@ -24,6 +30,8 @@ def build_stage(name: StageName | str, workflow: Workflow, provider: Provider | 
     """``control``: what the stage obeys (the pipeline's watcher); pinned to ``initial(workflow)`` when None.
     ``provider``: classify's model, built from the workflow's ``model`` when None."""
     match StageName(name):
+        case StageName.ground:
+            return Ground(workflow, control)
         case StageName.classify:
             return Classify(workflow, provider or workflow.provider(), control)
         case StageName.validate:

@@ -16,7 +16,10 @@ Applying the first verdict (the verdict carries its review item, so no lookup):
   decides it (``source="review"``; rollout modes never send it back to review) and requests its
   actions, which execute runs once (idempotency key ``<event id>:<action>``, as always);
 * approve of a risky action → the stored action request with ``approved_by`` on
-  ``<workflow>.actions``, keyed by its idempotency key; execute runs it;
+  ``<workflow>.actions``, keyed by its idempotency key; execute runs it. An approval that adjusts
+  arguments (only those the action declares ``adjustable``, within its ``arguments_schema``:
+  checked by :func:`verdict_errors`) sends the approved arguments, the requested ones kept as
+  ``original_arguments``; the idempotency key stays the request's, so it still runs once;
 * reject → closed: a trace with the reason, nothing continues.
 
 A verdict that cannot apply (written by another client without the checks ``handoff review``
@@ -90,7 +93,9 @@ class Review(WorkflowStage):
         if verdict.verdict == VerdictKind.reject:
             return [*claimed, self.trace(verdict.event_id, decision=said | {"closed": item.reason})]
         if item.reason == ReviewReason.risky_action:
-            request = item.action.model_copy(update={"approved_by": verdict.reviewer})
+            adjusted = {} if verdict.arguments is None else {"arguments": verdict.arguments,
+                                                              "original_arguments": item.action.arguments}
+            request = item.action.model_copy(update={"approved_by": verdict.reviewer, **adjusted})
             return [*claimed, Emit(self.workflow.topic(Role.actions), request, key=request.idempotency_key),
                     self.trace(verdict.event_id, decision=said, action_request=request.arguments)]
         return [*claimed,

@@ -2,7 +2,8 @@
 
 The first route whose conditions hold decides (``workflow.yaml``, ``routes``). The decision
 goes to ``<workflow>.decisions.<route>``, keyed like the trigger, and each action the route
-names becomes an action request keyed by its idempotency key (``<event id>:<action>``), so
+names becomes an action request keyed by its idempotency key (``<event id>:<action>``, or the
+parts the action's ``idempotency`` names, e.g. ``[event_id, action, arguments.team]``), so
 execute can recognise an effect that was already applied.
 
 The rollout mode in force (control topic, else the workflow file's ``mode``) decides whether
@@ -101,8 +102,12 @@ class Route(WorkflowStage):
             return []
         view = {"answer": answer, "event": event,
                 "decision": {"route": decision.route, "label": decision.label, "confidence": decision.confidence}}
-        return [ActionRequest(event_id=decision.event_id, workflow=self.workflow.name, action=name,
-                              idempotency_key=f"{decision.event_id}:{name}",
-                              arguments=dumps(self.workflow.actions[name].build_arguments(view)),
-                              route=decision.route, decision=decision, requested_at_ms=decision.decided_at_ms)
-                for name in actions]
+        return [self._request(name, decision, view) for name in actions]
+
+    def _request(self, name: str, decision: Decision, view: dict) -> ActionRequest:
+        action = self.workflow.actions[name]
+        arguments = action.build_arguments(view)
+        return ActionRequest(event_id=decision.event_id, workflow=self.workflow.name, action=name,
+                             idempotency_key=action.idempotency_key(decision.event_id, name, arguments, view["decision"]),
+                             arguments=dumps(arguments), route=decision.route, decision=decision,
+                             requested_at_ms=decision.decided_at_ms)

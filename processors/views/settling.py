@@ -15,7 +15,7 @@ from processors.records import StageName
 from processors.runtime.dead_letter import Header
 from processors.workflow.workflow import Workflow
 
-SETTLING_STAGES = (StageName.classify, StageName.validate, StageName.route)
+SETTLING_STAGES = (StageName.ground, StageName.classify, StageName.validate, StageName.route)
 """Stages whose review items and dead letters settle a trigger; execute's concern actions of
 triggers that were already decided."""
 

@@ -7,8 +7,9 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from processors.records import ReviewReason, Verdict, VerdictKind
+from processors.records import ActionRequest, ReviewReason, Verdict, VerdictKind
 from processors.workflow import rules
+from processors.workflow.checks import SchemaCheck
 from processors.workflow.workflow import Workflow
 
 
@@ -46,6 +47,26 @@ def answer_errors(workflow: Workflow, answer: dict | None, prompt_version: str, 
     return AnswerErrors(rule_errors=rules.check(workflow.rules, answer, event))
 
 
+def adjustment_errors(workflow: Workflow, request: ActionRequest, approved: str) -> list[str]:
+    """Why an approver's arguments cannot replace the request's: a changed argument the action does not
+    declare ``adjustable``, or arguments that break its ``arguments_schema``."""
+    action = workflow.actions.get(request.action)
+    if action is None:
+        return [f"action {request.action!r} is not declared by {workflow.name}"]
+    try:
+        arguments = orjson.loads(approved)
+    except orjson.JSONDecodeError:
+        arguments = None
+    if not isinstance(arguments, dict):
+        return ["the approved arguments are not a JSON object"]
+    original = orjson.loads(request.arguments)
+    changed = sorted(k for k in original.keys() | arguments.keys() if original.get(k) != arguments.get(k))
+    fixed = [name for name in changed if name not in action.adjustable]
+    if fixed:
+        return [f"{request.action}: {', '.join(fixed)} cannot be adjusted (adjustable: {action.adjustable or 'none'})"]
+    return SchemaCheck(action.arguments_schema, "(arguments)").errors(arguments)
+
+
 def verdict_errors(workflow: Workflow, verdict: Verdict) -> list[str]:
     """Why ``verdict`` cannot apply to its item (empty: it can). The CLI refuses such a verdict;
     the ``review`` stage dead-letters one that was written anyway by another client."""
@@ -55,7 +76,9 @@ def verdict_errors(workflow: Workflow, verdict: Verdict) -> list[str]:
     if item.reason == ReviewReason.risky_action:
         if verdict.verdict == VerdictKind.correct:
             return ["a risky action is approved or rejected, not corrected"]
-        return [] if item.action is not None else ["the item holds no action request to approve"]
+        if item.action is None:
+            return ["the item holds no action request to approve"]
+        return [] if verdict.arguments is None else adjustment_errors(workflow, item.action, verdict.arguments)
     if verdict.answer is None:
         return [f"{item.reason}: there is no answer to approve; use correct --set field=value"]
     try:

@@ -18,9 +18,11 @@ from pathlib import Path
 from string import Template
 from typing import Annotated, Any
 
+import orjson
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from processors import project
+from processors.actions.mcp import ToolGrant, Tools, ToolServer
 from processors.avro.contracts import UnknownContract, default_store
 from processors.kafka.topics import Role, TopicSpec, Windows, keeps_less, span, topic_name, workflow_topics
 from processors.paths import lookup
@@ -42,11 +44,39 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class Chain(Strict):
+    """A workflow triggered by another's decisions: it reads ``<workflow>.decisions.<route>`` itself, with its own
+    consumer groups — chaining happens on topics, with no orchestrator."""
+
+    workflow: str = Field(description="The parent workflow.")
+    route: str = Field(description="The parent's route whose decisions trigger this workflow.")
+
+
+CHAIN_SCHEMA = "handoff/decision"
+"""The contract of a chained trigger: the parent's decision."""
+
+
 class Trigger(Strict):
     event: str = Field(description="The event type, e.g. support_ticket.created.")
     schema_: str = Field(alias="schema", description="Contract name under schemas/; read with its latest version.")
     key: str = Field(description="Dotted path of the record key, so one entity's events stay in order.")
     event_id: str = "event_id"
+    chain: Chain | None = Field(None, description=(
+        "Triggered by another workflow's decisions (schema handoff/decision). The event this workflow sees is "
+        "{event_id, parent: {workflow, event_id, route, label, confidence, prompt, model, answer}, event: the "
+        "parent's event}, so every record it writes carries the parent's event id, decision and prompt version."))
+
+    def replay_of(self, value: dict) -> str | None:
+        """A chained trigger's replay id: the parent's replayed decision carries it, so the child re-runs too."""
+        return value.get("replay") if self.chain is not None else None
+
+    def event_view(self, value: dict) -> dict:
+        """The event as this workflow's stages see it: the trigger itself, or a parent's decision unpacked."""
+        if self.chain is None:
+            return value
+        parent = {name: value[name] for name in ("workflow", "event_id", "route", "label", "confidence", "model")}
+        return {"event_id": value["event_id"], "event": orjson.loads(value["event"]),
+                "parent": parent | {"prompt": value["prompt"], "answer": orjson.loads(value["answer"])}}
 
 
 class ModelRetries(Strict):
@@ -177,6 +207,21 @@ class Retention(Strict):
 class ActionKind(StrEnum):
     webhook = "webhook"
     emit = "emit"
+    mcp_tool = "mcp_tool"
+
+
+class Approval(StrEnum):
+    """When an action waits for a person."""
+
+    risk = "risk"
+    """When its risk is above the approval risk in force (the control topic may move it)."""
+    always = "always"
+    """Every time, whatever the rollout mode, thresholds, approval risk or kill switch say (money, closing an
+    account): execute refuses to run it without ``approved_by``."""
+
+
+IDEMPOTENCY_PARTS = ("event_id", "action")
+"""What an idempotency key may be made of besides ``arguments.<name>`` and ``decision.<route|label>``."""
 
 
 class Action(Strict):
@@ -190,6 +235,14 @@ class Action(Strict):
     timeout_s: float = 5.0
     max_attempts: int = 4
     topic: str | None = Field(None, description="emit: the declared topic the notification goes to.")
+    tool: str | None = Field(None, description="mcp_tool: the tool it calls, by its name on the allow-list (tools).")
+    approval: Approval = Field(Approval.risk, description="always: a person approves every run, whatever any "
+                                                          "setting says.")
+    adjustable: list[str] = Field(default_factory=list, description=(
+        "Arguments an approver may change (a refund amount), within arguments_schema."))
+    idempotency: list[str] = Field(default_factory=lambda: list(IDEMPOTENCY_PARTS), description=(
+        "What makes it once: event_id, action, arguments.<name>, decision.route, decision.label, joined in this order "
+        "into the idempotency key. [event_id, action, arguments.team] lets a replay that reroutes notify the new team."))
 
     @model_validator(mode="after")
     def _kind_fields(self) -> Action:
@@ -197,7 +250,23 @@ class Action(Strict):
             raise ValueError("a webhook action needs url")
         if self.kind == ActionKind.emit and not self.topic:
             raise ValueError("an emit action needs topic")
+        if self.kind == ActionKind.mcp_tool and not self.tool:
+            raise ValueError("an mcp_tool action needs tool")
+        unknown = set(self.adjustable) - set(self.arguments)
+        if unknown:
+            raise ValueError(f"adjustable names arguments the action does not have: {sorted(unknown)}")
+        bad = [part for part in self.idempotency if part not in IDEMPOTENCY_PARTS
+               and part not in ("decision.route", "decision.label")
+               and part.removeprefix("arguments.") not in self.arguments]
+        if bad or not self.idempotency:
+            raise ValueError(f"idempotency: {bad or 'empty'}: use event_id, action, arguments.<an argument>, "
+                             "decision.route or decision.label")
         return self
+
+    def idempotency_key(self, event_id: str, action: str, arguments: dict[str, Any], decision: dict) -> str:
+        """The key that makes this action once, from the parts ``idempotency`` names (default ``<event id>:<action>``)."""
+        view = {"event_id": event_id, "action": action, "arguments": arguments, "decision": decision}
+        return ":".join(str(lookup(view, part)) for part in self.idempotency)
 
     def resolved_url(self) -> str:
         try:
@@ -207,6 +276,44 @@ class Action(Strict):
 
     def build_arguments(self, view: dict) -> dict[str, Any]:
         return {name: lookup(view, path) for name, path in self.arguments.items()}
+
+
+class LookupFailure(StrEnum):
+    """Where an event goes when one of its lookups failed after its retries."""
+
+    review = "review"
+    """A person decides without that context (``lookup_failed``), from the event."""
+    dead_letter = "dead_letter"
+    """The dead letters, to be replayed once the system of record is back."""
+
+
+class Lookup(Strict):
+    """Context fetched before the model (processors/stages/ground.py): an allow-listed MCP tool or an HTTP GET,
+    with arguments taken from the event. Its result is the input ``lookups.<name>``, which reaches the model
+    only where the prompt spec declares it."""
+
+    tool: str | None = Field(None, description="An MCP tool on the allow-list (tools); its retries are the tool's.")
+    url: str | None = Field(None, description=(
+        "HTTP GET instead: ${ENV} expanded at start, {argument} placeholders filled (URL-encoded) per event."))
+    arguments: dict[str, str] = Field(default_factory=dict, description="Argument name -> dotted path into the event.")
+    timeout_s: float = Field(5.0, gt=0, description="HTTP GET: per attempt.")
+    attempts: int = Field(3, ge=1, description="HTTP GET: on timeouts, connection errors and 5xx.")
+    on_failure: LookupFailure = LookupFailure.review
+    cache_for: Duration | None = Field(None, description=(
+        "Reuse a result for the same arguments this long (e.g. 10m); none: look up every event."))
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Lookup:
+        if (self.tool is None) == (self.url is None):
+            raise ValueError("a lookup has either tool (MCP) or url (HTTP GET)")
+        return self
+
+    def build_arguments(self, event: dict) -> dict[str, Any]:
+        return {name: lookup(event, path) for name, path in self.arguments.items()}
+
+
+LOOKUPS_INPUT = "lookups"
+"""The prompt inputs that render lookup results start with ``lookups.<name>``."""
 
 
 class Workflow(Strict):
@@ -231,6 +338,12 @@ class Workflow(Strict):
     grants: list[str] = Field(default_factory=list, description="Permission scopes this workflow's actions may use.")
     routes: list[RouteRule]
     actions: dict[str, Action] = Field(default_factory=dict)
+    tool_servers: dict[str, ToolServer] = Field(default_factory=dict, description=(
+        "MCP servers by name: url (streamable HTTP) or command (stdio); address and credentials from ${ENV}."))
+    tools: dict[str, ToolGrant] = Field(default_factory=dict, description=(
+        "The allow-list: the only tools the workflow may call, each with its server, scope, timeout and retries."))
+    lookups: dict[str, Lookup] = Field(default_factory=dict, description=(
+        "Context looked up before the model (a ground stage runs when any is declared)."))
     escalation: Escalation | None = Field(None, description="Which route escalates; none: no escalation recall.")
     outcomes: Outcomes = Outcomes()
     retention: Retention = Retention()
@@ -272,6 +385,10 @@ class Workflow(Strict):
             spec = self.loaded_prompt_specs[version] = load_prompt(path)
         return spec
 
+    def tool_client(self) -> Tools:
+        """The workflow's allow-listed tools on its servers (connections open on first use)."""
+        return Tools(self.tool_servers, self.tools)
+
     def provider(self) -> Provider:
         """The provider ``model`` declares, built now (HTTP kinds read their API keys from the environment)."""
         return build_provider(self.model, self.folder, self.redaction, self.name)
@@ -286,8 +403,26 @@ class Workflow(Strict):
 
     @cached_property
     def topics(self) -> dict[str, TopicSpec]:
-        """Every topic by declared name: the engine's, one per route, the trigger (processors/kafka/topics.py)."""
-        return workflow_topics(self.name, self.route_names, self.retention.windows(), self.namespace)
+        """Every topic by declared name: the engine's, one per route, the trigger (processors/kafka/topics.py; for a
+        chained workflow the parent's decisions topic, under the name ``<wf>.triggers``), and
+        ``<wf>.grounded`` when lookups are declared (partitioned like the triggers, so classify's store follows it)."""
+        topics = workflow_topics(self.name, self.route_names, self.retention.windows(), self.namespace)
+        chain = self.trigger.chain
+        if chain is not None:  # the parent's decisions topic stands where the trigger topic would
+            parent = load_workflow(chain.workflow, self.namespace, self.folder.parent)
+            if chain.route not in parent.route_names:
+                raise WorkflowError(f"{self.folder / 'workflow.yaml'}:\n  trigger.chain.route: {chain.route!r} is not a "
+                                    f"route of {chain.workflow} (routes: {parent.route_names})")
+            parent = parent.spec(Role.decisions, chain.route)
+            topics[self.topic(Role.triggers)] = parent.model_copy(update={"key_field": None})
+        if self.lookups:
+            triggers = topics[self.topic(Role.triggers)]
+            name = self.topic(Role.grounded)
+            topics[name] = TopicSpec(name=triggers.name.removesuffix(Role.triggers) + Role.grounded,
+                                     partitions=triggers.partitions, replication=triggers.replication,
+                                     value_schema="handoff/grounded_event",
+                                     doc="Triggers with what their lookups returned, on their way to classify.")
+        return topics
 
     def topic(self, role: Role | str, route: str | None = None) -> str:
         """The declared topic name ``<workflow>.<role>`` (``<workflow>.decisions.<route>``)."""
@@ -316,7 +451,9 @@ class Workflow(Strict):
         """Cross-file checks: prompt, rules, routes → topics, actions → scopes and topics."""
         problems = []
         triggers = self.spec(Role.triggers)
-        if triggers.value_schema != self.trigger.schema_:
+        if self.trigger.chain is not None and self.trigger.schema_ != CHAIN_SCHEMA:
+            problems.append(f"trigger.schema: a chained trigger reads the parent's decisions: schema {CHAIN_SCHEMA}")
+        elif triggers.value_schema != self.trigger.schema_:
             problems.append(f"trigger.schema: topics/{self.name}.yaml must declare the trigger topic "
                             f"with value_schema {self.trigger.schema_}")
         problems += self._event_paths_problems()
@@ -346,6 +483,20 @@ class Workflow(Strict):
                 problems.append(f"actions.{name}.scope: {action.scope!r} is not granted (grants: {self.grants})")
             if action.topic and action.topic not in self.topics:
                 problems.append(f"actions.{name}.topic: {action.topic!r} is not a topic of this workflow")
+            if action.tool and action.tool not in self.tools:
+                problems.append(f"actions.{name}.tool: {action.tool!r} is not on the allow-list (tools)")
+        for name, declared in self.lookups.items():
+            if declared.tool and declared.tool not in self.tools:
+                problems.append(f"lookups.{name}.tool: {declared.tool!r} is not on the allow-list (tools)")
+        for path in spec.inputs:
+            head, _, rest = path.partition(".")
+            if head == LOOKUPS_INPUT and rest.partition(".")[0] not in self.lookups:
+                problems.append(f"prompt inputs: {path!r} names no declared lookup (lookups: {sorted(self.lookups)})")
+        for name, grant in self.tools.items():
+            if grant.server not in self.tool_servers:
+                problems.append(f"tools.{name}.server: {grant.server!r} is not declared (tool_servers)")
+            if grant.scope not in self.grants:
+                problems.append(f"tools.{name}.scope: {grant.scope!r} is not granted (grants: {self.grants})")
         if problems:
             raise WorkflowError(f"{self.folder / 'workflow.yaml'}:\n  " + "\n  ".join(problems))
 
