@@ -503,14 +503,18 @@ class Workflow(Strict):
     def _event_paths_problems(self) -> list[str]:
         """Every path into the trigger event — its key, its event id, the topic's key field, the prompt's
         inputs, ``event.`` paths of routes and action arguments — checked against the trigger schema,
-        so a misspelt one fails here and not on the first record."""
+        so a misspelt one fails here and not on the first record. A chained workflow's event is the
+        parent's decision unpacked (``parent``, ``event``), not its topic's contract: not checked here."""
+        if self.trigger.chain is not None:
+            return []
         try:
             contract = default_store().get(self.trigger.schema_)
         except UnknownContract:
             return [f"trigger.schema: no schema {self.trigger.schema_!r} in {project.schemas_dir()}"]
         paths = {"trigger.key": [self.trigger.key], "trigger.event_id": [self.trigger.event_id],
                  f"(topics/{self.name}.yaml) trigger.key_field": [self.spec(Role.triggers).key_field],
-                 f"prompt ({self.prompt_path.name}) inputs": self.prompt_spec.inputs}
+                 f"prompt ({self.prompt_path.name}) inputs": [path for path in self.prompt_spec.inputs
+                                                              if path.partition(".")[0] != LOOKUPS_INPUT]}
         for index, route in enumerate(self.routes):
             paths[f"routes[{index}].when"] = _in_event(path for alternative in route.when for path in alternative)
         for name, action in self.actions.items():
