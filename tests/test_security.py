@@ -41,9 +41,9 @@ from processors.kafka.topics import Role
 from processors.kafka.topics import apply as apply_topics
 from processors.kafka.write import write
 from processors.stages.access import grants
-from processors.stages.registry import STAGES
+from processors.stages.registry import STAGES, stages_for
 from processors.workflow.workflow import load_workflow
-from tests.conftest import SECRET, tickets
+from tests.conftest import SECRET, WORKFLOWS, tickets
 
 
 @pytest.fixture
@@ -264,3 +264,15 @@ def test_wrong_credentials_fail_in_one_line(secured, tmp_path):
     assert refused.returncode == 1, output
     [line] = output.strip().splitlines()
     assert "refused this client" in line and "sasl.username" in line, line
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in WORKFLOWS.iterdir() if (p / "workflow.yaml").exists()))
+def test_every_stage_of_every_shipped_workflow_has_its_acls(name, monkeypatch):
+    """`handoff run` checks a stage's ACLs before it starts, so every stage a workflow runs must be able
+    to say what it reads and writes (a stage that cannot stops every run of the workflow)."""
+    monkeypatch.setenv("HANDOFF_WEBHOOK_URL", "http://127.0.0.1:9")
+    workflow = load_workflow(name, "acl")
+    settings = KafkaSettings(bootstrap_servers="127.0.0.1:1", namespace="acl")
+    for stage in stages_for(workflow):
+        granted = grants(workflow, stage, settings)
+        assert any(g.resource == acls.Resource.group and g.name == f"acl.handoff.{name}.{stage}" for g in granted)

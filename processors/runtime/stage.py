@@ -168,6 +168,11 @@ class Stage(ABC):
         """Release what ``start`` opened. Called once on the event loop after the last record was
         committed, also after a failure; bounded to 30 s."""
 
+    def outputs(self) -> list[str]:
+        """The declared topics ``process`` and ``tick`` may write, besides the tables' changelogs and the
+        dead letters (what its principal must be allowed: ``handoff acls``). None by default."""
+        return []
+
     def tables(self) -> list[Table]:
         """The state the runtime opens, restores and checkpoints (see :class:`Table`). The same objects
         every time."""

@@ -62,6 +62,7 @@ class _Transient(Exception):
 class Ground(WorkflowStage):
     name = StageName.ground
     input_roles = [Role.triggers]
+    output_roles = [Role.grounded, Role.review, Role.traces]
 
     def __init__(self, workflow: Workflow, control: Control | ControlState | None = None):
         super().__init__(workflow, control)
