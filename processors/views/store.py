@@ -9,7 +9,8 @@ SQLite file, ``.local/views.db`` under the working folder. One schema serves bot
 transaction that also records, per topic partition, the last offset applied (``applied``), and
 it skips every record at or below that offset. So a record applied twice — a redelivery, the
 views stage and a command catching up at once, a batch retried after a crash — changes nothing,
-and the counters the report sums are exact. Whoever applies next starts from ``applied``
+and the counters the report sums are exact (the report's hourly totals, :mod:`.totals`, are
+gathered per batch by :meth:`Writer.add_up` and written in the same transaction). Whoever applies next starts from ``applied``
 (:meth:`ViewStore.positions`): the views stage seeks there on every assignment, a command that
 catches up reads from there (:mod:`.catch_up`). Writers are serialized: SQLite's
 ``BEGIN IMMEDIATE``, a transaction-scoped advisory lock on PostgreSQL; each batch's records of a
@@ -56,6 +57,7 @@ class Writer:
     def __init__(self, conn: Connection):
         self.conn = conn
         self._insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+        self._sums: dict[tuple[Table, tuple], dict[str, float]] = {}
 
     def add(self, table: Table, row: dict) -> bool:
         """Insert ``row`` unless its key is there; True when it was inserted."""
@@ -72,6 +74,21 @@ class Writer:
 
     def execute(self, statement) -> None:
         self.conn.execute(statement)
+
+    def add_up(self, table: Table, key: tuple, amounts: dict[str, float]) -> None:
+        """Add ``amounts`` (column → how much, negative to take away) to ``table``'s row at ``key`` (its
+        primary key's values, in order), when the batch ends: one statement per row however many
+        records of the batch touched it (:meth:`sum_up`)."""
+        sums = self._sums.setdefault((table, key), {})
+        for column, amount in amounts.items():
+            sums[column] = sums.get(column, 0) + amount
+
+    def sum_up(self) -> None:
+        """Write what :meth:`add_up` gathered: insert each row, or add to the one there."""
+        for (table, key), amounts in self._sums.items():
+            row = dict(zip((c.name for c in table.primary_key.columns), key)) | amounts
+            self.merge(table, row, lambda t, new: {c: t.c[c] + getattr(new, c) for c in amounts})
+        self._sums = {}
 
 
 Op = Callable[[Writer], None]
@@ -136,6 +153,7 @@ class ViewStore:
                     op(writer)
                 moved[where] = record.offset
                 count += 1
+            writer.sum_up()
             for (topic, partition), offset in moved.items():
                 writer.merge(applied, {"topic": topic, "partition_id": partition, "last_offset": offset},
                              lambda table, new: {"last_offset": new.last_offset})
