@@ -82,7 +82,7 @@ class Rows:
         self.workflow = workflow
         self.settings = settings
         self.scope = scope_of(workflow)
-        self._target = workflow.escalation.route if workflow.escalation else None
+        self.target = workflow.escalation.route if workflow.escalation else None
         def reads(suffix: str, handle: Callable, model: type[BaseModel] | None) -> tuple[str, tuple]:
             spec = workflow.topics[workflow.topic(suffix)]
             return spec.name, (handle, model, spec.serde(settings) if model else None)
@@ -240,4 +240,4 @@ class Rows:
         return write
 
     def _event(self, w: Writer, event_id: str, version: str, fields: dict) -> None:
-        totals.apply(w, self.scope, event_id, version, fields, self._target)
+        totals.apply(w, self.scope, event_id, version, fields, self.target)

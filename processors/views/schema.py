@@ -23,6 +23,8 @@ query that reads it, with the index that query needs, so no query reads more tha
   and dead letters (replay's "before" and "after").
 * ``control_states``: every control state applied, by offset: the history, even after
   compaction removed it from the topic.
+* ``recount_due``: scopes whose hours are still to be worked out from their rows: a database kept
+  before the hours existed (:func:`processors.views.totals.recount_due`).
 * ``skipped``: records that are not what their topic holds (a foreign writer's bytes), named so a
   command can say so; a view never dead-letters anything.
 """
@@ -141,6 +143,13 @@ control_states = Table(
     Column("log_offset", BigInteger, primary_key=True),
     Column("state", Text, nullable=False, doc="The ControlState as JSON."),
 )
+
+recount_due = Table(
+    "recount_due", metadata,
+    _scope(),
+)
+"""Scopes whose report_events rows were kept before report_hours existed: their hours are worked out
+once, from the rows (:func:`processors.views.totals.recount_due`)."""
 
 skipped = Table(
     "skipped", metadata,

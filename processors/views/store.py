@@ -26,11 +26,11 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
-from sqlalchemy import Connection, Engine, Table, create_engine, event, select, text
+from sqlalchemy import Connection, Engine, Table, create_engine, event, inspect, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
-from processors.views.schema import applied, metadata
+from processors.views.schema import applied, metadata, recount_due, report_events, report_hours
 
 VIEWS_URL_ENV = "HANDOFF_VIEWS_URL"
 DEFAULT_PATH = Path(".local/views.db")
@@ -111,7 +111,13 @@ class ViewStore:
         self.url = url
         self.engine = _engine(url)
         with self._failing():
+            hours_missing = inspect(self.engine).has_table(report_events.name) and \
+                not inspect(self.engine).has_table(report_hours.name)
             metadata.create_all(self.engine)
+            if hours_missing:  # rows kept before the report's hours: work them out once (totals.recount_due)
+                with self.writing() as w:
+                    for (scope,) in w.conn.execute(select(report_events.c.scope).distinct()):
+                        w.add(recount_due, {"scope": scope})
 
     @contextmanager
     def _failing(self) -> Iterator[None]:
@@ -133,17 +139,27 @@ class ViewStore:
             rows = conn.execute(select(applied).where(applied.c.topic.in_(list(topics))))
             return {(r.topic, r.partition_id): r.last_offset for r in rows}
 
+    @contextmanager
+    def writing(self) -> Iterator[Writer]:
+        """One write transaction, serialized with every other writer's; committed when the block ends
+        without an error, with what :meth:`Writer.add_up` gathered."""
+        with self._failing(), self.engine.connect().execution_options(writing=True) as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(select(text(f"pg_advisory_xact_lock({PG_LOCK})")))
+            writer = Writer(conn)
+            yield writer
+            writer.sum_up()
+            conn.commit()
+
     def apply(self, batch: list[Applied]) -> int:
         """Write ``batch`` (records in offset order per partition) in one transaction, skipping what
         was applied before; returns how many records it applied."""
         if not batch:
             return 0
-        with self._failing(), self.engine.connect().execution_options(writing=True) as conn:
-            if conn.dialect.name == "postgresql":
-                conn.execute(select(text(f"pg_advisory_xact_lock({PG_LOCK})")))
+        with self.writing() as writer:
+            conn = writer.conn
             done = _last_offsets(conn, {(a.topic, a.partition) for a in batch})
             moved: dict[tuple[str, int], int] = {}
-            writer = Writer(conn)
             count = 0
             for record in batch:
                 where = (record.topic, record.partition)
@@ -153,11 +169,9 @@ class ViewStore:
                     op(writer)
                 moved[where] = record.offset
                 count += 1
-            writer.sum_up()
             for (topic, partition), offset in moved.items():
                 writer.merge(applied, {"topic": topic, "partition_id": partition, "last_offset": offset},
                              lambda table, new: {"last_offset": new.last_offset})
-            conn.commit()
         return count
 
 

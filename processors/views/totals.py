@@ -29,8 +29,8 @@ from sqlalchemy import delete, insert, select, update
 
 from processors.records import DecisionSource, VerdictKind
 from processors.views.histogram import bin_of
-from processors.views.schema import report_events, report_hours, report_latency
-from processors.views.store import Writer
+from processors.views.schema import recount_due as due, report_events, report_hours, report_latency
+from processors.views.store import ViewStore, Writer
 
 HOUR_MS = 3_600_000
 E2E, MODEL = "e2e", "model"
@@ -150,3 +150,16 @@ def recount(w: Writer, scope: str, target: str | None, rows: Iterable[dict] | No
     for row in rows:
         add_part(w, scope, row["version"], contribution(row, target))
     w.sum_up()
+
+
+def recount_due(store: ViewStore, scope: str, target: str | None) -> None:
+    """Work out the scope's hours once when its rows were kept before the hours existed (the store
+    marks such scopes when it creates the hours' tables); one indexed look-up otherwise. Order-free:
+    records applied before it moved hours the recount works out again from their rows."""
+    with store.read() as conn:
+        if conn.execute(select(due).where(due.c.scope == scope)).first() is None:
+            return
+    with store.writing() as w:
+        if w.conn.execute(select(due).where(due.c.scope == scope)).first() is not None:
+            recount(w, scope, target)
+            w.execute(delete(due).where(due.c.scope == scope))
