@@ -71,7 +71,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from pydantic import BaseModel, computed_field
-from sqlalchemy import cast, func, select
+from sqlalchemy import Connection, cast, func, select
 
 from processors.clock import now_ms
 from processors.kafka.settings import KafkaSettings
@@ -80,7 +80,7 @@ from processors.views.rows import scope_of
 from processors.views.histogram import percentiles
 from processors.views.schema import EVERY_VERSION, REPORT_COUNTS, report_hours, report_latency
 from processors.views.store import ViewStore, open_store
-from processors.views.totals import E2E, MODEL, hour_of
+from processors.views.totals import DAY_MS, E2E, HOUR_MS, MODEL, hour_of
 from processors.workflow.workflow import Workflow
 
 ALL_VERSIONS = "all versions"
@@ -221,23 +221,35 @@ def compute(workflow: Workflow, store: ViewStore, since_ms: int | None = None) -
     the one ``since_ms`` falls in (:mod:`processors.views.totals`)."""
     start, scope = hour_of(since_ms) if since_ms else None, scope_of(workflow)
     target = workflow.escalation.route if workflow.escalation else None
-
-    def window(table) -> list:
-        return [table.c.scope == scope] + ([table.c.hour_ms >= start] if start is not None else [])
-
+    hours = [report_hours.c.scope == scope] + ([report_hours.c.hour_ms >= start] if start is not None else [])
     with store.read() as conn:
         rows = {row.version: row for row in conn.execute(
             select(report_hours.c.version, *(_sum(report_hours.c[c]).label(c) for c in (*REPORT_COUNTS, "cost_usd")))
-            .where(*window(report_hours)).group_by(report_hours.c.version).having(func.sum(report_hours.c.events) > 0))}
-        bins: dict[tuple[str, str], dict[int, int]] = {}
-        latency = report_latency.c
-        for row in conn.execute(select(latency.version, latency.metric, latency.bin, _sum(latency.decisions))
-                                .where(*window(report_latency)).group_by(latency.version, latency.metric, latency.bin)):
-            bins.setdefault((row[0], row[1]), {})[row[2]] = row[3]
+            .where(*hours).group_by(report_hours.c.version).having(func.sum(report_hours.c.events) > 0))}
+        bins = _bins(conn, scope, start)
     versions = sorted(v for v in rows if v != EVERY_VERSION)
     figures = [_figures(version, rows.get(version), bins, target) for version in [*versions, EVERY_VERSION]]
     return Report(workflow=workflow.name, since_ms=start, escalation_route=target, versions=figures[:-1],
                   total=figures[-1])
+
+
+def _bins(conn: Connection, scope: str, start: int | None) -> dict[tuple[str, str], dict[int, int]]:
+    """Per (version, metric) the decisions per latency bin from ``start`` (an hour) on: the window's
+    whole days from the day histograms, its hours before the first whole day from the hour ones."""
+    latency = report_latency.c
+    first_day = -(-start // DAY_MS) * DAY_MS if start is not None else None
+    spans = [(DAY_MS, [latency.start_ms >= first_day] if first_day is not None else [])]
+    if start is not None and start < first_day:
+        spans.append((HOUR_MS, [latency.start_ms >= start, latency.start_ms < first_day]))
+    bins: dict[tuple[str, str], dict[int, int]] = {}
+    for span, where in spans:
+        for version, metric, bin_, decisions in conn.execute(
+                select(latency.version, latency.metric, latency.bin, _sum(latency.decisions))
+                .where(latency.scope == scope, latency.span_ms == span, *where)
+                .group_by(latency.version, latency.metric, latency.bin)):
+            counted = bins.setdefault((version, metric), {})
+            counted[bin_] = counted.get(bin_, 0) + decisions
+    return bins
 
 
 def _sum(column):

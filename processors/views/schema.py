@@ -17,8 +17,10 @@ query that reads it, with the index that query needs, so no query reads more tha
 * ``report_hours``: per prompt version (and all versions) and hour, the counts behind the report's
   figures, kept as the ``report_events`` rows change (:mod:`.totals`); the report sums the hours
   of its window.
-* ``report_latency``: per prompt version and hour, the model decisions per latency bin
-  (:mod:`.histogram`), trigger→decision (``e2e``) and the model call (``model``): the percentiles.
+* ``report_latency``: per hour and per day and prompt version, the model decisions per latency bin
+  (:mod:`.histogram`), trigger→decision (``e2e``) and the model call (``model``): the percentiles,
+  summed over the window's whole days and the hours before its first (``span_ms``: the hours are
+  kept for that part, the days so a long window reads ~480 rows a day instead of 24 times that).
 * ``placements``: where each event ended, the latest of its decisions, settling review items
   and dead letters (replay's "before" and "after").
 * ``control_states``: every control state applied, by offset: the history, even after
@@ -106,11 +108,17 @@ REPORT_COUNTS = ("events", "decided", "automated", "reviewed", "dead_lettered", 
                  "overrides", "needed", "caught", "judged", "tokens_in", "tokens_out")
 """The integer columns of ``report_hours`` (``cost_usd`` is the one float); :mod:`.totals` defines each."""
 
+
+
+def _hour() -> list[Column]:
+    """The key of a report hour: the scope, the prompt version (EVERY_VERSION for all) and the hour."""
+    return [_scope(), Column("version", NAME, primary_key=True),
+            Column("hour_ms", BigInteger, primary_key=True, doc="The start of the hour (epoch ms).")]
+
+
 report_hours = Table(
     "report_hours", metadata,
-    _scope(),
-    Column("version", NAME, primary_key=True),
-    Column("hour_ms", BigInteger, primary_key=True, doc="The start of the hour (epoch ms) the counts belong to."),
+    *_hour(),
     *(Column(name, BigInteger, nullable=False, default=0) for name in REPORT_COUNTS),
     Column("cost_usd", Float, nullable=False, default=0.0),
 )
@@ -118,8 +126,9 @@ report_hours = Table(
 report_latency = Table(
     "report_latency", metadata,
     _scope(),
+    Column("span_ms", BigInteger, primary_key=True, doc="An hour or a day (in ms): each decision counts in both."),
+    Column("start_ms", BigInteger, primary_key=True, doc="The start of the hour or day (epoch ms, UTC days)."),
     Column("version", NAME, primary_key=True),
-    Column("hour_ms", BigInteger, primary_key=True),
     Column("metric", String(16), primary_key=True, doc="e2e (trigger to decision) or model (the model call)."),
     Column("bin", Integer, primary_key=True, doc="processors.views.histogram.bin_of the latency in ms."),
     Column("decisions", BigInteger, nullable=False, default=0),

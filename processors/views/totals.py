@@ -3,7 +3,8 @@
 ``handoff report`` (:mod:`processors.ops.report`, which defines every figure) must not grow with
 history, so it never reads one row per event. The views keep, per workflow, prompt version (and
 all versions) and hour, the counts behind its figures (``report_hours``) and the model decisions'
-latency histograms (``report_latency``, :mod:`.histogram`); the report sums the hours of its window.
+latency histograms (``report_latency``, :mod:`.histogram`, per day too); the report sums the hours
+of its window (for the histograms: its whole days, and its hours before the first).
 
 **One event's part.** An event's ``report_events`` row says what the report counts for it, and
 that depends on where the window starts (``since``): its decision counts when decided at or after
@@ -33,6 +34,7 @@ from processors.views.schema import recount_due as due, report_events, report_ho
 from processors.views.store import ViewStore, Writer
 
 HOUR_MS = 3_600_000
+DAY_MS = 86_400_000
 E2E, MODEL = "e2e", "model"
 
 LATEST = {"decided_at_ms": ("decision_source", "decision_route", "model_latency_ms", "e2e_ms"),
@@ -120,7 +122,10 @@ def add_part(w: Writer, scope: str, version: str, part: Part, sign: int = 1) -> 
         if len(where) == 2:
             hours.setdefault(where[0], {})[where[1]] = sign * amount
         else:
-            w.add_up(report_latency, (scope, version, *where), {"decisions": sign * amount})
+            hour, metric, bin_ = where
+            for span in (HOUR_MS, DAY_MS):
+                w.add_up(report_latency, (scope, span, hour - hour % span, version, metric, bin_),
+                         {"decisions": sign * amount})
     for hour, amounts in hours.items():
         w.add_up(report_hours, (scope, version, hour), amounts)
 
