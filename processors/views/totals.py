@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import bindparam, delete, insert, select, update
 
 from processors.records import DecisionSource, VerdictKind
 from processors.views.histogram import bin_of
@@ -130,15 +130,22 @@ def add_part(w: Writer, scope: str, version: str, part: Part, sign: int = 1) -> 
         w.add_up(report_hours, (scope, version, hour), amounts)
 
 
+_KEY = (report_events.c.scope == bindparam("k_scope"), report_events.c.version == bindparam("k_version"),
+        report_events.c.event_id == bindparam("k_event"))
+_READ, _INSERT, _UPDATE = select(report_events).where(*_KEY), insert(report_events), update(report_events).where(*_KEY)
+"""The row's statements, built once: bound per call, they skip SQLAlchemy's per-statement building."""
+_VALUES = [c.name for c in report_events.columns if not c.primary_key]
+
+
 def apply(w: Writer, scope: str, event_id: str, version: str, fields: dict, target: str | None) -> None:
     """Merge ``fields`` into the event's row and move its part in the hours from the old row's to the new's."""
-    key = (report_events.c.scope == scope, report_events.c.version == version, report_events.c.event_id == event_id)
-    old = w.conn.execute(select(report_events).where(*key)).mappings().first()
+    key = {"k_scope": scope, "k_version": version, "k_event": event_id}
+    old = w.conn.execute(_READ, key).mappings().first()
     row = merged(dict(old) if old else EMPTY | {"scope": scope, "version": version, "event_id": event_id}, fields)
     if old is None:
-        w.execute(insert(report_events).values(row))
+        w.conn.execute(_INSERT, row)
     else:
-        w.execute(update(report_events).where(*key).values(row))
+        w.conn.execute(_UPDATE, key | {c: row[c] for c in _VALUES})
     before, after = (contribution(dict(old), target) if old else {}), contribution(row, target)
     add_part(w, scope, version, {k: after.get(k, 0) - before.get(k, 0) for k in after.keys() | before.keys()
                                  if after.get(k, 0) != before.get(k, 0)})
