@@ -164,7 +164,8 @@ def test_the_reports_hours_move_with_each_event_and_count_each_record_once(names
     item = review("e1", "v1", model_answer=answer("billing", "low", 0.5)).model_copy(
         update={"created_at_ms": hour + 10 * MINUTE})
     records = [("review", item), ("verdicts", verdict(item, "correct", answer("billing", "high", 1.0))),
-               ("decisions.billing", decision("e2", "v1", "billing", latency_ms=100, model_ms=10, at=hour + 5 * MINUTE)),
+               ("decisions.billing", decision("e2", "v1", "billing", latency_ms=100, model_ms=10,
+                                              at=hour + 5 * MINUTE)),
                ("decisions.escalation", decision("e1", "v1", "escalation", latency_ms=80 * MINUTE, model_ms=10,
                                                  source="review", at=hour + 90 * MINUTE))]
     batch = []

@@ -25,8 +25,9 @@ item written by classify, validate or route (not a risky-action approval: execut
 for an event already decided), or a dead letter written by those stages. ``since`` keeps the
 events with a settling record (decision ``decided_at_ms``, review item ``created_at_ms``, dead
 letter record time) written at or after the start of the hour ``since`` falls in: the views count
-by the hour, so ``--since 30m`` at 10:40 reports from 10:00, and the report says so. What else is known about them — repairs, verdicts,
-outcomes, spend — counts whenever it was written. Events still in flight are not counted.
+by the hour, so ``--since 30m`` at 10:40 reports from 10:00, and the report says so. What else
+is known about them — repairs, verdicts, outcomes, spend — counts whenever it was written.
+Events still in flight are not counted.
 
 **Per prompt version V** (every record carries the prompt version that produced it), over the
 events that settled with V:
@@ -223,9 +224,10 @@ def compute(workflow: Workflow, store: ViewStore, since_ms: int | None = None) -
     target = workflow.escalation.route if workflow.escalation else None
     hours = [report_hours.c.scope == scope] + ([report_hours.c.hour_ms >= start] if start is not None else [])
     with store.read() as conn:
+        hour = report_hours.c
         rows = {row.version: row for row in conn.execute(
-            select(report_hours.c.version, *(_sum(report_hours.c[c]).label(c) for c in (*REPORT_COUNTS, "cost_usd")))
-            .where(*hours).group_by(report_hours.c.version).having(func.sum(report_hours.c.events) > 0))}
+            select(hour.version, *(_sum(hour[c]).label(c) for c in (*REPORT_COUNTS, "cost_usd")))
+            .where(*hours).group_by(hour.version).having(func.sum(hour.events) > 0))}
         bins = _bins(conn, scope, start)
     versions = sorted(v for v in rows if v != EVERY_VERSION)
     figures = [_figures(version, rows.get(version), bins, target) for version in [*versions, EVERY_VERSION]]

@@ -39,6 +39,7 @@ from processors.records import (
     WorkItem,
 )
 from processors.runtime.dead_letter import Header
+from processors.views import totals
 from processors.views.schema import (
     EVERY_VERSION,
     control_states,
@@ -48,7 +49,6 @@ from processors.views.schema import (
     verdicts,
 )
 from processors.views.settling import SETTLING_STAGES, dead_letter_id, decision_suffixes
-from processors.views import totals
 from processors.views.store import Applied, Op, Writer
 from processors.workflow.workflow import Workflow
 

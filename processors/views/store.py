@@ -9,10 +9,10 @@ SQLite file, ``.local/views.db`` under the working folder. One schema serves bot
 transaction that also records, per topic partition, the last offset applied (``applied``), and
 it skips every record at or below that offset. So a record applied twice — a redelivery, the
 views stage and a command catching up at once, a batch retried after a crash — changes nothing,
-and the counters the report sums are exact (the report's hourly totals, :mod:`.totals`, are
-gathered per batch by :meth:`Writer.add_up` and written in the same transaction). Whoever applies next starts from ``applied``
-(:meth:`ViewStore.positions`): the views stage seeks there on every assignment, a command that
-catches up reads from there (:mod:`.catch_up`). Writers are serialized: SQLite's
+and the counters the report sums are exact (the report's hours, :mod:`.totals`, are gathered
+per batch by :meth:`Writer.add_up` and written in the same transaction). Whoever applies next
+starts from ``applied`` (:meth:`ViewStore.positions`): the views stage seeks there on every
+assignment, a command that catches up reads from there (:mod:`.catch_up`). Writers are serialized: SQLite's
 ``BEGIN IMMEDIATE``, a transaction-scoped advisory lock on PostgreSQL; each batch's records of a
 partition run on from the offset the previous batch ended at, so what is applied stays contiguous.
 """
