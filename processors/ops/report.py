@@ -2,9 +2,10 @@
 
 The report counts what the stages, the reviewers and the business systems already wrote. The
 views (:mod:`processors.views`) keep it joined by event id as it arrives, one row per event and
-prompt version (``report_events``, and one per event for all versions), so the report is a few
-aggregate queries over an index on the settling time, however long the topics' history (the
-command first catches the views up: :func:`~processors.views.catch_up.catch_up`). Where an answer
+prompt version (``report_events``, and one per event for all versions), and from those rows the
+counts below per prompt version and hour, as the rows change (:mod:`processors.views.totals`), so
+the report is two sums over the hours of its window, however long the history (the command first
+catches the views up: :func:`~processors.views.catch_up.catch_up`). Where an answer
 routes is worked out when the view applies the record, with the routes of that time. The inputs:
 
 * ``<wf>.decisions.<route>`` and ``<wf>.shadow``: decisions (route, ``source`` model or review,
@@ -22,9 +23,11 @@ routes is worked out when the view applies the record, with the routes of that t
 **Which events.** An event *settles* where it leaves the automated path: a decision, a review
 item written by classify, validate or route (not a risky-action approval: execute writes that
 for an event already decided), or a dead letter written by those stages. ``since`` keeps the
-events with a settling record written at or after it (decision ``decided_at_ms``, review item
-``created_at_ms``, dead letter record time); what else is known about them — repairs, verdicts,
-outcomes, spend — counts whenever it was written. Events still in flight are not counted.
+events with a settling record (decision ``decided_at_ms``, review item ``created_at_ms``, dead
+letter record time) written at or after the start of the hour ``since`` falls in: the views count
+by the hour, so ``--since 30m`` at 10:40 reports from 10:00, and the report says so. What else
+is known about them — repairs, verdicts, outcomes, spend — counts whenever it was written.
+Events still in flight are not counted.
 
 **Per prompt version V** (every record carries the prompt version that produced it), over the
 events that settled with V:
@@ -50,7 +53,9 @@ events that settled with V:
 * dead-letter rate = events dead-lettered by classify, validate or route / N.
 * latency p50/p95: trigger to decision (``decided_at_ms - trigger_timestamp_ms``, queueing
   included) and the model call (``latency_ms``), over the model's decisions (a reviewed
-  decision's wait for a person is not latency). Linear interpolation between ranks.
+  decision's wait for a person is not latency). Linear interpolation between ranks, over the
+  values' log-spaced histogram (:mod:`processors.views.histogram`): within 4.3% of the exact
+  percentile.
 * tokens and cost per completed workflow = every classify call's tokens and cost for these
   events with V (repairs and answers that ended in review or the dead letters included, from
   the traces) / events decided with V (by the model or after review).
@@ -67,18 +72,20 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from pydantic import BaseModel, computed_field
-from sqlalchemy import Connection, and_, case, func, null, or_, select
+from sqlalchemy import Connection, cast, func, select
 
 from processors.clock import now_ms
 from processors.kafka.settings import KafkaSettings
-from processors.records import DecisionSource, VerdictKind
 from processors.views.catch_up import catch_up
 from processors.views.rows import scope_of
-from processors.views.schema import EVERY_VERSION, report_events
+from processors.views.histogram import percentiles
+from processors.views.schema import EVERY_VERSION, REPORT_COUNTS, report_hours, report_latency
 from processors.views.store import ViewStore, open_store
+from processors.views.totals import DAY_MS, E2E, HOUR_MS, MODEL, hour_of
 from processors.workflow.workflow import Workflow
 
 ALL_VERSIONS = "all versions"
+QUANTILES = (0.5, 0.95)
 _SPAN = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
@@ -211,58 +218,56 @@ def build(workflow: Workflow, settings: KafkaSettings, since_ms: int | None = No
 
 
 def compute(workflow: Workflow, store: ViewStore, since_ms: int | None = None) -> Report:
-    """The report from the views as they are."""
-    since, scope = since_ms or 0, scope_of(workflow)
+    """The report from the views as they are: sums over the hours of the window, whole hours from
+    the one ``since_ms`` falls in (:mod:`processors.views.totals`)."""
+    start, scope = hour_of(since_ms) if since_ms else None, scope_of(workflow)
     target = workflow.escalation.route if workflow.escalation else None
+    hours = [report_hours.c.scope == scope] + ([report_hours.c.hour_ms >= start] if start is not None else [])
     with store.read() as conn:
-        rows = {row.version: row for row in conn.execute(_counts(scope, since, target))}
-        versions = sorted(v for v in rows if v != EVERY_VERSION)
-        figures = [_figures(conn, scope, since, version, rows.get(version), target)
-                   for version in [*versions, EVERY_VERSION]]
-    return Report(workflow=workflow.name, since_ms=since_ms, escalation_route=target, versions=figures[:-1],
+        hour = report_hours.c
+        rows = {row.version: row for row in conn.execute(
+            select(hour.version, *(_sum(hour[c]).label(c) for c in (*REPORT_COUNTS, "cost_usd")))
+            .where(*hours).group_by(hour.version).having(func.sum(hour.events) > 0))}
+        bins = _bins(conn, scope, start)
+    versions = sorted(v for v in rows if v != EVERY_VERSION)
+    figures = [_figures(version, rows.get(version), bins, target) for version in [*versions, EVERY_VERSION]]
+    return Report(workflow=workflow.name, since_ms=start, escalation_route=target, versions=figures[:-1],
                   total=figures[-1])
 
 
-E = report_events.c
+def _bins(conn: Connection, scope: str, start: int | None) -> dict[tuple[str, str], dict[int, int]]:
+    """Per (version, metric) the decisions per latency bin from ``start`` (an hour) on: the window's
+    whole days from the day histograms, its hours before the first whole day from the hour ones."""
+    latency = report_latency.c
+    first_day = -(-start // DAY_MS) * DAY_MS if start is not None else None
+    spans = [(DAY_MS, [latency.start_ms >= first_day] if first_day is not None else [])]
+    if start is not None and start < first_day:
+        spans.append((HOUR_MS, [latency.start_ms >= start, latency.start_ms < first_day]))
+    bins: dict[tuple[str, str], dict[int, int]] = {}
+    for span, where in spans:
+        for version, metric, bin_, decisions in conn.execute(
+                select(latency.version, latency.metric, latency.bin, _sum(latency.decisions))
+                .where(latency.scope == scope, latency.span_ms == span, *where)
+                .group_by(latency.version, latency.metric, latency.bin)):
+            counted = bins.setdefault((version, metric), {})
+            counted[bin_] = counted.get(bin_, 0) + decisions
+    return bins
 
 
-def _counts(scope: str, since: int, target: str | None):
-    """Per version (and all versions): the counts behind each figure, over the events settled since ``since``."""
-    decided, reviewed = E.decided_at_ms >= since, E.review_at_ms >= since
-    by_model = and_(decided, E.decision_source == DecisionSource.model)
-    model_route = case((by_model, E.decision_route), (reviewed, E.review_route), else_=null())
-    truth = case((E.missed, target), (E.verdict_kind == VerdictKind.approve, model_route),
-                 (E.verdict_kind == VerdictKind.reject, null()), (E.verdict_kind == VerdictKind.correct, E.verdict_route),
-                 (by_model, E.decision_route), else_=null())
-
-    def count(condition) -> object:
-        return func.sum(case((condition, 1), else_=0))
-
-    return (select(E.version, func.count().label("events"), count(decided).label("decided"),
-                   count(and_(by_model, E.touched.is_(False))).label("automated"), count(reviewed).label("reviewed"),
-                   count(E.dead_at_ms >= since).label("dead_lettered"), count(E.repaired).label("schema_failures"),
-                   func.sum(E.verdicts).label("verdicts"), func.sum(E.overrides).label("overrides"),
-                   count(truth == target).label("needed"),
-                   count(and_(truth == target, model_route == target)).label("caught"),
-                   count(or_(E.missed, E.verdict_kind.is_not(None))).label("judged"),
-                   count(and_(by_model, E.e2e_ms.is_not(None))).label("timed"), count(by_model).label("by_model"),
-                   func.sum(E.tokens_in).label("tokens_in"), func.sum(E.tokens_out).label("tokens_out"),
-                   func.sum(E.cost_usd).label("cost_usd"))
-            .where(E.scope == scope, E.settled_at_ms >= since).group_by(E.version))
+def _sum(column):
+    """A column's sum in its own type (PostgreSQL sums a bigint as a numeric)."""
+    return cast(func.sum(column), column.type)
 
 
-def _figures(conn: Connection, scope: str, since: int, version: str, row, target: str | None) -> Figures:
+def _figures(version: str, row, bins: dict[tuple[str, str], dict[int, int]], target: str | None) -> Figures:
     """One row of the report; ``version`` EVERY_VERSION is the all-versions row."""
     if row is None:  # nothing settled
         return Figures(prompt_version=ALL_VERSIONS, events=0, decided=0, automated=0, reviewed=0, dead_lettered=0,
                        schema_failures=0, verdicts=0, overrides=0, escalations_needed=None, escalations_caught=None,
                        escalations_judged=None, latency_p50_ms=None, latency_p95_ms=None, model_p50_ms=None,
                        model_p95_ms=None, tokens_in=0, tokens_out=0, cost_usd=0.0)
-    by_model = [E.scope == scope, E.version == version, E.decision_source == DecisionSource.model]
-    if since:  # without, the percentiles read only their index (a model decision has a decision time)
-        by_model += [E.settled_at_ms >= since, E.decided_at_ms >= since]
-    latency = _percentiles(conn, E.e2e_ms, by_model, row.timed)
-    model = _percentiles(conn, E.model_latency_ms, by_model, row.by_model)
+    latency = percentiles(bins.get((version, E2E), {}), QUANTILES) or (None, None)
+    model = percentiles(bins.get((version, MODEL), {}), QUANTILES) or (None, None)
     escalations = target is not None
     return Figures(
         prompt_version=version or ALL_VERSIONS, events=row.events, decided=row.decided, automated=row.automated,
@@ -272,25 +277,3 @@ def _figures(conn: Connection, scope: str, since: int, version: str, row, target
         escalations_judged=row.judged if escalations else None,
         latency_p50_ms=latency[0], latency_p95_ms=latency[1], model_p50_ms=model[0], model_p95_ms=model[1],
         tokens_in=row.tokens_in, tokens_out=row.tokens_out, cost_usd=row.cost_usd)
-
-
-def _percentiles(conn: Connection, column, where: list, n: int) -> tuple[float | None, float | None]:
-    """p50 and p95 of ``column`` over the ``n`` rows ``where`` selects, interpolated linearly between ranks
-    as numpy does; each reads the two values around its rank from the index, walking in from the
-    nearer end, never the whole column."""
-    if not n:
-        return None, None
-    out = []
-    for q in (0.5, 0.95):
-        rank = (n - 1) * q
-        low = int(rank)
-        high = min(low + 1, n - 1)
-        query = select(column).where(*where, column.is_not(None)).limit(high - low + 1)
-        if low > (n - 1) / 2:  # nearer the top: count down from it
-            values = [v for (v,) in conn.execute(query.order_by(column.desc()).offset(n - 1 - high))][::-1]
-        else:
-            values = [v for (v,) in conn.execute(query.order_by(column).offset(low))]
-        a, b = values[0], values[-1]
-        t = rank - low
-        out.append(float(b - (b - a) * (1 - t) if t >= 0.5 else a + (b - a) * t))
-    return out[0], out[1]

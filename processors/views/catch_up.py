@@ -26,6 +26,7 @@ from processors.kafka.read import records
 from processors.kafka.settings import KafkaSettings
 from processors.views.rows import Rows
 from processors.views.store import ViewStore, open_store
+from processors.views.totals import recount_due
 from processors.workflow.workflow import Workflow
 
 BATCH = 5000
@@ -43,6 +44,7 @@ def catch_up(workflow: Workflow, settings: KafkaSettings, store: ViewStore | Non
     A topic not read to its end in ``timeout`` raises :class:`~processors.kafka.read.IncompleteRead`."""
     store = store or open_store()
     rows = Rows(workflow, settings)
+    recount_due(store, rows.scope, rows.target)
     ends = _ends(settings, rows.topics)
     done = store.positions(rows.topics)
     applied = 0

@@ -9,8 +9,9 @@ applies a batch. A record that is not what its topic holds becomes a ``skipped``
 dead letter and never an error: a view must not stop on a foreign writer's bytes.
 
 Every statement merges by an order-free rule (the first review item, the first verdict in its
-partition, the latest placement, flags that only turn on, counters that only add), so rows
-come out the same whichever topic is applied first; the store makes each record count once.
+partition, the latest placement, flags that only turn on, counters that only add: the report's
+rows and hours, :mod:`.totals`), so rows come out the same whichever topic is applied first; the
+store makes each record count once.
 """
 
 from __future__ import annotations
@@ -38,11 +39,11 @@ from processors.records import (
     WorkItem,
 )
 from processors.runtime.dead_letter import Header
+from processors.views import totals
 from processors.views.schema import (
     EVERY_VERSION,
     control_states,
     placements,
-    report_events,
     review_items,
     skipped,
     verdicts,
@@ -81,6 +82,7 @@ class Rows:
         self.workflow = workflow
         self.settings = settings
         self.scope = scope_of(workflow)
+        self.target = workflow.escalation.route if workflow.escalation else None
         def reads(suffix: str, handle: Callable, model: type[BaseModel] | None) -> tuple[str, tuple]:
             spec = workflow.topics[workflow.topic(suffix)]
             return spec.name, (handle, model, spec.serde(settings) if model else None)
@@ -238,28 +240,4 @@ class Rows:
         return write
 
     def _event(self, w: Writer, event_id: str, version: str, fields: dict) -> None:
-        w.merge(report_events, {"scope": self.scope, "event_id": event_id, "version": version, **fields},
-                lambda table, new: _merged(table, new, fields))
-
-
-LATEST = {"decided_at_ms": ("decision_source", "decision_route", "model_latency_ms", "e2e_ms"),
-          "review_at_ms": ("review_route",), "dead_at_ms": (), "verdict_at_ms": ("verdict_kind", "verdict_route")}
-"""Groups of report_events columns that move together: the latest by their time column wins."""
-FLAGS = ("touched", "repaired", "missed")
-SUMS = ("verdicts", "overrides", "tokens_in", "tokens_out", "cost_usd")
-
-
-def _merged(table, new, fields: dict) -> dict:
-    """How an existing report_events row takes ``fields``: latest groups, flags that turn on, sums."""
-    out = {}
-    for when, columns in LATEST.items():
-        if when in fields:
-            later = or_(table.c[when].is_(None), getattr(new, when) >= table.c[when])
-            out |= {c: case((later, getattr(new, c)), else_=table.c[c]) for c in (when, *columns)}
-    if "settled_at_ms" in fields:
-        out["settled_at_ms"] = case((or_(table.c.settled_at_ms.is_(None), new.settled_at_ms > table.c.settled_at_ms),
-                                     new.settled_at_ms), else_=table.c.settled_at_ms)
-    out |= {c: or_(table.c[c], getattr(new, c)) for c in FLAGS if c in fields}
-    out |= {c: table.c[c] + getattr(new, c) for c in SUMS if c in fields}
-    return out
-
+        totals.apply(w, self.scope, event_id, version, fields, self.target)

@@ -2,8 +2,7 @@
 
 Every row belongs to a *scope*: a workflow in its namespace (``t1.support_ticket``), so tests and
 environments that share a broker can share a views database too. Each table is shaped for the
-query that reads it, with the index that query needs, so no query reads more than it returns —
-except the report, which aggregates one row per settled event (``report_events``):
+query that reads it, with the index that query needs, so no query reads more than it returns:
 
 * ``applied``: per topic partition, the last offset applied. It is written in the transaction
   that writes the rows, so it is exactly what the rows reflect (:mod:`.store`).
@@ -14,11 +13,20 @@ except the report, which aggregates one row per settled event (``report_events``
 * ``report_events``: per event and prompt version (and once more under ``version = ''`` (``EVERY_VERSION``) for the
   all-versions row), what the report counts: the latest decision, the latest settling review item
   and dead letter, whether a person touched it, repairs, first verdicts, missed escalations,
-  spend (:mod:`processors.ops.report` defines each figure).
+  spend: the state an event's figures are worked out from (:mod:`.totals`), never read by the report.
+* ``report_hours``: per prompt version (and all versions) and hour, the counts behind the report's
+  figures, kept as the ``report_events`` rows change (:mod:`.totals`); the report sums the hours
+  of its window.
+* ``report_latency``: per hour and per day and prompt version, the model decisions per latency bin
+  (:mod:`.histogram`), trigger→decision (``e2e``) and the model call (``model``): the percentiles,
+  summed over the window's whole days and the hours before its first (``span_ms``: the hours are
+  kept for that part, the days so a long window reads ~480 rows a day instead of 24 times that).
 * ``placements``: where each event ended, the latest of its decisions, settling review items
   and dead letters (replay's "before" and "after").
 * ``control_states``: every control state applied, by offset: the history, even after
   compaction removed it from the topic.
+* ``recount_due``: scopes whose hours are still to be worked out from their rows: a database kept
+  before the hours existed (:func:`processors.views.totals.recount_due`).
 * ``skipped``: records that are not what their topic holds (a foreign writer's bytes), named so a
   command can say so; a view never dead-letters anything.
 """
@@ -93,10 +101,37 @@ report_events = Table(
     Column("tokens_in", BigInteger, nullable=False, default=0),
     Column("tokens_out", BigInteger, nullable=False, default=0),
     Column("cost_usd", Float, nullable=False, default=0.0),
-    Index("report_events_settled", "scope", "version", "settled_at_ms"),
-    Index("report_events_latency", "scope", "version", "decision_source", "e2e_ms"),
-    Index("report_events_model", "scope", "version", "decision_source", "model_latency_ms"),
-    sqlite_with_rowid=False,  # clustered by (scope, version, event): the report sweeps a scope's rows in order
+    sqlite_with_rowid=False,
+)
+
+REPORT_COUNTS = ("events", "decided", "automated", "reviewed", "dead_lettered", "schema_failures", "verdicts",
+                 "overrides", "needed", "caught", "judged", "tokens_in", "tokens_out")
+"""The integer columns of ``report_hours`` (``cost_usd`` is the one float); :mod:`.totals` defines each."""
+
+
+
+def _hour() -> list[Column]:
+    """The key of a report hour: the scope, the prompt version (EVERY_VERSION for all) and the hour."""
+    return [_scope(), Column("version", NAME, primary_key=True),
+            Column("hour_ms", BigInteger, primary_key=True, doc="The start of the hour (epoch ms).")]
+
+
+report_hours = Table(
+    "report_hours", metadata,
+    *_hour(),
+    *(Column(name, BigInteger, nullable=False, default=0) for name in REPORT_COUNTS),
+    Column("cost_usd", Float, nullable=False, default=0.0),
+)
+
+report_latency = Table(
+    "report_latency", metadata,
+    _scope(),
+    Column("span_ms", BigInteger, primary_key=True, doc="An hour or a day (in ms): each decision counts in both."),
+    Column("start_ms", BigInteger, primary_key=True, doc="The start of the hour or day (epoch ms, UTC days)."),
+    Column("version", NAME, primary_key=True),
+    Column("metric", String(16), primary_key=True, doc="e2e (trigger to decision) or model (the model call)."),
+    Column("bin", Integer, primary_key=True, doc="processors.views.histogram.bin_of the latency in ms."),
+    Column("decisions", BigInteger, nullable=False, default=0),
 )
 
 placements = Table(
@@ -117,6 +152,13 @@ control_states = Table(
     Column("log_offset", BigInteger, primary_key=True),
     Column("state", Text, nullable=False, doc="The ControlState as JSON."),
 )
+
+recount_due = Table(
+    "recount_due", metadata,
+    _scope(),
+)
+"""Scopes whose report_events rows were kept before report_hours existed: their hours are worked out
+once, from the rows (:func:`processors.views.totals.recount_due`)."""
 
 skipped = Table(
     "skipped", metadata,

@@ -29,6 +29,7 @@ from processors.records import StageName
 from processors.runtime.stage import Emit, Record, Stage
 from processors.views.rows import Rows, view_roles
 from processors.views.store import Applied, ViewStore, open_store
+from processors.views.totals import recount_due
 from processors.workflow.workflow import Workflow
 
 
@@ -53,7 +54,7 @@ class Views(Stage):
         return self._store
 
     async def start(self) -> None:
-        self.store  # opens the database and creates the schema, or stops the stage with why  # noqa: B018
+        recount_due(self.store, self.rows.scope, self.rows.target)  # opens the database, or stops with why
 
     async def close(self) -> None:
         self.flush()

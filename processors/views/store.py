@@ -9,9 +9,10 @@ SQLite file, ``.local/views.db`` under the working folder. One schema serves bot
 transaction that also records, per topic partition, the last offset applied (``applied``), and
 it skips every record at or below that offset. So a record applied twice — a redelivery, the
 views stage and a command catching up at once, a batch retried after a crash — changes nothing,
-and the counters the report sums are exact. Whoever applies next starts from ``applied``
-(:meth:`ViewStore.positions`): the views stage seeks there on every assignment, a command that
-catches up reads from there (:mod:`.catch_up`). Writers are serialized: SQLite's
+and the counters the report sums are exact (the report's hours, :mod:`.totals`, are gathered
+per batch by :meth:`Writer.add_up` and written in the same transaction). Whoever applies next
+starts from ``applied`` (:meth:`ViewStore.positions`): the views stage seeks there on every
+assignment, a command that catches up reads from there (:mod:`.catch_up`). Writers are serialized: SQLite's
 ``BEGIN IMMEDIATE``, a transaction-scoped advisory lock on PostgreSQL; each batch's records of a
 partition run on from the offset the previous batch ended at, so what is applied stays contiguous.
 """
@@ -25,11 +26,11 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
-from sqlalchemy import Connection, Engine, Table, create_engine, event, select, text
+from sqlalchemy import Connection, Engine, Table, create_engine, event, inspect, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
-from processors.views.schema import applied, metadata
+from processors.views.schema import applied, metadata, recount_due, report_events, report_hours
 
 VIEWS_URL_ENV = "HANDOFF_VIEWS_URL"
 DEFAULT_PATH = Path(".local/views.db")
@@ -56,6 +57,7 @@ class Writer:
     def __init__(self, conn: Connection):
         self.conn = conn
         self._insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+        self._sums: dict[tuple[Table, tuple], dict[str, float]] = {}
 
     def add(self, table: Table, row: dict) -> bool:
         """Insert ``row`` unless its key is there; True when it was inserted."""
@@ -72,6 +74,21 @@ class Writer:
 
     def execute(self, statement) -> None:
         self.conn.execute(statement)
+
+    def add_up(self, table: Table, key: tuple, amounts: dict[str, float]) -> None:
+        """Add ``amounts`` (column → how much, negative to take away) to ``table``'s row at ``key`` (its
+        primary key's values, in order), when the batch ends: one statement per row however many
+        records of the batch touched it (:meth:`sum_up`)."""
+        sums = self._sums.setdefault((table, key), {})
+        for column, amount in amounts.items():
+            sums[column] = sums.get(column, 0) + amount
+
+    def sum_up(self) -> None:
+        """Write what :meth:`add_up` gathered: insert each row, or add to the one there."""
+        for (table, key), amounts in self._sums.items():
+            row = dict(zip((c.name for c in table.primary_key.columns), key)) | amounts
+            self.merge(table, row, lambda t, new: {c: t.c[c] + getattr(new, c) for c in amounts})
+        self._sums = {}
 
 
 Op = Callable[[Writer], None]
@@ -94,7 +111,13 @@ class ViewStore:
         self.url = url
         self.engine = _engine(url)
         with self._failing():
+            hours_missing = inspect(self.engine).has_table(report_events.name) and \
+                not inspect(self.engine).has_table(report_hours.name)
             metadata.create_all(self.engine)
+            if hours_missing:  # rows kept before the report's hours: work them out once (totals.recount_due)
+                with self.writing() as w:
+                    for (scope,) in w.conn.execute(select(report_events.c.scope).distinct()):
+                        w.add(recount_due, {"scope": scope})
 
     @contextmanager
     def _failing(self) -> Iterator[None]:
@@ -116,17 +139,27 @@ class ViewStore:
             rows = conn.execute(select(applied).where(applied.c.topic.in_(list(topics))))
             return {(r.topic, r.partition_id): r.last_offset for r in rows}
 
+    @contextmanager
+    def writing(self) -> Iterator[Writer]:
+        """One write transaction, serialized with every other writer's; committed when the block ends
+        without an error, with what :meth:`Writer.add_up` gathered."""
+        with self._failing(), self.engine.connect().execution_options(writing=True) as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(select(text(f"pg_advisory_xact_lock({PG_LOCK})")))
+            writer = Writer(conn)
+            yield writer
+            writer.sum_up()
+            conn.commit()
+
     def apply(self, batch: list[Applied]) -> int:
         """Write ``batch`` (records in offset order per partition) in one transaction, skipping what
         was applied before; returns how many records it applied."""
         if not batch:
             return 0
-        with self._failing(), self.engine.connect().execution_options(writing=True) as conn:
-            if conn.dialect.name == "postgresql":
-                conn.execute(select(text(f"pg_advisory_xact_lock({PG_LOCK})")))
+        with self.writing() as writer:
+            conn = writer.conn
             done = _last_offsets(conn, {(a.topic, a.partition) for a in batch})
             moved: dict[tuple[str, int], int] = {}
-            writer = Writer(conn)
             count = 0
             for record in batch:
                 where = (record.topic, record.partition)
@@ -139,7 +172,6 @@ class ViewStore:
             for (topic, partition), offset in moved.items():
                 writer.merge(applied, {"topic": topic, "partition_id": partition, "last_offset": offset},
                              lambda table, new: {"last_offset": new.last_offset})
-            conn.commit()
         return count
 
 
