@@ -16,7 +16,7 @@ from confluent_kafka import KafkaException
 from processors.cli.params import Bootstrap, WorkflowName, WorkflowsDir, fail, load, need_broker
 from processors.kafka import acls
 from processors.stages.access import PRINCIPAL, grants
-from processors.stages.registry import STAGES
+from processors.stages.registry import stages_for
 
 
 def acls_(workflow: WorkflowName,
@@ -28,11 +28,12 @@ def acls_(workflow: WorkflowName,
           apply: Annotated[bool, typer.Option("--apply", help="Create the ACLs through the admin client.")] = False,
           bootstrap: Bootstrap = None, workflows_dir: WorkflowsDir = None) -> None:
     """The ACLs each stage's principal needs: topics it reads and writes, its group, its transactional ids."""
-    stages = stage or list(STAGES)
-    unknown = sorted(set(stages) - set(STAGES))
-    if unknown:
-        raise fail(f"unknown stage {unknown[0]!r}; one of {', '.join(STAGES)}")
     flow, conf = load(workflow, bootstrap, workflows_dir)
+    runs = stages_for(flow)  # the stages this workflow runs (ground only with lookups)
+    stages = stage or runs
+    unknown = sorted(set(stages) - set(runs))
+    if unknown:
+        raise fail(f"{workflow} runs no stage {unknown[0]!r}; its stages: {', '.join(runs)}")
     needed = [grant for name in stages for grant in grants(flow, name, conf, principal)]
     if apply:
         need_broker(flow, conf)
