@@ -21,7 +21,7 @@ from confluent_kafka import TopicPartition
 from processors.clock import now_ms
 from processors.dev.bench_state import BULK
 from processors.kafka.read import IncompleteRead, reader, snapshot, watermarks
-from processors.kafka.topics import Role
+from processors.kafka.topics import Role, apply
 from processors.kafka.write import load
 from processors.offline.outputs import read
 from processors.ops.outcomes import send_outcome
@@ -221,3 +221,20 @@ def test_an_event_id_past_the_dedupe_window_is_forgotten_and_tombstoned(kafka, t
               "the tombstone of the expired entry", running=running)
         write(kafka, classified, [(b"k", item(workflow, kafka, "once"))], partition=0)
         until(lambda: reviews(kafka, workflow)["once"] == 2, "the same event id, settled again", running=running)
+
+
+def test_local_files_of_a_recreated_changelog_are_not_trusted(kafka, tmp_path):
+    """A store's files checkpointed against a changelog that was since deleted and created again (or
+    belong to another cluster) are wiped: the new log is the truth."""
+    workflow = deployed("support_ticket", kafka)
+    classified, seen = workflow.spec(Role.classified), workflow.spec(Role.seen)
+    with Running(Validate(workflow), workflow, kafka, state_dir=tmp_path / "v") as running:
+        write(kafka, classified.name, [(b"k", item(workflow, kafka, f"e{i}")) for i in range(5)], partition=0)
+        until(lambda: len(reviews(kafka, workflow)) == 5, "5 settled items", running=running)
+    admin = kafka.admin()
+    admin.delete_topics([seen.name], operation_timeout=30)[seen.name].result()
+    until(lambda: seen.name not in admin.list_topics(timeout=10).topics, "the changelog deleted")
+    apply(admin, [seen])
+    with Running(Validate(workflow), workflow, kafka, state_dir=tmp_path / "v") as running:
+        write(kafka, classified.name, [(b"k", item(workflow, kafka, "e0"))], partition=0)
+        until(lambda: reviews(kafka, workflow)["e0"] == 2, "e0 settled again", running=running)

@@ -43,12 +43,16 @@ from processors.ops.review_queue import ReviewQueue, line
 from processors.ops.summary import collect
 from processors.pipeline import Pipeline
 from processors.records import Decision, Outcome, ReviewReason, VerdictKind
+from processors.runtime.options import STATE_DIR_ENV
+from processors.views.store import VIEWS_URL_ENV
 from processors.workflow.workflow import Workflow, load_workflow
 
 WORKFLOWS = {"support_ticket": "datasets/tickets.jsonl", "banking77": "datasets/queries.jsonl"}
 DRAIN_TIMEOUT_S = 300
 DEMO_BROKER_DIR = Path(".local/demo-kafka")
 DEMO_CORRECTIONS = Path(".local/demo-corrections")
+DEMO_STATE_DIR = Path(".local/demo-state")
+DEMO_VIEWS = Path(".local/demo-views.db")
 QUEUE_LINES = 5
 
 
@@ -194,7 +198,11 @@ def main() -> None:
         settings = KafkaSettings(namespace=f"demo{int(time.time())}")
         wait_for_broker(settings.bootstrap_servers, 30)
         sys.exit(0 if run_demo(settings) else 1)
-    shutil.rmtree(DEMO_BROKER_DIR, ignore_errors=True)  # a fresh broker: the counts are this run's alone
+    for folder in (DEMO_BROKER_DIR, DEMO_STATE_DIR):  # a fresh broker and fresh stores: the counts are this run's alone
+        shutil.rmtree(folder, ignore_errors=True)
+    DEMO_VIEWS.unlink(missing_ok=True)
+    os.environ[STATE_DIR_ENV] = str(DEMO_STATE_DIR)
+    os.environ[VIEWS_URL_ENV] = f"sqlite:///{DEMO_VIEWS}"
     broker = LocalKafka(DEMO_BROKER_DIR, free_port())
     say("starting a local Kafka broker (first run downloads it from Maven Central)...")
     bootstrap = broker.start(timeout=180)

@@ -23,9 +23,9 @@ from processors.kafka.settings import ClientKind, KafkaSettings
 SETTLE_POLL_S = 0.2
 
 
-def settled(settings: KafkaSettings, topic: str, partitions: list[int], timeout_s: float) -> dict[int, int]:
-    """Wait until no transaction is open on ``partitions`` (see the module docstring); their low watermarks
-    (where the changelog starts now). :class:`IncompleteRead` if one is still open after ``timeout_s``."""
+def settled(settings: KafkaSettings, topic: str, partitions: list[int], timeout_s: float) -> dict[int, tuple[int, int]]:
+    """Wait until no transaction is open on ``partitions`` (see the module docstring); their watermarks
+    (where the changelog starts and ends now). :class:`IncompleteRead` if one is still open after ``timeout_s``."""
     committed, everything = reader(settings), Consumer(settings.config(ClientKind.consumer, **{
         "group.id": READER_GROUP, "isolation.level": "read_uncommitted", "enable.auto.commit": False}))
     deadline = time.monotonic() + timeout_s
@@ -34,7 +34,7 @@ def settled(settings: KafkaSettings, topic: str, partitions: list[int], timeout_
         while open_:
             marks = {p: watermarks(committed, TopicPartition(topic, p)) for p in open_}
             high = {p: watermarks(everything, TopicPartition(topic, p))[1] for p in open_}
-            lows |= {p: low for p, (low, _) in marks.items()}
+            lows |= marks
             open_ = [p for p in open_ if marks[p][1] < high[p]]
             if open_ and time.monotonic() >= deadline:
                 raise IncompleteRead(topic, [PartitionProgress(partition=p, reached=marks[p][1], target=high[p])

@@ -28,8 +28,9 @@ error (:class:`~processors.kafka.read.IncompleteRead`), each record applied. A r
 reads only the tail written since its last checkpoint; a partition new to this instance reads its
 changelog partition whole, and no instance reads a partition it does not own. Local files that cannot
 be trusted are wiped and restored from the start: a checkpoint before the changelog's first offset (the
-topic was truncated or recreated), or one older than ``delete.retention.ms`` (a tombstone written since
-may have been compacted away, so a deleted entry would come back).
+topic was truncated), at or past its end (the files belong to another cluster or to the topic before it
+was recreated), or one older than ``delete.retention.ms`` (a tombstone written since may have been
+compacted away, so a deleted entry would come back).
 
 **Release.** On revoke (after the revoke's commit and checkpoint) and on loss (or a lost transaction)
 the runtime calls :meth:`Store.release`: the pending layer is dropped unwritten and the files closed;
@@ -208,11 +209,11 @@ class Store(Table, Generic[Entry]):
         context = self._context
         name = context.changelog.name
         deadline = time.monotonic() + self.restore_timeout_s
-        lows = settled(context.settings, name, partitions, self.restore_timeout_s)
+        marks = settled(context.settings, name, partitions, self.restore_timeout_s)
         starts = {}
         with self._lock:
             for p in partitions:
-                part = self._open(p, lows[p])
+                part = self._open(p, *marks[p])
                 self._partitions[p] = part
                 starts[p] = part.checkpoint + 1
         read = 0
@@ -282,7 +283,7 @@ class Store(Table, Generic[Entry]):
 
     # ---- files ---------------------------------------------------------------------------------
 
-    def _open(self, partition: int, log_start: int) -> _Partition[Entry]:
+    def _open(self, partition: int, log_start: int, log_end: int) -> _Partition[Entry]:
         """The partition's files, or fresh ones when they cannot be trusted (see Restore)."""
         path = self._context.directory / str(partition)
         db = Rdict(str(path), Options(raw_mode=True))
@@ -291,9 +292,12 @@ class Store(Table, Generic[Entry]):
             return _Partition(db=db)
         checkpoint, written_ms = _CHECKPOINT.unpack(meta)
         stale = now_ms() - written_ms > self._delete_retention_ms
-        if checkpoint + 1 < log_start or stale:
-            log.warning("%s[%d]: local state %s; restoring it from the start of the changelog", self.topic,
-                        partition, "older than delete.retention.ms" if stale else "behind the changelog's start")
+        elsewhere = checkpoint >= log_end  # the log never reached it: another cluster, or the topic recreated
+        if checkpoint + 1 < log_start or stale or elsewhere:
+            log.warning("%s[%d]: local state %s; restoring it from the start of the changelog", self.topic, partition,
+                        "older than delete.retention.ms" if stale else
+                        "past the changelog's end (another incarnation of the topic)" if elsewhere else
+                        "behind the changelog's start")
             db.close()
             shutil.rmtree(path)
             return _Partition(db=Rdict(str(path), Options(raw_mode=True)))
