@@ -63,12 +63,25 @@ def test_sigkill_mid_stream_then_restart_loses_nothing(kafka, receiver, tmp_path
 
 
 def run_to_the_end(proc: subprocess.Popen, kafka, workflow, triggers: int, log: Path) -> None:
-    """Wait until every trigger is placed, let what is still in flight land (so duplicates would show),
-    then SIGTERM: the process drains and exits cleanly."""
-    wait_for(lambda: collect(workflow, kafka).placed == triggers, 240, "every ticket to be placed", proc)
+    """Wait until every trigger is placed and every decision's actions were executed (execute may be
+    the last stage to resume after an outage), let what is still in flight land (so duplicates would
+    show), then SIGTERM: the process drains and exits cleanly."""
+    wait_for(lambda: executed_all(collect(workflow, kafka), triggers), 240,
+             "every ticket to be placed and its actions executed", proc)
     time.sleep(2)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(60) == 0, log.read_text()[-3000:]
+
+
+def executed_all(summary, triggers: int) -> bool:
+    """Every trigger placed, and every decision's actions executed (support_ticket: notify_team for each,
+    open_escalation for each escalation), counting repeats under at_least_once."""
+    done = Counter()
+    for key, n in summary.executions.items():
+        done[key.split()[0]] += n
+    escalations = sum(1 for route in summary.decided.values() if route == "escalation")
+    return (summary.placed == triggers and done["notify_team"] >= len(summary.decided)
+            and done["open_escalation"] >= escalations)
 
 
 def assert_placed_once(kafka, receiver, workflow, guarantee: str, triggers: int) -> None:
