@@ -16,7 +16,9 @@ import pytest
 from processors.avro.serde import AvroSerde
 from processors.kafka.read import count, snapshot
 from processors.kafka.topics import Role
+from processors.offline.outputs import read
 from processors.ops.summary import collect
+from processors.records import Execution
 from tests.conftest import SECRET, deployed, produce, tickets
 
 
@@ -66,22 +68,20 @@ def run_to_the_end(proc: subprocess.Popen, kafka, workflow, triggers: int, log: 
     """Wait until every trigger is placed and every decision's actions were executed (execute may be
     the last stage to resume after an outage), let what is still in flight land (so duplicates would
     show), then SIGTERM: the process drains and exits cleanly."""
-    wait_for(lambda: executed_all(collect(workflow, kafka), triggers), 240,
+    wait_for(lambda: executed_all(kafka, workflow, collect(workflow, kafka), triggers), 240,
              "every ticket to be placed and its actions executed", proc)
     time.sleep(2)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(60) == 0, log.read_text()[-3000:]
 
 
-def executed_all(summary, triggers: int) -> bool:
+def executed_all(kafka, workflow, summary, triggers: int) -> bool:
     """Every trigger placed, and every decision's actions executed (support_ticket: notify_team for each,
-    open_escalation for each escalation), counting repeats under at_least_once."""
-    done = Counter()
-    for key, n in summary.executions.items():
-        done[key.split()[0]] += n
-    escalations = sum(1 for route in summary.decided.values() if route == "escalation")
-    return (summary.placed == triggers and done["notify_team"] >= len(summary.decided)
-            and done["open_escalation"] >= escalations)
+    open_escalation for each escalation), by idempotency key: repeats under at_least_once count once."""
+    keys = {execution.idempotency_key for execution in read(workflow, kafka, "executions", Execution)}
+    wanted = {f"{e}:notify_team" for e in summary.decided} | {
+        f"{e}:open_escalation" for e, route in summary.decided.items() if route == "escalation"}
+    return summary.placed == triggers and wanted <= keys
 
 
 def assert_placed_once(kafka, receiver, workflow, guarantee: str, triggers: int) -> None:
