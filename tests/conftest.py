@@ -45,6 +45,44 @@ def _docker_answers() -> bool:
         return False
 
 
+SLOW_FIRST = ("test_liveness.py", "test_recovery.py", "test_security.py", "test_approval_recovery.py",
+              "test_views.py", "test_state.py")
+"""Run first, so that under xdist (``make test``: two workers, whole modules each) the longest modules
+start at once rather than last, and the two workers end together."""
+
+
+_BROKER = pytest.StashKey[tuple]()
+
+
+def pytest_configure(config):
+    """Under xdist, the controller starts the one local broker every worker shares (workers inherit
+    ``KAFKA_BOOTSTRAP_SERVERS``; each test's topics live in a namespace of its own)."""
+    if os.environ.get("PYTEST_XDIST_WORKER") or not getattr(config.option, "numprocesses", None):
+        return
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or _docker_answers():
+        return
+    folder = Path(tempfile.mkdtemp(prefix="handoff-kafka-"))
+    broker = LocalKafka(folder, free_port())
+    try:
+        os.environ["KAFKA_BOOTSTRAP_SERVERS"] = broker.start(timeout=180)
+    except LocalKafkaError as exc:
+        pytest.exit(f"no Kafka broker for the tests: the local JVM broker failed: {exc}", returncode=1)
+    config.stash[_BROKER] = (broker, folder)
+
+
+def pytest_unconfigure(config):
+    broker, folder = config.stash.get(_BROKER, (None, None))
+    if broker is not None:
+        broker.stop()
+        os.environ.pop("KAFKA_BOOTSTRAP_SERVERS", None)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(SLOW_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
 @pytest.fixture(scope="session")
 def kafka_bootstrap(tmp_path_factory):
     if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):

@@ -16,9 +16,14 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route as HttpRoute
 
 from processors.dev.loopback import LoopbackServer
-from processors.dev.tool_server import ToolServerThread
+from processors.control.store import ControlStore
+from processors.dev.tool_server import PLANS, ToolServerThread
 from processors.kafka.read import count, snapshot
 from processors.kafka.topics import Role
+from processors.offline.replay.lookups import LookupSource, recorded
+from processors.offline.replay.request import ReplayRequest, run_replay
+from processors.offline.replay.selection import Selection, select
+from processors.offline.replay.shadow import shadow
 from processors.offline.runner import OfflineRunner
 from processors.providers.scripted import ScriptedProvider
 from processors.records import GroundedEvent, ReviewReason
@@ -72,7 +77,7 @@ def env(records, monkeypatch):
 
 
 def test_a_grounded_ticket_renders_the_plan_and_recent_tickets_and_the_trace_holds_the_lookups(
-        kafka, tmp_path, records, env):
+        kafka, tmp_path, records, env, monkeypatch):
     root = grounded_root(tmp_path, LOOKUPS, ["lookups.plan.plan", "lookups.history.tickets"])
     workflow = deployed("support_ticket", kafka, root)
     assert stages_for(workflow)[0] == "ground"
@@ -103,6 +108,28 @@ def test_a_grounded_ticket_renders_the_plan_and_recent_tickets_and_the_trace_hol
     items = [workflow.spec(Role.classified).serde(kafka).decode(m.value())
              for m in snapshot(kafka, workflow.spec(Role.classified).name)]
     assert all(orjson.loads(i["lookups"])["history"]["tickets"] for i in items), "the work item keeps the context"
+
+    # A replay reuses what the lookups returned (only the prompt differs), or looks up again (the data now).
+    monkeypatch.setitem(PLANS, "C-1002", "enterprise")
+    selected = select(workflow, kafka, Selection.parse(start="2000-01-01"))
+    reused = recorded(workflow, kafka, LookupSource.recorded, {o.event_id for o in selected.originals})
+    assert set(reused) == {t["event_id"] for t in sample}
+    for source in LookupSource:
+        calls, replayer = records.service.calls.copy(), ScriptedProvider()
+        report = asyncio.run(shadow(workflow, kafka, selected, VERSION, replayer, f"r-{source}",
+                                    reused=reused if source == LookupSource.recorded else {}))
+        plans = {r.event_id: r.user.split("lookups.plan.plan: ")[1].split()[0] for r in replayer.requests}
+        assert len(report.changes) == len(sample)
+        if source == LookupSource.recorded:
+            assert records.service.calls == calls, "recorded lookups call no tool"
+            assert sorted(plans.values()) == ["enterprise"] * 3 + ["pro"] * 3, "what the model saw the first time"
+        else:
+            assert records.service.calls["recent_tickets"] == calls["recent_tickets"] + len(sample)
+            assert set(plans.values()) == {"enterprise"}, "what the system of record says now"
+    store = ControlStore(kafka, workflow)
+    said = run_replay(store, ReplayRequest(selection=Selection.parse(start="2000-01-01"), prompt_version=VERSION,
+                                           lookups=LookupSource.recorded), print).render()
+    assert f"lookups: {len(sample)} events reused their recorded results" in said
 
 
 def test_a_prompt_input_naming_no_declared_lookup_is_refused_at_load(tmp_path, env):

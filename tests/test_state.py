@@ -40,6 +40,7 @@ from processors.records import (
     SeenEvent,
     WorkItem,
 )
+from processors.runtime.dead_letter import Header
 from processors.runtime.options import RuntimeOptions
 from processors.runtime.runtime import StageRuntime
 from processors.stages.execute import Execute
@@ -191,6 +192,32 @@ def test_an_action_done_deep_in_history_is_not_done_again(kafka, receiver, tmp_p
     assert execution.status == "already_done"
     assert not read(workflow, kafka, "notifications", Notification), "the action did not run again"
     assert not receiver.applied
+
+
+def test_a_ledger_entry_of_an_uncommitted_request_is_redone_under_at_least_once(kafka, receiver, tmp_path):
+    """A crash under at_least_once can leave a record's ledger entry in the changelog and its notification
+    nowhere (each output is acknowledged on its own). The record was not committed, so it runs again: the
+    restore must skip the entry written for it, or the action answers already_done and never notifies."""
+    workflow = deployed("support_ticket", kafka)
+    done, actions = workflow.spec(Role.actions_done).name, workflow.spec(Role.actions).name
+    key = "crashed:notify_team"
+    entry = ActionDone(idempotency_key=key, event_id="crashed", action="notify_team", executed_at_ms=now_ms())
+    producer = kafka.producer()
+    producer.produce(done, key=key.encode(), value=encoded(workflow, kafka, Role.actions_done, entry), partition=0,
+                     headers=[(Header.source_offset, b"0")])  # written for the request at offset 0 below
+    producer.flush(30)
+    decision = Decision(event_id="crashed", workflow=workflow.name, route="billing", rule="r", label="billing",
+                        confidence=0.9, answer="{}", event="{}", prompt=PromptRef(name="p", version="v"), model="m",
+                        decided_at_ms=now_ms())
+    request = ActionRequest(event_id="crashed", workflow=workflow.name, action="notify_team", idempotency_key=key,
+                            arguments=orjson.dumps({"team": "billing", "ticket_id": "t"}).decode(), route="billing",
+                            decision=decision, requested_at_ms=now_ms())
+    write(kafka, actions, [(key.encode(), encoded(workflow, kafka, Role.actions, request))], partition=0)
+    with Running(Execute(workflow), workflow, kafka, state_dir=tmp_path / "x") as running:
+        until(lambda: read(workflow, kafka, "executions", Execution), "the execution record", running=running)
+    [execution] = read(workflow, kafka, "executions", Execution)
+    assert execution.status == "done", "the entry of the uncommitted request was skipped on restore"
+    assert [n.idempotency_key for n in read(workflow, kafka, "notifications", Notification)] == [key]
 
 
 def test_an_outcome_whose_decision_is_deep_in_history_is_joined(kafka, tmp_path):

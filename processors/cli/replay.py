@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from processors.cli.params import Bootstrap, WorkflowName, WorkflowsDir, control_store, fail
+from processors.offline.replay.lookups import LookupSource
 from processors.offline.replay.report import ReplayMode
 from processors.offline.replay.request import GateMissed, ReplayRequest, run_replay
 from processors.offline.replay.selection import Selection
@@ -25,6 +26,10 @@ def replay(workflow: WorkflowName,
                                                                           "(default: generated).")] = None,
            show_events: Annotated[bool, typer.Option("--show-events", help="List every changed event, "
                                                                           "not the first 20.")] = False,
+           lookups: Annotated[LookupSource, typer.Option(help="again: ground the events anew (what the systems "
+                                                              "of record say now); recorded: reuse what their lookups "
+                                                              "returned last time, so only the prompt differs.")]
+           = LookupSource.again,
            wait: Annotated[float, typer.Option(help="live: wait up to SECONDS for the running stages to settle "
                                                     "every re-injected event, then report what changed.")] = 0.0,
            bootstrap: Bootstrap = None, workflows_dir: WorkflowsDir = None) -> None:
@@ -34,7 +39,7 @@ def replay(workflow: WorkflowName,
     its eval suite first, the same gate as ``prompt promote``."""
     store = control_store(workflow, bootstrap, workflows_dir)
     try:
-        request = ReplayRequest(mode=ReplayMode(mode), prompt_version=prompt_version, wait=wait,
+        request = ReplayRequest(mode=ReplayMode(mode), prompt_version=prompt_version, wait=wait, lookups=lookups,
                                 selection=Selection.parse(start=start, end=end, offsets=offsets, source=source),
                                 **({"replay_id": replay_id} if replay_id else {}))
         done = run_replay(store, request, typer.echo)

@@ -46,6 +46,7 @@ from processors.records import (
     LABELS_FIELD,
     ControlState,
     Decision,
+    GroundedEvent,
     PromptRef,
     ReviewItem,
     ReviewReason,
@@ -122,10 +123,12 @@ class OfflineRunner:
         event = {k: v for k, v in row.items() if k != LABELS_FIELD}
         return self.contract.encode(event, self.trigger_topic, check=True)
 
-    async def run(self, rows: Iterable[dict], *, concurrency: int = 32, progress: bool | str = False) -> list[OfflineResult]:
+    async def run(self, rows: Iterable[dict], *, concurrency: int = 32, progress: bool | str = False,
+                  grounded: dict[str, GroundedEvent] | None = None) -> list[OfflineResult]:
         """Every row's result, in input order. Up to ``concurrency`` events are in flight at once
         (the model calls overlap; the stages themselves are the pipeline's). ``progress`` shows a
-        tqdm bar (a string is its description). Rows are checked against the contract first."""
+        tqdm bar (a string is its description). Rows are checked against the contract first.
+        ``grounded``: by event id, recorded lookups that take ground's place (a replay's choice)."""
         triggers = [self.encode(row) for row in rows]
         stages = self._stages()
         gate = asyncio.Semaphore(concurrency)
@@ -134,7 +137,7 @@ class OfflineRunner:
 
         async def one(offset: int, raw: bytes) -> OfflineResult:
             async with gate:
-                result = await self._run_one(stages, offset, raw)
+                result = await self._run_one(stages, offset, raw, grounded or {})
             bar.update()
             return result
 
@@ -160,13 +163,16 @@ class OfflineRunner:
             by_role |= {Role.triggers: Ground(self.workflow, self.control), Role.grounded: classify}
         return {self.workflow.spec(role).name: stage for role, stage in by_role.items()}
 
-    async def _run_one(self, stages: dict[str, Stage], offset: int, raw: bytes) -> OfflineResult:
+    async def _run_one(self, stages: dict[str, Stage], offset: int, raw: bytes,
+                       grounded: dict[str, GroundedEvent]) -> OfflineResult:
         event = self.contract.decode(raw)
         event_id = str(dotted(event, self.workflow.trigger.event_id))
         key = str(dotted(event, self.workflow.trigger.key)).encode()
         trail = _Trail()
-        queue = deque([Record(topic=self.trigger_topic, partition=0, offset=offset, key=key, value=event,
-                              timestamp_ms=now_ms())])
+        first = (Record(topic=self.workflow.spec(Role.grounded).name, partition=0, offset=offset, key=key,
+                        value=grounded[event_id].model_dump(), timestamp_ms=now_ms()) if event_id in grounded else
+                 Record(topic=self.trigger_topic, partition=0, offset=offset, key=key, value=event, timestamp_ms=now_ms()))
+        queue = deque([first])
         try:
             while queue:
                 record = queue.popleft()

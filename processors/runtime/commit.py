@@ -141,6 +141,11 @@ class Committer(ABC):
     """When the broker refuses one output for what it is (too large, invalid: ``limits.REFUSED``), the
     runtime produces a dead letter of its input in its place, which acks the record when delivered."""
 
+    changelog_may_lead = False
+    """True when a record's changelog entry can be in the log while the record's other outputs are not
+    (each output is acknowledged on its own): a restore must then skip the entries of records at or past
+    the committed offset, which run again and write them anew (:meth:`Table.assign`)."""
+
     def __init__(self) -> None:
         self.producer: Producer | None = None
         self.consumer: Consumer | None = None
@@ -202,6 +207,8 @@ class Committer(ABC):
 
 class AtLeastOnceCommitter(Committer):
     """Commit what the broker acknowledged (module docstring: **at_least_once**)."""
+
+    changelog_may_lead = True
 
     def flush_dead_letters(self) -> None:
         """Flush the producer (up to :data:`TIMEOUT_S`): the dead letters are durable before the tick's

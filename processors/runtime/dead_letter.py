@@ -41,6 +41,8 @@ class Header(StrEnum):
     """The exception's message, cut at 1,000 characters."""
     attempts = "handoff.attempts"
     first_failure_ms = "handoff.first.failure.ms"
+    source_offset = "handoff.source.offset"
+    """On a state store's changelog record: the offset of the input record whose processing wrote it."""
     value_truncated = "handoff.value.truncated"
     """Set when the value was cut to fit the dead-letter topic: the original value's length in bytes.
     Such a dead letter cannot be replayed; its headers say where the whole record is."""

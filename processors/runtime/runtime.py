@@ -91,6 +91,7 @@ from pydantic import BaseModel
 from processors.avro.serde import DecodeError
 from processors.clock import now_ms
 from processors.kafka.acls import AccessDenied
+from processors.kafka.read import watermarks
 from processors.kafka.settings import KafkaSettings
 from processors.kafka.topics import Role, TopicSpec, topic_name
 from processors.records import Original
@@ -428,7 +429,7 @@ class StageRuntime:
         delivered = self.committer.delivery(book, offset)
         table = self._changelogs.get(out.topic)
         if table is not None:
-            delivered = self._changelog_delivery(delivered, table)
+            delivered = self._changelog_delivery(delivered, table, None if out.source is None else out.source.offset())
         if not self.committer.refusals_dead_lettered:
             return delivered
 
@@ -441,14 +442,15 @@ class StageRuntime:
 
         return on_delivery
 
-    def _changelog_delivery(self, delivered, table: Table):
-        """Tell ``table`` where the broker put its changelog record (the store's checkpoint needs it); a
-        producer dropped by a start-over reports nothing (its records were aborted)."""
+    def _changelog_delivery(self, delivered, table: Table, source: int | None):
+        """Tell ``table`` where the broker put its changelog record, written for the input record at
+        ``source`` (the store's checkpoint needs both); a producer dropped by a start-over reports
+        nothing (its records were aborted)."""
         producer = self.producer
 
         def on_delivery(err, msg) -> None:
             if err is None and producer is self.producer:
-                table.delivered(msg.partition(), msg.key(), msg.offset(), msg.value())
+                table.delivered(msg.partition(), msg.key(), msg.offset(), msg.value(), source)
             delivered(err, msg)
 
         return on_delivery
@@ -496,7 +498,8 @@ class StageRuntime:
         try:
             self.committer.commit(books, moment)
             for table in self.tables:
-                table.checkpoint(None if partitions is None else self._numbers(partitions, table))
+                table.checkpoint({p: books[(self.topics[table.source].name, p)].committed_to
+                                  for p in self._numbers(books, table)})
         except TransactionLost as lost:
             if moment is Moment.shutdown:
                 log.warning("stage %s: %s at shutdown; the next owner redoes the uncommitted records",
@@ -512,7 +515,8 @@ class StageRuntime:
         for table in self.tables:  # the stage's state, before any record of the new partitions
             numbers = self._numbers(assigned, table)
             started = time.monotonic()
-            read = table.assign(numbers)
+            read = table.assign(numbers, self._resumes(consumer, table, numbers)
+                                if self.committer.changelog_may_lead and numbers else None)
             if numbers:
                 log.info("stage %s: restored %s partitions %s: %d changelog records in %.2fs", self.stage.name,
                          table.topic, numbers, read, time.monotonic() - started)
@@ -528,6 +532,17 @@ class StageRuntime:
                     self._partitions[tp].released_to = self._partitions[tp].acked_to = start
         consumer.resume(partitions)  # librdkafka kept the pause of a partition paused before its revoke
         self.health.restored()
+
+    def _resumes(self, consumer, table: Table, numbers: list[int]) -> dict[int, int]:
+        """Where the input of ``table``'s partitions ``numbers`` resumes: the stage's own positions, else
+        the group's committed offsets, else (nothing committed) the oldest record the partition has."""
+        source = self.topics[table.source].name
+        kept = self.stage.positions([(source, p) for p in numbers])
+        resumes = {}
+        for tp in consumer.committed([TopicPartition(source, p) for p in numbers], timeout=TIMEOUT_S):
+            start = kept.get((source, tp.partition), tp.offset)
+            resumes[tp.partition] = start if start >= 0 else watermarks(consumer, tp)[0]
+        return resumes
 
     def _numbers(self, partitions, table: Table) -> list[int]:
         """The partition numbers of ``table``'s source topic among ``partitions`` (topic, partition)."""
@@ -623,8 +638,11 @@ class StageRuntime:
         serde = spec.serde(self.settings)
         value = emit.value.model_dump() if isinstance(emit.value, BaseModel) else emit.value
         key = emit.key.encode() if isinstance(emit.key, str) else emit.key
-        return Output(spec.name, key, None if value is None else serde.encode(value, spec.name),
-                      [(k, v.encode()) for k, v in emit.headers.items()], source, emit.partition)
+        headers = [(k, v.encode()) for k, v in emit.headers.items()]
+        if source is not None and spec.name in self._changelogs:
+            headers.append((Header.source_offset, str(source.offset()).encode()))
+        return Output(spec.name, key, None if value is None else serde.encode(value, spec.name), headers, source,
+                      emit.partition)
 
     def _within_limits(self, out: Output) -> Output:
         """``out`` (a tick's), or its dead letter when it is over its size limit."""

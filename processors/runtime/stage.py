@@ -118,18 +118,23 @@ class Table(ABC):
         """Where the table's files and changelog are. Before it, the table lives in memory only (offline runs)."""
 
     @abstractmethod
-    def assign(self, partitions: list[int]) -> int:
+    def assign(self, partitions: list[int], resumes: dict[int, int] | None = None) -> int:
         """Open and restore ``partitions`` from the changelog (what the local files lack, up to the end);
-        return how many changelog records were read. What it raises stops the stage (a stage must not
-        run on state it could not read)."""
+        return how many changelog records were read. ``resumes`` (under at_least_once) is where each
+        partition's input resumes: an entry written for an input record at or past it is skipped, since
+        that record runs again (its other outputs may never have been written). What it raises stops
+        the stage (a stage must not run on state it could not read)."""
 
     @abstractmethod
-    def delivered(self, partition: int, key: bytes, offset: int, value: bytes | None) -> None:
-        """The broker acknowledged the changelog record ``key`` of ``partition`` at ``offset``."""
+    def delivered(self, partition: int, key: bytes, offset: int, value: bytes | None, source: int | None) -> None:
+        """The broker acknowledged the changelog record ``key`` of ``partition`` at ``offset``, written
+        for the input record at offset ``source`` of the same partition (None: by a tick)."""
 
     @abstractmethod
-    def checkpoint(self, partitions: list[int] | None = None) -> None:
-        """A commit succeeded: what was acknowledged before it is now part of the log for good."""
+    def checkpoint(self, committed: dict[int, int | None]) -> None:
+        """A commit succeeded, leaving each partition's input committed up to the offset given (None:
+        never): what was acknowledged for the records before it (and by ticks) is part of the log for
+        good; what belongs to later records waits, as those may still run again."""
 
     @abstractmethod
     def release(self, partitions: list[int]) -> None:

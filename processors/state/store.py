@@ -14,17 +14,23 @@ with them: in the same transaction under ``exactly_once``, acknowledged before t
 committed under ``at_least_once``. When the broker acknowledges it, the runtime calls
 :meth:`Store.delivered` with its offset and bytes.
 
-**Checkpoint.** After each commit that succeeded the runtime calls :meth:`Store.checkpoint`: every
-pending change acknowledged by then goes into the partition's RocksDB in one write batch, with the
-highest changelog offset written (the checkpoint). The local store is therefore never ahead of the
-log: under exactly_once a change is acknowledged inside the open transaction, and the checkpoint
-follows the commit that published it; under at_least_once acknowledged is durable. A crash between
-two checkpoints leaves the files behind the log, never ahead of it.
+**Checkpoint.** After each commit that succeeded the runtime calls :meth:`Store.checkpoint` with the
+offset each partition's input is now committed to: every pending change acknowledged by then, and
+written for an input record before that offset (or by a tick), goes into the partition's RocksDB in
+one write batch, with the highest changelog offset written (the checkpoint). The local store is
+therefore never ahead of the log, nor of the input: under exactly_once a change is acknowledged
+inside the open transaction, and the checkpoint follows the commit that published it with its input
+offsets; under at_least_once acknowledged is durable, but a record's other outputs may not be yet
+(the effects ledger's entry acknowledged, the notification it guards not), so its change waits until
+its offset is committed. A crash between two checkpoints leaves the files behind, never ahead.
 
 **Restore.** On assignment the runtime calls :meth:`Store.assign`: each partition's RocksDB is opened
 (created empty when this instance never had the partition) and the changelog partition read from the
 checkpoint + 1 to its end, once no transaction is open on it (:mod:`.changelog`), all of it or an
-error (:class:`~processors.kafka.read.IncompleteRead`), each record applied. A restart
+error (:class:`~processors.kafka.read.IncompleteRead`), each record applied — under at_least_once
+all but those written for input records at or past where the input resumes (the runtime says where,
+from each record's ``handoff.source.offset`` header): those records run again and write their entries
+anew, so an action whose notification was lost in a crash is not answered ``already_done``. A restart
 reads only the tail written since its last checkpoint; a partition new to this instance reads its
 changelog partition whole, and no instance reads a partition it does not own. Local files that cannot
 be trusted are wiped and restored from the start: a checkpoint before the changelog's first offset (the
@@ -52,6 +58,7 @@ empty (the expiry index); ``m`` → the checkpoint offset and when it was writte
 
 from __future__ import annotations
 
+import itertools
 import logging
 import shutil
 import struct
@@ -67,6 +74,7 @@ from rocksdict import Options, Rdict, WriteBatch
 from processors.avro.serde import AvroSerde
 from processors.clock import now_ms
 from processors.kafka.read import records
+from processors.runtime.dead_letter import Header
 from processors.runtime.stage import Emit, Table, TableContext
 from processors.state.changelog import settled
 
@@ -89,11 +97,13 @@ class StoreUnusable(RuntimeError):
 
 @dataclass
 class _Change(Generic[Entry]):
-    """One pending change: the entry (None: deleted), and once acknowledged, where and what the log has."""
+    """One pending change: the entry (None: deleted), and once acknowledged, where and what the log has,
+    and which input record wrote it (None: a tick)."""
 
     entry: Entry | None
     offset: int | None = None
     value: bytes | None = None
+    source: int | None = None
 
 
 @dataclass
@@ -204,7 +214,7 @@ class Store(Table, Generic[Entry]):
         self._delete_retention_ms = _delete_retention_ms(context)
         context.directory.mkdir(parents=True, exist_ok=True)
 
-    def assign(self, partitions: list[int]) -> int:
+    def assign(self, partitions: list[int], resumes: dict[int, int] | None = None) -> int:
         """Open each partition's files and read the changelog from its checkpoint to the end (Restore)."""
         context = self._context
         name = context.changelog.name
@@ -222,9 +232,10 @@ class Store(Table, Generic[Entry]):
         for msg in records(context.settings, name, max(0.0, deadline - time.monotonic()), starts=starts):
             p = msg.partition()
             values = latest.setdefault(p, {})
-            values[msg.key()] = msg.value()
             last[p] = msg.offset()
             read += 1
+            if resumes is None or _source(msg) < resumes.get(p, 0):
+                values[msg.key()] = msg.value()
             if len(values) >= RESTORE_BATCH:
                 self._restored(p, latest.pop(p), last[p])
         for p, values in latest.items():
@@ -239,35 +250,41 @@ class Store(Table, Generic[Entry]):
             self._apply(part.db, batch, key, value)
         self._write(partition, batch, offset)
 
-    def delivered(self, partition: int, key: bytes, offset: int, value: bytes | None) -> None:
+    def delivered(self, partition: int, key: bytes, offset: int, value: bytes | None, source: int | None) -> None:
         with self._lock:
             part = self._partitions.get(partition)
             changes = part.pending.get(key.decode()) if part is not None else None
             if changes:  # changes of one key are produced, and acknowledged, in the order they were made
                 change = next((c for c in changes if c.offset is None), None)
                 if change is not None:
-                    change.offset, change.value = offset, value
+                    change.offset, change.value, change.source = offset, value, source
 
-    def checkpoint(self, partitions: list[int] | None = None) -> None:
-        """Write every acknowledged pending change of ``partitions`` (default all) in one batch each (Checkpoint)."""
+    def checkpoint(self, committed: dict[int, int | None]) -> None:
+        """Write the pending changes of each partition that are acknowledged and whose input record is
+        before its committed offset (or that a tick wrote), in one batch per partition (Checkpoint)."""
         with self._lock:
-            for p in self._partitions if partitions is None else partitions:
+            for p, upto in committed.items():
                 part = self._partitions.get(p)
                 if part is None or part.db is None:
                     continue
-                batch, last = WriteBatch(raw_mode=True), part.checkpoint
+                batch, last, held = WriteBatch(raw_mode=True), part.checkpoint, None
                 for key in list(part.pending):
                     changes = part.pending[key]
-                    done = [c for c in changes if c.offset is not None]
+                    done = list(itertools.takewhile(lambda c: c.offset is not None and (
+                        c.source is None or (upto is not None and c.source < upto)), changes))
+                    rest = changes[len(done):]
+                    if rest and rest[0].offset is not None:  # in the log, not yet ours for good
+                        held = rest[0].offset if held is None else min(held, rest[0].offset)
                     if not done:
                         continue
                     self._apply(part.db, batch, key.encode(), done[-1].value)
                     last = max(last, done[-1].offset)
-                    rest = changes[len(done):]
                     if rest:
                         part.pending[key] = rest
                     else:
                         del part.pending[key]
+                if held is not None:  # a restore must read a held change again: the checkpoint stays before it
+                    last = max(part.checkpoint, min(last, held - 1))
                 if last != part.checkpoint or now_ms() - part.written_ms > REFRESH_MS:
                     self._write(p, batch, last)
 
@@ -323,6 +340,14 @@ class Store(Table, Generic[Entry]):
         batch.put(_META, _CHECKPOINT.pack(offset, part.written_ms))
         part.db.write(batch)
         part.checkpoint = offset
+
+
+def _source(msg) -> int:
+    """The offset of the input record that wrote changelog record ``msg`` (-1: a tick's, or older)."""
+    for name, value in msg.headers() or ():
+        if name == Header.source_offset:
+            return int(value)
+    return -1
 
 
 def _delete_retention_ms(context: TableContext) -> int:

@@ -18,6 +18,7 @@ from processors.offline.replay.places import Place, places
 from processors.offline.replay.report import Change, ReplayMode, ReplayReport
 from processors.offline.replay.selection import Selected, before
 from processors.offline.replay.writes import produce_acknowledged
+from processors.records import GroundedEvent
 from processors.stages.base import PROMPT_VERSION_HEADER, REPLAY_HEADER
 from processors.workflow.workflow import Workflow
 
@@ -32,15 +33,25 @@ def gate(workflow: Workflow, version: str, production: str) -> EvalReport | None
 
 
 def reinject(workflow: Workflow, settings: KafkaSettings, selected: Selected, replay_id: str,
-             prompt_version: str | None) -> int:
-    """Produce the selection to ``<wf>.triggers`` with its original keys and the replay headers;
+             prompt_version: str | None, reused: dict[str, GroundedEvent] | None = None) -> int:
+    """Produce the selection to ``<wf>.triggers`` with its original keys and the replay headers — the
+    events in ``reused`` to ``<wf>.grounded`` instead, with their recorded lookups, for classify;
     returns how many records the broker acknowledged (all, or it raises)."""
+    reused = reused or {}
     headers = [(REPLAY_HEADER, replay_id.encode())]
     if prompt_version is not None:
         headers.append((PROMPT_VERSION_HEADER, prompt_version.encode()))
-    return produce_acknowledged(settings, workflow.spec(Role.triggers).name,
-                                [(o.key, o.value) for o in selected.originals], headers=headers,
-                                desc=f"re-injecting {replay_id}")
+    grounded = workflow.spec(Role.grounded)
+    serde = grounded.serde(settings) if reused else None
+    sent = produce_acknowledged(settings, workflow.spec(Role.triggers).name,
+                                [(o.key, o.value) for o in selected.originals if o.event_id not in reused],
+                                headers=headers, desc=f"re-injecting {replay_id}")
+    if reused:
+        sent += produce_acknowledged(settings, grounded.name,
+                                     [(o.key, serde.encode(reused[o.event_id].model_dump(), grounded.name))
+                                      for o in selected.originals if o.event_id in reused],
+                                     headers=headers, desc=f"re-injecting {replay_id} with recorded lookups")
+    return sent
 
 
 def settle(workflow: Workflow, settings: KafkaSettings, selected: Selected, replay_id: str, prompt_version: str,
@@ -63,12 +74,12 @@ def settle(workflow: Workflow, settings: KafkaSettings, selected: Selected, repl
 
 
 def live(workflow: Workflow, settings: KafkaSettings, selected: Selected, replay_id: str, prompt_version: str,
-         wait: float, say: Callable[[str], None]) -> ReplayReport | None:
+         wait: float, say: Callable[[str], None], reused: dict[str, GroundedEvent] | None = None) -> ReplayReport | None:
     """Re-inject the selection for the running stages; with ``wait`` > 0, wait that long for them to
     settle it and report what changed (None without). ``say`` hears each step as it happens."""
     say(f"replay {replay_id} (live, prompt {prompt_version}): {selected.render()}")
     was = before(workflow, settings, selected) if wait else {}
-    sent = reinject(workflow, settings, selected, replay_id, prompt_version)
+    sent = reinject(workflow, settings, selected, replay_id, prompt_version, reused)
     say(f"re-injected {sent} into {workflow.spec(Role.triggers).name}; the running stages decide "
         f"them again, and an action already executed is answered already_done, not repeated")
     return settle(workflow, settings, selected, replay_id, prompt_version, was, sent, wait) if wait else None

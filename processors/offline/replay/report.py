@@ -13,6 +13,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel
 
+from processors.offline.replay.lookups import LookupSource
 from processors.offline.replay.places import Place
 from processors.offline.replay.selection import Selected
 
@@ -57,6 +58,10 @@ class ReplayReport(BaseModel):
     """Shadow: every selected event. Live: the events the stages have settled again so far."""
     written: int
     """Shadow: decisions written to ``<wf>.replay``. Live: triggers re-injected."""
+    lookups: LookupSource | None = None
+    """How the lookups were had (None: the workflow declares none)."""
+    reused: int = 0
+    """Events that reused their recorded lookups; the rest of the selection looked up again."""
 
     def transitions(self) -> Counter:
         """Count of each ``before -> after``, changed events only."""
@@ -73,6 +78,11 @@ class ReplayReport(BaseModel):
             waiting = len(self.selected.originals) - len(self.changes)
             lines.append(f"re-injected {self.written}; {len(changed)} of {len(self.changes)} settled events changed"
                          + (f"; {waiting} not settled yet (are the stages running?)" if waiting else ""))
+        if self.lookups is not None:
+            again = len(self.selected.originals) - self.reused
+            lines.append(f"lookups: {self.reused} events reused their recorded results"
+                         + (f", {again} looked up again (nothing recorded)" if again else "")
+                         if self.lookups == LookupSource.recorded else "lookups: looked up again, for real")
         table = self.transitions().most_common()
         if table:
             width = max(len(t) for t, _ in table)

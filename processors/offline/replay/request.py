@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field
 from processors.control.store import ControlStore
 from processors.offline.evals import EvalReport
 from processors.offline.replay.live import gate, live
+from processors.offline.replay.lookups import LookupSource, recorded
 from processors.offline.replay.report import ReplayMode, ReplayReport, new_id
 from processors.offline.replay.selection import Selection, select
 from processors.offline.replay.shadow import shadow
@@ -33,6 +34,8 @@ class ReplayRequest(BaseModel):
     selection: Selection
     prompt_version: str | None = None
     """None: the version production points to."""
+    lookups: LookupSource = LookupSource.again
+    """Ground the selection again, or reuse what each event's lookups returned last time."""
     replay_id: str = Field(default_factory=new_id)
     wait: float = 0.0
     """Live: seconds to wait for the running stages to settle every re-injected event (0: do not wait)."""
@@ -49,6 +52,11 @@ def run_replay(store: ControlStore, request: ReplayRequest, say: Callable[[str],
     if request.mode == ReplayMode.live and (missed := gate(workflow, version, production)) is not None:
         raise GateMissed(version, production, missed)
     selected = select(workflow, settings, request.selection)
+    reused = recorded(workflow, settings, request.lookups, {o.event_id for o in selected.originals})
+    lookups = request.lookups if workflow.lookups else None
     if request.mode == ReplayMode.shadow:
-        return asyncio.run(shadow(workflow, settings, selected, version, None, request.replay_id, state=state))
-    return live(workflow, settings, selected, request.replay_id, version, request.wait, say)
+        report = asyncio.run(shadow(workflow, settings, selected, version, None, request.replay_id, state=state,
+                                    reused=reused))
+    else:
+        report = live(workflow, settings, selected, request.replay_id, version, request.wait, say, reused)
+    return None if report is None else report.model_copy(update={"lookups": lookups, "reused": len(reused)})

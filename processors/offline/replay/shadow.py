@@ -16,7 +16,7 @@ from processors.offline.replay.selection import Selected, before
 from processors.offline.replay.writes import produce_acknowledged
 from processors.offline.runner import OfflineResult, OfflineRunner
 from processors.providers.base import Provider
-from processors.records import ControlState
+from processors.records import ControlState, GroundedEvent
 from processors.stages.base import REPLAY_HEADER
 from processors.workflow.workflow import Workflow
 
@@ -30,20 +30,23 @@ def _place(result: OfflineResult) -> Place:
 
 
 async def shadow(workflow: Workflow, settings: KafkaSettings, selected: Selected, prompt_version: str,
-                 provider: Provider | None, replay_id: str, *, state: ControlState | None = None) -> ReplayReport:
+                 provider: Provider | None, replay_id: str, *, state: ControlState | None = None,
+                 reused: dict[str, GroundedEvent] | None = None) -> ReplayReport:
     """Decide the selection again with ``prompt_version``; decisions go to ``<wf>.replay`` only.
 
     The stages obey the control state in force (mode, thresholds, kill switch) with production
     pointing to ``prompt_version``: what a live replay would do now, short of acting. ``state``:
     that control state when the caller has read it already. ``provider``: None for the
-    workflow's own model, built here and closed after."""
+    workflow's own model, built here and closed after. ``reused``: the recorded lookups of the events
+    that skip ground (:mod:`.lookups`)."""
 
     was = before(workflow, settings, selected)
     state = ControlStore(settings, workflow).current() if state is None else state
     pinned = state.model_copy(update={"labels": state.labels | {"production": prompt_version}})
     runner = OfflineRunner(workflow.with_prompt(prompt_version), provider or workflow.provider(), pinned)
     try:
-        results = await runner.run([o.event for o in selected.originals], progress=f"shadow replay {replay_id}")
+        results = await runner.run([o.event for o in selected.originals], progress=f"shadow replay {replay_id}",
+                                   grounded=reused)
     finally:
         if provider is None:
             await runner.provider.close()
