@@ -15,8 +15,8 @@ from starlette.applications import Starlette
 from starlette.responses import JSONResponse
 from starlette.routing import Route as HttpRoute
 
-from processors.dev.loopback import LoopbackServer
 from processors.control.store import ControlStore
+from processors.dev.loopback import LoopbackServer
 from processors.dev.tool_server import PLANS, ToolServerThread
 from processors.kafka.read import count, snapshot
 from processors.kafka.topics import Role

@@ -171,7 +171,8 @@ class OfflineRunner:
         trail = _Trail()
         first = (Record(topic=self.workflow.spec(Role.grounded).name, partition=0, offset=offset, key=key,
                         value=grounded[event_id].model_dump(), timestamp_ms=now_ms()) if event_id in grounded else
-                 Record(topic=self.trigger_topic, partition=0, offset=offset, key=key, value=event, timestamp_ms=now_ms()))
+                 Record(topic=self.trigger_topic, partition=0, offset=offset, key=key, value=event,
+                        timestamp_ms=now_ms()))
         queue = deque([first])
         try:
             while queue:

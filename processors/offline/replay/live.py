@@ -74,7 +74,8 @@ def settle(workflow: Workflow, settings: KafkaSettings, selected: Selected, repl
 
 
 def live(workflow: Workflow, settings: KafkaSettings, selected: Selected, replay_id: str, prompt_version: str,
-         wait: float, say: Callable[[str], None], reused: dict[str, GroundedEvent] | None = None) -> ReplayReport | None:
+         wait: float, say: Callable[[str], None],
+         reused: dict[str, GroundedEvent] | None = None) -> ReplayReport | None:
     """Re-inject the selection for the running stages; with ``wait`` > 0, wait that long for them to
     settle it and report what changed (None without). ``say`` hears each step as it happens."""
     say(f"replay {replay_id} (live, prompt {prompt_version}): {selected.render()}")
