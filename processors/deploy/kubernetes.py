@@ -30,7 +30,7 @@ from pydantic import BaseModel, Field
 from processors.kafka.settings import KafkaSettings
 from processors.providers.scripted import ScriptedProvider
 from processors.runtime import metrics
-from processors.runtime.options import Guarantee, RuntimeOptions
+from processors.runtime.options import Guarantee, RuntimeOptions, stage_group
 from processors.stages.registry import build_stage, stages_for
 from processors.workflow.workflow import Workflow
 
@@ -94,7 +94,7 @@ def manifests(workflow: Workflow, target: Target, options: RuntimeOptions | None
                  "HANDOFF_LOG_FORMAT": "json"}}]
     for stage, shape in topology(workflow).items():
         partitions = max(workflow.topics[topic].partitions for topic in shape.inputs)
-        group = settings.group_id(options.group or f"handoff.{workflow.name}.{stage}")
+        group = settings.group_id(stage_group(workflow.name, stage, options))
         out += _stage(workflow, stage, shape, target, options, config, partitions, group)
     return out
 

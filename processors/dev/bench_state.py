@@ -31,6 +31,7 @@ from processors.kafka.settings import KafkaSettings
 from processors.kafka.topics import Role, apply
 from processors.kafka.write import load
 from processors.records import SeenEvent
+from processors.runtime.options import stage_group
 from processors.runtime.stage import TableContext
 from processors.stages.base import SeenEvents
 from processors.workflow.workflow import Workflow
@@ -79,7 +80,7 @@ def dedupe_check_us(workflow: Workflow, settings: KafkaSettings, folder: Path, i
                     partitions: int) -> float:
     """Microseconds per duplicate check on the restored store (this process opens the same folder)."""
     store = SeenEvents(workflow, Role.seen, Role.classified)
-    member = f"{settings.group_id(f'handoff.{workflow.name}.validate')}.{instance}"
+    member = f"{settings.group_id(stage_group(workflow.name, 'validate'))}.{instance}"
     admin = settings.admin()
     store.open(TableContext(changelog=workflow.spec(Role.seen), source=workflow.spec(Role.classified),
                             settings=settings, admin=admin, directory=folder / member / store.topic))

@@ -29,13 +29,14 @@ POLL_S = 0.5
 BATCH = 10_000  # records a consume call may return at once
 
 
-def reader(settings: KafkaSettings) -> Consumer:
-    """A read-committed consumer that assigns and never commits: it never disturbs a stage's offsets."""
+def reader(settings: KafkaSettings, committed: bool = True) -> Consumer:
+    """A consumer that assigns and never commits: it never disturbs a stage's offsets. Read committed
+    unless ``committed`` is False (what is in the log, open transactions included: their high watermarks)."""
     return Consumer(settings.config(
         ClientKind.consumer,
         **{"group.id": READER_GROUP,
            "enable.auto.commit": False,
-           "isolation.level": "read_committed",
+           "isolation.level": "read_committed" if committed else "read_uncommitted",
            "enable.partition.eof": True,
            "auto.offset.reset": "earliest"}))  # a position retention deleted resumes at the oldest record left
 

@@ -23,6 +23,12 @@ class Guarantee(StrEnum):
 STATE_DIR_ENV = "HANDOFF_STATE_DIR"
 
 
+def stage_group(workflow: str, stage: str, options: RuntimeOptions | None = None) -> str:
+    """A stage's consumer group before the namespace: ``options.group``, else ``handoff.<workflow>.<stage>``
+    (the runtime's, the ACLs' and the deployment's, which must agree)."""
+    return (options.group if options is not None else None) or f"handoff.{workflow}.{stage}"
+
+
 class RuntimeOptions(BaseModel):
     """Every option trades one thing for another; the defaults suit model-bound stages."""
 

@@ -87,6 +87,7 @@ from collections import deque
 
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, Message, TopicPartition
 from pydantic import BaseModel
+from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential_jitter
 
 from processors.avro.serde import DecodeError
 from processors.clock import now_ms
@@ -101,7 +102,7 @@ from processors.runtime.dead_letter import Header, dead_letter
 from processors.runtime.event_loop import EventLoop, run_inline
 from processors.runtime.keys import KeyScheduler, Started
 from processors.runtime.limits import REFUSED, OutputLimits, OutputTooLarge, size
-from processors.runtime.options import Guarantee, RuntimeOptions  # noqa: F401  Guarantee: still imported from here by the CLI
+from processors.runtime.options import Guarantee, RuntimeOptions, stage_group  # noqa: F401  Guarantee: still imported from here by the CLI
 from processors.runtime.output import Output
 from processors.runtime.partition import Books, PartitionBook
 from processors.runtime.stage import DeadLetter, Emit, Record, Stage, Table, TableContext
@@ -120,6 +121,12 @@ AUTHORIZATION_FAILURES = {KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED: "its
                           KafkaError.GROUP_AUTHORIZATION_FAILED: "its consumer group",
                           KafkaError.TOPIC_AUTHORIZATION_FAILED: "a topic",
                           KafkaError.CLUSTER_AUTHORIZATION_FAILED: "a cluster operation"}
+
+
+def _retriable(exc: BaseException) -> bool:
+    """A broker call that may succeed if tried again (a coordinator loading, a timeout)."""
+    return isinstance(exc, KafkaException) and (exc.args[0].retriable() or exc.args[0].code() in (
+        KafkaError._TIMED_OUT, KafkaError.COORDINATOR_LOAD_IN_PROGRESS, KafkaError.NOT_COORDINATOR))
 
 
 def _refused_to(exc: BaseException) -> str | None:
@@ -160,7 +167,7 @@ class StageRuntime:
         self._last_tick = time.monotonic()
         self._failed = False
         self._rebalancing = False  # inside the revoke callback: the consumer must not be polled
-        self.group = self.options.group or f"handoff.{workflow}.{stage.name}"
+        self.group = stage_group(workflow, stage.name, self.options)
         self.tables = stage.tables()
         self._changelogs = {topics[t.topic].name: t for t in self.tables}  # changelog topic -> its table
         self._metrics = metrics.StageMetrics(workflow, stage.name)
@@ -539,7 +546,10 @@ class StageRuntime:
         source = self.topics[table.source].name
         kept = self.stage.positions([(source, p) for p in numbers])
         resumes = {}
-        for tp in consumer.committed([TopicPartition(source, p) for p in numbers], timeout=TIMEOUT_S):
+        committed = Retrying(stop=stop_after_delay(self.options.broker_timeout_s), reraise=True,
+                             wait=wait_exponential_jitter(multiplier=0.1, max=2.0), retry=retry_if_exception(_retriable))(
+            consumer.committed, [TopicPartition(source, p) for p in numbers], timeout=TIMEOUT_S)
+        for tp in committed:
             start = kept.get((source, tp.partition), tp.offset)
             resumes[tp.partition] = start if start >= 0 else watermarks(consumer, tp)[0]
         return resumes

@@ -20,6 +20,7 @@ from processors.kafka.settings import KafkaSettings
 from processors.kafka.topics import Role
 from processors.providers.base import ModelAnswer, ModelRequest, Provider
 from processors.records import StageName
+from processors.runtime.options import stage_group
 from processors.stages.base import WorkflowStage
 from processors.stages.registry import build_stage
 from processors.workflow.workflow import Workflow
@@ -35,11 +36,6 @@ class _NoModel(Provider):
         raise RuntimeError("a stage built for its access list answers nothing")
 
 
-def stage_group(workflow: Workflow, stage: StageName | str) -> str:
-    """The stage's consumer group before the namespace (:class:`~processors.runtime.runtime.StageRuntime`'s)."""
-    return f"handoff.{workflow.name}.{stage}"
-
-
 def grants(workflow: Workflow, stage: StageName | str, settings: KafkaSettings,
            principal: str = PRINCIPAL) -> list[Grant]:
     """Every ACL ``stage`` of ``workflow`` needs, for ``principal`` (``{workflow}``, ``{stage}`` filled in),
@@ -49,7 +45,7 @@ def grants(workflow: Workflow, stage: StageName | str, settings: KafkaSettings,
     tables = [table.topic for table in built.tables()]
     reads = [*built.inputs, *tables, workflow.topic(Role.control)]
     writes = [*built.outputs(), *tables, workflow.topic(Role.dlq)]
-    group = settings.group_id(stage_group(workflow, stage))
+    group = settings.group_id(stage_group(workflow.name, stage))
     topics = [Grant(principal=who, resource=Resource.topic, name=workflow.topics[topic].name,
                     operations=tuple(op for op, wanted in ((Operation.read, topic in reads),
                                                            (Operation.write, topic in writes)) if wanted),

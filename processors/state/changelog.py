@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import time
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import TopicPartition
 
-from processors.kafka.read import READER_GROUP, IncompleteRead, PartitionProgress, reader, watermarks
-from processors.kafka.settings import ClientKind, KafkaSettings
+from processors.kafka.read import IncompleteRead, PartitionProgress, reader, watermarks
+from processors.kafka.settings import KafkaSettings
 
 SETTLE_POLL_S = 0.2
 
@@ -26,8 +26,7 @@ SETTLE_POLL_S = 0.2
 def settled(settings: KafkaSettings, topic: str, partitions: list[int], timeout_s: float) -> dict[int, tuple[int, int]]:
     """Wait until no transaction is open on ``partitions`` (see the module docstring); their watermarks
     (where the changelog starts and ends now). :class:`IncompleteRead` if one is still open after ``timeout_s``."""
-    committed, everything = reader(settings), Consumer(settings.config(ClientKind.consumer, **{
-        "group.id": READER_GROUP, "isolation.level": "read_uncommitted", "enable.auto.commit": False}))
+    committed, everything = reader(settings), reader(settings, committed=False)
     deadline = time.monotonic() + timeout_s
     try:
         lows, open_ = {}, list(partitions)
