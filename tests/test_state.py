@@ -170,25 +170,32 @@ def test_a_duplicate_deep_in_history_is_recognised_and_a_partial_restore_stops_t
     assert reviews(kafka, workflow)["deep"] == 0, f"a duplicate {HISTORY:,} entries deep was dropped"
 
 
+def executed(workflow, kafka, tmp_path, event_id: str) -> list[Execution]:
+    """Execute's answer to a notify_team request of ``event_id`` at offset 0 of the actions' partition 0."""
+    key = f"{event_id}:notify_team"
+    decision = Decision(event_id=event_id, workflow=workflow.name, route="billing", rule="r", label="billing",
+                        confidence=0.9, answer="{}", event="{}", prompt=PromptRef(name="p", version="v"), model="m",
+                        decided_at_ms=now_ms())
+    request = ActionRequest(event_id=event_id, workflow=workflow.name, action="notify_team", idempotency_key=key,
+                            arguments=orjson.dumps({"team": "billing", "ticket_id": "t"}).decode(), route="billing",
+                            decision=decision, requested_at_ms=now_ms())
+    write(kafka, workflow.spec(Role.actions).name, [(key.encode(), encoded(workflow, kafka, Role.actions, request))],
+          partition=0)
+    with Running(Execute(workflow), workflow, kafka, state_dir=tmp_path / "x") as running:
+        until(lambda: read(workflow, kafka, "executions", Execution), "the execution record", running=running)
+    return read(workflow, kafka, "executions", Execution)
+
+
 def test_an_action_done_deep_in_history_is_not_done_again(kafka, receiver, tmp_path):
     workflow = deployed("support_ticket", kafka)
-    done, actions = workflow.spec(Role.actions_done).name, workflow.spec(Role.actions).name
+    done = workflow.spec(Role.actions_done).name
     key = "deep:notify_team"
     entries = [ActionDone(idempotency_key=f"old{i}:notify_team", event_id=f"old{i}", action="notify_team",
                           executed_at_ms=now_ms()) for i in range(HISTORY)]
     entries.append(ActionDone(idempotency_key=key, event_id="deep", action="notify_team", executed_at_ms=now_ms()))
     write(kafka, done, [(e.idempotency_key.encode(), encoded(workflow, kafka, Role.actions_done, e)) for e in entries],
           partition=0)
-    decision = Decision(event_id="deep", workflow=workflow.name, route="billing", rule="r", label="billing",
-                        confidence=0.9, answer="{}", event="{}", prompt=PromptRef(name="p", version="v"), model="m",
-                        decided_at_ms=now_ms())
-    request = ActionRequest(event_id="deep", workflow=workflow.name, action="notify_team", idempotency_key=key,
-                            arguments=orjson.dumps({"team": "billing", "event_id": "deep"}).decode(), route="billing",
-                            decision=decision, requested_at_ms=now_ms())
-    write(kafka, actions, [(key.encode(), encoded(workflow, kafka, Role.actions, request))], partition=0)
-    with Running(Execute(workflow), workflow, kafka, state_dir=tmp_path / "x") as running:
-        until(lambda: read(workflow, kafka, "executions", Execution), "the execution record", running=running)
-    [execution] = read(workflow, kafka, "executions", Execution)
+    [execution] = executed(workflow, kafka, tmp_path, "deep")
     assert execution.status == "already_done"
     assert not read(workflow, kafka, "notifications", Notification), "the action did not run again"
     assert not receiver.applied
@@ -199,23 +206,14 @@ def test_a_ledger_entry_of_an_uncommitted_request_is_redone_under_at_least_once(
     nowhere (each output is acknowledged on its own). The record was not committed, so it runs again: the
     restore must skip the entry written for it, or the action answers already_done and never notifies."""
     workflow = deployed("support_ticket", kafka)
-    done, actions = workflow.spec(Role.actions_done).name, workflow.spec(Role.actions).name
+    done = workflow.spec(Role.actions_done).name
     key = "crashed:notify_team"
     entry = ActionDone(idempotency_key=key, event_id="crashed", action="notify_team", executed_at_ms=now_ms())
     producer = kafka.producer()
     producer.produce(done, key=key.encode(), value=encoded(workflow, kafka, Role.actions_done, entry), partition=0,
                      headers=[(Header.source_offset, b"0")])  # written for the request at offset 0 below
     producer.flush(30)
-    decision = Decision(event_id="crashed", workflow=workflow.name, route="billing", rule="r", label="billing",
-                        confidence=0.9, answer="{}", event="{}", prompt=PromptRef(name="p", version="v"), model="m",
-                        decided_at_ms=now_ms())
-    request = ActionRequest(event_id="crashed", workflow=workflow.name, action="notify_team", idempotency_key=key,
-                            arguments=orjson.dumps({"team": "billing", "ticket_id": "t"}).decode(), route="billing",
-                            decision=decision, requested_at_ms=now_ms())
-    write(kafka, actions, [(key.encode(), encoded(workflow, kafka, Role.actions, request))], partition=0)
-    with Running(Execute(workflow), workflow, kafka, state_dir=tmp_path / "x") as running:
-        until(lambda: read(workflow, kafka, "executions", Execution), "the execution record", running=running)
-    [execution] = read(workflow, kafka, "executions", Execution)
+    [execution] = executed(workflow, kafka, tmp_path, "crashed")
     assert execution.status == "done", "the entry of the uncommitted request was skipped on restore"
     assert [n.idempotency_key for n in read(workflow, kafka, "notifications", Notification)] == [key]
 
