@@ -41,12 +41,12 @@ def reinject(workflow: Workflow, settings: KafkaSettings, selected: Selected, re
     headers = [(REPLAY_HEADER, replay_id.encode())]
     if prompt_version is not None:
         headers.append((PROMPT_VERSION_HEADER, prompt_version.encode()))
-    grounded = workflow.spec(Role.grounded)
-    serde = grounded.serde(settings) if reused else None
     sent = produce_acknowledged(settings, workflow.spec(Role.triggers).name,
                                 [(o.key, o.value) for o in selected.originals if o.event_id not in reused],
                                 headers=headers, desc=f"re-injecting {replay_id}")
     if reused:
+        grounded = workflow.spec(Role.grounded)
+        serde = grounded.serde(settings)
         sent += produce_acknowledged(settings, grounded.name,
                                      [(o.key, serde.encode(reused[o.event_id].model_dump(), grounded.name))
                                       for o in selected.originals if o.event_id in reused],
