@@ -69,6 +69,16 @@ class McpServerThread:
     def wait(self) -> None:
         self._http.wait()
 
+    def serve(self, banner: str) -> None:
+        """Start, print ``banner`` (``{url}`` filled in), serve until Ctrl-C, stop: what a ``python -m`` runs."""
+        print(banner.format(url=self.start()), flush=True)
+        try:
+            self.wait()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            self.stop()
+
     def __enter__(self):
         self.start()
         return self

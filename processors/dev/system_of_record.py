@@ -521,13 +521,7 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as exc:
         parser.error(str(exc))
     server = SystemOfRecordThread(args.db, args.port, failures, args.hang)
-    print(f"system of record listening on {server.start()} (SQLite {server.service.records.path})", flush=True)
-    try:
-        server.wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.stop()
+    server.serve(f"system of record listening on {{url}} (SQLite {server.service.records.path})")
 
 
 if __name__ == "__main__":

@@ -118,14 +118,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.http is None:
         RecordsService().build().run("stdio")
         return
-    server = ToolServerThread(args.http)
-    print(f"MCP tool server listening on {server.start()}", flush=True)
-    try:
-        server.wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.stop()
+    ToolServerThread(args.http).serve("MCP tool server listening on {url}")
 
 
 if __name__ == "__main__":
