@@ -31,6 +31,7 @@ from confluent_kafka import Producer
 from processors.clock import now_ms
 from processors.dev.localkafka import LocalKafka, free_port, wait_for_broker
 from processors.dev.receiver import WebhookReceiver
+from processors.dev.refund_demo import run_refund_demo
 from processors.kafka.read import IncompleteRead
 from processors.kafka.settings import KafkaSettings
 from processors.kafka.topics import Role, apply
@@ -184,6 +185,8 @@ def run_demo(settings: KafkaSettings) -> bool:
             except IncompleteRead as exc:  # a summary of part of the topics would be wrong: say so instead
                 say(f"== {workflow.name}: no summary: {exc}")
                 ok = False
+        say("")
+        ok &= run_refund_demo(settings, say)
         say("")
         say(f"webhook receiver: {len(receiver.applied)} actions applied, {receiver.duplicates} duplicate "
             f"deliveries absorbed by Idempotency-Key")
