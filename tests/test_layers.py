@@ -16,7 +16,7 @@ PACKAGE = Path(processors.__file__).parent
 
 # Lowest first. A module imports only modules of its own layer or of layers listed before it.
 LAYERS: list[set[str]] = [
-    {"records", "paths", "redaction", "project", "clock", "logs"},
+    {"records", "paths", "redaction", "project", "clock", "logs", "refunds"},
     {"avro"},
     {"kafka"},
     {"providers", "actions"},

@@ -14,8 +14,8 @@ an idempotency key. :meth:`Tools.call` keeps the protocol, in order:
    The idempotency key goes in as the argument the grant names, or in the request's ``_meta``.
 3. **Call**, bounded by the grant's ``timeout_s``. A failure is classified
    (:class:`ToolFailure`): the server cannot be reached (``unavailable``), no answer in time
-   (``timeout``), the tool answered with an error (``tool_error``), or the server refused the
-   request (``rejected``, never retried). Each kind is retried up to its own count, with jittered
+   (``timeout``; an HTTP 5xx or an internal error counts as ``unavailable`` too), the tool answered
+   with an error (``tool_error``), or the server refused the request (``rejected``, never retried). Each kind is retried up to its own count, with jittered
    exponential backoff; then :class:`ToolCallFailed` says which kind ran out. Every attempt of
    one call sends the same arguments and idempotency key, so a tool that honours the key
    applies it once however many attempts reach it.
@@ -45,6 +45,7 @@ from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
+from mcp.types import INTERNAL_ERROR
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_never, wait_exponential_jitter
 
@@ -314,6 +315,8 @@ class Tools:
         except TimeoutError:
             raise _Attempt(ToolFailure.timeout, f"no answer within {grant.timeout_s}s") from None
         except MCPError as exc:
+            if exc.error.code == INTERNAL_ERROR:  # an HTTP 5xx, or the server failing: another attempt may do
+                raise _Attempt(ToolFailure.unavailable, f"server error: {exc.error.message}") from None
             raise _Attempt(ToolFailure.rejected, f"server refused the call: {exc.error.message}") from None
         except Exception as exc:  # noqa: BLE001 - the connection broke: drop it, the next attempt reconnects
             await self._drop(grant.server, connection)
