@@ -159,6 +159,10 @@ class WorkItem(Usage):
     def event_dict(self) -> dict:
         return orjson.loads(self.event)
 
+    def lookups_dict(self) -> dict:
+        """The grounding results by lookup name; ``{}`` without grounding."""
+        return {} if self.lookups is None else orjson.loads(self.lookups)
+
     def answer_dict(self) -> dict | None:
         return None if self.answer is None else orjson.loads(self.answer)
 
@@ -227,6 +231,11 @@ class ReviewItem(BaseModel):
     created_at_ms: int
     control_version: int = 0
     replay: str | None = None
+    lookups: str | None = None
+
+    def lookups_dict(self) -> dict:
+        """What the answer was checked against (the ground stage's results); ``{}`` without grounding."""
+        return {} if self.lookups is None else orjson.loads(self.lookups)
 
 
 class Execution(BaseModel):

@@ -122,7 +122,8 @@ class Review(WorkflowStage):
     def _reviewed(self, item: ReviewItem, verdict: Verdict) -> WorkItem:
         return WorkItem(event_id=item.event_id, workflow=item.workflow, event=item.event, prompt=item.prompt,
                         model=item.model, raw_answer=item.raw_answer, answer=verdict.answer,
-                        control_version=self.control.state.version, replay=item.replay, reviewed_by=verdict.reviewer)
+                        control_version=self.control.state.version, replay=item.replay, reviewed_by=verdict.reviewer,
+                        lookups=item.lookups)
 
     def _trigger_key(self, item: ReviewItem) -> str | None:
         """The trigger's key, so the reviewed item keeps its entity's order downstream."""

@@ -60,7 +60,7 @@ class Validate(WorkflowStage):
         return self.seen.expire(self.owned(partitions, Role.classified), now_ms)
 
     def errors(self, answer: dict | None, item: WorkItem) -> AnswerErrors:
-        return answer_errors(self.workflow, answer, item.prompt.version, item.event_dict())
+        return answer_errors(self.workflow, answer, item.prompt.version, item.event_dict(), item.lookups_dict())
 
     async def process(self, record: Record) -> list[Emit]:
         control = self.control.state
@@ -98,4 +98,4 @@ class Validate(WorkflowStage):
                 control: ControlState) -> Emit:
         return self.review(reason, event_id=item.event_id, event=item.event, prompt=item.prompt, model=item.model,
                            key=record.key, answer=item.answer, raw_answer=item.raw_answer, validation_errors=errors,
-                           control_version=control.version, replay=item.replay)
+                           control_version=control.version, replay=item.replay, lookups=item.lookups)

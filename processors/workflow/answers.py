@@ -36,15 +36,17 @@ class AnswerErrors:
         return self.schema_errors + [str(e) for e in self.rule_errors if not e.judges_the_event]
 
 
-def answer_errors(workflow: Workflow, answer: dict | None, prompt_version: str, event: dict) -> AnswerErrors:
+def answer_errors(workflow: Workflow, answer: dict | None, prompt_version: str, event: dict,
+                  lookups: dict) -> AnswerErrors:
     """Why an answer cannot be used: not a JSON object, then the output schema of the prompt
-    version that produced it, then the business rules. A reviewer's correction meets the same checks."""
+    version that produced it, then the business rules (which may read what ``lookups`` found). A
+    reviewer's correction meets the same checks, against the same lookups."""
     if answer is None:
         return AnswerErrors(["the answer is not a JSON object"])
     schema_errors = workflow.prompt_spec_for(prompt_version).answer_check.errors(answer)
     if schema_errors:
         return AnswerErrors(schema_errors)
-    return AnswerErrors(rule_errors=rules.check(workflow.rules, answer, event))
+    return AnswerErrors(rule_errors=rules.check(workflow.rules, answer, event, lookups))
 
 
 def adjustment_errors(workflow: Workflow, request: ActionRequest, approved: str) -> list[str]:
@@ -87,7 +89,7 @@ def verdict_errors(workflow: Workflow, verdict: Verdict) -> list[str]:
         answer = None
     # the person has read the event: only what judges their answer counts against it
     problems = answer_errors(workflow, answer if isinstance(answer, dict) else None, item.prompt.version,
-                             orjson.loads(item.event)).against_the_answer()
+                             orjson.loads(item.event), item.lookups_dict()).against_the_answer()
     if problems and verdict.verdict == VerdictKind.approve:
         return [f"the model's answer is not valid ({p}); use correct --set field=value" for p in problems]
     return problems

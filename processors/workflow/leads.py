@@ -11,8 +11,8 @@ not be left to guess, because each sends work to a person who acts on it:
   :data:`OWNERS`); the answer's owner must be one of them whose services include the answer's service.
 * **A duplicate** — another lead of the same contact created within :data:`DUPLICATE_WINDOW` before
   this one — is recognised from the contact's leads in the CRM (the lookup :data:`HISTORY`, tool
-  ``find_leads``): the answer's ``duplicate_of`` must name it, and its next action is
-  ``merge_duplicate``.
+  ``find_leads``): the answer's ``duplicate_of`` must name it, and a duplicate sales lead's next action
+  is ``merge_duplicate`` (it is noted on the earlier lead, not assigned again).
 
 The rules below check an answer (a model's, a repair's or a reviewer's) against those; the rules
 module registers them. :func:`complete` is the embedded default's other half: the classifier gives
@@ -46,6 +46,8 @@ HISTORY = "history"
 """The lookup of the contact's leads (``find_leads``: ``{leads: [{lead_id, created_at, …}]}``, newest first)."""
 NO_LEAD_ACTIONS = {"existing_customer": "forward_to_support", "partnership": "forward_to_partnerships"}
 SUMMARY_CHARS = 300
+MIN_WORDS = 4
+"""A summary skips shorter lines: a name under a message, "Thx"."""
 
 Field = Callable[[str], Any]
 """A value by its dotted path: into the event (the rules), or among the request's inputs (the completion)."""
@@ -76,10 +78,10 @@ def duplicate_of(leads: list[dict], lead_id: str, submitted_at: str) -> str | No
 
 def next_action(intent: str, urgency: str, missing: list[str], duplicate: str | None) -> str:
     """What follows from the lead: the allowed next actions, decided in code for the embedded default."""
-    if duplicate:
-        return "merge_duplicate"
     if intent not in SALES_INTENTS:
         return NO_LEAD_ACTIONS.get(intent, "close")
+    if duplicate:
+        return "merge_duplicate"
     if missing:
         return "request_information"
     if intent == "information":
@@ -91,7 +93,8 @@ def summary(message: str) -> str:
     """Extractive: the message's first sentences that say something (greetings and sign-offs skipped), up to
     :data:`SUMMARY_CHARS`."""
     sentences = [s.strip() for s in _SENTENCES.split(message or "") if s.strip()]
-    said = [s for s in sentences if not _FORMULA.match(s)] or sentences or ["(empty message)"]
+    said = [s for s in sentences if not _FORMULA.match(s) and len(s.split()) >= MIN_WORDS] or sentences or \
+        ["(empty message)"]
     kept = said[0][:SUMMARY_CHARS]
     for sentence in said[1:]:
         if len(kept) + 1 + len(sentence) > SUMMARY_CHARS:
@@ -144,7 +147,7 @@ def missing_information_is_computed(answer: dict, event: dict, lookups: dict) ->
 
 def duplicate_lead_is_recognised(answer: dict, event: dict, lookups: dict) -> str | None:
     """``duplicate_of`` names the contact's lead within :data:`DUPLICATE_WINDOW` before this one (from the CRM), or
-    is null when there is none; a duplicate's next action is ``merge_duplicate``, and only a duplicate's."""
+    is null when there is none; a duplicate sales lead's next action is ``merge_duplicate``, and only its."""
     if HISTORY not in lookups:
         return f"the contact's leads were not looked up (lookup {HISTORY!r}): a duplicate cannot be recognised"
     earlier = duplicate_of(lookups[HISTORY].get("leads") or [], lookup(event, "lead.id"), lookup(event, "submitted_at"))
@@ -153,8 +156,8 @@ def duplicate_lead_is_recognised(answer: dict, event: dict, lookups: dict) -> st
         days = DUPLICATE_WINDOW.days
         return (f"duplicate_of must be {earlier}: the contact's lead within {days} days before this one" if earlier
                 else f"duplicate_of {said}: the contact has no other lead within {days} days before this one")
-    if (answer.get("next_action") == "merge_duplicate") != (earlier is not None):
-        return "next_action merge_duplicate is for a duplicate, and a duplicate's next action"
+    if (answer.get("next_action") == "merge_duplicate") != (earlier is not None and answer.get("intent") in SALES_INTENTS):
+        return "next_action merge_duplicate is a duplicate sales lead's, and only its"
     return None
 
 

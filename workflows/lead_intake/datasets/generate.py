@@ -104,11 +104,16 @@ NEED = {
         "we'd like an internal tool that automates our quoting, it's all done in Word right now",
     ],
 }
-ASK_BUY = ["Can you send us a proposal?", "When could you start?", "Please send a quote.",
+ASK_BUY = ["We've decided to go ahead, just wondering how soon you could start?",
+           "Management signed off on this, so we're looking for the team to do it.",
+           "Can you send us a proposal?", "When could you start?", "Please send a quote.",
            "We'd like to get started as soon as we can.", "Could we book a call this week to scope it?",
            "We have budget approved, what are the next steps?", "Who can we talk to about a statement of work?",
            "Can someone call me to discuss the project?", "We are ready to sign with the right partner."]
-ASK_INFO = ["Roughly what does something like this cost?", "Is this something you do?", "How do you usually price this?",
+ASK_INFO = ["Before we ask anyone for a proposal, roughly what does this cost?",
+            "No decision yet, we'd like to understand the options first.",
+            "Could you call me to explain how you would approach it? We haven't budgeted anything yet.",
+            "Roughly what does something like this cost?", "Is this something you do?", "How do you usually price this?",
             "Do you have case studies from our industry?", "How long does a project like this take?",
             "We're just researching options for now.", "Could you send some information?",
             "Is this realistic for a company our size?", "What would you need from us to estimate it?"]
@@ -132,14 +137,20 @@ PARTNER = ["we're an agency and would like to white-label your automation work f
            "we resell CRM licences and are looking for an implementation partner in the region",
            "we'd like to discuss a referral partnership, we get asked for AI projects we can't deliver",
            "we run a consultancy and think a joint offering around {svc} could work well",
-           "would you be open to co-hosting a webinar and sharing leads on {svc} projects?"]
+           "would you be open to co-hosting a webinar and sharing leads on {svc} projects?",
+           "we do {svc} for retailers and are looking for a partner to take on the projects we cannot staff",
+           "our clients keep asking for {svc}; could we send them to you against a referral fee?"]
 VENDOR = ["We help agencies like yours generate 30+ qualified meetings a month. Worth a quick chat?",
           "I noticed your website loads slowly. Our SEO team can fix it for a flat fee, interested?",
           "We offer offshore developers from $15/hour, can I send you our rate card?",
           "Are you the right person to talk to about your office coffee supply?",
           "Our lead database has 2M verified B2B contacts. Can I send a free sample?",
           "We're a cloud reseller with 20% off AWS. Who handles your infrastructure purchasing?",
-          "Quick question: would you like to be featured in our Top 10 AI Agencies list? There is a small fee."]
+          "Quick question: would you like to be featured in our Top 10 AI Agencies list? There is a small fee.",
+          "Our offshore team delivers cloud migrations and security audits at half the usual rate. Can I send our rate card?",
+          "We sell a pentest automation platform. Would your security audit team like a free trial?",
+          "We build data platforms for agencies under their brand. Could we book a call to show you our pricing?",
+          "I'd love to help with your training programmes: we produce e-learning videos, can I send a quote?"]
 JOB = ["I'd like to apply for the automation engineer role I saw on your careers page, CV attached.",
        "Are you hiring? I'm a data analyst with five years of experience and would love to work with you.",
        "I'm a student looking for an internship in AI projects this summer.",
@@ -235,7 +246,7 @@ def person(rng: random.Random, contacts: list) -> dict:
             "phone": contact.phone, "company": contact.company, "role": rng.choice(ROLES), "territory": contact.territory}
 
 
-def nonnative(text: str) -> str:
+def nonnative(text: str) -> str:  # a few turns of phrase of writers of English as a second language
     for plain, odd in NONNATIVE.items():
         text = text.replace(plain, odd)
     return text
@@ -312,7 +323,7 @@ def lead(rng: random.Random, n: int, contacts: list) -> dict:
     if rng.random() < 0.2 and intent != "spam":
         parts.insert(-1, f"You can reach me on {who['phone']} or {who['email']}.")
         tags.append("pii")
-    if rng.random() < 0.05:
+    if rng.random() < 0.08:
         parts.insert(max(1, len(parts) - 2), rng.choice(INJECTIONS))
         tags.append("prompt_injection")
     if register == "nonnative" and language == "en":
