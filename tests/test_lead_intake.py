@@ -1,0 +1,208 @@
+"""Lead intake (seed 000) against the real broker and the sample system of record (a real MCP server over
+SQLite on loopback): the CRM checks in code, the CRM actions, the exception paths, and outcomes that become
+dataset rows and retrain the embedded model.
+
+One pipeline (ground, classify with a scripted model, validate, route, execute, join) runs once for the
+module; each test asserts on what it left behind. The model is scripted so a test can force what a model
+might say (an owner who does not exist, one from another territory, no duplicate), and answers otherwise
+what the workflow's own completion works out (processors/workflow/leads.py), as the embedded default does.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+
+import orjson
+import pytest
+from typer.testing import CliRunner
+
+from processors.cli.main import app
+from processors.dev.system_of_record import SystemOfRecordThread
+from processors.kafka.settings import KafkaSettings
+from processors.kafka.topics import Role, apply
+from processors.offline.evals import run_suite
+from processors.offline.outputs import read
+from processors.offline.training import retrain
+from processors.ops import evidence
+from processors.ops.outcomes import send_outcome
+from processors.pipeline import Pipeline
+from processors.providers.base import ModelRequest
+from processors.providers.scripted import ScriptedProvider
+from processors.records import Decision, Notification, Outcome, ReviewItem, ReviewReason, WorkItem
+from processors.workflow import leads
+from processors.workflow.workflow import Workflow, load_workflow
+from tests.conftest import WORKFLOWS
+
+SUBMITTED = "2026-06-15T09:00:00Z"
+FULL_FORM = {"budget": "$25k-$50k", "timeline": "this quarter", "company_size": "51-200"}
+
+
+def lead(event_id: str, contact: str, territory: str, **form) -> dict:
+    """A web-form lead for ``contact`` (a contact of the sample CRM), with the form fields given."""
+    fields = FULL_FORM | form
+    return {"event": "lead.submitted", "event_id": event_id, "submitted_at": SUBMITTED, "channel": "web_form",
+            "contact": {"id": contact, "name": "Test Person", "email": f"{event_id}@example.com", "phone": None,
+                        "company": fields.pop("company", "Acme Logistics"), "role": "CTO"},
+            "lead": {"id": f"L-{event_id}", "territory": territory, "subject": "Project inquiry",
+                     "message": "We need to move our on-prem servers to the cloud before the lease runs out. "
+                                "Can you send us a proposal?", **fields}}
+
+
+EVENTS = [
+    lead("no_such_owner", "C-1001", "DACH"),     # the model names OW-99 twice: no such owner
+    lead("other_territory", "C-1008", "DACH"),   # the model names OW-09 twice: US East's, not DACH's
+    lead("repaired", "C-1017", "DACH"),          # OW-99, then the right owner on the repair
+    lead("missing", "C-1074", "DACH", company=None, budget=None, timeline=None),
+    lead("duplicate", "C-1034", "Nordics"),      # C-1034's L-2031 came in two days before
+    lead("duplicate_missed", "C-1073", "Benelux"),  # L-2035, five days before; the model says no duplicate, twice
+]
+
+
+def right(request: ModelRequest) -> dict:
+    """What the embedded default would answer for a cloud-migration purchase: the completion's fields."""
+    classified = {"intent": "purchase", "service": "cloud_migration", "urgency": "medium", "confidence": 0.9,
+                  "reason": "asks for a proposal for a cloud migration"}
+    return leads.complete(classified, request.inputs)
+
+
+def owned_by(owner: str):
+    return lambda request: right(request) | {"recommended_owner": owner}
+
+
+SCRIPT = {"no_such_owner": [owned_by("OW-99")] * 2, "other_territory": [owned_by("OW-09")] * 2,
+          "repaired": [owned_by("OW-99"), right],
+          "duplicate_missed": [lambda r: right(r) | {"duplicate_of": None, "next_action": "send_proposal"}] * 2}
+
+
+@pytest.fixture(scope="module")
+def crm():
+    with SystemOfRecordThread() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def run(crm, kafka_bootstrap, tmp_path_factory):
+    """The workflow (a copy: model train writes its learned rows there) deployed in a namespace of its own, the
+    events and then outcomes run through the pipeline once; the topics are deleted at the end."""
+    root = tmp_path_factory.mktemp("lead_intake") / "workflows"
+    shutil.copytree(WORKFLOWS / "lead_intake", root / "lead_intake")
+    env = {"HANDOFF_CRM_MCP_URL": crm.url, "HANDOFF_CRM_MCP_TOKEN": "test"}
+    os.environ.update(env)
+    settings = KafkaSettings(bootstrap_servers=kafka_bootstrap, namespace=f"t{uuid.uuid4().hex[:10]}")
+    workflow = load_workflow("lead_intake", settings.namespace, root)
+    apply(settings.admin(), list(workflow.topics.values()))
+    spec = workflow.spec(Role.triggers)
+    producer = settings.producer()
+    for event in EVENTS:
+        producer.produce(spec.name, key=event["contact"]["id"], value=spec.serde(settings).encode(event, spec.name))
+    assert producer.flush(30) == 0
+    provider = ScriptedProvider(SCRIPT, default=right)
+    stages = ["ground", "classify", "validate", "route", "execute", "join"]
+    assert Pipeline(workflow, settings, stages, provider=provider).run_until_drained(timeout=120)
+    for event_id, kind in (("repaired", "qualified"), ("missing", "disqualified"), ("duplicate", "call_booked")):
+        send_outcome(workflow, settings, Outcome(event_id=event_id, workflow=workflow.name, outcome_type=kind,
+                                                 at_ms=1_780_000_000_000, source="crm"))
+    assert Pipeline(workflow, settings, ["join"]).run_until_drained(timeout=60)
+    yield workflow, settings, provider
+    for name in env:
+        os.environ.pop(name, None)
+    admin = settings.admin()
+    ours = [t for t in admin.list_topics(timeout=10).topics if t.startswith(f"{settings.namespace}.")]
+    for future in admin.delete_topics(ours, operation_timeout=30).values():
+        future.result()
+
+
+def decided(workflow: Workflow, settings: KafkaSettings) -> dict[str, Decision]:
+    return {d.event_id: d for route in workflow.route_names
+            for d in read(workflow, settings, f"{Role.decisions}.{route}", Decision)}
+
+
+def test_a_recommended_owner_who_does_not_exist_or_does_not_cover_the_territory_is_repaired_once_then_reviewed(run, crm):
+    workflow, settings, _ = run
+    repairs = [i.event_id for i in read(workflow, settings, Role.repair, WorkItem)]
+    assert sorted(repairs) == ["duplicate_missed", "no_such_owner", "other_territory", "repaired"], \
+        "each bad answer is sent back once"
+    review = {i.event_id: i for i in read(workflow, settings, Role.review, ReviewItem)}
+    assert set(review) == {"no_such_owner", "other_territory", "duplicate_missed"}
+    assert all(i.reason == ReviewReason.invalid_output for i in review.values())
+    [unknown] = review["no_such_owner"].validation_errors
+    assert unknown.startswith("owner_covers_the_lead: recommended_owner OW-99 is no active owner of territory DACH")
+    [elsewhere] = review["other_territory"].validation_errors
+    assert "recommended_owner OW-09 is no active owner of territory DACH" in elsewhere
+    assert "OW-01, OW-02" in elsewhere, "the message names the territory's owners, from the CRM"
+    assert orjson.loads(review["no_such_owner"].lookups)["owners"]["territory"] == "DACH", \
+        "the review item keeps what the answer was checked against"
+    decisions = decided(workflow, settings)
+    assert decisions["repaired"].route == "sales", "the repaired answer is decided"
+    [row] = crm.service.records.read("SELECT owner_id FROM leads WHERE lead_id = 'L-repaired'")
+    assert row["owner_id"] == "OW-01", "assigned, in the CRM, to the DACH owner who covers cloud migration"
+    assert not crm.service.records.read("SELECT 1 FROM leads WHERE lead_id IN ('L-no_such_owner', "
+                                        "'L-other_territory')"), "nothing reached the CRM for the reviewed leads"
+
+
+def test_a_lead_with_missing_fields_notifies_its_owner_naming_exactly_the_missing_fields(run, crm):
+    workflow, settings, _ = run
+    decision = decided(workflow, settings)["missing"]
+    assert decision.route == "sales_incomplete"
+    notes = [n for n in read(workflow, settings, Role.notifications, Notification) if n.event_id == "missing"]
+    assert [orjson.loads(n.arguments) for n in notes] == [
+        {"owner_id": "OW-01", "lead_id": "L-missing", "contact_id": "C-1074", "missing": ["company", "budget", "timeline"]}]
+    [task] = crm.service.records.read("SELECT owner_id, title FROM tasks WHERE lead_id = 'L-missing'")
+    assert task == {"owner_id": "OW-01", "title": "request_information"}
+    [record] = crm.service.records.read("SELECT * FROM leads WHERE lead_id = 'L-missing'")
+    assert (record["owner_id"], record["intent"], record["service"], record["status"]) == \
+        ("OW-01", "purchase", "cloud_migration", "sales_incomplete")
+    assert not [n for n in read(workflow, settings, Role.notifications, Notification) if n.event_id == "repaired"], \
+        "a complete lead asks for nothing"
+
+
+def test_a_duplicate_lead_is_recognised(run, crm):
+    workflow, settings, _ = run
+    decision = decided(workflow, settings)["duplicate"]
+    assert (decision.route, orjson.loads(decision.answer)["duplicate_of"]) == ("duplicate", "L-2031")
+    [note] = [n for n in crm.service.records.read("SELECT * FROM notes WHERE contact_id = 'C-1034'")]
+    assert note["about"] == "L-2031", "noted on the earlier lead, not assigned or tasked again"
+    assert not crm.service.records.read("SELECT 1 FROM tasks WHERE lead_id = 'L-duplicate'")
+    review = {i.event_id: i for i in read(workflow, settings, Role.review, ReviewItem)}
+    assert review["duplicate_missed"].validation_errors == [
+        "duplicate_lead_is_recognised: duplicate_of must be L-2035: the contact's lead within 14 days before this one"]
+
+
+def test_outcome_rules_make_dataset_rows_and_a_retrained_model_prints_old_and_new_held_out_figures(run):
+    workflow, settings, _ = run
+    rows = {r["event_id"]: r["expected"] for r in evidence.from_topics(workflow, settings)}
+    assert set(rows) == {"repaired", "missing", "duplicate"}
+    assert rows["repaired"]["intent"] == "purchase" and rows["repaired"]["evidence"]["evidence"] == "confirms"
+    assert rows["duplicate"]["evidence"]["outcome_type"] == "call_booked"
+    against = rows["missing"]
+    assert "intent" not in against and against["evidence"]["against"] == {"intent": "purchase"}, \
+        "decided purchase, then disqualified: evidence against that intent"
+
+    done = retrain(workflow, {"outcomes": list(evidence.from_topics(workflow, settings))})
+    assert done.learned == 3 and done.left_out == 0
+    assert {k: v.n_holdout for k, v in done.old.labels.items()} == {k: v.n_holdout for k, v in done.new.labels.items()}
+    assert all(new.n_train == old.n_train + 3 for old, new in zip(done.old.labels.values(), done.new.labels.values()))
+    learned = [orjson.loads(line) for line in done.path.read_bytes().splitlines()]
+    assert next(r for r in learned if r["event_id"] == "missing")["expected"]["intent"] != "purchase", \
+        "a row against a label is trained as another label"
+
+    result = CliRunner().invoke(app, ["model", "train", "--workflow", "lead_intake", "--with", "outcomes",
+                                      "--workflows-dir", str(workflow.folder.parent)],
+                                env={"KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
+                                     "HANDOFF_NAMESPACE": settings.namespace})
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[1].split() == ["held-out", "accuracy", "n", "old", "new", "change"]
+    intent = next(line.split() for line in lines if line.startswith("intent"))
+    assert intent[1] == str(done.old.labels["intent"].n_holdout) and len(intent) == 5
+    assert intent[2] == f"{done.new.labels['intent'].accuracy:.3f}", "old: the model the first retraining made"
+
+
+def test_the_eval_suite_passes_its_targets_with_the_embedded_model(crm, monkeypatch):
+    monkeypatch.setenv("HANDOFF_CRM_MCP_URL", crm.url)
+    monkeypatch.setenv("HANDOFF_CRM_MCP_TOKEN", "test")
+    report = run_suite(load_workflow("lead_intake"))
+    assert report.passed, report.table()
+    assert {d.dataset: d.rows for d in report.datasets} == {"golden": 60, "edge": 20, "negative": 15, "adversarial": 8}
