@@ -183,7 +183,7 @@ RAMBLE = ["A bit of background: we've grown from 10 to 60 people in two years an
           "Honestly I'm not sure what's possible, a friend told me you did something similar for his company.",
           "Our IT is one person who is already overloaded, so we'd need a team that can run with it.",
           "We've looked at a few off-the-shelf tools but none of them fit the way we work."]
-NONNATIVE = {"we need": "we are needing", "we want": "we would like to have", "looking for": "we search",
+NONNATIVE = {"we need": "we are needing", "we want": "we are wanting", "looking for": "we search",
              "Can you": "Is possible you", "Please": "Kindly"}
 FOREIGN = {
     "de": {"purchase": "Wir suchen einen Partner für {svc_de} und möchten gerne ein Angebot erhalten. Wann könnten Sie starten?",
