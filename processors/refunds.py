@@ -96,7 +96,8 @@ class OrderFacts(BaseModel):
 
 
 class Allowance(BaseModel):
-    """What one request may get: the clause that applies (or the nearest that does not) and the most it allows."""
+    """What one request may get: the clause that applies (or the one that rules it out: for the order's kind if
+    any covers it) and the most it allows."""
 
     clause: str | None
     most: float
@@ -132,4 +133,5 @@ def allowance(policy: Policy, reason: RefundReason, order: OrderFacts, requested
             return Allowance(clause=clause.id, most=min(limit, left), age_days=age,
                              why=f"clause {clause.id} ({clause.title}) allows up to {limit:.2f} {order.currency}; "
                                  f"{left:.2f} of {order.total:.2f} is left to refund")
-    return Allowance(clause=covering[0].id, most=0.0, age_days=age, why=covering[0].applies(order.kind, age))
+    nearest = next((c for c in covering if order.kind in c.kinds), covering[0])  # the one that rules it out
+    return Allowance(clause=nearest.id, most=0.0, age_days=age, why=nearest.applies(order.kind, age))

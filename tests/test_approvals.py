@@ -1,6 +1,6 @@
 """`approval: always`: an action no setting can let run without a person, and approvals that adjust its
 arguments. The stages run in memory (no broker adds anything to these checks); the refund goes to the
-records MCP server on loopback, through the official SDK."""
+sample system of record's MCP server on loopback, through the official SDK."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import itertools
 import orjson
 import pytest
 
-from processors.dev.tool_server import ToolServerThread
+from processors.dev.system_of_record import SystemOfRecordThread
 from processors.kafka.topics import Role
 from processors.records import (
     ActionRequest,
@@ -32,22 +32,24 @@ from processors.stages.route import Route
 from processors.workflow.answers import verdict_errors
 from processors.workflow.workflow import load_workflow
 
-EVENT = {"event": "refund.requested", "event_id": "rf-1", "requested_at": "2026-06-01T10:00:00Z",
-         "customer": {"id": "C-1001"}, "order": {"id": "O-77", "total": 120.0, "currency": "EUR"},
+EVENT = {"event": "refund.requested", "event_id": "rf-1", "requested_at": "2026-02-01T10:00:00Z",
+         "customer": {"id": "C-1069"}, "order": {"id": "O-5008", "total": 923.04, "currency": "EUR"},
          "refund": {"amount": 120.0, "reason": "arrived broken"}}
-ANSWER = {"verdict": "partial", "confidence": 0.95, "reason": "policy 4.2: damaged goods, partial refund"}
+"""An order of the sample system of record (processors/dev/sample_records.py), 9 days old, nothing refunded yet."""
+ANSWER = {"verdict": "approve", "amount": 120.0, "clause": "1.1", "category": "damaged", "policy_version": "2026-05.2",
+          "rationale": "clause 1.1: damaged goods within 30 days, refunded in full", "confidence": 0.95}
 
 
 @pytest.fixture(scope="module")
-def payments():
-    with ToolServerThread() as server:
+def payments(tmp_path_factory):
+    with SystemOfRecordThread(tmp_path_factory.mktemp("sor") / "records.sqlite") as server:
         yield server
 
 
 @pytest.fixture
 def workflow(payments, monkeypatch):
-    monkeypatch.setenv("HANDOFF_PAYMENTS_MCP_URL", payments.url)
-    monkeypatch.setenv("HANDOFF_PAYMENTS_MCP_TOKEN", "test-token")
+    monkeypatch.setenv("HANDOFF_RECORDS_MCP_URL", payments.url)
+    monkeypatch.setenv("HANDOFF_RECORDS_MCP_TOKEN", "test-token")
     return load_workflow("refund")
 
 
@@ -135,18 +137,19 @@ def test_an_approval_that_adjusts_the_amount_runs_once_with_it_and_records_both(
     assert isinstance(execution, Execution) and execution.status == "done"
     assert (execution.approved_by, orjson.loads(execution.arguments)["amount"],
             orjson.loads(execution.original_arguments)["amount"]) == ("lead@support", 45.5, 120.0)
-    assert orjson.loads(execution.response)["refund_id"] == "rf-rf-1:refund"
-    assert payments.service.applied["rf-1:refund"]["amount"] == 45.5
+    refund = payments.service.refunds_by_key()["rf-1:refund"]
+    assert orjson.loads(execution.response)["refund_id"] == refund["refund_id"]
+    assert refund["amount"] == 45.5
     [tool_trace] = [t for t in on(outputs, workflow, Role.traces) if t.tool]
     assert tool_trace.tool == "issue_refund" and "45.5" in tool_trace.action_request
-    assert "rf-rf-1:refund" in tool_trace.action_response and tool_trace.latency_ms > 0
+    assert refund["refund_id"] in tool_trace.action_response and tool_trace.latency_ms > 0
 
     # a live replay re-requests the action (same key, no approval): the ledger answers, no person, no second refund
     calls = payments.service.calls["issue_refund"]
     replayed = asyncio.run(run(execute, record(Role.actions, request(workflow), workflow, offset=1)))
     assert [e.status for e in on(replayed, workflow, Role.executions)] == ["already_done"]
     assert on(replayed, workflow, Role.review) == [] and payments.service.calls["issue_refund"] == calls
-    assert payments.service.applied["rf-1:refund"]["amount"] == 45.5
+    assert [r["amount"] for r in payments.service.refunds_for("O-5008")] == [45.5]
 
 
 @pytest.mark.parametrize("adjusted,why", [({"currency": "USD"}, "currency cannot be adjusted"),
@@ -163,7 +166,7 @@ def test_an_invalid_adjustment_written_anyway_is_dead_lettered_by_the_review_sta
 
 
 def test_a_payment_server_that_is_down_is_retried_then_dead_lettered_with_the_call_traced(workflow, monkeypatch):
-    monkeypatch.setenv("HANDOFF_PAYMENTS_MCP_URL", "http://127.0.0.1:9/mcp")  # nothing listens on port 9
+    monkeypatch.setenv("HANDOFF_RECORDS_MCP_URL", "http://127.0.0.1:9/mcp")  # nothing listens on port 9
     workflow = load_workflow("refund")
     workflow.tools["issue_refund"].retries.backoff_initial_s = workflow.tools["issue_refund"].retries.backoff_max_s = 0.01
     with pytest.raises(DeadLetter) as dead:

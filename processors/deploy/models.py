@@ -11,14 +11,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from processors.providers.build import CascadeModel, EmbeddedModel
+from processors.providers.build import CascadeModel, EmbeddedModel, RefundPolicyModel
 from processors.providers.embedded import EmbeddedProvider
 from processors.workflow.workflow import Workflow
 
 
 def embedded(workflow: Workflow) -> list[EmbeddedProvider]:
-    """The workflow's embedded models: its model, or a cascade's first; none for an HTTP or scripted model."""
+    """The workflow's embedded models: its model, a cascade's first or a policy engine's classifier; none for an
+    HTTP or scripted model."""
     model = workflow.model.first if isinstance(workflow.model, CascadeModel) else workflow.model
+    if isinstance(model, RefundPolicyModel):
+        return [EmbeddedProvider(model.classifier, workflow.folder)]
     return [EmbeddedProvider(model.training, workflow.folder)] if isinstance(model, EmbeddedModel) else []
 
 

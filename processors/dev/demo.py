@@ -32,6 +32,7 @@ from processors.clock import now_ms
 from processors.dev.lead_intake import lead_intake_demo
 from processors.dev.localkafka import LocalKafka, free_port, wait_for_broker
 from processors.dev.receiver import WebhookReceiver
+from processors.dev.refund_demo import run_refund_demo
 from processors.kafka.read import IncompleteRead
 from processors.kafka.settings import KafkaSettings
 from processors.kafka.topics import Role, apply
@@ -186,7 +187,10 @@ def run_demo(settings: KafkaSettings) -> bool:
                 say(f"== {workflow.name}: no summary: {exc}")
                 ok = False
         say("")
+        ok &= run_refund_demo(settings, say)
+        say("")
         ok &= lead_intake_demo(settings, say)
+        say("")
         say(f"webhook receiver: {len(receiver.applied)} actions applied, {receiver.duplicates} duplicate "
             f"deliveries absorbed by Idempotency-Key")
         return ok

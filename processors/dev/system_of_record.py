@@ -35,7 +35,7 @@ and changes nothing, across restarts of the server:
 * ``issue_refund(order_id, amount, currency, reason=None)`` → ``{refund_id, order_id, amount, currency,
   refunded, left}``; refused when the order is unknown, the currency is not the order's, or the amount
   is not positive or more than is left;
-* ``add_crm_note(contact_id, text, about=None)`` → ``{note_id, …}``.
+* ``add_crm_note(contact_id, text, about=None, details=None)`` → ``{note_id, …}`` (``details``: an object).
 
 A refusal is a tool error (``isError``: handoff's ``tool_error``). **Fail mode**, for tests
 (:class:`Failure`, ``--fail TOOL=KIND[:N]``, ``*`` for every tool, N calls or every call): ``timeout``
@@ -80,7 +80,7 @@ CREATE TABLE leads (lead_id TEXT PRIMARY KEY, contact_id TEXT, created_at TEXT, 
 CREATE INDEX leads_by_contact ON leads (contact_id, created_at);
 CREATE TABLE tasks (task_id TEXT PRIMARY KEY, owner_id TEXT, lead_id TEXT, title TEXT, due_at TEXT, status TEXT,
                     created_at TEXT);
-CREATE TABLE notes (note_id TEXT PRIMARY KEY, contact_id TEXT, about TEXT, text TEXT, created_at TEXT);
+CREATE TABLE notes (note_id TEXT PRIMARY KEY, contact_id TEXT, about TEXT, text TEXT, details TEXT, created_at TEXT);
 CREATE TABLE orders (order_id TEXT PRIMARY KEY, contact_id TEXT, total REAL, currency TEXT, kind TEXT,
                      placed_at TEXT, description TEXT);
 CREATE TABLE payments (payment_id TEXT PRIMARY KEY, order_id TEXT UNIQUE, method TEXT, amount REAL, currency TEXT,
@@ -229,6 +229,9 @@ class SystemOfRecord:
     def refunds_for(self, order_id: str) -> list[dict[str, Any]]:
         return self.records.read("SELECT refund_id, amount, currency, reason, idempotency_key, created_at "
                                  "FROM refunds WHERE order_id = ? ORDER BY created_at, refund_id", order_id)
+
+    def notes_for(self, contact_id: str) -> list[dict[str, Any]]:
+        return self.records.read("SELECT * FROM notes WHERE contact_id = ? ORDER BY note_id", contact_id)
 
     def refunds_by_key(self) -> dict[str, dict[str, Any]]:
         """Every refund issued through the tool (not the sample's own), by idempotency key."""
@@ -429,14 +432,17 @@ class SystemOfRecord:
 
         @server.tool()
         async def add_crm_note(ctx: Context, contact_id: str, text: str, about: str | None = None,
+                               details: dict[str, Any] | None = None,
                                idempotency_key: str | None = None) -> dict[str, Any]:
-            """A note on a contact's CRM record (about: what it concerns, e.g. an order or a lead id)."""
+            """A note on a contact's CRM record (about: what it concerns, e.g. an order or a lead id; details:
+            structured facts, e.g. the refund issued)."""
             def effect(db: sqlite3.Connection) -> dict[str, Any]:
                 if _one(db, "SELECT 1 FROM contacts WHERE contact_id = ?", contact_id) is None:
                     raise ToolError(f"contact {contact_id} does not exist")
                 note = {"note_id": _next_id(db, "notes", "N-"), "contact_id": contact_id, "about": about,
-                        "text": text, "created_at": _now()}
-                db.execute("INSERT INTO notes VALUES (:note_id, :contact_id, :about, :text, :created_at)", note)
+                        "text": text, "details": details, "created_at": _now()}
+                db.execute("INSERT INTO notes VALUES (:note_id, :contact_id, :about, :text, :details, :created_at)",
+                           note | {"details": None if details is None else orjson.dumps(details).decode()})
                 return note
             return await self._effect("add_crm_note", idempotency_key, ctx, effect)
 

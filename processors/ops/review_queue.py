@@ -195,9 +195,12 @@ class ReviewQueue:
 
 
 def _set(values: dict, properties: dict, fields: dict[str, str]) -> dict:
-    """``values`` with each field set; a field whose schema type is not a string is read as JSON."""
+    """``values`` with each field set; a field whose schema type is not a string is read as JSON (a field that
+    may be a string, ``type: [string, "null"]``, takes the text)."""
     for name, text in fields.items():
-        if properties.get(name, {}).get("type") in JSON_TYPES:
+        declared = properties.get(name, {}).get("type")
+        types = set(declared) if isinstance(declared, list) else {declared}
+        if "string" not in types and types & JSON_TYPES:
             try:
                 values[name] = orjson.loads(text)
             except orjson.JSONDecodeError:

@@ -19,6 +19,7 @@ from processors.providers.cascade import CascadeProvider
 from processors.providers.chain import ChainModel
 from processors.providers.embedded import Completion, EmbeddedProvider, TrainingSpec
 from processors.providers.openai import OpenAIModel
+from processors.providers.policy_engine import PolicyEngineProvider
 from processors.providers.scripted import ScriptedProvider
 from processors.redaction import Redaction
 
@@ -53,7 +54,16 @@ class CascadeModel(_Strict):
         "At or above review_threshold, so what the embedded model is unsure of meets the LLM before a person."))
 
 
-ModelConfig = EmbeddedModel | ScriptedModel | OpenAIModel | AnthropicModel | ChainModel | CascadeModel
+class RefundPolicyModel(_Strict):
+    """The refund workflow's offline default: a policy engine in code, an embedded classifier for the
+    request's reason (see processors/providers/policy_engine.py)."""
+
+    kind: Literal["refund_policy"]
+    classifier: TrainingSpec
+
+
+ModelConfig = (EmbeddedModel | ScriptedModel | OpenAIModel | AnthropicModel | ChainModel | CascadeModel
+               | RefundPolicyModel)
 """What a workflow's ``model:`` may declare, told apart by ``kind``."""
 
 
@@ -68,6 +78,8 @@ def build_provider(model: ModelConfig, folder: Path, redaction: Redaction, name:
         if model.script:
             return ScriptedProvider.from_file(folder / model.script, latency=model.latency_s)
         return ScriptedProvider(latency=model.latency_s)
+    if isinstance(model, RefundPolicyModel):
+        return PolicyEngineProvider(model.classifier, folder)
     if isinstance(model, CascadeModel):
         return CascadeProvider(_embedded(model.first, folder, completions), model.then.provider(redaction.text),
                                model.threshold, name)

@@ -23,6 +23,12 @@ In order, for each request:
    redacted arguments, result, latency and error. Then an execution record — the arguments it ran
    with, the original ones when an approver adjusted them, who approved, the tool's result — and
    the ledger entry, in the same commit.
+5. **Then.** The actions it declares to follow it (``then``: a CRM note after a refund, the verdict
+   event that closes the case) are requested on ``<wf>.actions`` in that same commit, their arguments
+   read from the decision and from what this one did (``execution.approved_by``,
+   ``execution.arguments.amount``, ``execution.response.refund_id``…). Each has its own idempotency
+   key, so a repeat of this commit requests them again harmlessly; an ``already_done`` answer
+   requests nothing, since they were requested when it ran.
 
 A crash after the effect but before the ledger entry is committed runs the action again on
 restart — with the same Idempotency-Key, which is what lets the receiver apply it once.
@@ -54,7 +60,7 @@ from processors.runtime.stage import DeadLetter, Emit, Record, Table
 from processors.stages.base import WorkflowStage
 from processors.state.store import Store
 from processors.workflow.checks import SchemaCheck
-from processors.workflow.workflow import Action, ActionKind, Approval, Workflow
+from processors.workflow.workflow import Action, ActionKind, Approval, Workflow, action_view
 
 
 class EffectsDone(Store[ActionDone]):
@@ -71,7 +77,7 @@ class EffectsDone(Store[ActionDone]):
 class Execute(WorkflowStage):
     name = StageName.execute
     input_roles = [Role.actions]
-    output_roles = [Role.executions, Role.review, Role.traces]  # and each emit action's topic
+    output_roles = [Role.executions, Role.review, Role.traces, Role.actions]  # and each emit action's topic
 
     def __init__(self, workflow: Workflow, control: Control | ControlState | None = None):
         super().__init__(workflow, control)
@@ -135,7 +141,8 @@ class Execute(WorkflowStage):
                             key=request.event_id)]
         ledger = self.done.put(record.partition, key, ActionDone(idempotency_key=key, event_id=request.event_id,
                                                                  action=request.action, executed_at_ms=now_ms()))
-        return outputs + [ledger] + self._executed(request, ExecutionStatus.done, result)
+        return outputs + [ledger] + self._executed(request, ExecutionStatus.done, result) + self._then(request, action,
+                                                                                                       result)
 
     def tick(self, now_ms: int, partitions: list[tuple[str, int]]) -> list[Emit]:
         """Forget effects older than ``retention.effects_kept``: no replay or duplicate can reach them."""
@@ -159,6 +166,19 @@ class Execute(WorkflowStage):
     def _tool_trace(self, request: ActionRequest, call: ToolCall, error: str | None = None) -> Emit:
         return self.trace(request.event_id, usage=Usage(latency_ms=call.latency_ms), tool=call.tool,
                           action_request=call.arguments, action_response=call.result_text(), error=error)
+
+    def _then(self, request: ActionRequest, action: Action, result: ActionResult) -> list[Emit]:
+        """The requests of the actions declared to follow this one (``then``), with what it did as ``execution.``:
+        written with its execution and ledger entry, so they are requested once it has run, and only then."""
+        if not action.then:
+            return []
+        arguments, decision = orjson.loads(request.arguments), request.decision
+        original = orjson.loads(request.original_arguments) if request.original_arguments else arguments
+        execution = {"action": request.action, "approved_by": request.approved_by, "arguments": arguments,
+                     "original_arguments": original, "response": _parsed(result.response)}
+        view = action_view(decision, orjson.loads(decision.answer), orjson.loads(decision.event), execution=execution)
+        follow = [self.workflow.action_request(name, decision, view, now_ms()) for name in action.then]
+        return [Emit(self.workflow.topic(Role.actions), r, key=r.idempotency_key) for r in follow]
 
     def _retried(self, attempts: int) -> None:
         """Webhook retries count in ``handoff_retries_total`` like model retries do."""
@@ -191,3 +211,11 @@ class Execute(WorkflowStage):
                 self.trace(request.event_id, action_request=request.arguments,
                            action_response={"status": status, "http_status": result.http_status,
                                             "attempts": result.attempts})]
+
+
+def _parsed(response: str | None):
+    """A tool's or webhook's response as JSON when it is JSON, else its text."""
+    try:
+        return None if response is None else orjson.loads(response)
+    except orjson.JSONDecodeError:
+        return response

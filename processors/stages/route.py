@@ -35,11 +35,10 @@ from processors.records import (
     ReviewReason,
     StageName,
     WorkItem,
-    dumps,
 )
 from processors.runtime.stage import DeadLetter, Emit, Record
 from processors.stages.base import WorkflowStage
-from processors.workflow.workflow import RouteRule
+from processors.workflow.workflow import RouteRule, action_view
 
 
 class Route(WorkflowStage):
@@ -58,7 +57,8 @@ class Route(WorkflowStage):
             return [self.review(ReviewReason(control.mode), event_id=item.event_id, event=item.event,
                                 prompt=item.prompt, model=item.model, key=record.key, answer=item.answer,
                                 raw_answer=item.raw_answer,
-                                validation_errors=[held], control_version=control.version, replay=item.replay),
+                                validation_errors=[held], control_version=control.version, replay=item.replay,
+                                lookups=item.lookups),
                     self.trace(item.event_id, decision={"route": route_name, "rule": rule, "topic": "review"},
                                error=held)]
         shadow = control.mode == Mode.shadow
@@ -100,14 +100,5 @@ class Route(WorkflowStage):
         """One request per action of the route, each carrying the whole decision."""
         if not actions:
             return []
-        view = {"answer": answer, "event": event,
-                "decision": {"route": decision.route, "label": decision.label, "confidence": decision.confidence}}
-        return [self._request(name, decision, view) for name in actions]
-
-    def _request(self, name: str, decision: Decision, view: dict) -> ActionRequest:
-        action = self.workflow.actions[name]
-        arguments = action.build_arguments(view)
-        return ActionRequest(event_id=decision.event_id, workflow=self.workflow.name, action=name,
-                             idempotency_key=action.idempotency_key(decision.event_id, name, arguments, view["decision"]),
-                             arguments=dumps(arguments), route=decision.route, decision=decision,
-                             requested_at_ms=decision.decided_at_ms)
+        view = action_view(decision, answer, event)
+        return [self.workflow.action_request(name, decision, view, decision.decided_at_ms) for name in actions]

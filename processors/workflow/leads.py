@@ -161,8 +161,7 @@ def duplicate_lead_is_recognised(answer: dict, event: dict, lookups: dict) -> st
     return None
 
 
-RULES = {rule.__name__: rule for rule in (owner_covers_the_lead, missing_information_is_computed,
-                                          duplicate_lead_is_recognised)}
+RULES = (owner_covers_the_lead, missing_information_is_computed, duplicate_lead_is_recognised)
 
 
 # -- the embedded default's completion --------------------------------------------------------------

@@ -28,7 +28,7 @@ from processors.kafka.topics import Role, TopicSpec, Windows, keeps_less, span, 
 from processors.paths import lookup
 from processors.providers.base import Provider
 from processors.providers.build import CascadeModel, EmbeddedModel, ModelConfig, build_provider
-from processors.records import Mode, Result
+from processors.records import ActionRequest, Decision, Mode, Result, dumps
 from processors.redaction import Redaction
 from processors.workflow import rules
 from processors.workflow.completions import COMPLETIONS
@@ -283,6 +283,10 @@ class Action(Strict):
     idempotency: list[str] = Field(default_factory=lambda: list(IDEMPOTENCY_PARTS), description=(
         "What makes it once: event_id, action, arguments.<name>, decision.route, decision.label, joined in this order "
         "into the idempotency key. [event_id, action, arguments.team] lets a replay that reroutes notify the new team."))
+    then: list[str] = Field(default_factory=list, description=(
+        "Actions requested once this one has run (a CRM note after a refund, the verdict event that closes the case); "
+        "their arguments may also name execution.approved_by, execution.arguments.<name>, "
+        "execution.original_arguments.<name> and execution.response.<field> of this one."))
 
     @model_validator(mode="after")
     def _kind_fields(self) -> Action:
@@ -316,6 +320,15 @@ class Action(Strict):
 
     def build_arguments(self, view: dict) -> dict[str, Any]:
         return {name: lookup(view, path) for name, path in self.arguments.items()}
+
+
+def action_view(decision: Decision, answer: dict, event: dict, **more: Any) -> dict[str, Any]:
+    """What an action's arguments are taken from: ``answer.``, ``event.`` (the decision's, parsed),
+    ``decision.`` (route, label, confidence, prompt, model) and, for an action run after another
+    (``then``), ``execution.``."""
+    return {"answer": answer, "event": event,
+            "decision": {"route": decision.route, "label": decision.label, "confidence": decision.confidence,
+                         "prompt": decision.prompt.model_dump(), "model": decision.model}, **more}
 
 
 class LookupFailure(StrEnum):
@@ -428,6 +441,15 @@ class Workflow(Strict):
             spec = self.loaded_prompt_specs[version] = load_prompt(path)
         return spec
 
+    def action_request(self, name: str, decision: Decision, view: dict, at_ms: int) -> ActionRequest:
+        """The request of action ``name`` for ``decision``, its arguments and idempotency key taken from ``view``
+        (:func:`action_view`)."""
+        action = self.actions[name]
+        arguments = action.build_arguments(view)
+        key = action.idempotency_key(decision.event_id, name, arguments, view["decision"])
+        return ActionRequest(event_id=decision.event_id, workflow=self.name, action=name, idempotency_key=key,
+                             arguments=dumps(arguments), route=decision.route, decision=decision, requested_at_ms=at_ms)
+
     def tool_client(self) -> Tools:
         """The workflow's allow-listed tools on its servers (connections open on first use)."""
         return Tools(self.tool_servers, self.tools)
@@ -534,6 +556,9 @@ class Workflow(Strict):
                 problems.append(f"actions.{name}.topic: {action.topic!r} is not a topic of this workflow")
             if action.tool and action.tool not in self.tools:
                 problems.append(f"actions.{name}.tool: {action.tool!r} is not on the allow-list (tools)")
+            problems += [f"actions.{name}.then: unknown action {a!r}" for a in action.then if a not in self.actions]
+            if name in self._followed_by(name):
+                problems.append(f"actions.{name}.then: it follows itself, so it would never stop")
         for name, declared in self.lookups.items():
             if declared.tool and declared.tool not in self.tools:
                 problems.append(f"lookups.{name}.tool: {declared.tool!r} is not on the allow-list (tools)")
@@ -561,6 +586,16 @@ class Workflow(Strict):
                 if name not in properties or (allowed is not None and value not in allowed):
                     problems.append(f"{where}.expect.{name}: {value!r} is not an allowed value of the answer's {name}")
         return problems
+
+    def _followed_by(self, name: str) -> set[str]:
+        """Every action run after ``name``, through ``then``, however far down."""
+        found, todo = set(), list(self.actions[name].then)
+        while todo:
+            step = todo.pop()
+            if step not in found and step in self.actions:
+                found.add(step)
+                todo += self.actions[step].then
+        return found
 
     def _event_paths_problems(self) -> list[str]:
         """Every path into the trigger event — its key, its event id, the topic's key field, the prompt's
