@@ -31,10 +31,10 @@ from processors.ops.outcomes import send_outcome
 from processors.pipeline import Pipeline
 from processors.providers.base import ModelRequest
 from processors.providers.scripted import ScriptedProvider
-from processors.records import Decision, Notification, Outcome, ReviewItem, ReviewReason, WorkItem
+from processors.records import Decision, Notification, Outcome, PromptRef, Result, ReviewItem, ReviewReason, WorkItem
 from processors.workflow import leads
 from processors.workflow.workflow import Workflow, load_workflow
-from tests.conftest import WORKFLOWS
+from tests.conftest import WORKFLOWS, tickets
 
 SUBMITTED = "2026-06-15T09:00:00Z"
 FULL_FORM = {"budget": "$25k-$50k", "timeline": "this quarter", "company_size": "51-200"}
@@ -184,7 +184,15 @@ def test_outcome_rules_make_dataset_rows_and_a_retrained_model_prints_old_and_ne
     assert "intent" not in against and against["evidence"]["against"] == {"intent": "purchase"}, \
         "decided purchase, then disqualified: evidence against that intent"
 
-    done = retrain(workflow, {"outcomes": list(evidence.from_topics(workflow, settings))})
+    exported = CliRunner().invoke(app, ["dataset", "export", "--workflow", "lead_intake", "--from", "outcomes",
+                                        "--workflows-dir", str(workflow.folder.parent)],
+                                  env={"KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
+                                       "HANDOFF_NAMESPACE": settings.namespace})
+    assert exported.exit_code == 0 and "wrote 3 examples" in exported.output, exported.output
+    written = [orjson.loads(line) for line in evidence.default_path(workflow).read_bytes().splitlines()]
+    assert sorted(r["event_id"] for r in written) == ["duplicate", "missing", "repaired"]
+
+    done = retrain(workflow, {"outcomes": written})
     assert done.learned == 3 and done.left_out == 0
     assert {k: v.n_holdout for k, v in done.old.labels.items()} == {k: v.n_holdout for k, v in done.new.labels.items()}
     assert all(new.n_train == old.n_train + 3 for old, new in zip(done.old.labels.values(), done.new.labels.values()))
@@ -210,3 +218,25 @@ def test_the_eval_suite_passes_its_targets_with_the_embedded_model(crm, monkeypa
     report = run_suite(load_workflow("lead_intake"))
     assert report.passed, report.table()
     assert {d.dataset: d.rows for d in report.datasets} == {"golden": 60, "edge": 20, "negative": 15, "adversarial": 8}
+
+
+def test_a_ticket_reopened_after_a_decision_off_the_escalation_route_is_a_missed_escalation_row():
+    workflow = load_workflow("support_ticket")
+    ticket = tickets()[1]
+    event = {k: v for k, v in ticket.items() if k != "expected"}
+    answer = {"category": "how_to", "urgency": "medium", "confidence": 0.9, "reason": "asks how to switch keys"}
+    prompt = PromptRef(name="support_ticket_classifier", version="2026-05-29.1")
+    decision = Decision(event_id=event["event_id"], workflow=workflow.name, route="how_to", rule="routes[1]",
+                        label="how_to", confidence=0.9, answer=orjson.dumps(answer).decode(),
+                        event=orjson.dumps(event).decode(), prompt=prompt, model="embedded", decided_at_ms=1)
+    result = {"event_id": event["event_id"], "workflow": workflow.name, "label": "how_to", "confidence": 0.9,
+              "source": "model", "prompt": prompt, "decided_at_ms": 1, "outcome_source": "helpdesk",
+              "outcome_at_ms": 5, "joined_at_ms": 6}
+    reopened = Result(route="how_to", outcome_type="reopened", **result)
+    [row] = evidence.rows(workflow, [reopened, Result(route="how_to", outcome_type="task_completed", **result)],
+                          [decision])
+    assert row["ticket"] == event["ticket"]
+    assert {k: row["expected"][k] for k in ("category", "urgency")} == {"category": "how_to", "urgency": "high"}
+    assert row["expected"]["evidence"]["evidence"] == "corrects"
+    escalated = Result(route="escalation", outcome_type="reopened", **result)
+    assert evidence.rows(workflow, [escalated], [decision]) == [], "reopened after an escalation: nothing missed"

@@ -190,7 +190,6 @@ def run_demo(settings: KafkaSettings) -> bool:
         ok &= run_refund_demo(settings, say)
         say("")
         ok &= lead_intake_demo(settings, say)
-        say("")
         say(f"webhook receiver: {len(receiver.applied)} actions applied, {receiver.duplicates} duplicate "
             f"deliveries absorbed by Idempotency-Key")
         return ok
