@@ -32,6 +32,7 @@ from processors.pipeline import Pipeline
 from processors.providers.base import ModelRequest
 from processors.providers.scripted import ScriptedProvider
 from processors.records import Decision, Notification, Outcome, PromptRef, Result, ReviewItem, ReviewReason, WorkItem
+from processors.paths import lookup
 from processors.workflow import leads
 from processors.workflow.workflow import Workflow, load_workflow
 from tests.conftest import WORKFLOWS, tickets
@@ -240,3 +241,34 @@ def test_a_ticket_reopened_after_a_decision_off_the_escalation_route_is_a_missed
     assert row["expected"]["evidence"]["evidence"] == "corrects"
     escalated = Result(route="escalation", outcome_type="reopened", **result)
     assert evidence.rows(workflow, [escalated], [decision]) == [], "reopened after an escalation: nothing missed"
+
+
+OWNERS = {"owners": [{"owner_id": "OW-01", "services": ["cloud_migration", "data_platform"]},
+                     {"owner_id": "OW-02", "services": ["training"]}]}
+
+
+def test_the_lead_rules_and_the_completion_in_code():
+    event = lead("unit", "C-1001", "DACH", budget=None)
+    event["contact"] |= {"email": None, "phone": "+49 30 1234567"}
+    assert leads.missing_information(lambda path: lookup(event, path)) == ["budget"], "a phone is contact enough"
+    base = {"intent": "purchase", "service": "training", "urgency": "low", "review": False}
+    owner_rule = leads.owner_covers_the_lead
+    assert owner_rule(base | {"recommended_owner": "OW-02"}, event, {"owners": OWNERS}) is None
+    assert owner_rule(base | {"recommended_owner": None}, event, {"owners": OWNERS}) == \
+        "a purchase lead needs an owner: OW-02 cover DACH and training"
+    assert owner_rule(base | {"recommended_owner": "OW-01"}, event, {"owners": OWNERS}) == \
+        "recommended_owner OW-01 does not cover service training in DACH (who does: OW-02)"
+    nobody = base | {"service": "security_audit", "recommended_owner": None}
+    assert "needs review true" in owner_rule(nobody, event, {"owners": OWNERS})
+    assert owner_rule(nobody | {"review": True}, event, {"owners": OWNERS}) is None
+    assert owner_rule(base | {"intent": "spam", "recommended_owner": "OW-02"}, event, {"owners": OWNERS}) == \
+        "a lead with intent spam gets no owner (recommended_owner OW-02)"
+    assert "were not looked up" in owner_rule(base, event, {}), "no grounding: the owner cannot be checked, fail closed"
+
+    inputs = {"lead.message": "Dear team,\nWe need a security audit before our renewal. Can you help?\nThx\nAnna",
+              "lookups.owners.owners": OWNERS["owners"], "lookups.history.leads": [], "contact.phone": "[PHONE]"}
+    completed = leads.complete({"intent": "purchase", "service": "security_audit", "urgency": "high"}, inputs)
+    assert completed["summary"] == "We need a security audit before our renewal. Can you help?"
+    assert (completed["recommended_owner"], completed["review"]) == (None, True), "nobody covers it: a person looks"
+    assert completed["missing_information"] == ["name", "company", "budget", "timeline"]
+    assert completed["next_action"] == "request_information"

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from processors.cli.params import Bootstrap, WorkflowName, WorkflowsDir, fail, load, need_broker
-from processors.offline.training import TrainError, retrain
+from processors.offline.training import TrainError, embedded, retrain
 from processors.ops import corrections, evidence
 
 app = typer.Typer(no_args_is_help=True, help="The embedded model: retrain it on corrections and outcomes.")
@@ -27,14 +27,14 @@ def model_train(workflow: WorkflowName,
     if unknown or not chosen:
         raise fail(f"--with {with_!r}: name corrections, outcomes or both (comma-separated)")
     flow, conf = load(workflow, bootstrap, workflows_dir)
+    try:
+        embedded(flow)  # before anything is read: a model that cannot be retrained says so at once
+    except TrainError as exc:
+        raise fail(str(exc)) from None
     need_broker(flow, conf)
     sources = {}
     if "corrections" in chosen:
         sources["corrections"] = corrections.rows(flow, corrections.corrections(flow, conf))
     if "outcomes" in chosen:
         sources["outcomes"] = evidence.from_topics(flow, conf)
-    try:
-        done = retrain(flow, sources)
-    except TrainError as exc:
-        raise fail(str(exc)) from None
-    typer.echo(done.table())
+    typer.echo(retrain(flow, sources).table())

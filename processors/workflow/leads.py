@@ -46,7 +46,7 @@ HISTORY = "history"
 """The lookup of the contact's leads (``find_leads``: ``{leads: [{lead_id, created_at, …}]}``, newest first)."""
 NO_LEAD_ACTIONS = {"existing_customer": "forward_to_support", "partnership": "forward_to_partnerships"}
 SUMMARY_CHARS = 300
-MIN_WORDS = 4
+MIN_WORDS = 3
 """A summary skips shorter lines: a name under a message, "Thx"."""
 
 Field = Callable[[str], Any]
