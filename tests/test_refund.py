@@ -24,10 +24,13 @@ from processors.dev.sample_records import POLICY
 from processors.dev.system_of_record import SystemOfRecordThread
 from processors.kafka.read import count, snapshot
 from processors.kafka.topics import Role
+from processors.offline.evals import EvalReport
 from processors.ops.review_queue import InvalidVerdict, ReviewQueue
 from processors.pipeline import Pipeline
 from processors.providers.base import ModelAnswer, ModelRequest, Provider
 from processors.records import ReviewReason, StageName, VerdictKind, dumps
+from processors.workflow import rules
+from processors.workflow.workflow import load_workflow
 from tests.conftest import ROOT, deployed, produce
 from tests.test_approval_recovery import handoff_execute
 from tests.test_recovery import wait_for
@@ -182,3 +185,40 @@ def test_a_refund_waits_for_an_approver_and_is_paid_once_with_the_adjusted_amoun
     assert note["about"] == ROWS[APPROVE]["order"]["id"] and orjson.loads(note["details"])["amount"] == 100.0
     assert [n["about"] for n in sor.service.notes_for(ROWS[DENY]["customer"]["id"])] == [ROWS[DENY]["order"]["id"]]
     assert count(kafka, workflow.spec(Role.dlq).name) == 0
+
+
+def test_the_shipped_version_passes_its_suite_grounded_in_the_system_of_record(sor, tmp_path):
+    """`handoff eval --workflow refund` makes its lookups for real; the eval rows are held out from training."""
+    report_path = tmp_path / "report.json"
+    result = CliRunner().invoke(app, ["eval", "--workflow", "refund", "--report", str(report_path)])
+    assert result.exit_code == 0, result.output
+    report = EvalReport.model_validate_json(report_path.read_text())
+    assert report.passed and {d.dataset for d in report.datasets} == {"golden", "edge", "adversarial"}
+    assert {r.metric for r in report.rows if r.target} == {"verdict_accuracy", "category_accuracy", "valid_json_rate",
+                                                           "adversarial_fail_closed_rate", "p95_latency_ms"}
+    assert sor.service.calls["lookup_order"] >= sum(d.rows for d in report.datasets), "grounded, not guessed"
+    assert sor.service.refunds_by_key() == {}, "an eval never acts"
+    trained = {e.row["event_id"] for e in load_workflow("refund").provider().classifier.split()[0]}
+    evaluated = {orjson.loads(line)["event_id"] for name in ("golden", "edge")
+                 for line in (ROOT / f"workflows/refund/datasets/evals/{name}.jsonl").read_bytes().splitlines()}
+    assert evaluated and not evaluated & trained
+
+
+@pytest.mark.parametrize("answer, lookups, problem", [
+    ({"verdict": "approve", "amount": 10.0}, {}, "refund_within_policy: the order and the policy were not looked up"),
+    ({"verdict": "partial", "amount": 10.0, "clause": "9.9"}, None, "clause '9.9' is not in policy"),
+    ({"verdict": "partial", "amount": 10.0, "clause": "3.1"}, None, "applies up to 14 days after the order"),
+    ({"verdict": "partial", "amount": 140.0, "clause": "1.1"}, None, "is more than the 130.0 left"),
+    ({"verdict": "approve", "amount": 50.0, "clause": "1.1"}, None, "verdict_matches_the_amount: approve refunds the 60.0"),
+    ({"verdict": "deny", "amount": 0.0, "rationale": "no"}, None, "deny_needs_a_reason"),
+    ({"verdict": "partial", "amount": 30.0, "clause": "1.1"}, None, None),
+])
+def test_the_refund_rules_read_the_lookups(answer, lookups, problem):
+    order = {"found": True, "order_id": "O-1", "total": 150.0, "currency": "EUR", "kind": "physical",
+             "placed_at": "2026-06-01T00:00:00Z", "refunded": 20.0}
+    grounded = {"order": order, "payment": {"status": "captured"}, "policy": POLICY.model_dump(mode="json")}
+    event = {"requested_at": "2026-06-20T00:00:00Z", "refund": {"amount": 60.0}}
+    names = ["refund_within_policy", "verdict_matches_the_amount", "deny_needs_a_reason"]
+    errors = [str(e) for e in rules.check(names, {"policy_version": POLICY.version} | answer, event,
+                                          grounded if lookups is None else lookups)]
+    assert errors == [] if problem is None else any(problem in e for e in errors), errors

@@ -50,3 +50,28 @@ class LoopbackServer:
         """Block until the server stops; Ctrl-C interrupts it with KeyboardInterrupt."""
         if self._thread is not None:
             self._thread.join()
+
+
+class McpServerThread:
+    """An MCP server's streamable HTTP app on 127.0.0.1, in a background thread; ``url`` ends in /mcp."""
+
+    def __init__(self, app, name: str, port: int = 0):
+        self._http = LoopbackServer(app, name, port, lifespan="on")
+        self.url: str | None = None
+
+    def start(self) -> str:
+        self.url = f"{self._http.start()}/mcp"
+        return self.url
+
+    def stop(self) -> None:
+        self._http.stop()
+
+    def wait(self) -> None:
+        self._http.wait()
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()

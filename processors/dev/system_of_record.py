@@ -64,7 +64,7 @@ from pydantic import BaseModel, Field
 
 from processors.actions.mcp import IDEMPOTENCY_META
 from processors.clock import now_ms
-from processors.dev.loopback import LoopbackServer
+from processors.dev.loopback import McpServerThread
 from processors.dev.sample_records import Sample, iso, sample
 from processors.refunds import cents
 
@@ -498,32 +498,13 @@ class _Http500:
         await self.app(scope, replay, send)
 
 
-class SystemOfRecordThread:
+class SystemOfRecordThread(McpServerThread):
     """The system of record over streamable HTTP on 127.0.0.1, in a background thread; ``url`` ends in /mcp."""
 
     def __init__(self, path: Path | None = None, port: int = 0, failures: list[Failure] | None = None,
                  hang_s: float = 30.0):
         self.service = SystemOfRecord(path, failures, hang_s)
-        app = _Http500(self.service.build().streamable_http_app(), self.service)
-        self._http = LoopbackServer(app, "system-of-record", port, lifespan="on")
-        self.url: str | None = None
-
-    def start(self) -> str:
-        self.url = f"{self._http.start()}/mcp"
-        return self.url
-
-    def stop(self) -> None:
-        self._http.stop()
-
-    def wait(self) -> None:
-        self._http.wait()
-
-    def __enter__(self) -> SystemOfRecordThread:
-        self.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
+        super().__init__(_Http500(self.service.build().streamable_http_app(), self.service), "system-of-record", port)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -25,7 +25,7 @@ from typing import Any
 from mcp.server.mcpserver import Context, MCPServer
 
 from processors.actions.mcp import IDEMPOTENCY_META
-from processors.dev.loopback import LoopbackServer
+from processors.dev.loopback import McpServerThread
 
 PLANS = {"C-1001": "enterprise", "C-1002": "pro"}
 """Customer plans the lookups know; any other customer is on ``free``."""
@@ -102,31 +102,12 @@ class RecordsService:
         return server
 
 
-class ToolServerThread:
+class ToolServerThread(McpServerThread):
     """The records server over streamable HTTP on 127.0.0.1, in a background thread; ``url`` ends in /mcp."""
 
     def __init__(self, port: int = 0) -> None:
         self.service = RecordsService()
-        app = self.service.build().streamable_http_app()
-        self._http = LoopbackServer(app, "mcp-tool-server", port, lifespan="on")
-        self.url: str | None = None
-
-    def start(self) -> str:
-        self.url = f"{self._http.start()}/mcp"
-        return self.url
-
-    def stop(self) -> None:
-        self._http.stop()
-
-    def wait(self) -> None:
-        self._http.wait()
-
-    def __enter__(self) -> ToolServerThread:
-        self.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
+        super().__init__(self.service.build().streamable_http_app(), "mcp-tool-server", port)
 
 
 def main(argv: list[str] | None = None) -> None:
