@@ -25,6 +25,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import Any
 
 from processors.paths import lookup
@@ -44,16 +45,31 @@ OWNERS = "owners"
 """The lookup of the territory's active owners (``find_owners``: ``{owners: [{owner_id, services, …}]}``)."""
 HISTORY = "history"
 """The lookup of the contact's leads (``find_leads``: ``{leads: [{lead_id, created_at, …}]}``, newest first)."""
-NO_LEAD_ACTIONS = {"existing_customer": "forward_to_support", "partnership": "forward_to_partnerships"}
+
+
+class NextAction(StrEnum):
+    """The next actions code decides on (the prompt's output schema allows these)."""
+
+    merge_duplicate = "merge_duplicate"
+    request_information = "request_information"
+    book_call = "book_call"
+    send_proposal = "send_proposal"
+    send_information = "send_information"
+    forward_to_support = "forward_to_support"
+    forward_to_partnerships = "forward_to_partnerships"
+    close = "close"
+
+
+NO_LEAD_ACTIONS = {"existing_customer": NextAction.forward_to_support, "partnership": NextAction.forward_to_partnerships}
 SUMMARY_CHARS = 300
 MIN_WORDS = 3
 """A summary skips shorter lines: a name under a message, "Thx"."""
 
-Field = Callable[[str], Any]
+Value = Callable[[str], Any]
 """A value by its dotted path: into the event (the rules), or among the request's inputs (the completion)."""
 
 
-def missing_information(field: Field) -> list[str]:
+def missing_information(field: Value) -> list[str]:
     """The required information none of whose fields is given, in :data:`REQUIRED` order."""
     return [name for name, paths in REQUIRED.items() if not any(_given(field(path)) for path in paths)]
 
@@ -76,17 +92,17 @@ def duplicate_of(leads: list[dict], lead_id: str, submitted_at: str) -> str | No
     return None
 
 
-def next_action(intent: str, urgency: str, missing: list[str], duplicate: str | None) -> str:
-    """What follows from the lead: the allowed next actions, decided in code for the embedded default."""
+def next_action(intent: str, urgency: str, missing: list[str], duplicate: str | None) -> NextAction:
+    """What follows from the lead, decided in code for the embedded default."""
     if intent not in SALES_INTENTS:
-        return NO_LEAD_ACTIONS.get(intent, "close")
+        return NO_LEAD_ACTIONS.get(intent, NextAction.close)
     if duplicate:
-        return "merge_duplicate"
+        return NextAction.merge_duplicate
     if missing:
-        return "request_information"
+        return NextAction.request_information
     if intent == "information":
-        return "send_information"
-    return "book_call" if urgency == "high" else "send_proposal"
+        return NextAction.send_information
+    return NextAction.book_call if urgency == "high" else NextAction.send_proposal
 
 
 def summary(message: str) -> str:
@@ -137,10 +153,10 @@ def missing_information_is_computed(answer: dict, event: dict, lookups: dict) ->
     given = answer.get("missing_information") or []
     if sorted(given) != sorted(computed):
         return f"missing_information must be {computed} (from the required fields), not {given}"
-    asks = answer.get("next_action") == "request_information"
+    asks = answer.get("next_action") == NextAction.request_information
     if asks and not computed:
         return "next_action request_information, but no required information is missing"
-    if not asks and computed and answer.get("intent") in SALES_INTENTS and answer.get("next_action") != "merge_duplicate":
+    if not asks and computed and answer.get("intent") in SALES_INTENTS and answer.get("next_action") != NextAction.merge_duplicate:
         return f"a sales lead missing {', '.join(computed)} must ask for it: next_action request_information"
     return None
 
@@ -156,7 +172,8 @@ def duplicate_lead_is_recognised(answer: dict, event: dict, lookups: dict) -> st
         days = DUPLICATE_WINDOW.days
         return (f"duplicate_of must be {earlier}: the contact's lead within {days} days before this one" if earlier
                 else f"duplicate_of {said}: the contact has no other lead within {days} days before this one")
-    if (answer.get("next_action") == "merge_duplicate") != (earlier is not None and answer.get("intent") in SALES_INTENTS):
+    if (answer.get("next_action") == NextAction.merge_duplicate) != (earlier is not None and
+                                                                     answer.get("intent") in SALES_INTENTS):
         return "next_action merge_duplicate is a duplicate sales lead's, and only its"
     return None
 
