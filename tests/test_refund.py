@@ -11,12 +11,15 @@ a note and a verdict event closes each decided case with its whole audit record.
 
 from __future__ import annotations
 
+import re
+import shutil
 import signal
 import threading
 import time
 
 import orjson
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from processors.cli.main import app
@@ -30,7 +33,7 @@ from processors.pipeline import Pipeline
 from processors.providers.base import ModelAnswer, ModelRequest, Provider
 from processors.records import ReviewReason, StageName, VerdictKind, dumps
 from processors.workflow import rules
-from processors.workflow.workflow import load_workflow
+from processors.workflow.workflow import WorkflowError, load_workflow
 from tests.conftest import ROOT, deployed, produce
 from tests.test_approval_recovery import handoff_execute
 from tests.test_recovery import wait_for
@@ -222,3 +225,15 @@ def test_the_refund_rules_read_the_lookups(answer, lookups, problem):
     errors = [str(e) for e in rules.check(names, {"policy_version": POLICY.version} | answer, event,
                                           grounded if lookups is None else lookups)]
     assert errors == [] if problem is None else any(problem in e for e in errors), errors
+
+
+@pytest.mark.parametrize("then, problem", [(["nosuch"], "actions.crm_note.then: unknown action 'nosuch'"),
+                                           (["refund"], "actions.refund.then: it follows itself")])
+def test_then_names_declared_actions_and_never_comes_back(tmp_path, then, problem):
+    shutil.copytree(ROOT / "workflows/refund", tmp_path / "refund")
+    path = tmp_path / "refund/workflow.yaml"
+    raw = yaml.safe_load(path.read_text())
+    raw["actions"]["crm_note"]["then"] = then
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(WorkflowError, match=re.escape(problem)):
+        load_workflow("refund", root=tmp_path)

@@ -13,10 +13,10 @@ an idempotency key. :meth:`Tools.call` keeps the protocol, in order:
    tool's own ``inputSchema``; arguments that break it are refused before the tool is called.
    The idempotency key goes in as the argument the grant names, or in the request's ``_meta``.
 3. **Call**, bounded by the grant's ``timeout_s``. A failure is classified
-   (:class:`ToolFailure`): the server cannot be reached (``unavailable``), no answer in time
-   (``timeout``; an HTTP 5xx or an internal error counts as ``unavailable`` too), the tool answered
-   with an error (``tool_error``), or the server refused the request (``rejected``, never retried). Each kind is retried up to its own count, with jittered
-   exponential backoff; then :class:`ToolCallFailed` says which kind ran out. Every attempt of
+   (:class:`ToolFailure`): the server cannot be reached or answered HTTP 5xx (``unavailable``), no
+   answer in time (``timeout``), the tool answered with an error (``tool_error``), or the server
+   refused the request (``rejected``, never retried). Each kind is retried up to its own count, with
+   jittered exponential backoff; then :class:`ToolCallFailed` says which kind ran out. Every attempt of
    one call sends the same arguments and idempotency key, so a tool that honours the key
    applies it once however many attempts reach it.
 

@@ -70,9 +70,11 @@ def run_refund_demo(settings: KafkaSettings, say: Callable[[str], None]) -> bool
         ok &= Pipeline(workflow, settings, stages=["execute"], provider=provider).run_until_drained(DRAIN_TIMEOUT_S)
         order = orjson.loads(item.event)["order"]["id"]
         refunds = [r for r in sor.service.refunds_for(order) if r["idempotency_key"] == key]
-        runs = [e.status.value for e in read(workflow, settings, Role.executions, Execution) if e.idempotency_key == key]
+        runs = [e.status.value for e in read(workflow, settings, Role.executions, Execution)
+                if e.idempotency_key == key]
         say(f"refund: delivered twice, executions {runs}; payment ledger of {order} for {key}: "
-            + ", ".join(f"{r['refund_id']} {r['amount']} {r['currency']} (key {r['idempotency_key']})" for r in refunds))
+            + ", ".join(f"{r['refund_id']} {r['amount']} {r['currency']} (key {r['idempotency_key']})"
+                        for r in refunds))
         [case] = [orjson.loads(n.arguments) for n in read(workflow, settings, Role.notifications, Notification)
                   if n.action == "close_case" and n.event_id == item.event_id]
         say(f"refund: verdict event on {workflow.spec(Role.notifications).name}: {orjson.dumps(case).decode()}")

@@ -76,15 +76,16 @@ def decide(inputs: dict, category: RefundReason, confidence: float) -> RefundAns
     except ValidationError:
         policy = Policy(version="unknown", clauses=[])
     if not order.get("found"):
-        why = Allowance(clause=None, most=0.0, age_days=0.0, why=f"order {order.get('order_id')} is not on record")
+        allowed = Allowance(clause=None, most=0.0, age_days=0.0, why=f"order {order.get('order_id')} is not on record")
     elif payment.get("status") != "captured":
-        why = Allowance(clause=None, most=0.0, age_days=0.0, why=f"the payment is {payment.get('status') or 'missing'}")
+        allowed = Allowance(clause=None, most=0.0, age_days=0.0,
+                            why=f"the payment is {payment.get('status') or 'missing'}, not captured")
     else:
-        why = allowance(policy, category, OrderFacts.model_validate(order), inputs["requested_at"])
-    amount = min(asked, why.most)
+        allowed = allowance(policy, category, OrderFacts.model_validate(order), inputs["requested_at"])
+    amount = min(asked, allowed.most)
     verdict = Verdict.deny if amount <= 0 else Verdict.approve if amount >= asked else Verdict.partial
     said = {Verdict.approve: f"approve the {asked:.2f} asked", Verdict.partial: f"partial: {amount:.2f} of the "
             f"{asked:.2f} asked", Verdict.deny: "deny"}[verdict]
-    rationale = f"Reason {category} (confidence {confidence:.2f}); {why.why}: {said}."
-    return RefundAnswer(verdict=verdict, amount=cents(max(amount, 0.0)), clause=why.clause, category=category,
+    rationale = f"Reason {category} (confidence {confidence:.2f}); {allowed.why}: {said}."
+    return RefundAnswer(verdict=verdict, amount=cents(max(amount, 0.0)), clause=allowed.clause, category=category,
                         policy_version=policy.version, rationale=rationale, confidence=round(confidence, 4))

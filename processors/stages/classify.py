@@ -120,11 +120,11 @@ class Classify(WorkflowStage):
         spec = self.spec(version)
         event_id = str(dotted(event, self.workflow.trigger.event_id))
         if repaired is None:
-            refused = self._refused(record, event, event_id, spec, control, replay)
+            refused = self._refused(record, event, event_id, spec, control, replay, lookups)
             if refused:
                 return refused
         if control.kill_switch:
-            return self._killed(record, event, event_id, spec, control, replay, repaired)
+            return self._killed(record, event, event_id, spec, control, replay, repaired, lookups)
         if repaired is None and not replay:
             self.taken[event_id] = (record.partition, record.offset)
         seen = event if lookups is None else {**event, LOOKUPS_INPUT: orjson.loads(lookups)}
@@ -168,8 +168,9 @@ class Classify(WorkflowStage):
             raise DeadLetter("unknown_prompt_version", str(exc)) from exc
 
     def _refused(self, record: Record, event: dict, event_id: str, spec: PromptSpec, control: ControlState,
-                 replay: str | None) -> list[Emit]:
-        """A new trigger's path when it must not reach the model (a duplicate, an event rule); [] when it may."""
+                 replay: str | None, lookups: str | None) -> list[Emit]:
+        """A new trigger's path when it must not reach the model (a duplicate, an event rule); [] when it may.
+        The review item keeps the lookups, so a person's answer is checked against them."""
         here = (record.partition, record.offset)
         settled = None if replay else self.seen.get(record.partition, event_id)
         if settled is not None and (settled.partition, settled.offset) != here:
@@ -185,17 +186,18 @@ class Classify(WorkflowStage):
         prompt = PromptRef(name=spec.name, version=spec.version)
         settles = [] if replay else [self.seen.settle(event_id, record.partition, record.offset)]
         return [self.review(ReviewReason.event_rule, event_id=event_id, event=dumps(event), prompt=prompt, model="none",
-                            key=record.key, control_version=control.version, replay=replay, validation_errors=errors),
+                            key=record.key, control_version=control.version, replay=replay, validation_errors=errors,
+                            lookups=lookups),
                 *settles, self.trace(event_id, prompt=prompt, validation=errors,
                                      error="a rule on the event failed: sent to review (event_rule), no model call")]
 
     def _killed(self, record: Record, event: dict, event_id: str, spec: PromptSpec, control: ControlState,
-                replay: str | None, repaired: WorkItem | None) -> list[Emit]:
+                replay: str | None, repaired: WorkItem | None, lookups: str | None) -> list[Emit]:
         """Kill switch: no model call; a person decides from the whole event (and, for a repair, the answer
         that failed validation)."""
         prompt = PromptRef(name=spec.name, version=spec.version)
-        context = {} if repaired is None else {"raw_answer": repaired.raw_answer,
-                                               "validation_errors": repaired.validation_errors}
+        context = {"lookups": lookups} | ({} if repaired is None else {"raw_answer": repaired.raw_answer,
+                                                                       "validation_errors": repaired.validation_errors})
         return [self.review(ReviewReason.kill_switch, event_id=event_id, event=dumps(event), prompt=prompt,
                             model="none", key=record.key, control_version=control.version, replay=replay, **context),
                 self.trace(event_id, prompt=prompt, error=f"kill switch on (control version {control.version}): "
