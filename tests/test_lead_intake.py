@@ -28,10 +28,21 @@ from processors.offline.outputs import read
 from processors.offline.training import retrain
 from processors.ops import evidence
 from processors.ops.outcomes import send_outcome
+from processors.ops.review_queue import InvalidVerdict, ReviewQueue
 from processors.pipeline import Pipeline
 from processors.providers.base import ModelRequest
 from processors.providers.scripted import ScriptedProvider
-from processors.records import Decision, Notification, Outcome, PromptRef, Result, ReviewItem, ReviewReason, WorkItem
+from processors.records import (
+    Decision,
+    Notification,
+    Outcome,
+    PromptRef,
+    Result,
+    ReviewItem,
+    ReviewReason,
+    VerdictKind,
+    WorkItem,
+)
 from processors.paths import lookup
 from processors.workflow import leads
 from processors.workflow.workflow import Workflow, load_workflow
@@ -137,6 +148,13 @@ def test_a_recommended_owner_who_does_not_exist_or_does_not_cover_the_territory_
     assert "OW-01, OW-02" in elsewhere, "the message names the territory's owners, from the CRM"
     assert orjson.loads(review["no_such_owner"].lookups)["owners"]["territory"] == "DACH", \
         "the review item keeps what the answer was checked against"
+    queue = ReviewQueue(workflow, settings)  # a person's correction meets the same check, against the same lookups
+    with pytest.raises(InvalidVerdict, match="recommended_owner OW-98 is no active owner of territory DACH"):
+        queue.verdict(review["no_such_owner"].review_id, VerdictKind.correct, reviewer="ops",
+                      fields={"recommended_owner": "OW-98"})
+    corrected = queue.verdict(review["no_such_owner"].review_id, VerdictKind.correct, reviewer="ops",
+                              fields={"recommended_owner": "OW-01"})
+    assert orjson.loads(corrected.answer)["recommended_owner"] == "OW-01"
     decisions = decided(workflow, settings)
     assert decisions["repaired"].route == "sales", "the repaired answer is decided"
     [row] = crm.service.records.read("SELECT owner_id FROM leads WHERE lead_id = 'L-repaired'")
