@@ -133,7 +133,7 @@ def decided(workflow: Workflow, settings: KafkaSettings) -> dict[str, Decision]:
             for d in read(workflow, settings, f"{Role.decisions}.{route}", Decision)}
 
 
-def test_a_recommended_owner_who_does_not_exist_or_does_not_cover_the_territory_is_repaired_once_then_reviewed(run, crm):
+def test_an_owner_who_does_not_exist_or_does_not_cover_the_territory_is_repaired_once_then_reviewed(run, crm):
     workflow, settings, _ = run
     repairs = [i.event_id for i in read(workflow, settings, Role.repair, WorkItem)]
     assert sorted(repairs) == ["duplicate_missed", "no_such_owner", "other_territory", "repaired"], \
@@ -171,7 +171,8 @@ def test_a_lead_with_missing_fields_notifies_its_owner_naming_exactly_the_missin
     assert decision.route == "sales_incomplete"
     notes = [n for n in read(workflow, settings, Role.notifications, Notification) if n.event_id == "missing"]
     assert [orjson.loads(n.arguments) for n in notes] == [
-        {"owner_id": "OW-01", "lead_id": "L-missing", "contact_id": "C-1074", "missing": ["company", "budget", "timeline"]}]
+        {"owner_id": "OW-01", "lead_id": "L-missing", "contact_id": "C-1074",
+         "missing": ["company", "budget", "timeline"]}]
     [task] = crm.service.records.read("SELECT owner_id, title FROM tasks WHERE lead_id = 'L-missing'")
     assert task == {"owner_id": "OW-01", "title": "request_information"}
     [record] = crm.service.records.read("SELECT * FROM leads WHERE lead_id = 'L-missing'")

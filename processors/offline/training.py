@@ -49,7 +49,8 @@ class Retrained(BaseModel):
     def table(self) -> str:
         """Old and new held-out figures side by side, one line per label."""
         given = ", ".join(f"{n} from {source}" for source, n in self.sources.items())
-        lines = [f"model {self.workflow}: learned {self.learned} rows ({given}; {self.left_out} left out) -> {self.path}",
+        lines = [f"model {self.workflow}: learned {self.learned} rows ({given}; {self.left_out} left out) "
+                 f"-> {self.path}",
                  f"{'held-out accuracy':<20} {'n':>5} {'old':>8} {'new':>8} {'change':>8}"]
         for label, old in self.old.labels.items():
             new = self.new.labels[label]
@@ -73,8 +74,8 @@ def embedded(workflow: Workflow) -> EmbeddedProvider:
                          f"(e.g. learned: datasets/learned.jsonl)")
     odd = [f"{field}: {path}" for field, path in model.spec.labels.items() if path != f"{LABELS_FIELD}.{field}"]
     if odd:
-        raise TrainError(f"{workflow.name}: learned rows carry each label as {LABELS_FIELD}.<field>, as corrections and "
-                         f"outcomes do; model.training.labels maps {', '.join(odd)}")
+        raise TrainError(f"{workflow.name}: learned rows carry each label as {LABELS_FIELD}.<field>, as corrections "
+                         f"and outcomes do; model.training.labels maps {', '.join(odd)}")
     return model
 
 

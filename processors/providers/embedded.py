@@ -352,7 +352,8 @@ class EmbeddedProvider(Provider):
             self._report = artifact.report
 
     def predictions(self, texts: list[str]) -> list[dict[str, Prediction]]:
-        """Every label's prediction for each text, at once (offline work such as retraining; stages use ``complete``)."""
+        """Every label's prediction for each text, at once (offline work such as retraining; stages use
+        ``complete``)."""
         self.train()
         return self._predict(texts)
 

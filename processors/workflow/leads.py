@@ -39,7 +39,8 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "budget": ("lead.budget",),
     "timeline": ("lead.timeline",),
 }
-"""What a sales person needs before the first call, by the name the answer uses: given when any of its event fields is."""
+"""What a sales person needs before the first call, by the name the answer uses: given when any of its event
+fields is."""
 DUPLICATE_WINDOW = timedelta(days=14)
 OWNERS = "owners"
 """The lookup of the territory's active owners (``find_owners``: ``{owners: [{owner_id, services, …}]}``)."""
@@ -60,7 +61,8 @@ class NextAction(StrEnum):
     close = "close"
 
 
-NO_LEAD_ACTIONS = {"existing_customer": NextAction.forward_to_support, "partnership": NextAction.forward_to_partnerships}
+NO_LEAD_ACTIONS = {"existing_customer": NextAction.forward_to_support,
+                   "partnership": NextAction.forward_to_partnerships}
 SUMMARY_CHARS = 300
 MIN_WORDS = 3
 """A summary skips shorter lines: a name under a message, "Thx"."""
@@ -127,7 +129,8 @@ def owner_covers_the_lead(answer: dict, event: dict, lookups: dict) -> str | Non
     owner, intent = answer.get("recommended_owner"), answer.get("intent")
     territory, service = lookup(event, "lead.territory"), answer.get("service")
     if OWNERS not in lookups:
-        return f"the owners of territory {territory} were not looked up (lookup {OWNERS!r}): the owner cannot be checked"
+        return (f"the owners of territory {territory} were not looked up (lookup {OWNERS!r}): "
+                "the owner cannot be checked")
     owners = lookups[OWNERS].get("owners") or []
     able = covering(owners, service)
     if intent not in SALES_INTENTS:
@@ -156,7 +159,8 @@ def missing_information_is_computed(answer: dict, event: dict, lookups: dict) ->
     asks = answer.get("next_action") == NextAction.request_information
     if asks and not computed:
         return "next_action request_information, but no required information is missing"
-    if not asks and computed and answer.get("intent") in SALES_INTENTS and answer.get("next_action") != NextAction.merge_duplicate:
+    duplicate = answer.get("next_action") == NextAction.merge_duplicate
+    if not asks and computed and answer.get("intent") in SALES_INTENTS and not duplicate:
         return f"a sales lead missing {', '.join(computed)} must ask for it: next_action request_information"
     return None
 
@@ -202,7 +206,8 @@ def complete(answer: dict, inputs: dict[str, Any]) -> dict:
 _SENTENCES = re.compile(r"(?<=[.!?])\s+|\n+")
 _FORMULA = re.compile(r"^(dear|hi|hello|hey|good (morning|day|afternoon)|kind regards|best regards?|regards|"
                       r"sincerely|cheers|thanks?( so much| you very much)?|talk soon|waiting your answer|"
-                      r"hola|bonjour|olá|sehr geehrte|mit freundlichen|saludos|cordialement|atenciosamente)\b[^.!?]{0,40}[,!]?$",
+                      r"hola|bonjour|olá|sehr geehrte|mit freundlichen|saludos|cordialement|atenciosamente)"
+                      r"\b[^.!?]{0,40}[,!]?$",
                       re.IGNORECASE)
 
 

@@ -153,7 +153,8 @@ class Evidence(StrEnum):
 
 
 class OutcomeRule(Strict):
-    """Joined results that become dataset rows (``handoff dataset export --from outcomes``, processors/ops/evidence.py)."""
+    """Joined results that become dataset rows (``handoff dataset export --from outcomes``,
+    processors/ops/evidence.py)."""
 
     outcomes: list[str] = Field(min_length=1, description="Outcome types it applies to (among outcomes.types).")
     labels: list[str] = Field(default_factory=list, description="Only decisions with one of these labels; empty: any.")
@@ -543,7 +544,8 @@ class Workflow(Strict):
                      (self.escalation.missed_outcomes if self.escalation else []) if t not in self.outcomes.types]
         problems += self._datasets_problems(properties)
         if self.review_flag and properties.get(self.review_flag, {}).get("type") != "boolean":
-            problems.append(f"review_flag: {self.review_flag!r} is not a boolean property of the prompt's output_schema")
+            problems.append(f"review_flag: {self.review_flag!r} is not a boolean property of the prompt's "
+                            f"output_schema")
         embedded = self.model.first if isinstance(self.model, CascadeModel) else self.model
         if isinstance(embedded, EmbeddedModel) and embedded.complete and embedded.complete not in COMPLETIONS:
             problems.append(f"model.complete: unknown completion {embedded.complete!r} (known: {sorted(COMPLETIONS)})")
