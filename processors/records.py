@@ -211,6 +211,7 @@ class ActionRequest(BaseModel):
     approved_by: str | None = None
     requested_at_ms: int
     original_arguments: str | None = None
+    lookups: str | None = None
 
 
 class ReviewItem(BaseModel):

@@ -115,6 +115,10 @@ def test_a_refund_waits_for_an_approver_and_is_paid_once_with_the_adjusted_amoun
         trail = orjson.loads(items[APPROVE].answer)
         assert (trail["verdict"], trail["clause"], trail["amount"]) == ("approve", "1.1", 154.32)
         assert "clause 1.1" in trail["rationale"] and "154.32" in trail["rationale"]
+        grounded = items[APPROVE].lookups_dict()  # the approver reads what the answer was grounded in
+        assert (grounded["order"]["order_id"], grounded["payment"]["status"]) == (ROWS[APPROVE]["order"]["id"],
+                                                                                  "captured")
+        assert grounded["policy"]["version"] == POLICY.version
         assert (items[OVER].reason, items[NO_REASON].reason) == (ReviewReason.invalid_output,) * 2
         assert any("refund_within_policy: amount 140.96 is above clause 2.2's limit of 28.19 EUR" in e
                    for e in items[OVER].validation_errors), items[OVER].validation_errors
@@ -148,8 +152,9 @@ def test_a_refund_waits_for_an_approver_and_is_paid_once_with_the_adjusted_amoun
         [(partition, offset)] = [(m.partition(), m.offset()) for m in snapshot(kafka, triggers.name)
                                  if triggers.serde(kafka).decode(m.value())["event_id"] == APPROVE]
         monkeypatch.setenv("HANDOFF_NAMESPACE", kafka.namespace)
-        replay = CliRunner().invoke(app, ["replay", "--workflow", "refund", "--offsets", f"{partition}:{offset}-{offset}",
-                                          "--mode", "live", "--id", "r-live", "--bootstrap", kafka.bootstrap_servers])
+        replay = CliRunner().invoke(app, ["replay", "--workflow", "refund", "--offsets",
+                                          f"{partition}:{offset}-{offset}", "--mode", "live", "--id", "r-live",
+                                          "--bootstrap", kafka.bootstrap_servers])
         assert replay.exit_code == 0, replay.output
         wait_for(lambda: [e["status"] for e in executions(kafka, workflow, key)].count("already_done") >= 2, 90,
                  "the redelivery and the replay answered already_done", execute)
@@ -212,7 +217,8 @@ def test_the_shipped_version_passes_its_suite_grounded_in_the_system_of_record(s
     ({"verdict": "partial", "amount": 10.0, "clause": "9.9"}, None, "clause '9.9' is not in policy"),
     ({"verdict": "partial", "amount": 10.0, "clause": "3.1"}, None, "applies up to 14 days after the order"),
     ({"verdict": "partial", "amount": 140.0, "clause": "1.1"}, None, "is more than the 130.0 left"),
-    ({"verdict": "approve", "amount": 50.0, "clause": "1.1"}, None, "verdict_matches_the_amount: approve refunds the 60.0"),
+    ({"verdict": "approve", "amount": 50.0, "clause": "1.1"}, None,
+     "verdict_matches_the_amount: approve refunds the 60.0"),
     ({"verdict": "deny", "amount": 0.0, "rationale": "no"}, None, "deny_needs_a_reason"),
     ({"verdict": "partial", "amount": 30.0, "clause": "1.1"}, None, None),
 ])

@@ -120,7 +120,7 @@ class Execute(WorkflowStage):
             return [self.review(ReviewReason.risky_action, event_id=request.event_id, event=decision.event,
                                 prompt=decision.prompt, model=decision.model, key=request.event_id,
                                 suffix=f":{request.action}", answer=decision.answer, action=request,
-                                control_version=control.version, replay=decision.replay),
+                                control_version=control.version, replay=decision.replay, lookups=request.lookups),
                     self.trace(request.event_id, action_request=request.arguments,
                                error=f"{why}: awaiting approval")]
         if action.kind == ActionKind.webhook:
@@ -177,7 +177,7 @@ class Execute(WorkflowStage):
         execution = {"action": request.action, "approved_by": request.approved_by, "arguments": arguments,
                      "original_arguments": original, "response": _parsed(result.response)}
         view = action_view(decision, orjson.loads(decision.answer), orjson.loads(decision.event), execution=execution)
-        follow = [self.workflow.action_request(name, decision, view, now_ms()) for name in action.then]
+        follow = [self.workflow.action_request(name, decision, view, now_ms(), request.lookups) for name in action.then]
         return [Emit(self.workflow.topic(Role.actions), r, key=r.idempotency_key) for r in follow]
 
     def _retried(self, attempts: int) -> None:

@@ -75,7 +75,7 @@ class Route(WorkflowStage):
                             control_version=control.version, replay=item.replay)
         self.quality.decided(item.prompt.version, route_name, by_model=decision.source == DecisionSource.model)
         outputs = [Emit(topic, decision, key=record.key)]
-        requests = [] if shadow else self._requests(route.actions, decision, answer, event)
+        requests = [] if shadow else self._requests(route.actions, decision, answer, event, item.lookups)
         outputs += [Emit(self.workflow.topic(Role.actions), r, key=r.idempotency_key) for r in requests]
         outputs.append(self.trace(item.event_id, decision={"route": route_name, "rule": rule, "topic": topic},
                                   action_request=[r.action for r in requests]))
@@ -96,9 +96,10 @@ class Route(WorkflowStage):
                  if self.workflow.actions[name].risk > bound]
         return f"partial mode: {', '.join(risky)} above the low-risk bound {bound}" if risky else None
 
-    def _requests(self, actions: list[str], decision: Decision, answer: dict, event: dict) -> list[ActionRequest]:
+    def _requests(self, actions: list[str], decision: Decision, answer: dict, event: dict,
+                  lookups: str | None) -> list[ActionRequest]:
         """One request per action of the route, each carrying the whole decision."""
         if not actions:
             return []
         view = action_view(decision, answer, event)
-        return [self.workflow.action_request(name, decision, view, decision.decided_at_ms) for name in actions]
+        return [self.workflow.action_request(name, decision, view, decision.decided_at_ms, lookups) for name in actions]

@@ -442,14 +442,16 @@ class Workflow(Strict):
             spec = self.loaded_prompt_specs[version] = load_prompt(path)
         return spec
 
-    def action_request(self, name: str, decision: Decision, view: dict, at_ms: int) -> ActionRequest:
+    def action_request(self, name: str, decision: Decision, view: dict, at_ms: int,
+                       lookups: str | None) -> ActionRequest:
         """The request of action ``name`` for ``decision``, its arguments and idempotency key taken from ``view``
-        (:func:`action_view`)."""
+        (:func:`action_view`); ``lookups``: what the decision was grounded in, for the approver to read."""
         action = self.actions[name]
         arguments = action.build_arguments(view)
         key = action.idempotency_key(decision.event_id, name, arguments, view["decision"])
         return ActionRequest(event_id=decision.event_id, workflow=self.name, action=name, idempotency_key=key,
-                             arguments=dumps(arguments), route=decision.route, decision=decision, requested_at_ms=at_ms)
+                             arguments=dumps(arguments), route=decision.route, decision=decision, requested_at_ms=at_ms,
+                             lookups=lookups)
 
     def tool_client(self) -> Tools:
         """The workflow's allow-listed tools on its servers (connections open on first use)."""
