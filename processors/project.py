@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import orjson
 import yaml
 from pydantic import ValidationError
 
@@ -85,6 +86,15 @@ def load_yaml(path: Path) -> Any:
             context += f" that starts at line {start.line + 1} column {start.column + 1}"
         detail = f"{problem} ({context})" if context else problem
         raise DataFileError(f"{path}: {where}not valid YAML: {detail}") from None
+
+
+def write_rows(path: Path, rows: list[dict]) -> None:
+    """Replace a dataset file whole with ``rows``, one JSON object a line: written aside and renamed, so a
+    reader never sees half of it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_bytes(b"".join(orjson.dumps(row) + b"\n" for row in rows))
+    os.replace(partial, path)
 
 
 def describe(path: Path, exc: ValidationError) -> str:

@@ -67,6 +67,8 @@ class ReviewReason(StrEnum):
     lookup_failed = "lookup_failed"
     """A lookup declared ``on_failure: review`` failed after its retries: a person decides without that
     context, from the event (ground)."""
+    flagged = "flagged"
+    """A valid answer that asks for a person itself (its ``review_flag`` field is true: validate)."""
 
 
 class DecisionSource(StrEnum):

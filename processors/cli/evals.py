@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from processors.actions.mcp import MissingSetting
 from processors.cli.params import WorkflowName, WorkflowsDir, fail
 from processors.offline.evals import REPORTS_DIR, EvalError, run_suite
 from processors.workflow.workflow import WorkflowError, load_workflow
@@ -25,7 +26,7 @@ def eval_(workflow: WorkflowName,
         flow = load_workflow(workflow, root=workflows_dir)
         flow = flow.with_prompt(prompt_version) if prompt_version else flow
         result = run_suite(flow, datasets=dataset, progress=True)
-    except (WorkflowError, EvalError) as exc:
+    except (WorkflowError, EvalError, MissingSetting) as exc:  # MissingSetting: a grounded workflow's tool server
         raise fail(str(exc))
     path = report or REPORTS_DIR / f"{workflow}-{result.prompt.version}.json"
     path.parent.mkdir(parents=True, exist_ok=True)

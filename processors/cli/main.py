@@ -21,6 +21,7 @@ from processors.cli import (
     evals,
     events,
     init,
+    model,
     outcome,
     prompt,
     replay,
@@ -70,6 +71,7 @@ app.command()(report.report)
 app.command()(outcome.outcome)
 app.add_typer(review.app, name="review")
 app.add_typer(dataset.app, name="dataset")
+app.add_typer(model.app, name="model")
 app.add_typer(prompt.app, name="prompt")
 app.add_typer(control.app, name="control")
 app.command()(replay.replay)

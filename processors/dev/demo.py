@@ -29,6 +29,7 @@ import orjson
 from confluent_kafka import Producer
 
 from processors.clock import now_ms
+from processors.dev.lead_intake import lead_intake_demo
 from processors.dev.localkafka import LocalKafka, free_port, wait_for_broker
 from processors.dev.receiver import WebhookReceiver
 from processors.dev.refund_demo import run_refund_demo
@@ -188,6 +189,7 @@ def run_demo(settings: KafkaSettings) -> bool:
         say("")
         ok &= run_refund_demo(settings, say)
         say("")
+        ok &= lead_intake_demo(settings, say)
         say(f"webhook receiver: {len(receiver.applied)} actions applied, {receiver.duplicates} duplicate "
             f"deliveries absorbed by Idempotency-Key")
         return ok

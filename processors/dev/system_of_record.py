@@ -13,7 +13,8 @@ Lookups (read-only; an unknown id answers ``found: false``, not an error):
 * ``find_leads(contact_id=None, email=None, limit=10)`` → ``{contact_id, leads: [{lead_id, created_at, source,
   status, service, territory, owner_id, …}]}``, newest first (a duplicate lead is a recent one here);
 * ``lookup_owner(owner_id)`` → ``{found, owner_id, name, email, active, territories, services}``;
-* ``find_owners(territory, service)`` → ``{owners: [...]}``: the active owners covering both;
+* ``find_owners(territory, service=None)`` → ``{owners: [...]}``: the active owners covering the territory
+  (and the service, when given: lead intake grounds a territory's owners before the service is known);
 * ``lookup_order(order_id)`` → ``{found, order_id, contact_id, total, currency, kind, placed_at, description,
   refunded, left}`` (``refunded``: the sum of its refunds, ``left``: total minus that);
 * ``lookup_payment(order_id)`` → ``{found, payment_id, order_id, method, amount, currency, status, captured_at}``;
@@ -312,12 +313,12 @@ class SystemOfRecord:
             return await self._lookup("lookup_owner", read)
 
         @server.tool()
-        async def find_owners(territory: str, service: str) -> dict[str, Any]:
-            """The active owners who cover both the territory and the service."""
+        async def find_owners(territory: str, service: str | None = None) -> dict[str, Any]:
+            """The active owners who cover the territory (and the service, when one is given)."""
             def read():
-                ids = records.read("SELECT o.owner_id FROM owners o JOIN owner_territories t USING (owner_id) "
+                ids = records.read("SELECT DISTINCT o.owner_id FROM owners o JOIN owner_territories t USING (owner_id) "
                                    "JOIN owner_services s USING (owner_id) WHERE o.active = 1 AND t.territory = ? "
-                                   "AND s.service = ? ORDER BY o.owner_id", territory, service)
+                                   "AND (? IS NULL OR s.service = ?) ORDER BY o.owner_id", territory, service, service)
                 return {"territory": territory, "service": service, "owners": [owner(r["owner_id"]) for r in ids]}
             return await self._lookup("find_owners", read)
 

@@ -19,7 +19,6 @@ once keeps one row, its latest correction.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import orjson
@@ -27,6 +26,7 @@ from pydantic import BaseModel
 
 from processors.kafka.settings import KafkaSettings
 from processors.ops.review_queue import ReviewQueue
+from processors.project import write_rows
 from processors.records import LABELS_FIELD, Verdict, VerdictKind
 from processors.workflow.workflow import Workflow
 
@@ -72,12 +72,9 @@ def rows(workflow: Workflow, corrected: list[Verdict]) -> list[dict]:
 
 
 def export(workflow: Workflow, settings: KafkaSettings, out: Path | None = None) -> Exported:
-    """Write the regression set (replacing the file whole, so a reader never sees half of it)."""
+    """Write the regression set (replacing the file whole)."""
     path = out or default_path(workflow)
     corrected = corrections(workflow, settings)
     examples = rows(workflow, corrected)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_bytes(b"".join(orjson.dumps(row) + b"\n" for row in examples))
-    os.replace(partial, path)
+    write_rows(path, examples)
     return Exported(path=path, rows=len(examples), corrections=len(corrected))

@@ -7,6 +7,7 @@ their training data or script in, which is why building takes one.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -16,7 +17,7 @@ from processors.providers.anthropic import AnthropicModel
 from processors.providers.base import Provider
 from processors.providers.cascade import CascadeProvider
 from processors.providers.chain import ChainModel
-from processors.providers.embedded import EmbeddedProvider, TrainingSpec
+from processors.providers.embedded import Completion, EmbeddedProvider, TrainingSpec
 from processors.providers.openai import OpenAIModel
 from processors.providers.policy_engine import PolicyEngineProvider
 from processors.providers.scripted import ScriptedProvider
@@ -30,6 +31,9 @@ class _Strict(BaseModel):
 class EmbeddedModel(_Strict):
     kind: Literal["embedded"]
     training: TrainingSpec
+    complete: str | None = Field(None, description=(
+        "Code that fills the answer fields the classifier does not give, by name "
+        "(processors/workflow/completions.py: lead_intake)."))
 
 
 class ScriptedModel(_Strict):
@@ -63,12 +67,13 @@ ModelConfig = (EmbeddedModel | ScriptedModel | OpenAIModel | AnthropicModel | Ch
 """What a workflow's ``model:`` may declare, told apart by ``kind``."""
 
 
-def build_provider(model: ModelConfig, folder: Path, redaction: Redaction, name: str) -> Provider:
+def build_provider(model: ModelConfig, folder: Path, redaction: Redaction, name: str,
+                   completions: Mapping[str, Completion] | None = None) -> Provider:
     """The provider ``model`` declares. ``folder`` holds its training data or script; HTTP providers
     redact what they send with ``redaction`` and read their API keys from the environment now;
-    ``name`` labels a cascade's metrics."""
+    ``name`` labels a cascade's metrics; ``completions`` are the completions an embedded model may name."""
     if isinstance(model, EmbeddedModel):
-        return EmbeddedProvider(model.training, folder)
+        return _embedded(model, folder, completions)
     if isinstance(model, ScriptedModel):
         if model.script:
             return ScriptedProvider.from_file(folder / model.script, latency=model.latency_s)
@@ -76,5 +81,11 @@ def build_provider(model: ModelConfig, folder: Path, redaction: Redaction, name:
     if isinstance(model, RefundPolicyModel):
         return PolicyEngineProvider(model.classifier, folder)
     if isinstance(model, CascadeModel):
-        return CascadeProvider(EmbeddedProvider(model.first.training, folder), model.then.provider(redaction.text), model.threshold, name)
+        return CascadeProvider(_embedded(model.first, folder, completions), model.then.provider(redaction.text),
+                               model.threshold, name)
     return model.provider(redaction.text)
+
+
+def _embedded(model: EmbeddedModel, folder: Path, completions: Mapping[str, Completion] | None) -> EmbeddedProvider:
+    completion = None if model.complete is None else (completions or {})[model.complete]
+    return EmbeddedProvider(model.training, folder, completion=completion)

@@ -40,6 +40,10 @@ from processors.providers.base import ModelAnswer, ModelRequest, Provider
 CACHE_DIR = Path.home() / ".cache" / "handoff"
 REASON_CHARS = 300
 
+Completion = Callable[[dict, dict[str, Any]], dict]
+"""Code that fills the answer fields no classifier can give (a lead's owner, what is missing), from the
+classifier's answer and the request's inputs: a workflow names one (``model.complete``)."""
+
 
 class TrainingSpec(BaseModel):
     """Where a workflow's labelled examples are and how they map onto prompt inputs and answer fields."""
@@ -52,6 +56,10 @@ class TrainingSpec(BaseModel):
     labels: dict[str, str] = Field(
         min_length=1, description="Answer field → where its label is in an example (dotted path or CSV column).")
     holdout: float = Field(0.2, ge=0, lt=1, description="Fraction held out for validation, chosen by text hash.")
+    learned: str | None = Field(None, description=(
+        "Relative to the workflow folder: .jsonl rows learned from corrections and outcomes (`handoff model train` "
+        "writes it). Trained on whole, never held out; a row whose text is a held-out example's is left out, so the "
+        "held-out split stays the measure."))
     confidence_from: str | None = Field(None, description="The label whose probability is the answer's confidence; "
                                                           "default the first.")
     seed: int = Field(0, description="Varies the holdout split and the solver.")
@@ -262,9 +270,11 @@ class EmbeddedProvider(Provider):
     name = "embedded"
 
     def __init__(self, spec: TrainingSpec, base_dir: Path, *, model: str = "embedded:tfidf-svm",
-                 cache_dir: Path = CACHE_DIR):
+                 cache_dir: Path = CACHE_DIR, completion: Completion | None = None):
         self.spec = spec
+        self.completion = completion
         self.path = Path(base_dir) / spec.examples
+        self.learned_path = None if spec.learned is None else Path(base_dir) / spec.learned
         self.model = model
         self.cache_dir = Path(cache_dir)
         self._lock = threading.Lock()
@@ -274,18 +284,34 @@ class EmbeddedProvider(Provider):
 
     # -- the data -------------------------------------------------------------------------------
 
-    def examples(self) -> list[Example]:
-        """Every example in the file, in file order. A missing text is empty, as it would be in a
-        request (``PromptSpec.select_inputs``); a missing label is an error."""
-        out = []
-        for number, row in enumerate(_read_rows(self.path), start=1):
-            labels = {answer: _field(row, where) for answer, where in self.spec.labels.items()}
-            missing = [self.spec.labels[answer] for answer, label in labels.items() if label is None]
-            if missing:
-                raise ValueError(f"{self.path}: example {number} has no label at {', '.join(missing)}")
-            inputs = {path: _field(row, where) for path, where in self.spec.text.items()}
-            out.append(Example(inputs=inputs, labels={k: str(v) for k, v in labels.items()}, row=row))
-        return out
+    def examples(self, path: Path | None = None) -> list[Example]:
+        """Every example in the file (``path``: another file of the same format), in file order. A missing text
+        is empty, as it would be in a request (``PromptSpec.select_inputs``); a missing label is an error."""
+        path = path or self.path
+        return [self.example(row, f"{path}: example {number}")
+                for number, row in enumerate(_read_rows(path), start=1)]
+
+    def example(self, row: dict[str, Any], where: str) -> Example:
+        """One row as an example; ``where`` names it when a label is missing."""
+        labels = {answer: _field(row, at) for answer, at in self.spec.labels.items()}
+        missing = [self.spec.labels[answer] for answer, label in labels.items() if label is None]
+        if missing:
+            raise ValueError(f"{where} has no label at {', '.join(missing)}")
+        return Example(inputs=self._inputs(row), labels={k: str(v) for k, v in labels.items()}, row=row)
+
+    def text(self, row: dict[str, Any]) -> str:
+        """What the classifier reads of a row (a trigger event, an example)."""
+        return self.spec.compose(self._inputs(row))
+
+    def _inputs(self, row: dict[str, Any]) -> dict[str, Any]:
+        return {path: _field(row, at) for path, at in self.spec.text.items()}
+
+    def learned(self) -> list[Example]:
+        """The learned rows training adds to its split, without any whose text is a held-out example's."""
+        if self.learned_path is None or not self.learned_path.exists():
+            return []
+        held = {self.spec.compose(e.inputs) for e in self.holdout_examples()}
+        return [e for e in self.examples(self.learned_path) if self.spec.compose(e.inputs) not in held]
 
     def split(self) -> tuple[list[Example], list[Example]]:
         """(training, held-out) examples, each in file order."""
@@ -302,7 +328,8 @@ class EmbeddedProvider(Provider):
     def cache_path(self) -> Path:
         """Keyed by everything that shapes the fit, so a changed file, spec or recipe never loads a stale model."""
         key = hashlib.sha256()
-        for part in (self.path.read_bytes(), self.spec.model_dump_json().encode(),
+        learned = self.learned_path.read_bytes() if self.learned_path and self.learned_path.exists() else b""
+        for part in (self.path.read_bytes(), learned, self.spec.model_dump_json().encode(),
                      version("scikit-learn").encode(), Path(__file__).read_bytes()):
             key.update(hashlib.sha256(part).digest())
         return self.cache_dir / f"embedded-{key.hexdigest()[:24]}.pkl"
@@ -324,6 +351,12 @@ class EmbeddedProvider(Provider):
             self._models = {field: _LabelModel(p) for field, p in artifact.pipelines.items()}
             self._report = artifact.report
 
+    def predictions(self, texts: list[str]) -> list[dict[str, Prediction]]:
+        """Every label's prediction for each text, at once (offline work such as retraining; stages use
+        ``complete``)."""
+        self.train()
+        return self._predict(texts)
+
     def evaluate(self) -> HoldoutReport:
         """Accuracy and calibration on the held-out split, as measured when the model was fitted."""
         self.train()
@@ -332,6 +365,7 @@ class EmbeddedProvider(Provider):
     def _fit(self) -> _Artifact:
         started = time.perf_counter()
         train, holdout = self.split()
+        train += self.learned()
         train_texts = [self.spec.compose(e.inputs) for e in train]
         pipelines = {field: _fit_label(field, train_texts, [e.labels[field] for e in train], self.spec.seed)
                      for field in self.spec.labels}
@@ -376,6 +410,8 @@ class EmbeddedProvider(Provider):
         answer = {field: p.label for field, p in predictions.items()}
         answer["confidence"] = round(predictions[self.spec.confidence_label].probability, 4)
         answer["reason"] = reason if len(reason) <= REASON_CHARS else reason[: REASON_CHARS - 1] + "…"
+        if self.completion is not None:
+            answer = self.completion(answer, request.inputs)
         properties = request.output_schema.get("properties", {})
         body = orjson.dumps({k: v for k, v in answer.items() if k in properties}).decode()
         return ModelAnswer(text=body, model=self.model, tokens_in=len(text.split()), tokens_out=len(body.split()),

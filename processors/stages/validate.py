@@ -11,6 +11,7 @@ review threshold. Then:
   model the same text again. Classify applies these rules before the model is asked, so this is
   a second line;
 * valid but not confident enough → review (``low_confidence``);
+* valid, but the answer's ``review_flag`` field is true → review (``flagged``);
 * valid → the validated topic, for route.
 
 A duplicate event id is recognised with a partition-local store (:class:`SeenEvents`, changelog
@@ -86,6 +87,10 @@ class Validate(WorkflowStage):
         if confidence < threshold:
             return [self._review(ReviewReason.low_confidence, item, record,
                                  [f"confidence {confidence} is below {threshold}"], control), *settled, trace]
+        flag = self.workflow.review_flag
+        if flag and answer.get(flag) is True:
+            return [self._review(ReviewReason.flagged, item, record, [f"the answer asks for a person ({flag}: true)"],
+                                 control), *settled, trace]
         item.control_version = control.version  # this stage's own copy, decoded for this record
         return [Emit(self.workflow.topic(Role.validated), item, key=record.key), *settled, trace]
 

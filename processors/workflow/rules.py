@@ -6,7 +6,7 @@ sure it did. A rule takes the parsed answer, the trigger event and the grounding
 answer against the system of record it was grounded in) and returns what is wrong (or None). A
 workflow lists the rules it applies by name in ``workflow.yaml``; :func:`check` runs them and
 says which failed as :class:`RuleError`. Rules of one workflow live in a module of their own
-(:mod:`processors.workflow.refund_policy`) and are registered in :data:`RULES`.
+(:mod:`processors.workflow.refund_policy`, :mod:`processors.workflow.leads`) and are registered in :data:`RULES`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from processors.workflow import injection, refund_policy
+from processors.workflow import injection, leads, refund_policy
 
 Rule = Callable[[dict, dict, dict], str | None]
 """``rule(answer, event, lookups)``: what is wrong, or None."""
@@ -62,7 +62,8 @@ def _texts(value: object) -> list[str]:
 
 
 RULES: dict[str, Rule] = {rule.__name__: rule for rule in (high_urgency_needs_reason, reason_is_not_an_instruction,
-                                                           event_does_not_instruct_the_model, *refund_policy.RULES)}
+                                                           event_does_not_instruct_the_model, *refund_policy.RULES,
+                                                           *leads.RULES)}
 EVENT_RULES = frozenset({event_does_not_instruct_the_model.__name__})
 """Rules that judge the event, not the answer: no answer can pass them, so asking the model again is waste."""
 

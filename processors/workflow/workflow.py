@@ -27,10 +27,11 @@ from processors.avro.contracts import UnknownContract, default_store
 from processors.kafka.topics import Role, TopicSpec, Windows, keeps_less, span, topic_name, workflow_topics
 from processors.paths import lookup
 from processors.providers.base import Provider
-from processors.providers.build import ModelConfig, build_provider
-from processors.records import ActionRequest, Decision, Mode, dumps
+from processors.providers.build import CascadeModel, EmbeddedModel, ModelConfig, build_provider
+from processors.records import ActionRequest, Decision, Mode, Result, dumps
 from processors.redaction import Redaction
 from processors.workflow import rules
+from processors.workflow.completions import COMPLETIONS
 from processors.workflow.prompt import PromptSpec, load_prompt
 
 _ROUTE_FIELD = re.compile(r"^\{(answer\.[\w.]+)\}$")
@@ -138,6 +139,46 @@ class Outcomes(Strict):
         "(decision_never_came). Longer tolerates slower pipelines; shorter surfaces wrong event ids sooner."))
     types: list[str] = Field(default_factory=lambda: list(OUTCOME_TYPES), description=(
         "The outcome types this workflow accepts; any other goes to the dead letters (unknown_outcome_type)."))
+
+
+class Evidence(StrEnum):
+    """What a joined outcome says about the decided answer (``datasets.outcomes``)."""
+
+    confirms = "confirms"
+    """The decided answer was right (a qualified lead, a booked call): a row expecting it."""
+    against = "against"
+    """The decided label was wrong, and what is right is not known (a sales lead disqualified): a row against it."""
+    corrects = "corrects"
+    """The answer should have held ``expect``'s values (a ticket reopened after no escalation: urgency high)."""
+
+
+class OutcomeRule(Strict):
+    """Joined results that become dataset rows (``handoff dataset export --from outcomes``,
+    processors/ops/evidence.py)."""
+
+    outcomes: list[str] = Field(min_length=1, description="Outcome types it applies to (among outcomes.types).")
+    labels: list[str] = Field(default_factory=list, description="Only decisions with one of these labels; empty: any.")
+    not_routes: list[str] = Field(default_factory=list, description=(
+        "Only decisions on another route: a ticket reopened after a decision off the escalation route was a missed "
+        "escalation."))
+    evidence: Evidence
+    expect: dict[str, str] = Field(default_factory=dict, description="corrects: the answer fields it should have had.")
+
+    @model_validator(mode="after")
+    def _expect_with_corrects(self) -> OutcomeRule:
+        if bool(self.expect) != (self.evidence == Evidence.corrects):
+            raise ValueError("expect is what evidence corrects sets, and only it")
+        return self
+
+    def applies(self, result: Result) -> bool:
+        return (result.outcome_type in self.outcomes and (not self.labels or result.label in self.labels)
+                and result.route not in self.not_routes)
+
+
+class Datasets(Strict):
+    """Datasets that build themselves: which joined outcomes are evidence about the decided answer."""
+
+    outcomes: list[OutcomeRule] = Field(default_factory=list, description="First match wins, per result.")
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
@@ -340,6 +381,8 @@ class Workflow(Strict):
     retries: ModelRetries = ModelRetries()
     rules: list[str] = Field(default_factory=list, description="Business rules from processors/workflow/rules.py.")
     review_threshold: float = Field(0.75, ge=0, le=1, description="Answers less confident than this go to review.")
+    review_flag: str | None = Field(None, description=(
+        "A boolean answer field: an answer that sets it true goes to review (flagged), however confident."))
     approval_risk: float = Field(0.7, ge=0, le=1, description="Actions riskier than this wait for a person.")
     mode: Mode = Field(Mode.full, description=(
         "The rollout mode until the control topic says otherwise (processors/stages/route.py): shadow decides "
@@ -359,6 +402,7 @@ class Workflow(Strict):
         "Context looked up before the model (a ground stage runs when any is declared)."))
     escalation: Escalation | None = Field(None, description="Which route escalates; none: no escalation recall.")
     outcomes: Outcomes = Outcomes()
+    datasets: Datasets = Datasets()
     retention: Retention = Retention()
 
     folder: Path = Field(Path("."), exclude=True)
@@ -415,7 +459,7 @@ class Workflow(Strict):
 
     def provider(self) -> Provider:
         """The provider ``model`` declares, built now (HTTP kinds read their API keys from the environment)."""
-        return build_provider(self.model, self.folder, self.redaction, self.name)
+        return build_provider(self.model, self.folder, self.redaction, self.name, COMPLETIONS)
 
     def with_prompt(self, version: str) -> Workflow:
         """This workflow running ``version`` of its prompt (evals, replay, promotion)."""
@@ -500,6 +544,13 @@ class Workflow(Strict):
             problems.append(f"escalation.route: {self.escalation.route!r} is not a route of this workflow")
         problems += [f"escalation.missed_outcomes: {t!r} is not in outcomes.types" for t in
                      (self.escalation.missed_outcomes if self.escalation else []) if t not in self.outcomes.types]
+        problems += self._datasets_problems(properties)
+        if self.review_flag and properties.get(self.review_flag, {}).get("type") != "boolean":
+            problems.append(f"review_flag: {self.review_flag!r} is not a boolean property of the prompt's "
+                            f"output_schema")
+        embedded = self.model.first if isinstance(self.model, CascadeModel) else self.model
+        if isinstance(embedded, EmbeddedModel) and embedded.complete and embedded.complete not in COMPLETIONS:
+            problems.append(f"model.complete: unknown completion {embedded.complete!r} (known: {sorted(COMPLETIONS)})")
         if self.routes and self.routes[-1].when:
             problems.append("routes: the last route must have no conditions, so every answer has a route")
         for name, action in self.actions.items():
@@ -526,6 +577,19 @@ class Workflow(Strict):
                 problems.append(f"tools.{name}.scope: {grant.scope!r} is not granted (grants: {self.grants})")
         if problems:
             raise WorkflowError(f"{self.folder / 'workflow.yaml'}:\n  " + "\n  ".join(problems))
+
+    def _datasets_problems(self, properties: dict) -> list[str]:
+        """Each outcome rule's outcome types are the workflow's, and what it expects is an allowed answer."""
+        problems = []
+        for index, rule in enumerate(self.datasets.outcomes):
+            where = f"datasets.outcomes[{index}]"
+            problems += [f"{where}.outcomes: {t!r} is not in outcomes.types" for t in rule.outcomes
+                         if t not in self.outcomes.types]
+            for name, value in rule.expect.items():
+                allowed = properties.get(name, {}).get("enum")
+                if name not in properties or (allowed is not None and value not in allowed):
+                    problems.append(f"{where}.expect.{name}: {value!r} is not an allowed value of the answer's {name}")
+        return problems
 
     def _followed_by(self, name: str) -> set[str]:
         """Every action run after ``name``, through ``then``, however far down."""
