@@ -1,8 +1,12 @@
 """Review: a person's verdict continues the item it decides, or closes it.
 
-Input: ``<workflow>.verdicts``, keyed by review id, written by ``handoff review``
-(:mod:`processors.ops.review_queue`). Only the **first** verdict in the log on a review id is
-applied; a later one gets a trace saying it was refused, nothing else. The stage knows which
+Input: ``<workflow>.verdicts``, keyed by review id, written by ``handoff review`` or the console
+(:mod:`processors.ops.review_queue`), each signed for its reviewer (:mod:`processors.signing`).
+A verdict not signed with a known key is dead-lettered as ``unsigned_verdict``; one whose
+reviewer lacks the role it needs (an approver releases a risky action; a reviewer or an approver
+decides anything else) as ``unauthorized_verdict`` (:func:`~processors.workflow.verdict_log.refusal`).
+Neither claims the item: the first **accepted** verdict does. Only the first accepted verdict in
+the log on a review id is applied; a later one gets a trace saying it was refused, nothing else. The stage knows which
 verdict came first from its partition-local store (:class:`FirstVerdicts`, changelog
 ``<wf>.verdicts.first``): verdicts on one review id share a partition and are met in log order, so
 the first one it meets on a review id it has no entry for is the first, and its place is stored.
@@ -16,7 +20,8 @@ Applying the first verdict (the verdict carries its review item, so no lookup):
   decides it (``source="review"``; rollout modes never send it back to review) and requests its
   actions, which execute runs once (idempotency key ``<event id>:<action>``, as always);
 * approve of a risky action → the stored action request with ``approved_by`` on
-  ``<workflow>.actions``, keyed by its idempotency key; execute runs it. An approval that adjusts
+  ``<workflow>.actions``, keyed by its idempotency key, its ``approval`` signed by this stage for
+  the approver (execute runs an approved request only with that signature); execute runs it. An approval that adjusts
   arguments (only those the action declares ``adjustable``, within its ``arguments_schema``:
   checked by :func:`verdict_errors`) sends the approved arguments, the requested ones kept as
   ``original_arguments``; the idempotency key stays the request's, so it still runs once;
@@ -47,9 +52,11 @@ from processors.records import (
     WorkItem,
 )
 from processors.runtime.stage import DeadLetter, Emit, Record, Table
+from processors.signing import Keyring, Signer
 from processors.stages.base import WorkflowStage
 from processors.state.store import Store
 from processors.workflow.answers import verdict_errors
+from processors.workflow.verdict_log import refusal
 from processors.workflow.workflow import Workflow
 
 
@@ -70,12 +77,17 @@ class Review(WorkflowStage):
     def __init__(self, workflow: Workflow, control: Control | ControlState | None = None):
         super().__init__(workflow, control)
         self.verdicts = FirstVerdicts(workflow)
+        self.keyring = Keyring.from_env()
+        self.signer = Signer.from_env()  # signs the approvals it hands to execute
 
     def tables(self) -> list[Table]:
         return [self.verdicts]
 
     async def process(self, record: Record) -> list[Emit]:
         verdict = Verdict.model_validate(record.value)
+        refused = refusal(verdict, self.keyring)
+        if refused is not None:  # claims nothing: a forged verdict cannot block the item
+            raise DeadLetter(refused.reason, refused.message)
         first = self.verdicts.get(record.partition, verdict.review_id)
         if first is not None and (first.partition, first.offset) != (record.partition, record.offset):
             return [self.trace(verdict.event_id, error=f"verdict {verdict.verdict_id} ({verdict.verdict} by "
@@ -96,6 +108,7 @@ class Review(WorkflowStage):
             adjusted = {} if verdict.arguments is None else {"arguments": verdict.arguments,
                                                               "original_arguments": item.action.arguments}
             request = item.action.model_copy(update={"approved_by": verdict.reviewer, **adjusted})
+            request = self.signer.acting_as(verdict.reviewer, verdict.signature.roles).sign(request, "approval")
             return [*claimed, Emit(self.workflow.topic(Role.actions), request, key=request.idempotency_key),
                     self.trace(verdict.event_id, decision=said, action_request=request.arguments)]
         return [*claimed,

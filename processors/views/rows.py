@@ -39,6 +39,7 @@ from processors.records import (
     WorkItem,
 )
 from processors.runtime.dead_letter import Header
+from processors.signing import Keyring
 from processors.views import totals
 from processors.views.schema import (
     EVERY_VERSION,
@@ -50,6 +51,7 @@ from processors.views.schema import (
 )
 from processors.views.settling import SETTLING_STAGES, dead_letter_id, decision_suffixes
 from processors.views.store import Applied, Op, Writer
+from processors.workflow.verdict_log import refusal
 from processors.workflow.workflow import Workflow
 
 NO_ROUTE = (ReviewReason.invalid_output, ReviewReason.kill_switch)
@@ -82,6 +84,7 @@ class Rows:
         self.workflow = workflow
         self.settings = settings
         self.scope = scope_of(workflow)
+        self.keyring = Keyring.from_env()
         self.target = workflow.escalation.route if workflow.escalation else None
         def reads(suffix: str, handle: Callable, model: type[BaseModel] | None) -> tuple[str, tuple]:
             spec = workflow.topics[workflow.topic(suffix)]
@@ -140,6 +143,9 @@ class Rows:
         return [write]
 
     def _verdict(self, verdict: Verdict, at: Applied) -> list[Op]:
+        refused = refusal(verdict, self.keyring)
+        if refused is not None:  # not accepted, so it claims nothing (the review stage dead-letters it)
+            return [self._skipped(at.topic, at.partition, at.offset, f"{refused.reason}: {refused.message}")]
         scope, item = self.scope, verdict.item
         settles = item.stage in SETTLING_STAGES
         route = (route_of(self.workflow, verdict.answer, item.event)
