@@ -251,6 +251,10 @@ class ReviewItem(BaseModel):
     created_at_ms: int
     control_version: int = 0
     replay: str | None = None
+    queue: str | None = None
+    """Who it is assigned to (a team), from the workflow's ``review_deadlines``."""
+    deadline_ms: int | None = None
+    """When the review stage decides it by its fail-closed default, if nobody did (epoch ms)."""
 
 
 class Execution(BaseModel):

@@ -47,6 +47,7 @@ from processors.views.schema import (
     placements,
     review_items,
     skipped,
+    trace_steps,
     verdicts,
 )
 from processors.views.settling import SETTLING_STAGES, dead_letter_id, decision_suffixes
@@ -182,10 +183,13 @@ class Rows:
     def _repair(self, item: WorkItem, _at: Applied) -> list[Op]:
         return [self._both(item.event_id, item.prompt.version, {"repaired": True})]
 
-    def _trace(self, trace: Trace, _at: Applied) -> list[Op]:
+    def _trace(self, trace: Trace, at: Applied) -> list[Op]:
+        step = {"scope": self.scope, "partition_id": at.partition, "log_offset": at.offset, "run_id": trace.run_id,
+                "at_ms": trace.at_ms, "trace": trace.model_dump_json()}
+        kept = [lambda w: w.add(trace_steps, step)]
         if trace.step != StageName.classify or not trace.prompt:
-            return []
-        return [self._both(trace.run_id, trace.prompt.version, {"tokens_in": trace.tokens_in,
+            return kept
+        return [*kept, self._both(trace.run_id, trace.prompt.version, {"tokens_in": trace.tokens_in,
                                                                 "tokens_out": trace.tokens_out,
                                                                 "cost_usd": trace.cost_usd})]
 
