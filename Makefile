@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+# `make demo CONSOLE=1` keeps the demo's console (and its broker) up until Ctrl-C
+CONSOLE ?=
 
 .PHONY: install demo test bench kafka-up kafka-down topics clean
 
@@ -26,7 +28,7 @@ topics: kafka-up
 	$(BIN)/handoff topics apply --workflow support_ticket
 
 demo: install
-	$(BIN)/python -m processors.dev.demo
+	HANDOFF_DEMO_CONSOLE=$(CONSOLE) $(BIN)/python -m processors.dev.demo
 
 test: install
 	@command -v promtool >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }

@@ -29,6 +29,7 @@ import orjson
 from confluent_kafka import Producer
 
 from processors.clock import now_ms
+from processors.dev.console_demo import DemoConsole
 from processors.dev.localkafka import LocalKafka, free_port, wait_for_broker
 from processors.dev.receiver import WebhookReceiver
 from processors.kafka.read import IncompleteRead
@@ -141,6 +142,7 @@ def drain(pipelines: list[Pipeline]) -> bool:
 
 
 def run_demo(settings: KafkaSettings) -> bool:
+    console = DemoConsole(settings)
     receiver = WebhookReceiver(secret=secrets.token_hex(16))
     os.environ["HANDOFF_WEBHOOK_URL"] = receiver.start()
     os.environ["HANDOFF_WEBHOOK_SECRET"] = receiver.secret
@@ -187,6 +189,7 @@ def run_demo(settings: KafkaSettings) -> bool:
         say("")
         say(f"webhook receiver: {len(receiver.applied)} actions applied, {receiver.duplicates} duplicate "
             f"deliveries absorbed by Idempotency-Key")
+        console.keep_up()
         return ok
     finally:
         receiver.stop()
