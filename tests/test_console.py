@@ -31,6 +31,8 @@ from processors.dev.tool_server import ToolServerThread
 from processors.kafka.read import snapshot
 from processors.kafka.settings import KafkaSettings
 from processors.kafka.topics import Role
+from processors.offline.replay.places import Place
+from processors.offline.replay.report import Change
 from processors.ops.review_queue import ReviewQueue
 from processors.pipeline import Pipeline
 from processors.records import Mode, PersonRole, ReviewItem, ReviewReason, Verdict, VerdictKind
@@ -45,7 +47,7 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-f
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 PASSWORD = "correct horse battery"
 PEOPLE = {"ana": [PersonRole.reviewer], "bob": [PersonRole.reviewer], "lee": [PersonRole.approver],
-          "pat": [PersonRole.prompt_owner]}
+          "pat": [PersonRole.prompt_owner], "olga": [PersonRole.operator]}
 SCREENSHOTS = os.environ.get("HANDOFF_SCREENSHOTS_DIR")
 """Set it to a folder to keep screenshots of the queue and an item page (the README's come from here)."""
 
@@ -244,6 +246,27 @@ def test_a_prompt_owner_flips_the_mode_and_the_running_stages_obey(browser, depl
     expect(pat.locator(".error")).to_contain_text("takes the role(s) operator; pat holds prompt_owner")
     assert not watcher.state.kill_switch
     pat.context.close()
+
+
+def test_an_operator_shadow_replays_the_review_queue_and_sees_each_event_diffed(browser, deployment):
+    deployment.ticket_item("e_replay", category="billing", urgency="low")
+    olga = signed_in(browser, deployment, "olga")
+    olga.goto("/workflows/support_ticket")
+    olga.locator("#replays button").click()
+    expect(olga.locator("#flash")).to_contain_text("shadow replay r")
+    rows = olga.locator("#replays table.replay tr", has_text="e_replay")
+    expect(rows).to_have_count(1)
+    expect(rows).to_contain_text("review:low_confidence")
+    olga.context.close()
+
+
+def test_a_replay_diff_shows_a_changed_answer_within_one_route():
+    def place(urgency: str) -> Place:
+        return Place(kind="decision", detail="billing", answer=orjson.dumps(
+            {"category": "billing", "urgency": urgency, "confidence": 0.9, "reason": urgency}).decode())
+    change = Change(event_id="e", origin="review", before=place("low"), after=place("medium"))
+    assert not change.changed and change.answer_diff() == {"urgency": ("low", "medium")}
+    assert Change(event_id="e", origin="review", before=place("low"), after=place("low")).answer_diff() == {}
 
 
 def test_without_a_session_pages_redirect_and_the_api_answers_401(deployment):

@@ -41,9 +41,12 @@ from processors.control.state import approval_risk, review_threshold
 from processors.control.store import ControlRefused, ControlStore
 from processors.kafka.settings import KafkaSettings
 from processors.offline.evals import EvalError, EvalReport, run_suite
+from processors.offline.replay.report import ReplayReport
+from processors.offline.replay.request import ReplayRequest, run_replay
+from processors.offline.replay.selection import Selection
 from processors.ops.report import by_day
 from processors.ops.review_queue import InvalidVerdict, ReviewQueue, UnknownItem, VerdictRefused, next_step
-from processors.records import Mode, ReviewItem, ReviewReason, VerdictKind
+from processors.records import Mode, PersonRole, ReviewItem, ReviewReason, VerdictKind
 from processors.signing import Signer, SigningError
 from processors.views.catch_up import ViewsBehind
 from processors.views.control_history import control_history
@@ -90,11 +93,15 @@ def build_app(console: Console) -> Starlette:
     """The console's web app."""
     by_user, by_address = Attempts(limit=5), Attempts(limit=20)
     evals: dict[tuple[str, str], EvalReport | str] = {}
+    replays: dict[str, list[ReplayReport]] = {}
+
+    def signer_for(user: User) -> Signer:
+        """The console's key signing for ``user``, with the roles both the user and the key hold."""
+        return console.signer.acting_as(user.name, [r for r in user.roles if r in console.signer.roles])
 
     def queue_of(workflow: Workflow, user: User | None = None) -> ReviewQueue:
-        signer = None if user is None else console.signer.acting_as(
-            user.name, [r for r in user.roles if r in console.signer.roles])
-        return ReviewQueue(workflow, console.settings, console.store, signer=signer)
+        return ReviewQueue(workflow, console.settings, console.store,
+                           signer=None if user is None else signer_for(user))
 
     def page(request: Request, name: str, user: User, status: int = 200, **context) -> Response:
         return TEMPLATES.TemplateResponse(request, name, {"user": user, "csrf": csrf_token(request),
@@ -258,6 +265,7 @@ def build_app(console: Console) -> Starlette:
         return {"flow": flow, "state": state, "versions": versions, "modes": list(Mode),
                 "history": list(reversed(control_history(flow, console.settings, console.store))),
                 "evals": {v: evals.get((flow.name, v)) for v in flow.prompt_versions()},
+                "replays": list(reversed(replays.get(flow.name, []))),
                 "threshold": review_threshold(flow, state), "risk": approval_risk(flow, state)}
 
     @needs_session
@@ -272,10 +280,9 @@ def build_app(console: Console) -> Starlette:
             context = await run_in_threadpool(workflow_context, flow)
             return page(request, "workflow.html", user, 400, **context, flash=None,
                         error="Nothing changed: confirm the change first.")
-        signer = console.signer.acting_as(user.name, [r for r in user.roles if r in console.signer.roles])
         try:
             fields, change = _control_change(form)
-            state = await run_in_threadpool(ControlStore(console.settings, flow, signer).publish, change,
+            state = await run_in_threadpool(ControlStore(console.settings, flow, signer_for(user)).publish, change,
                                             reason=str(form.get("reason") or "").strip() or None, **fields)
         except (ControlRefused, SigningError, ValueError) as exc:
             context = await run_in_threadpool(workflow_context, flow)
@@ -291,6 +298,25 @@ def build_app(console: Console) -> Starlette:
         except (EvalError, ValueError) as exc:
             evals[(flow.name, version)] = str(exc)
         return RedirectResponse(f"/workflows/{flow.name}#evals", status_code=303)
+
+    @needs_session
+    async def shadow_replay(request: Request, user: User, form: dict) -> Response:
+        """An operator's shadow replay of the review or dead-letter topic through a prompt version: nothing acts."""
+        flow = workflow_of(request)
+        if PersonRole.operator not in user.roles:
+            context = await run_in_threadpool(workflow_context, flow)
+            return page(request, "workflow.html", user, 403, **context, flash=None,
+                        error=f"a replay takes the role operator; {user.name} holds {', '.join(user.roles) or 'none'}")
+        try:
+            wanted = ReplayRequest(selection=Selection.parse(source=str(form.get("source", ""))),
+                                   prompt_version=str(form.get("version") or "") or None)
+            report = await run_in_threadpool(run_replay, ControlStore(console.settings, flow), wanted, lambda _: None)
+        except ValueError as exc:
+            context = await run_in_threadpool(workflow_context, flow)
+            return page(request, "workflow.html", user, 422, **context, flash=None, error=str(exc))
+        replays.setdefault(flow.name, []).append(report)
+        request.session["flash"] = f"shadow replay {report.replay_id}: {len(report.changes)} events decided again"
+        return RedirectResponse(f"/workflows/{flow.name}#replays", status_code=303)
 
     @needs_session
     async def report_page(request: Request, user: User, _form) -> Response:
@@ -318,6 +344,7 @@ def build_app(console: Console) -> Starlette:
         Route("/workflows/{workflow}", workflow_page), Route("/workflows/{workflow}/report", report_page),
         Route("/workflows/{workflow}/control", change_control, methods=["POST"]),
         Route("/workflows/{workflow}/evals/{version}", run_evals, methods=["POST"]),
+        Route("/workflows/{workflow}/replays", shadow_replay, methods=["POST"]),
     ]
     secret = console.session_secret or secrets.token_urlsafe(32)
     middleware = [Middleware(SessionMiddleware, secret_key=secret, session_cookie="handoff_session",

@@ -135,7 +135,7 @@ class Rows:
                 decided = exists().where(verdicts.c.scope == scope, verdicts.c.review_id == item.review_id)
                 w.execute(update(review_items).where(key, decided).values(decided=True))
             if settles:
-                self._place(w, item.event_id, "review", item.reason, item.created_at_ms, item.replay)
+                self._place(w, item.event_id, "review", item.reason, item.created_at_ms, item.replay, item.answer)
             for version in (item.prompt.version, EVERY_VERSION):
                 fields = {"touched": True} | ({"review_at_ms": item.created_at_ms, "review_route": route,
                                                "settled_at_ms": item.created_at_ms} if settles else {})
@@ -170,7 +170,7 @@ class Rows:
     def _decision(self, decision: Decision, at: Applied) -> list[Op]:
         """A decision on a route places its event; every decision, shadow ones too, counts in the report."""
         return [lambda w: self._place(w, decision.event_id, "decision", decision.route, decision.decided_at_ms,
-                                      decision.replay), *self._shadow(decision, at)]
+                                      decision.replay, decision.answer), *self._shadow(decision, at)]
 
     def _shadow(self, decision: Decision, _at: Applied) -> list[Op]:
         fields = {"decided_at_ms": decision.decided_at_ms, "decision_source": decision.source,
@@ -231,15 +231,16 @@ class Rows:
         row = {"scope": self.scope, "topic": topic, "partition_id": partition, "log_offset": offset, "error": error}
         return lambda w: w.add(skipped, row)
 
-    def _place(self, w: Writer, event_id: str, kind: str, detail: str, at_ms: int, replay: str | None) -> None:
+    def _place(self, w: Writer, event_id: str, kind: str, detail: str, at_ms: int, replay: str | None,
+               answer: str | None = None) -> None:
         """The latest place wins; at the same time a dead letter beats a review item beats a decision."""
         def later(table, new) -> dict:
             wins = or_(new.at_ms > table.c.at_ms, and_(new.at_ms == table.c.at_ms, new.rank >= table.c.rank))
             return {c: case((wins, getattr(new, c)), else_=table.c[c]) for c in ("kind", "detail", "at_ms", "rank",
-                                                                                 "replay")}
+                                                                                 "replay", "answer")}
 
         w.merge(placements, {"scope": self.scope, "event_id": event_id, "kind": kind, "detail": str(detail),
-                             "at_ms": at_ms, "rank": PLACE_RANK[kind], "replay": replay}, later)
+                             "at_ms": at_ms, "rank": PLACE_RANK[kind], "replay": replay, "answer": answer}, later)
 
     def _both(self, event_id: str, version: str, fields: dict) -> Op:
         """The event's row under its prompt version and under all versions."""

@@ -145,6 +145,8 @@ placements = Table(
     Column("at_ms", BigInteger, nullable=False),
     Column("rank", Integer, nullable=False, doc="decision 0, review 1, dead letter 2: the later wins a tie."),
     Column("replay", NAME),
+    Column("answer", Text, doc="The answer that placed it (a decision's, a review item's) as JSON; None for a "
+                               "dead letter: replay's diff shows a changed answer within one route."),
     Index("placements_replay", "scope", "replay"),
 )
 
