@@ -288,6 +288,20 @@ def test_without_a_session_pages_redirect_and_the_api_answers_401(deployment):
         assert guesses == [401] * 5 + [429], "the sixth wrong password within a minute is not even checked"
 
 
+def test_behind_a_trusted_proxy_its_header_names_the_person_and_their_roles(deployment):
+    proxied = deployment.console.model_copy(update={"trusted_header": "X-Forwarded-User",
+                                                    "roles_header": "X-Forwarded-Roles"})
+    server = LoopbackServer(build_app(proxied), "proxied console")
+    try:
+        with httpx.Client(base_url=server.start()) as client:
+            assert client.get("/api/queue").status_code == 401
+            page = client.get("/?workflow=refund", headers={"X-Forwarded-User": "sam",
+                                                            "X-Forwarded-Roles": "approver, nonsense"})
+            assert page.status_code == 200 and "sam (approver)" in page.text
+    finally:
+        server.stop()
+
+
 def test_a_forged_verdict_on_the_topic_is_dead_lettered_and_the_item_stays_open(deployment):
     item = deployment.ticket_item("e_forged")
     forged = Verdict(verdict_id="forged", review_id=item.review_id, event_id=item.event_id, workflow="support_ticket",

@@ -29,7 +29,7 @@ PASSWORD_ENV = "HANDOFF_CONSOLE_PASSWORD"
 
 @app.command("serve")
 def console_serve(host: Annotated[str, typer.Option(help="Listen here; loopback unless told otherwise.")] = "127.0.0.1",
-                  port: Annotated[int, typer.Option(help="The port (0: any free one).")] = 8600,
+                  port: Annotated[int, typer.Option(help="The port.")] = 8600,
                   users: UsersFile = None, bootstrap: Bootstrap = None, workflows_dir: WorkflowsDir = None,
                   views_url: ViewsUrl = None,
                   trusted_header: Annotated[Optional[str], typer.Option(help=(

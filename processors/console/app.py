@@ -122,7 +122,7 @@ def build_app(console: Console) -> Starlette:
             form = None
             if request.method == "POST":
                 form = dict(await request.form())
-                if not console.trusted_header and not csrf_ok(request, form):
+                if not csrf_ok(request, form):
                     return Response("the form is stale or forged (no valid CSRF token): reload the page",
                                     status_code=403)
             return await handler(request, user, form)
