@@ -1,1 +1,1 @@
-"""The console: the people in the loop — reviewers, approvers, prompt owners, operators — in a browser, signed in."""
+"""The console: reviewers, approvers, prompt owners and operators in a browser, signed in, with roles."""

@@ -221,7 +221,8 @@ def build_app(console: Console) -> Starlette:
         return {"flow": flow, "item": item, "decided": decided.verdict if decided else None,
                 "event": _redacted(flow, event), "answer": answer or None, "correction": correction,
                 "approval": approval, "steps": [s for s in steps if s.step != "ground"],
-                "grounding": [s for s in steps if s.step == "ground"], "risky": item.reason == ReviewReason.risky_action}
+                "grounding": [s for s in steps if s.step == "ground"],
+                "risky": item.reason == ReviewReason.risky_action}
 
     @needs_session
     async def item_page(request: Request, user: User, _form) -> Response:
@@ -233,9 +234,9 @@ def build_app(console: Console) -> Starlette:
     async def item_api(request: Request, user: User, _form) -> Response:
         item, decided = await run_in_threadpool(queue_of(workflow_of(request)).get, request.path_params["review_id"])
         verdict = decided.verdict if decided else None
-        return JSONResponse({"review_id": item.review_id, "open": verdict is None, "verdict": None if verdict is None else
-                             {"verdict": verdict.verdict, "reviewer": verdict.reviewer, "reason": verdict.reason,
-                              "at": _iso(verdict.at_ms)}})
+        said = None if verdict is None else {"verdict": verdict.verdict, "reviewer": verdict.reviewer,
+                                             "reason": verdict.reason, "at": _iso(verdict.at_ms)}
+        return JSONResponse({"review_id": item.review_id, "open": verdict is None, "verdict": said})
 
     @needs_session
     async def decide(request: Request, user: User, form: dict) -> Response:

@@ -6,8 +6,8 @@ A verdict not signed with a known key is dead-lettered as ``unsigned_verdict``; 
 reviewer lacks the role it needs (an approver releases a risky action; a reviewer or an approver
 decides anything else) as ``unauthorized_verdict`` (:func:`~processors.workflow.verdict_log.refusal`).
 Neither claims the item: the first **accepted** verdict does. Only the first accepted verdict in
-the log on a review id is applied; a later one gets a trace saying it was refused, nothing else. The stage knows which
-verdict came first from its partition-local store (:class:`FirstVerdicts`, changelog
+the log on a review id is applied; a later one gets a trace saying it was refused, nothing else.
+The stage knows which verdict came first from its partition-local store (:class:`FirstVerdicts`, changelog
 ``<wf>.verdicts.first``): verdicts on one review id share a partition and are met in log order, so
 the first one it meets on a review id it has no entry for is the first, and its place is stored.
 An invalid first verdict (dead-lettered) still claims the review id: a later verdict is refused.
@@ -21,8 +21,8 @@ Applying the first verdict (the verdict carries its review item, so no lookup):
   actions, which execute runs once (idempotency key ``<event id>:<action>``, as always);
 * approve of a risky action → the stored action request with ``approved_by`` on
   ``<workflow>.actions``, keyed by its idempotency key, its ``approval`` signed by this stage for
-  the approver (execute runs an approved request only with that signature); execute runs it. An approval that adjusts
-  arguments (only those the action declares ``adjustable``, within its ``arguments_schema``:
+  the approver; execute runs it (an approved request only with that signature). An approval that
+  adjusts arguments (only those the action declares ``adjustable``, within its ``arguments_schema``:
   checked by :func:`verdict_errors`) sends the approved arguments, the requested ones kept as
   ``original_arguments``; the idempotency key stays the request's, so it still runs once;
 * reject → closed: a trace with the reason, nothing continues.
@@ -40,16 +40,17 @@ stage writes the item's fail-closed default onto ``<workflow>.verdicts`` as a ve
 the log like any other, so a person's verdict that came first still wins, and one that comes
 later is refused. An item whose first verdict this instance already holds is not defaulted; one
 decided on a verdicts partition another instance owns gets a void system verdict (harmless: the
-log keeps the first). Under ``at_least_once`` a crash before
-the commit applies a verdict again: route then writes its decision twice, and execute's
-idempotency ledger still runs each action once.
+log keeps the first).
+
+Under ``at_least_once`` a crash before the commit applies a verdict again: route then writes its
+decision twice, and execute's idempotency ledger still runs each action once.
 """
 
 from __future__ import annotations
 
-import orjson
-
 import uuid
+
+import orjson
 
 from processors.clock import now_ms
 from processors.control.state import Control
