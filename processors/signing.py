@@ -56,6 +56,10 @@ class BadSignature(Exception):
     """A record whose signature does not verify; the message says why, in one line."""
 
 
+class UnknownKey(BadSignature):
+    """Signed with a key id this process does not know: forged, or a key only others hold."""
+
+
 def secret_value(name: str) -> str | None:
     """``$NAME``, else the content of the file ``$NAME_FILE`` names (a mounted secret), else None."""
     if os.environ.get(name):
@@ -90,15 +94,18 @@ class KnownKey(BaseModel):
 class Keyring:
     """The keys a process accepts, by id."""
 
-    def __init__(self, keys: dict[str, KnownKey]):
+    def __init__(self, keys: dict[str, KnownKey], complete: bool = True):
         self.keys = keys
+        self.complete = complete
+        """True when these are the stages' keys (``HANDOFF_SIGNING_KEYS``); False when only this process's own
+        key is known (a person's CLI): a signature by another key cannot be judged here."""
 
     @classmethod
     def from_env(cls) -> Keyring:
         text = secret_value(SIGNING_KEYS_ENV)
         if text is None:
             signer = Signer.from_env(required=False)
-            return cls({} if signer is None else {signer.key_id: KnownKey(secret=signer.secret)})
+            return cls({} if signer is None else {signer.key_id: KnownKey(secret=signer.secret)}, complete=False)
         try:
             entries = yaml.safe_load(text) or {}
             return cls({str(key_id): KnownKey.model_validate(entry) for key_id, entry in entries.items()})
@@ -113,7 +120,7 @@ class Keyring:
             raise BadSignature("not signed")
         key = self.keys.get(signature.key_id)
         if key is None:
-            raise BadSignature(f"signed with key {signature.key_id!r}, which is not a known key")
+            raise UnknownKey(f"signed with key {signature.key_id!r}, which is not a known key")
         expected = _mac(key.secret, record, field, signature.key_id, signature.signer, signature.roles)
         if not hmac.compare_digest(expected, signature.mac):
             raise BadSignature(f"the signature of key {signature.key_id!r} does not match the record (changed "

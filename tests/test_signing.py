@@ -107,3 +107,13 @@ def test_control_changes_need_the_role_and_a_running_watcher_ignores_a_forged_on
         assert store.current().version == 1, "no later change builds on the forged one"
     finally:
         watcher.stop()
+
+
+def test_a_reader_with_only_its_own_key_leaves_another_keys_verdict_to_the_strict_stage(workflow):
+    other = Signer(key_id="console", secret=SECRET, identity="lead@support").sign(
+        approval(workflow, None).model_copy(update={"signature": None}), "signature")
+    own = Keyring({"tests": KnownKey(secret=SECRET * 2)}, complete=False)
+    assert refusal(other, own, strict=own.complete) is None
+    assert refusal(other, own).reason == "unsigned_verdict"  # the review stage
+    unsigned = other.model_copy(update={"signature": None})
+    assert refusal(unsigned, own, strict=False).reason == "unsigned_verdict", "no signature is never left open"

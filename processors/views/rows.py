@@ -144,7 +144,7 @@ class Rows:
         return [write]
 
     def _verdict(self, verdict: Verdict, at: Applied) -> list[Op]:
-        refused = refusal(verdict, self.keyring)
+        refused = refusal(verdict, self.keyring, strict=self.keyring.complete)
         if refused is not None:  # not accepted, so it claims nothing (the review stage dead-letters it)
             return [self._skipped(at.topic, at.partition, at.offset, f"{refused.reason}: {refused.message}")]
         scope, item = self.scope, verdict.item

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ValidationError
 
 from processors.avro.serde import AvroSerde, DecodeError
 from processors.records import ActionRequest, PersonRole, ReviewReason, Verdict, VerdictKind
-from processors.signing import BadSignature, Keyring
+from processors.signing import BadSignature, Keyring, UnknownKey
 
 Record = TypeVar("Record", bound=BaseModel)
 
@@ -51,11 +51,17 @@ def roles_needed(verdict: Verdict) -> set[PersonRole]:
     return {PersonRole.reviewer, PersonRole.approver}
 
 
-def refusal(verdict: Verdict, keyring: Keyring) -> Refusal | None:
-    """None when the verdict is signed for its reviewer with a known key and the reviewer may decide it."""
+def refusal(verdict: Verdict, keyring: Keyring, strict: bool = True) -> Refusal | None:
+    """None when the verdict is signed for its reviewer with a known key and the reviewer may decide it.
+
+    The review stage is ``strict``: a key it does not know refuses the verdict. A reader of the log that
+    holds only its own key (a person's CLI catching the views up) cannot judge another key's signature,
+    so with ``strict`` False it leaves such a verdict to the stage, which decides what happens."""
     try:
         signature = keyring.check(verdict, "signature", verdict.reviewer)
     except BadSignature as exc:
+        if isinstance(exc, UnknownKey) and not strict:
+            return None
         return Refusal(reason=UNSIGNED, message=f"verdict {verdict.verdict_id} by {verdict.reviewer}: {exc}")
     needed = roles_needed(verdict)
     if not needed & set(signature.roles):
@@ -97,7 +103,7 @@ def first_verdicts(messages: Iterable[Message], serde: AvroSerde, skipped: set[s
     keyring = keyring or Keyring.from_env()
     first: dict[str, Logged] = {}
     for msg, verdict in decoded(messages, serde, Verdict, set() if skipped is None else skipped):
-        if refusal(verdict, keyring) is None:
+        if refusal(verdict, keyring, strict=keyring.complete) is None:
             first.setdefault(verdict.review_id, Logged(partition=msg.partition(), offset=msg.offset(),
                                                        verdict=verdict))
     return first
