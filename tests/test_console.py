@@ -277,6 +277,7 @@ def test_without_a_session_pages_redirect_and_the_api_answers_401(deployment):
         posted = client.post("/items/support_ticket/x", data={"verdict": "approve"}, follow_redirects=False)
         assert posted.status_code == 303
         signin = client.get("/login")
+        assert signin.headers["x-frame-options"] == "DENY" and signin.headers["cache-control"] == "no-store"
         cookie = signin.headers["set-cookie"].lower()
         assert "httponly" in cookie and "samesite=strict" in cookie
         assert SECRET not in signin.text and os.environ["HANDOFF_SIGNING_KEY"].split(":")[1] not in signin.text

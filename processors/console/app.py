@@ -35,7 +35,7 @@ from starlette.templating import Jinja2Templates
 
 from processors.console.charts import charts
 from processors.console.forms import changed, fields_of
-from processors.console.security import SESSION_S, Attempts, csrf_ok, csrf_token, signed_in
+from processors.console.security import SESSION_S, Attempts, SecurityHeaders, csrf_ok, csrf_token, signed_in
 from processors.console.users import User, Users
 from processors.control.state import approval_risk, review_threshold
 from processors.control.store import ControlRefused, ControlStore
@@ -348,8 +348,9 @@ def build_app(console: Console) -> Starlette:
         Route("/workflows/{workflow}/replays", shadow_replay, methods=["POST"]),
     ]
     secret = console.session_secret or secrets.token_urlsafe(32)
-    middleware = [Middleware(SessionMiddleware, secret_key=secret, session_cookie="handoff_session",
-                             max_age=SESSION_S, same_site="strict", https_only=console.secure_cookies)]
+    middleware = [Middleware(SecurityHeaders),
+                  Middleware(SessionMiddleware, secret_key=secret, session_cookie="handoff_session", max_age=SESSION_S,
+                             same_site="strict", https_only=console.secure_cookies)]
     return Starlette(routes=routes, middleware=middleware,
                      exception_handlers={UnknownItem: not_found, ViewsBehind: views_down, ViewsUnavailable: views_down})
 

@@ -16,6 +16,7 @@ import threading
 import time
 from collections import deque
 
+from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.requests import Request
 
 from processors.console.users import User
@@ -23,6 +24,16 @@ from processors.records import PersonRole
 
 SESSION_S = 8 * 3600
 CSRF_FIELD = "csrf"
+HEADERS = {"X-Frame-Options": "DENY", "X-Content-Type-Options": "nosniff", "Referrer-Policy": "same-origin",
+           "Cache-Control": "no-store"}
+"""On every answer: no framing (clickjacking a verdict), no sniffing, no referrer leaving, no cached item pages."""
+
+
+class SecurityHeaders(BaseHTTPMiddleware):
+    async def dispatch(self, request, call_next):
+        response = await call_next(request)
+        response.headers.update(HEADERS)
+        return response
 
 
 def csrf_token(request: Request) -> str:
