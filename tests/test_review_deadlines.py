@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import orjson
+from prometheus_client import REGISTRY
 
 from processors.kafka.topics import Role
 from processors.records import PersonRole, ReviewItem, ReviewReason, Verdict, VerdictKind
@@ -48,7 +49,10 @@ def test_an_undecided_item_is_escalated_once_then_rejected_and_a_decided_one_is_
                              item=item("e2:low_confidence", 1000)))
     feed(stage, Role.verdicts, decided, 0)
     owned = [(flow.spec(Role.review).name, 0), (flow.spec(Role.verdicts).name, 0)]
+    labels = {"workflow": "support_ticket", "reason": "low_confidence", "default": "escalate"}
+    breaches = REGISTRY.get_sample_value("handoff_review_deadline_breaches_total", labels) or 0
     outputs = stage.tick(5000, owned)
+    assert REGISTRY.get_sample_value("handoff_review_deadline_breaches_total", labels) == breaches + 1
     verdicts = [e.value for e in outputs if e.topic == flow.topic(Role.verdicts)]
     again = [e.value for e in outputs if e.topic == flow.topic(Role.review)]
     assert [(v.review_id, v.reviewer, v.verdict) for v in verdicts] == [("e1:low_confidence", "system", "reject")]
