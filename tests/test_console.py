@@ -245,6 +245,11 @@ def test_a_prompt_owner_flips_the_mode_and_the_running_stages_obey(browser, depl
     pat.locator("#control form[data-what='the kill switch'] button").click()  # an operator's, not hers
     expect(pat.locator(".error")).to_contain_text("takes the role(s) operator; pat holds prompt_owner")
     assert not watcher.state.kill_switch
+    production = deployment.support.prompt_spec.version
+    version_row = pat.locator("#evals > table > tbody > tr", has_text=production).first
+    expect(version_row).to_contain_text("production")
+    version_row.locator("button", has_text="Run evals").click()
+    expect(pat.locator("#evals > table > tbody > tr", has_text=production).first).to_contain_text("PASSED")
     pat.goto("/workflows/support_ticket/report")
     expect(pat.locator("#charts svg.chart")).to_have_count(6)
     expect(pat.locator("#charts")).to_contain_text("escalation recall")
