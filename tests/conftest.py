@@ -28,7 +28,7 @@ from processors.project import EXAMPLES
 from processors.records import PersonRole
 from processors.runtime.options import Guarantee, RuntimeOptions
 from processors.runtime.runtime import StageRuntime
-from processors.signing import ROLES_ENV, SIGNING_KEY_ENV, SIGNING_KEYS_ENV, Signer
+from processors.signing import IDENTITY_ENV, ROLES_ENV, SIGNING_KEY_ENV, SIGNING_KEYS_ENV, Signer
 from processors.views.store import VIEWS_URL_ENV
 from processors.workflow.workflow import ModelRetries, Workflow, load_workflow
 
@@ -38,8 +38,8 @@ os.environ.setdefault("HANDOFF_METRICS_PORT", "0")
 # one signing key for the session, for anyone and every role: the review commands, the control commands and
 # the stages (`handoff run` subprocesses inherit it) sign and verify verdicts and control changes with it
 os.environ[SIGNING_KEY_ENV] = f"tests:{uuid.uuid4().hex}"
-os.environ.pop(SIGNING_KEYS_ENV, None)
-os.environ.pop(ROLES_ENV, None)
+for unset in (SIGNING_KEYS_ENV, ROLES_ENV, IDENTITY_ENV):
+    os.environ.pop(unset, None)
 
 
 def _docker_answers() -> bool:
