@@ -4,6 +4,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 TEST_WORKERS ?= 2  # pytest-xdist processes, whole test modules each, sharing one broker
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+# `make demo CONSOLE=1` keeps the demo's console (and its broker) up until Ctrl-C
+CONSOLE ?=
 
 .PHONY: install demo test bench kafka-up kafka-down topics clean
 
@@ -27,12 +29,13 @@ topics: kafka-up
 	$(BIN)/handoff topics apply --workflow support_ticket
 
 demo: install
-	$(BIN)/python -m processors.dev.demo
+	HANDOFF_DEMO_CONSOLE=$(CONSOLE) $(BIN)/python -m processors.dev.demo
 
 test: install
 	@command -v promtool >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null; }  # the view tests start their own server
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
+	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; }  # the console tests drive it headless (Playwright, no browser download)
+		$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 bench: install
 	$(BIN)/python -m processors.dev.bench

@@ -124,6 +124,29 @@ class Mode(StrEnum):
     """Every validated answer is decided and its actions requested."""
 
 
+class PersonRole(StrEnum):
+    """What a signed-in person may do; a signature names the roles its signer holds (processors/signing.py)."""
+
+    reviewer = "reviewer"
+    """Approves, corrects and rejects answers; rejects a risky action."""
+    approver = "approver"
+    """Releases risky actions, ``approval: always`` ones too (and does what a reviewer does)."""
+    prompt_owner = "prompt_owner"
+    """Promotes and rolls back prompt labels, sets the rollout mode."""
+    operator = "operator"
+    """Kill switch, thresholds, approval risk, replay."""
+
+
+class Signature(BaseModel):
+    """``handoff/signature``: who vouches for a record, an HMAC-SHA256 over its canonical form with a key
+    the stages know by id (processors/signing.py)."""
+
+    key_id: str
+    signer: str
+    roles: list[PersonRole] = Field(default_factory=list)
+    mac: str
+
+
 class PromptRef(BaseModel):
     """``handoff/prompt_ref``: the prompt spec version that produced an answer."""
 
@@ -212,6 +235,9 @@ class ActionRequest(BaseModel):
     requested_at_ms: int
     original_arguments: str | None = None
     lookups: str | None = None
+    approval: Signature | None = None
+    """Set with ``approved_by`` by the review stage only: execute runs an approved request only when this
+    signs it for an approver."""
 
 
 class ReviewItem(BaseModel):
@@ -237,6 +263,10 @@ class ReviewItem(BaseModel):
     def lookups_dict(self) -> dict:
         """What the answer was checked against (the ground stage's results); ``{}`` without grounding."""
         return {} if self.lookups is None else orjson.loads(self.lookups)
+    queue: str | None = None
+    """Who it is assigned to (a team), from the workflow's ``review_deadlines``."""
+    deadline_ms: int | None = None
+    """When the review stage decides it by its fail-closed default, if nobody did (epoch ms)."""
 
 
 class Execution(BaseModel):
@@ -340,6 +370,8 @@ class Verdict(BaseModel):
     at_ms: int
     item: ReviewItem
     arguments: str | None = None
+    signature: Signature | None = None
+    """Who wrote the verdict (``reviewer``) and the roles they hold; the review stage refuses a verdict without it."""
 
 
 class Result(BaseModel):
@@ -418,6 +450,8 @@ class ControlState(BaseModel):
     reason: str | None = None
     forced: bool = False
     at_ms: int
+    signature: Signature | None = None
+    """Who made the change (``changed_by``) and their roles; a running stage ignores a state without it."""
 
 
 def dumps(value) -> str:

@@ -25,14 +25,21 @@ from processors.dev.receiver import WebhookReceiver
 from processors.kafka.settings import KafkaSettings
 from processors.kafka.topics import apply
 from processors.project import EXAMPLES
+from processors.records import PersonRole
 from processors.runtime.options import Guarantee, RuntimeOptions
 from processors.runtime.runtime import StageRuntime
+from processors.signing import IDENTITY_ENV, ROLES_ENV, SIGNING_KEY_ENV, SIGNING_KEYS_ENV, Signer
 from processors.views.store import VIEWS_URL_ENV
 from processors.workflow.workflow import ModelRetries, Workflow, load_workflow
 
 WORKFLOWS = EXAMPLES / "workflows"
 # `handoff run` serves metrics by default on one port: processes started by tests take any free one
 os.environ.setdefault("HANDOFF_METRICS_PORT", "0")
+# one signing key for the session, for anyone and every role: the review commands, the control commands and
+# the stages (`handoff run` subprocesses inherit it) sign and verify verdicts and control changes with it
+os.environ[SIGNING_KEY_ENV] = f"tests:{uuid.uuid4().hex}"
+for unset in (SIGNING_KEYS_ENV, ROLES_ENV, IDENTITY_ENV):
+    os.environ.pop(unset, None)
 
 
 def _docker_answers() -> bool:
@@ -208,6 +215,18 @@ def project(tmp_path, monkeypatch) -> Path:
 ROOT = Path(__file__).resolve().parent.parent
 TICKETS = ROOT / "workflows/support_ticket/datasets/tickets.jsonl"
 SECRET = "test-signing-secret"
+
+
+def signed(record, field: str = "signature"):
+    """A verdict (or control state) as the review commands sign it: with the session's key, for its person."""
+    who = getattr(record, "reviewer", None) or record.changed_by
+    return Signer.from_env().acting_as(who).sign(record, field)
+
+
+def approved(request, by: str):
+    """An action request as the review stage hands it to execute once ``by``, an approver, released it."""
+    approver = Signer.from_env().acting_as(by, [PersonRole.approver])
+    return approver.sign(request.model_copy(update={"approved_by": by}), "approval")
 
 
 def tickets(injected: bool = False) -> list[dict]:

@@ -34,7 +34,7 @@ from processors.runtime.stage import Record
 from processors.stages.join import Join
 from processors.stages.review import Review
 from processors.workflow.workflow import load_workflow
-from tests.conftest import WORKFLOWS, deployed
+from tests.conftest import WORKFLOWS, deployed, signed
 from tests.test_deploy import dashboard_expressions
 from tests.test_health import get
 from tests.test_recovery import handoff_run, wait_for
@@ -125,9 +125,9 @@ def test_the_review_and_join_stages_count_what_the_recall_and_override_rules_div
     item = ReviewItem(review_id="e-q:low_confidence", event_id="e-q", workflow=workflow.name,
                       reason=ReviewReason.low_confidence, stage=StageName.validate, event=event, answer=dumps(said),
                       prompt=prompt, model="m", created_at_ms=1)
-    verdict = Verdict(verdict_id="v1", review_id=item.review_id, event_id="e-q", workflow=workflow.name,
-                      reviewer="ana", verdict=VerdictKind.correct, answer=dumps(said | {"urgency": "high"}), at_ms=2,
-                      item=item)
+    verdict = signed(Verdict(verdict_id="v1", review_id=item.review_id, event_id="e-q", workflow=workflow.name,
+                             reviewer="ana", verdict=VerdictKind.correct, answer=dumps(said | {"urgency": "high"}),
+                             at_ms=2, item=item))
     labels = {"workflow": workflow.name, "prompt_version": version}
     missed = labels | {"needed": "true", "escalated": "false"}
     before = (counted("handoff_verdicts_total", **labels, verdict="correct"),

@@ -22,7 +22,7 @@ from processors.runtime.dead_letter import Header
 from processors.stages.execute import Execute
 from processors.stages.review import Review
 from processors.stages.route import Route
-from tests.conftest import Running, deployed
+from tests.conftest import Running, approved, deployed
 from tests.test_approvals import ANSWER, EVENT, control, record, run
 from tests.test_recovery import wait_for
 
@@ -103,7 +103,7 @@ def test_a_payment_server_that_is_down_is_retried_then_dead_lettered_with_the_he
     retries.backoff_initial_s = retries.backoff_max_s = 0.01
     [req] = requests(workflow)[:1]
     actions = workflow.spec(Role.actions)
-    raw = actions.serde(kafka).encode(req.model_copy(update={"approved_by": "lead"}).model_dump(), actions.name)
+    raw = actions.serde(kafka).encode(approved(req, "lead").model_dump(), actions.name)
     producer = kafka.producer()
     producer.produce(actions.name, key=req.idempotency_key, value=raw)
     assert producer.flush(10) == 0

@@ -31,6 +31,7 @@ from processors.stages.review import Review
 from processors.stages.route import Route
 from processors.workflow.answers import verdict_errors
 from processors.workflow.workflow import load_workflow
+from tests.conftest import approved, signed
 
 EVENT = {"event": "refund.requested", "event_id": "rf-1", "requested_at": "2026-02-01T10:00:00Z",
          "customer": {"id": "C-1069"}, "order": {"id": "O-5008", "total": 923.04, "currency": "EUR"},
@@ -117,9 +118,9 @@ def approval(workflow, arguments: dict | None, reviewer: str = "lead@support") -
     item = ReviewItem(review_id="rf-1:risky_action:refund", event_id="rf-1", workflow="refund",
                       reason=ReviewReason.risky_action, stage="execute", event=dumps(EVENT), action=req,
                       prompt=PromptRef(name="p", version="1"), model="m", created_at_ms=1)
-    return Verdict(verdict_id="v1", review_id=item.review_id, event_id="rf-1", workflow="refund", reviewer=reviewer,
-                   verdict=VerdictKind.approve, at_ms=2, item=item,
-                   arguments=None if arguments is None else dumps(orjson.loads(req.arguments) | arguments))
+    return signed(Verdict(verdict_id="v1", review_id=item.review_id, event_id="rf-1", workflow="refund",
+                          reviewer=reviewer, verdict=VerdictKind.approve, at_ms=2, item=item,
+                          arguments=None if arguments is None else dumps(orjson.loads(req.arguments) | arguments)))
 
 
 def test_an_approval_that_adjusts_the_amount_runs_once_with_it_and_records_both(workflow, payments):
@@ -170,7 +171,7 @@ def test_a_payment_server_that_is_down_is_retried_then_dead_lettered_with_the_ca
     workflow = load_workflow("refund")
     workflow.tools["issue_refund"].retries.backoff_initial_s = workflow.tools["issue_refund"].retries.backoff_max_s = 0.01
     with pytest.raises(DeadLetter) as dead:
-        asyncio.run(run(Execute(workflow, control()), record(Role.actions, request(workflow, approved_by="ana"),
+        asyncio.run(run(Execute(workflow, control()), record(Role.actions, approved(request(workflow), "ana"),
                                                              workflow)))
     assert (dead.value.reason, dead.value.attempts) == ("tool_unavailable_exhausted", 4)
     [trace] = [e.value for e in dead.value.keep]

@@ -16,7 +16,7 @@ PACKAGE = Path(processors.__file__).parent
 
 # Lowest first. A module imports only modules of its own layer or of layers listed before it.
 LAYERS: list[set[str]] = [
-    {"records", "paths", "redaction", "project", "clock", "logs", "refunds"},
+    {"records", "paths", "redaction", "project", "clock", "logs", "refunds", "signing"},
     {"avro"},
     {"kafka"},
     {"providers", "actions"},
@@ -29,6 +29,7 @@ LAYERS: list[set[str]] = [
     {"pipeline"},
     {"offline"},
     {"ops"},
+    {"console"},
     {"deploy"},
     {"dev"},
     {"cli"},

@@ -48,6 +48,7 @@ SAMPLES = {
                                       value=b"\xc3\x01", headers={"h": b"v", "n": None}))]),
     "handoff/control_state": records.ControlState(workflow="w", version=2, labels={"production": "1"}, mode="partial",
                                                   review_threshold=0.8, changed_by="ana", change="mode partial", at_ms=1),
+    "handoff/signature": records.Signature(key_id="k1", signer="ana", roles=["reviewer", "approver"], mac="00ff"),
     "handoff/grounded_event": records.GroundedEvent(event_id="e", workflow="w", event="{}", lookups='{"plan": "pro"}',
                                                     trigger_timestamp_ms=1),
 }
@@ -75,7 +76,7 @@ def test_nested_records_decode_as_records_of_their_own_type():
 
 def test_a_nested_record_is_defined_once_and_changes_the_fingerprint_of_what_carries_it(tmp_path):
     (tmp_path / "handoff").mkdir()
-    for name in ("prompt_ref", "decision", "action_request"):
+    for name in ("prompt_ref", "decision", "signature", "action_request"):
         path = f"handoff/{name}.avsc"
         (tmp_path / path).write_bytes((project.schemas_dir() / path).read_bytes())
     before = ContractStore(tmp_path)

@@ -39,7 +39,7 @@ from processors.ops.report import ALL_VERSIONS, build, parse_since
 from processors.records import Decision, PromptRef, Result, ReviewItem, Trace, Verdict, WorkItem, dumps
 from processors.views.histogram import RELATIVE_ERROR
 from processors.workflow.workflow import WorkflowError, load_workflow
-from tests.conftest import deployed, tickets
+from tests.conftest import deployed, signed, tickets
 
 NOW = now_ms()
 DAY = 86_400_000
@@ -70,9 +70,9 @@ def review(event_id: str, version: str, reason: str = "low_confidence", model_an
 
 
 def verdict(item: ReviewItem, kind: str, corrected: str | None = None, reviewer: str = "ana") -> Verdict:
-    return Verdict(verdict_id=f"{item.review_id}:{reviewer}", review_id=item.review_id, event_id=item.event_id,
-                   workflow="support_ticket", reviewer=reviewer, verdict=kind, answer=corrected, at_ms=NOW,
-                   item=item)
+    return signed(Verdict(verdict_id=f"{item.review_id}:{reviewer}", review_id=item.review_id,
+                          event_id=item.event_id, workflow="support_ticket", reviewer=reviewer, verdict=kind,
+                          answer=corrected, at_ms=NOW, item=item))
 
 
 def work_item(event_id: str, version: str) -> WorkItem:

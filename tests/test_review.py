@@ -18,7 +18,7 @@ from processors.ops.review_queue import InvalidVerdict, ReviewQueue, VerdictRefu
 from processors.pipeline import Pipeline
 from processors.providers.scripted import ScriptedProvider
 from processors.records import Decision, Execution, Notification, ReviewItem, Trace, WorkItem
-from tests.conftest import deployed, produce, tickets
+from tests.conftest import deployed, produce, signed, tickets
 
 HOW_TO = {"category": "how_to", "urgency": "low", "confidence": 0.5, "reason": "Asks how to change a setting."}
 
@@ -150,7 +150,7 @@ def test_two_reviewers_at_once_exactly_one_verdict_wins_and_only_it_is_applied(k
     assert Pipeline(workflow, kafka, stages).run_until_drained(timeout=60)
     with pytest.raises(VerdictRefused, match=f"correct by {winner}"):
         queue.decide(item.review_id, "reject", reviewer="cy", reason="too late")
-    late = verdicts[loser].model_copy(update={"verdict_id": "late", "reviewer": "dee"})
+    late = signed(verdicts[loser].model_copy(update={"verdict_id": "late", "reviewer": "dee", "signature": None}))
     with pytest.raises(VerdictRefused):
         queue.submit(late)  # another client that skipped the early check
     assert Pipeline(workflow, kafka, stages).run_until_drained(timeout=60)  # restarted: first offsets read on assign

@@ -91,7 +91,7 @@ def declared(workflow: str, namespace: str = "") -> dict[str, TopicSpec]:
     return {s.name: s.model_copy(update={"name": prefix + s.name}) for s in specs}
 
 
-CHANGELOGS_SINCE = ("taken", "verdicts.first")  # the state stores' changelogs, added after the record
+CHANGELOGS_SINCE = ("taken", "verdicts.first", "review.open")  # the state stores' changelogs, added after the record
 LEDGERS_RESTATED = ("seen", "actions.done")  # their docs say what the state stores made of them
 
 RETAINED = {  # by the workflow's default retention: replay reach 30d, report window 90d

@@ -8,13 +8,16 @@ from typing import Annotated, Literal, Optional
 import typer
 
 from processors.cli.params import Bootstrap, ViewsUrl, WorkflowName, WorkflowsDir, control_store, fail, views
+from processors.control.store import ControlRefused
 from processors.records import ControlState, Mode
+from processors.signing import SigningError
 from processors.views.control_history import control_history
 
 app = typer.Typer(no_args_is_help=True, help="What a workflow's running stages obey — rollout mode, kill "
                                              "switch, thresholds — in force within a second, no restart.")
 Reason = Annotated[Optional[str], typer.Option(help="Why: recorded on the control state.")]
-ChangedBy = Annotated[Optional[str], typer.Option("--by", help="Who makes the change (default: the OS user).")]
+ChangedBy = Annotated[Optional[str], typer.Option("--by", help=(
+    "Who makes the change (default: $HANDOFF_IDENTITY, else the OS user); signed with $HANDOFF_SIGNING_KEY."))]
 Bound = Annotated[str, typer.Argument(help="0..1, or 'default' (the workflow file's).")]
 
 
@@ -26,7 +29,10 @@ def echo_state(state: ControlState) -> None:
 def change_control(workflow: str, bootstrap: str | None, workflows_dir: Path | None, change: str,
                    reason: str | None, by: str | None, **fields) -> None:
     store = control_store(workflow, bootstrap, workflows_dir)
-    echo_state(store.publish(change, changed_by=by, reason=reason, **fields))
+    try:
+        echo_state(store.publish(change, changed_by=by, reason=reason, **fields))
+    except (ControlRefused, SigningError) as exc:
+        raise fail(str(exc))
 
 
 def bound(value: str, name: str) -> float | None:

@@ -15,6 +15,7 @@ import typer
 from processors.cli import (
     acls,
     broker,
+    console,
     control,
     dataset,
     deploy,
@@ -70,6 +71,7 @@ app.command()(run.run)
 app.command()(report.report)
 app.command()(outcome.outcome)
 app.add_typer(review.app, name="review")
+app.add_typer(console.app, name="console")
 app.add_typer(dataset.app, name="dataset")
 app.add_typer(model.app, name="model")
 app.add_typer(prompt.app, name="prompt")

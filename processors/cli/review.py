@@ -20,6 +20,7 @@ from processors.ops.review_queue import (
     parse_fields,
 )
 from processors.records import VerdictKind
+from processors.signing import SigningError
 from processors.views.catch_up import ViewsBehind
 from processors.views.store import ViewsUnavailable
 
@@ -27,7 +28,9 @@ app = typer.Typer(no_args_is_help=True, help="The review queue: what people must
                                              "on an item wins; a later one is refused. Served from the views "
                                              "(--views-url), caught up with the topics first.")
 ReviewId = Annotated[str, typer.Argument(help="The review id, as `handoff review list` prints it.")]
-Reviewer = Annotated[Optional[str], typer.Option(help="Who decides (default: $HANDOFF_REVIEWER, else the OS user).")]
+Reviewer = Annotated[Optional[str], typer.Option(help=(
+    "Who decides (default: $HANDOFF_IDENTITY, else $HANDOFF_REVIEWER, else the OS user); the verdict is signed "
+    "for them with $HANDOFF_SIGNING_KEY, and their roles ($HANDOFF_ROLES) must allow it."))]
 OptionalReason = Annotated[Optional[str], typer.Option(help="Why (optional).")]
 
 
@@ -43,7 +46,7 @@ def decide(queue: ReviewQueue, review_id: str, kind: VerdictKind, reviewer: str 
     """Write a verdict; exit 1 with the reason when it is refused or void."""
     try:
         verdict = queue.decide(review_id, kind, reviewer=reviewer, fields=parse_fields(list(fields)), reason=reason)
-    except (InvalidVerdict, UnknownItem, VerdictRefused, ViewsBehind, ViewsUnavailable) as exc:
+    except (InvalidVerdict, SigningError, UnknownItem, VerdictRefused, ViewsBehind, ViewsUnavailable) as exc:
         raise fail(str(exc))
     typer.echo(f"{kind} of {review_id} by {verdict.reviewer}: recorded, first verdict. {next_step(verdict)}")
 

@@ -19,6 +19,7 @@ from processors.runtime import metrics
 from processors.runtime.options import Guarantee, RuntimeOptions
 from processors.runtime.runtime import BrokerUnavailable
 from processors.stages.registry import STAGES, stages_for
+from processors.signing import SigningError
 from processors.state.store import StoreUnusable
 from processors.workflow.workflow import WorkflowError
 
@@ -69,6 +70,6 @@ def run(workflow: WorkflowName,
     log.info("metrics on http://%s:%d/metrics, /healthz, /readyz", metrics_addr, served.server_port)
     try:
         Pipeline(flow, conf, stages, options).run()
-    except (AccessDenied, BrokerUnavailable, ControlUnavailable, MissingSecret, MissingSetting, StoreUnusable,
-            WorkflowError) as exc:
+    except (AccessDenied, BrokerUnavailable, ControlUnavailable, MissingSecret, MissingSetting, SigningError,
+            StoreUnusable, WorkflowError) as exc:
         raise fail(str(exc))

@@ -13,8 +13,12 @@ state; afterwards it polls every half second, so a change is in force within abo
 A stage reads ``control.state`` once per record and uses that one state for all it decides and
 writes about the record.
 
-Writers (``handoff prompt promote``, ``handoff control …``) read the current state, apply one
-change and publish the next version, waiting for the broker's acknowledgement. Two writers
+Writers (``handoff prompt promote``, ``handoff control …``, the console) read the current state,
+apply one change and publish the next version signed for who made it
+(:mod:`processors.signing`), waiting for the broker's acknowledgement; a change the signer's roles
+do not cover is refused before it is written (:class:`ControlRefused`), and a running stage
+ignores a state that is not signed, or whose signer lacks the roles
+(:func:`~processors.control.state.control_refusal`). Two writers
 racing on the same version both land; the later offset wins, and each change names who made
 it and why. Compaction keeps only the latest state per workflow on the topic; the whole history
 is kept by the views (:mod:`processors.views.control_history`, ``handoff control show --history``).
@@ -23,14 +27,16 @@ is kept by the views (:mod:`processors.views.control_history`, ``handoff control
 from __future__ import annotations
 
 import getpass
+import os
 
 from processors.clock import now_ms
-from processors.control.state import initial
+from processors.control.state import control_refusal, initial, roles_needed
 from processors.kafka.read import snapshot
 from processors.kafka.settings import KafkaSettings
 from processors.kafka.topics import Role
 from processors.kafka.write import write
 from processors.records import ControlState
+from processors.signing import IDENTITY_ENV, Keyring, Signer
 from processors.workflow.workflow import Workflow
 
 
@@ -38,10 +44,17 @@ class ControlUnavailable(RuntimeError):
     """The control topic cannot be read: most often it was never created."""
 
 
-class ControlStore:
-    """Read and publish a workflow's control state."""
+class ControlRefused(ValueError):
+    """The signer's roles do not cover the change; nothing was written."""
 
-    def __init__(self, settings: KafkaSettings, workflow: Workflow):
+
+class ControlStore:
+    """Read and publish a workflow's control state; ``signer`` signs the changes (default: the
+    environment's key, for ``changed_by``)."""
+
+    def __init__(self, settings: KafkaSettings, workflow: Workflow, signer: Signer | None = None):
+        self.signer = signer
+        self.keyring = Keyring.from_env()
         self.settings = settings
         self.workflow = workflow
         self.spec = workflow.spec(Role.control)
@@ -67,20 +80,32 @@ class ControlStore:
         return ControlState.model_validate(self.serde.decode(msg.value()))
 
     def current(self) -> ControlState:
-        states = self.history()
-        return states[-1] if states else initial(self.workflow)
+        """The latest accepted state, as a running stage's watcher has it: an unsigned or unauthorized
+        state on the topic is passed over, so no later change builds on it."""
+        state = initial(self.workflow)
+        for later in self.history():
+            if control_refusal(state, later, self.keyring) is None:
+                state = later
+        return state
 
     def publish(self, change: str, *, changed_by: str | None = None, reason: str | None = None,
                 forced: bool = False, **fields) -> ControlState:
         """Apply ``fields`` (labels, mode, kill_switch, review_threshold, approval_risk) to the
         current state and publish it as the next version; returns the published state. ``labels``
         are set one by one: the labels not named keep their versions."""
+        signer = self.signer or Signer.from_env().acting_as(
+            changed_by or os.environ.get(IDENTITY_ENV) or getpass.getuser())
         current = self.current()
         if "labels" in fields:
             fields["labels"] = {**current.labels, **fields["labels"]}
-        state = ControlState.model_validate({**current.model_dump(), **fields, "version": current.version + 1,
-                                             "changed_by": changed_by or getpass.getuser(), "change": change,
-                                             "reason": reason, "forced": forced, "at_ms": now_ms()})
+        state = ControlState.model_validate({**current.model_dump(exclude={"signature"}), **fields,
+                                             "version": current.version + 1, "changed_by": signer.identity,
+                                             "change": change, "reason": reason, "forced": forced, "at_ms": now_ms()})
+        missing = roles_needed(current, state) - set(signer.roles)
+        if missing:
+            raise ControlRefused(f"{change}: takes the role(s) {', '.join(sorted(missing))}; {signer.identity} "
+                                 f"holds {', '.join(signer.roles) or 'none'}")
+        state = signer.sign(state, "signature")
         write(self.settings.producer(), self.spec.name,
               [(self.workflow.name, self.serde.encode(state.model_dump(), self.spec.name))],
               what="control change", timeout_s=10,

@@ -8,7 +8,7 @@ import time
 
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
 
-from processors.control.state import Control, initial
+from processors.control.state import Control, control_refusal, initial
 from processors.control.store import ControlStore
 from processors.kafka.settings import KafkaSettings
 from processors.runtime.runtime import BrokerUnavailable
@@ -90,17 +90,25 @@ class ControlWatcher(Control):
                         log.warning("reading %s: %s", self.store.spec.name, msg.error())
                     continue
                 try:
-                    self._apply(msg)
+                    applied = self._apply(msg)
                 except Exception as exc:  # a bad record must not stop the watcher: the last good state stays
                     log.error("%s offset %d is not a control state, ignored: %s", self.store.spec.name,
                               msg.offset(), exc)
                     continue
-                log.info("%s: control version %d in force: %s", self.store.workflow.name, self.state.version,
-                         self.state.change)
+                if applied:
+                    log.info("%s: control version %d in force: %s", self.store.workflow.name, self.state.version,
+                             self.state.change)
         finally:
             consumer.close()
 
-    def _apply(self, msg) -> None:
+    def _apply(self, msg) -> bool:
+        """Put the record's state in force when it is signed by someone allowed the change; True if it was.
+        A state that is not is ignored with one line: the state in force stays."""
         state = self.store.decode(msg)
-        if state is not None:
-            self.state = state  # one attribute write: readers on other threads see the old or the new state
+        if state is None:
+            return False
+        refused = control_refusal(self.state, state, self.store.keyring)
+        if refused is not None:
+            log.warning("%s offset %d ignored: %s", self.store.spec.name, msg.offset(), refused)
+            return False
+        self.state = state  # one attribute write: readers on other threads see the old or the new state

@@ -29,6 +29,7 @@ import orjson
 from confluent_kafka import Producer
 
 from processors.clock import now_ms
+from processors.dev.console_demo import DemoConsole
 from processors.dev.lead_intake import lead_intake_demo
 from processors.dev.localkafka import LocalKafka, free_port, wait_for_broker
 from processors.dev.receiver import WebhookReceiver
@@ -143,6 +144,7 @@ def drain(pipelines: list[Pipeline]) -> bool:
 
 
 def run_demo(settings: KafkaSettings) -> bool:
+    console = DemoConsole(settings)
     receiver = WebhookReceiver(secret=secrets.token_hex(16))
     os.environ["HANDOFF_WEBHOOK_URL"] = receiver.start()
     os.environ["HANDOFF_WEBHOOK_SECRET"] = receiver.secret
@@ -192,6 +194,7 @@ def run_demo(settings: KafkaSettings) -> bool:
         ok &= lead_intake_demo(settings, say)
         say(f"webhook receiver: {len(receiver.applied)} actions applied, {receiver.duplicates} duplicate "
             f"deliveries absorbed by Idempotency-Key")
+        console.keep_up()
         return ok
     finally:
         receiver.stop()

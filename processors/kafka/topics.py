@@ -68,6 +68,7 @@ class Role(StrEnum):
     seen = "seen"
     taken = "taken"
     review = "review"
+    review_open = "review.open"
     traces = "traces"
     outcomes = "outcomes"
     verdicts = "verdicts"
@@ -236,6 +237,9 @@ ENGINE_TOPICS: dict[Role, EngineTopic] = {
     Role.verdicts_first: _compacted(value_schema="handoff/first_verdict", doc=(
         "The review stage's index (changelog of its store, co-partitioned with verdicts): where the first "
         "verdict on each review id sits. Kept forever: a pending item may be decided at any age.")),
+    Role.review_open: _compacted(value_schema="handoff/review_item", doc=(
+        "The review stage's deadline timers (changelog of its store, co-partitioned with review): each item "
+        "until its deadline passes, then tombstoned.")),
     Role.review: EngineTopic(value_schema="handoff/review_item", keep=Keep.until_decided,
                              doc="Items a person must decide: low confidence, invalid output, risky actions."),
     Role.traces: EngineTopic(value_schema="handoff/trace", keep=Keep.report_window,

@@ -277,3 +277,30 @@ def _figures(version: str, row, bins: dict[tuple[str, str], dict[int, int]], tar
         escalations_judged=row.judged if escalations else None,
         latency_p50_ms=latency[0], latency_p95_ms=latency[1], model_p50_ms=model[0], model_p95_ms=model[1],
         tokens_in=row.tokens_in, tokens_out=row.tokens_out, cost_usd=row.cost_usd)
+
+
+def by_day(workflow: Workflow, store: ViewStore, since_ms: int | None = None) -> dict[str, list[tuple[int, Figures]]]:
+    """Per prompt version, the figures of each UTC day from ``since_ms`` on, oldest first (the console's
+    charts): the day's hours summed, the latency percentiles from the day histograms."""
+    scope, target = scope_of(workflow), workflow.escalation.route if workflow.escalation else None
+    start = since_ms // DAY_MS * DAY_MS if since_ms else 0
+    hour, latency = report_hours.c, report_latency.c
+    days: dict[tuple[str, int], dict[str, float]] = {}
+    bins: dict[tuple[str, int], dict[tuple[str, str], dict[int, int]]] = {}
+    with store.read() as conn:
+        for row in conn.execute(select(hour).where(hour.scope == scope, hour.hour_ms >= start,
+                                                   hour.version != EVERY_VERSION)):
+            summed = days.setdefault((row.version, row.hour_ms // DAY_MS * DAY_MS), {})
+            for name in (*REPORT_COUNTS, "cost_usd"):
+                summed[name] = summed.get(name, 0) + getattr(row, name)
+        for version, day, metric, bin_, decisions in conn.execute(
+                select(latency.version, latency.start_ms, latency.metric, latency.bin, latency.decisions)
+                .where(latency.scope == scope, latency.span_ms == DAY_MS, latency.start_ms >= start)):
+            bins.setdefault((version, day), {}).setdefault((version, metric), {})[bin_] = decisions
+    series: dict[str, list[tuple[int, Figures]]] = {}
+    for (version, day), summed in sorted(days.items(), key=lambda kv: kv[0][1]):
+        if summed["events"]:
+            row = type("Day", (), summed)
+            series.setdefault(version, []).append((day, _figures(version, row, bins.get((version, day), {}),
+                                                                 target)))
+    return series

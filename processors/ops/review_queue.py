@@ -16,7 +16,10 @@ item (:meth:`ReviewQueue.decide`) is:
 1. Refuse at once if the view already holds a verdict on the item (the common case).
 2. Build the verdict and check it applies to the item (:func:`verdict_errors`): a corrected
    answer must satisfy the prompt's output schema and the workflow's rules, an approval needs
-   an answer (or an action) to approve, a rejection needs a reason. A bad one is never written.
+   an answer (or an action) to approve, a rejection needs a reason; and that the reviewer holds
+   a role that may decide it (:func:`~processors.workflow.verdict_log.roles_needed`). A bad one is
+   never written. It is signed for the reviewer (:class:`~processors.signing.Signer`: the CLI's
+   key from the environment, the console's for its signed-in user).
 3. Write it, wait for the broker's acknowledgement, which says at which partition and offset
    it landed, and catch the views up past it. If the view's first verdict on the review id is
    another, two reviewers raced: this verdict is recorded but void, and the reviewer is told who
@@ -43,12 +46,13 @@ from processors.kafka.settings import KafkaSettings
 from processors.kafka.topics import Role
 from processors.kafka.write import write
 from processors.records import ReviewItem, ReviewReason, Verdict, VerdictKind
+from processors.signing import IDENTITY_ENV, Signer
 from processors.views.catch_up import catch_up
 from processors.views.rows import scope_of
 from processors.views.schema import review_items, skipped, verdicts
 from processors.views.store import ViewStore, open_store
 from processors.workflow.answers import verdict_errors
-from processors.workflow.verdict_log import Logged
+from processors.workflow.verdict_log import Logged, roles_needed
 from processors.workflow.workflow import Workflow
 
 JSON_TYPES = {"number", "integer", "boolean", "array", "object", "null"}
@@ -77,15 +81,17 @@ class UnknownItem(KeyError):
 
 
 def reviewer_name(given: str | None = None) -> str:
-    """``--reviewer``, else ``HANDOFF_REVIEWER``, else the OS user."""
-    return given or os.environ.get("HANDOFF_REVIEWER") or getpass.getuser()
+    """``--reviewer``, else ``HANDOFF_IDENTITY``, else ``HANDOFF_REVIEWER``, else the OS user."""
+    return given or os.environ.get(IDENTITY_ENV) or os.environ.get("HANDOFF_REVIEWER") or getpass.getuser()
 
 
 class ReviewQueue:
     """One workflow's review items and verdicts, from the views, caught up on each call."""
 
-    def __init__(self, workflow: Workflow, settings: KafkaSettings, store: ViewStore | None = None):
+    def __init__(self, workflow: Workflow, settings: KafkaSettings, store: ViewStore | None = None,
+                 signer: Signer | None = None):
         self.workflow = workflow
+        self.signer = signer
         self.settings = settings
         self.store = store or open_store()
         self.scope = scope_of(workflow)
@@ -155,13 +161,17 @@ class ReviewQueue:
                                  "arguments; approve takes the answer as it is")
         else:
             answer = item.answer if kind == VerdictKind.approve and item.reason != ReviewReason.risky_action else None
+        signer = self.signer or Signer.from_env().acting_as(reviewer_name(reviewer))
         verdict = Verdict(verdict_id=uuid.uuid4().hex, review_id=review_id, event_id=item.event_id,
-                          workflow=self.workflow.name, reviewer=reviewer_name(reviewer), verdict=kind,
+                          workflow=self.workflow.name, reviewer=signer.identity, verdict=kind,
                           answer=answer, reason=reason, at_ms=now_ms(), item=item, arguments=arguments)
-        errors = verdict_errors(self.workflow, verdict)
+        needed = roles_needed(verdict)
+        errors = verdict_errors(self.workflow, verdict) + (
+            [] if needed & set(signer.roles) else
+            [f"{signer.identity} may not: it takes the role {' or '.join(sorted(needed))}"])
         if errors:
             raise InvalidVerdict(f"{kind} of {review_id} refused:\n  " + "\n  ".join(errors))
-        return verdict
+        return signer.sign(verdict, "signature")
 
     def submit(self, verdict: Verdict) -> Verdict:
         """Step 3: write the verdict and confirm it is the first in the log on its review id."""

@@ -53,6 +53,13 @@ APPROVALS = Counter("handoff_approvals_requested_total", "Risky actions of model
                     "approval (the event is not automated after all).", ["workflow", "prompt_version"])
 VERDICTS = Counter("handoff_verdicts_total", "First verdicts applied, by kind (approve, correct, reject).",
                    ["workflow", "prompt_version", "verdict"])
+TIME_TO_VERDICT = Histogram("handoff_time_to_verdict_seconds", "From a review item's creation to the first verdict "
+                            "applied on it, by reason and by who decided (person, or system at the deadline).",
+                            ["workflow", "reason", "by"],
+                            buckets=(60, 300, 900, 3600, 4 * 3600, 8 * 3600, 86400, 3 * 86400, 7 * 86400))
+DEADLINE_BREACHES = Counter("handoff_review_deadline_breaches_total", "Review items nobody decided by their deadline, "
+                            "given their fail-closed default (reject or escalate) by the review stage.",
+                            ["workflow", "reason", "default"])
 ESCALATIONS = Counter("handoff_escalation_judgements_total", "Events whose need to escalate became known: needed, "
                       "escalated (the model's answer routes to the escalation route), and the evidence (model: a "
                       "model decision taken as right; verdict; outcome: a missed-escalation outcome).",

@@ -94,8 +94,10 @@ class WorkflowStage(Stage):
         metrics.REVIEWS.labels(self.workflow.name, reason).inc()
         self.quality.sent_to_review(prompt.version, risky_action=reason == ReviewReason.risky_action)
         review_id = f"{event_id}:{reason}{suffix}" + (f":replay:{replay}" if replay else "")
+        deadline, created = self.workflow.deadline_for(reason), now_ms()
         item = ReviewItem(review_id=review_id, event_id=event_id, workflow=self.workflow.name, reason=reason,
-                          stage=self.name, event=event, prompt=prompt, model=model, created_at_ms=now_ms(),
+                          stage=self.name, event=event, prompt=prompt, model=model, created_at_ms=created,
+                          queue=deadline.queue, deadline_ms=created + round(deadline.deadline * 1000),
                           control_version=self.control.state.version if control_version is None else control_version,
                           replay=replay, **context)
         return Emit(self.workflow.topic(Role.review), item, key=key)

@@ -14,7 +14,10 @@ In order, for each request:
    request; nothing runs until a person says so. An action declared ``approval: always`` goes
    there every time it comes without ``approved_by``, whatever the rollout mode, thresholds,
    approval risk or kill switch say: this check is here, where the action runs, so no setting
-   and no path around route can lower it.
+   and no path around route can lower it. A request that does carry ``approved_by`` must carry
+   its ``approval`` too, signed by the review stage for an approver
+   (:func:`~processors.workflow.verdict_log.approval_refusal`): one written straight onto the
+   actions topic is dead-lettered as ``unsigned_approval``, never run.
 4. **Run.** A webhook is POSTed with an HMAC signature and the Idempotency-Key (retries on
    timeouts and 5xx inside :class:`WebhookAction`); a 4xx, or retries exhausted → dead
    letters. An emit writes a notification to its topic. An ``mcp_tool`` calls its allow-listed
@@ -57,9 +60,11 @@ from processors.records import (
 )
 from processors.runtime import metrics
 from processors.runtime.stage import DeadLetter, Emit, Record, Table
+from processors.signing import Keyring
 from processors.stages.base import WorkflowStage
 from processors.state.store import Store
 from processors.workflow.checks import SchemaCheck
+from processors.workflow.verdict_log import approval_refusal
 from processors.workflow.workflow import Action, ActionKind, Approval, Workflow, action_view
 
 
@@ -85,6 +90,7 @@ class Execute(WorkflowStage):
         self.schemas = {name: SchemaCheck(a.arguments_schema, "(arguments)") for name, a in workflow.actions.items()}
         self.webhooks: dict[str, WebhookAction] = {}
         self.tools = workflow.tool_client()
+        self.keyring = Keyring.from_env()
 
     async def start(self) -> None:
         self.tools.check_settings()
@@ -111,6 +117,8 @@ class Execute(WorkflowStage):
             return self._executed(request, ExecutionStatus.already_done,
                                   ActionResult(http_status=None, response=None, attempts=0, latency_ms=0.0))
         action, arguments = self._allowed(request)
+        if request.approved_by is not None and (refused := approval_refusal(request, self.keyring)):
+            raise DeadLetter("unsigned_approval", refused)
         control = self.control.state
         bound = approval_risk(self.workflow, control)
         always = action.approval == Approval.always

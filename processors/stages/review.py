@@ -1,9 +1,13 @@
 """Review: a person's verdict continues the item it decides, or closes it.
 
-Input: ``<workflow>.verdicts``, keyed by review id, written by ``handoff review``
-(:mod:`processors.ops.review_queue`). Only the **first** verdict in the log on a review id is
-applied; a later one gets a trace saying it was refused, nothing else. The stage knows which
-verdict came first from its partition-local store (:class:`FirstVerdicts`, changelog
+Input: ``<workflow>.verdicts``, keyed by review id, written by ``handoff review`` or the console
+(:mod:`processors.ops.review_queue`), each signed for its reviewer (:mod:`processors.signing`).
+A verdict not signed with a known key is dead-lettered as ``unsigned_verdict``; one whose
+reviewer lacks the role it needs (an approver releases a risky action; a reviewer or an approver
+decides anything else) as ``unauthorized_verdict`` (:func:`~processors.workflow.verdict_log.refusal`).
+Neither claims the item: the first **accepted** verdict does. Only the first accepted verdict in
+the log on a review id is applied; a later one gets a trace saying it was refused, nothing else.
+The stage knows which verdict came first from its partition-local store (:class:`FirstVerdicts`, changelog
 ``<wf>.verdicts.first``): verdicts on one review id share a partition and are met in log order, so
 the first one it meets on a review id it has no entry for is the first, and its place is stored.
 An invalid first verdict (dead-lettered) still claims the review id: a later verdict is refused.
@@ -16,19 +20,35 @@ Applying the first verdict (the verdict carries its review item, so no lookup):
   decides it (``source="review"``; rollout modes never send it back to review) and requests its
   actions, which execute runs once (idempotency key ``<event id>:<action>``, as always);
 * approve of a risky action → the stored action request with ``approved_by`` on
-  ``<workflow>.actions``, keyed by its idempotency key; execute runs it. An approval that adjusts
-  arguments (only those the action declares ``adjustable``, within its ``arguments_schema``:
+  ``<workflow>.actions``, keyed by its idempotency key, its ``approval`` signed by this stage for
+  the approver; execute runs it (an approved request only with that signature). An approval that
+  adjusts arguments (only those the action declares ``adjustable``, within its ``arguments_schema``:
   checked by :func:`verdict_errors`) sends the approved arguments, the requested ones kept as
   ``original_arguments``; the idempotency key stays the request's, so it still runs once;
 * reject → closed: a trace with the reason, nothing continues.
 
 A verdict that cannot apply (written by another client without the checks ``handoff review``
-makes) goes to the dead letters as ``invalid_verdict``. Under ``at_least_once`` a crash before
-the commit applies a verdict again: route then writes its decision twice, and execute's
-idempotency ledger still runs each action once.
+makes) goes to the dead letters as ``invalid_verdict``.
+
+**Deadlines.** The stage also reads ``<workflow>.review``: each item waits in :class:`OpenItems` (a
+store of the review topic's partition, changelog ``<wf>.review.open``) until its ``deadline_ms``
+(the workflow's ``review_deadlines``; an item without one, written before deadlines existed, only
+waits for a person). Then, on a tick, whether or not anyone is signed in, the
+stage writes the item's fail-closed default onto ``<workflow>.verdicts`` as a verdict signed by
+``system``: a reject ("deadline passed"), and for ``escalate`` the same item again on the
+``escalate_to`` queue with a new deadline (past which it is rejected). That verdict goes through
+the log like any other, so a person's verdict that came first still wins, and one that comes
+later is refused. An item whose first verdict this instance already holds is not defaulted; one
+decided on a verdicts partition another instance owns gets a void system verdict (harmless: the
+log keeps the first).
+
+Under ``at_least_once`` a crash before the commit applies a verdict again: route then writes its
+decision twice, and execute's idempotency ledger still runs each action once.
 """
 
 from __future__ import annotations
+
+import uuid
 
 import orjson
 
@@ -39,6 +59,7 @@ from processors.paths import lookup
 from processors.records import (
     ControlState,
     FirstVerdict,
+    PersonRole,
     ReviewItem,
     ReviewReason,
     StageName,
@@ -46,11 +67,14 @@ from processors.records import (
     VerdictKind,
     WorkItem,
 )
+from processors.runtime import metrics
 from processors.runtime.stage import DeadLetter, Emit, Record, Table
+from processors.signing import SYSTEM, Keyring, Signer
 from processors.stages.base import WorkflowStage
 from processors.state.store import Store
 from processors.workflow.answers import verdict_errors
-from processors.workflow.workflow import Workflow
+from processors.workflow.verdict_log import refusal
+from processors.workflow.workflow import DeadlineDefault, Workflow
 
 
 class FirstVerdicts(Store[FirstVerdict]):
@@ -61,21 +85,73 @@ class FirstVerdicts(Store[FirstVerdict]):
         super().__init__(workflow.topic(Role.verdicts_first), workflow.topic(Role.verdicts), FirstVerdict)
 
 
+class OpenItems(Store[ReviewItem]):
+    """Each review item of a review partition until its deadline (changelog ``<wf>.review.open``)."""
+
+    def __init__(self, workflow: Workflow):
+        super().__init__(workflow.topic(Role.review_open), workflow.topic(Role.review), ReviewItem)
+
+    def due_ms(self, entry: ReviewItem) -> int:
+        return entry.deadline_ms
+
+
 class Review(WorkflowStage):
     name = StageName.review
-    input_roles = [Role.verdicts]
-    output_roles = [Role.validated, Role.actions, Role.traces]
+    input_roles = [Role.verdicts, Role.review]
+    output_roles = [Role.validated, Role.actions, Role.verdicts, Role.review, Role.traces]
     inline = True
 
     def __init__(self, workflow: Workflow, control: Control | ControlState | None = None):
         super().__init__(workflow, control)
         self.verdicts = FirstVerdicts(workflow)
+        self.open = OpenItems(workflow)
+        self.keyring = Keyring.from_env()
+        self.signer = Signer.from_env()  # signs the approvals it hands to execute, and the deadline defaults
+        self.system = self.signer.acting_as(SYSTEM, [PersonRole.reviewer])
 
     def tables(self) -> list[Table]:
-        return [self.verdicts]
+        return [self.verdicts, self.open]
+
+    def tick(self, now_ms: int, partitions: list[tuple[str, int]]) -> list[Emit]:
+        """The fail-closed default of every open item of the owned review partitions past its deadline."""
+        decided = self.owned(partitions, Role.verdicts)
+        out = []
+        for partition in self.owned(partitions, Role.review):
+            for review_id, item in self.open.due(partition, now_ms):
+                out.append(self.open.delete(partition, review_id))
+                if not any(self.verdicts.get(p, review_id) for p in decided):
+                    out += self._default(item, now_ms)
+        return out
+
+    def _default(self, item: ReviewItem, now: int) -> list[Emit]:
+        policy = self.workflow.deadline_for(item.reason)
+        escalate = policy.on_deadline == DeadlineDefault.escalate and item.queue != policy.escalate_to
+        metrics.DEADLINE_BREACHES.labels(self.workflow.name, item.reason,
+                                         DeadlineDefault.escalate if escalate else DeadlineDefault.reject).inc()
+        why = f"deadline passed ({item.queue or 'review'} queue): " + (
+            f"escalated to {policy.escalate_to}" if escalate else "rejected, fail closed")
+        verdict = self.system.sign(Verdict(
+            verdict_id=uuid.uuid4().hex, review_id=item.review_id, event_id=item.event_id,
+            workflow=self.workflow.name, reviewer=SYSTEM, verdict=VerdictKind.reject, reason=why, at_ms=now,
+            item=item), "signature")
+        out = [Emit(self.workflow.topic(Role.verdicts), verdict, key=item.review_id)]
+        if escalate:
+            again = item.model_copy(update={"review_id": f"{item.review_id}:{policy.escalate_to}",
+                                            "queue": policy.escalate_to, "created_at_ms": now,
+                                            "deadline_ms": now + round(policy.deadline * 1000)})
+            out.append(Emit(self.workflow.topic(Role.review), again, key=item.event_id))
+        return out
 
     async def process(self, record: Record) -> list[Emit]:
+        if self.is_from(record.topic, Role.review):
+            item = ReviewItem.model_validate(record.value)
+            if item.deadline_ms is None:  # written before deadlines (or by hand): it waits for a person
+                return []
+            return [self.open.put(record.partition, item.review_id, item)]
         verdict = Verdict.model_validate(record.value)
+        refused = refusal(verdict, self.keyring)
+        if refused is not None:  # claims nothing: a forged verdict cannot block the item
+            raise DeadLetter(refused.reason, refused.message)
         first = self.verdicts.get(record.partition, verdict.review_id)
         if first is not None and (first.partition, first.offset) != (record.partition, record.offset):
             return [self.trace(verdict.event_id, error=f"verdict {verdict.verdict_id} ({verdict.verdict} by "
@@ -88,6 +164,8 @@ class Review(WorkflowStage):
             raise DeadLetter("invalid_verdict", "; ".join(errors), keep=claimed)
         item = verdict.item
         self._count(verdict)
+        metrics.TIME_TO_VERDICT.labels(self.workflow.name, item.reason, "system" if verdict.reviewer == SYSTEM
+                                       else "person").observe(max(verdict.at_ms - item.created_at_ms, 0) / 1000)
         said = {"review_id": verdict.review_id, "verdict": verdict.verdict, "reviewer": verdict.reviewer,
                 "reason": verdict.reason}
         if verdict.verdict == VerdictKind.reject:
@@ -96,6 +174,7 @@ class Review(WorkflowStage):
             adjusted = {} if verdict.arguments is None else {"arguments": verdict.arguments,
                                                               "original_arguments": item.action.arguments}
             request = item.action.model_copy(update={"approved_by": verdict.reviewer, **adjusted})
+            request = self.signer.acting_as(verdict.reviewer, verdict.signature.roles).sign(request, "approval")
             return [*claimed, Emit(self.workflow.topic(Role.actions), request, key=request.idempotency_key),
                     self.trace(verdict.event_id, decision=said, action_request=request.arguments)]
         return [*claimed,

@@ -39,6 +39,7 @@ from processors.records import (
     WorkItem,
 )
 from processors.runtime.dead_letter import Header
+from processors.signing import Keyring
 from processors.views import totals
 from processors.views.schema import (
     EVERY_VERSION,
@@ -46,10 +47,12 @@ from processors.views.schema import (
     placements,
     review_items,
     skipped,
+    trace_steps,
     verdicts,
 )
 from processors.views.settling import SETTLING_STAGES, dead_letter_id, decision_suffixes
 from processors.views.store import Applied, Op, Writer
+from processors.workflow.verdict_log import refusal
 from processors.workflow.workflow import Workflow
 
 NO_ROUTE = (ReviewReason.invalid_output, ReviewReason.kill_switch)
@@ -82,6 +85,7 @@ class Rows:
         self.workflow = workflow
         self.settings = settings
         self.scope = scope_of(workflow)
+        self.keyring = Keyring.from_env()
         self.target = workflow.escalation.route if workflow.escalation else None
         def reads(suffix: str, handle: Callable, model: type[BaseModel] | None) -> tuple[str, tuple]:
             spec = workflow.topics[workflow.topic(suffix)]
@@ -131,7 +135,7 @@ class Rows:
                 decided = exists().where(verdicts.c.scope == scope, verdicts.c.review_id == item.review_id)
                 w.execute(update(review_items).where(key, decided).values(decided=True))
             if settles:
-                self._place(w, item.event_id, "review", item.reason, item.created_at_ms, item.replay)
+                self._place(w, item.event_id, "review", item.reason, item.created_at_ms, item.replay, item.answer)
             for version in (item.prompt.version, EVERY_VERSION):
                 fields = {"touched": True} | ({"review_at_ms": item.created_at_ms, "review_route": route,
                                                "settled_at_ms": item.created_at_ms} if settles else {})
@@ -140,6 +144,9 @@ class Rows:
         return [write]
 
     def _verdict(self, verdict: Verdict, at: Applied) -> list[Op]:
+        refused = refusal(verdict, self.keyring, strict=self.keyring.complete)
+        if refused is not None:  # not accepted, so it claims nothing (the review stage dead-letters it)
+            return [self._skipped(at.topic, at.partition, at.offset, f"{refused.reason}: {refused.message}")]
         scope, item = self.scope, verdict.item
         settles = item.stage in SETTLING_STAGES
         route = (route_of(self.workflow, verdict.answer, item.event)
@@ -163,7 +170,7 @@ class Rows:
     def _decision(self, decision: Decision, at: Applied) -> list[Op]:
         """A decision on a route places its event; every decision, shadow ones too, counts in the report."""
         return [lambda w: self._place(w, decision.event_id, "decision", decision.route, decision.decided_at_ms,
-                                      decision.replay), *self._shadow(decision, at)]
+                                      decision.replay, decision.answer), *self._shadow(decision, at)]
 
     def _shadow(self, decision: Decision, _at: Applied) -> list[Op]:
         fields = {"decided_at_ms": decision.decided_at_ms, "decision_source": decision.source,
@@ -176,10 +183,13 @@ class Rows:
     def _repair(self, item: WorkItem, _at: Applied) -> list[Op]:
         return [self._both(item.event_id, item.prompt.version, {"repaired": True})]
 
-    def _trace(self, trace: Trace, _at: Applied) -> list[Op]:
+    def _trace(self, trace: Trace, at: Applied) -> list[Op]:
+        step = {"scope": self.scope, "partition_id": at.partition, "log_offset": at.offset, "run_id": trace.run_id,
+                "at_ms": trace.at_ms, "trace": trace.model_dump_json()}
+        kept = [lambda w: w.add(trace_steps, step)]
         if trace.step != StageName.classify or not trace.prompt:
-            return []
-        return [self._both(trace.run_id, trace.prompt.version, {"tokens_in": trace.tokens_in,
+            return kept
+        return [*kept, self._both(trace.run_id, trace.prompt.version, {"tokens_in": trace.tokens_in,
                                                                 "tokens_out": trace.tokens_out,
                                                                 "cost_usd": trace.cost_usd})]
 
@@ -221,15 +231,16 @@ class Rows:
         row = {"scope": self.scope, "topic": topic, "partition_id": partition, "log_offset": offset, "error": error}
         return lambda w: w.add(skipped, row)
 
-    def _place(self, w: Writer, event_id: str, kind: str, detail: str, at_ms: int, replay: str | None) -> None:
+    def _place(self, w: Writer, event_id: str, kind: str, detail: str, at_ms: int, replay: str | None,
+               answer: str | None = None) -> None:
         """The latest place wins; at the same time a dead letter beats a review item beats a decision."""
         def later(table, new) -> dict:
             wins = or_(new.at_ms > table.c.at_ms, and_(new.at_ms == table.c.at_ms, new.rank >= table.c.rank))
             return {c: case((wins, getattr(new, c)), else_=table.c[c]) for c in ("kind", "detail", "at_ms", "rank",
-                                                                                 "replay")}
+                                                                                 "replay", "answer")}
 
         w.merge(placements, {"scope": self.scope, "event_id": event_id, "kind": kind, "detail": str(detail),
-                             "at_ms": at_ms, "rank": PLACE_RANK[kind], "replay": replay}, later)
+                             "at_ms": at_ms, "rank": PLACE_RANK[kind], "replay": replay, "answer": answer}, later)
 
     def _both(self, event_id: str, version: str, fields: dict) -> Op:
         """The event's row under its prompt version and under all versions."""

@@ -27,6 +27,8 @@ query that reads it, with the index that query needs, so no query reads more tha
   compaction removed it from the topic.
 * ``recount_due``: scopes whose hours are still to be worked out from their rows: a database kept
   before the hours existed (:func:`processors.views.totals.recount_due`).
+* ``trace_steps``: every trace record (one step of one run), read per run id by the console's
+  item page: ``(scope, run_id, at_ms)``.
 * ``skipped``: records that are not what their topic holds (a foreign writer's bytes), named so a
   command can say so; a view never dead-letters anything.
 """
@@ -143,6 +145,8 @@ placements = Table(
     Column("at_ms", BigInteger, nullable=False),
     Column("rank", Integer, nullable=False, doc="decision 0, review 1, dead letter 2: the later wins a tie."),
     Column("replay", NAME),
+    Column("answer", Text, doc="The answer that placed it (a decision's, a review item's) as JSON; None for a "
+                               "dead letter: replay's diff shows a changed answer within one route."),
     Index("placements_replay", "scope", "replay"),
 )
 
@@ -159,6 +163,17 @@ recount_due = Table(
 )
 """Scopes whose report_events rows were kept before report_hours existed: their hours are worked out
 once, from the rows (:func:`processors.views.totals.recount_due`)."""
+
+trace_steps = Table(
+    "trace_steps", metadata,
+    _scope(),
+    Column("partition_id", Integer, primary_key=True),
+    Column("log_offset", BigInteger, primary_key=True),
+    Column("run_id", ID, nullable=False),
+    Column("at_ms", BigInteger, nullable=False),
+    Column("trace", Text, nullable=False, doc="The Trace as JSON (redacted by the stage that wrote it)."),
+    Index("trace_steps_run", "scope", "run_id", "at_ms"),
+)
 
 skipped = Table(
     "skipped", metadata,

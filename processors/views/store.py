@@ -30,7 +30,7 @@ from sqlalchemy import Connection, Engine, Table, create_engine, event, inspect,
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
-from processors.views.schema import applied, metadata, recount_due, report_events, report_hours
+from processors.views.schema import applied, metadata, placements, recount_due, report_events, report_hours
 
 VIEWS_URL_ENV = "HANDOFF_VIEWS_URL"
 DEFAULT_PATH = Path(".local/views.db")
@@ -114,6 +114,9 @@ class ViewStore:
             hours_missing = inspect(self.engine).has_table(report_events.name) and \
                 not inspect(self.engine).has_table(report_hours.name)
             metadata.create_all(self.engine)
+            if "answer" not in {c["name"] for c in inspect(self.engine).get_columns(placements.name)}:
+                with self.engine.begin() as conn:  # placements kept before they had the answer: it is None there
+                    conn.execute(text(f"ALTER TABLE {placements.name} ADD COLUMN answer TEXT"))
             if hours_missing:  # rows kept before the report's hours: work them out once (totals.recount_due)
                 with self.writing() as w:
                     for (scope,) in w.conn.execute(select(report_events.c.scope).distinct()):

@@ -28,7 +28,7 @@ from processors.kafka.topics import Role, TopicSpec, Windows, keeps_less, span, 
 from processors.paths import lookup
 from processors.providers.base import Provider
 from processors.providers.build import CascadeModel, EmbeddedModel, ModelConfig, build_provider
-from processors.records import ActionRequest, Decision, Mode, Result, dumps
+from processors.records import ActionRequest, Decision, Mode, Result, ReviewReason, dumps
 from processors.redaction import Redaction
 from processors.workflow import rules
 from processors.workflow.completions import COMPLETIONS
@@ -245,6 +245,26 @@ class Retention(Strict):
                        report_window_ms=round(self.report_window * 1000))
 
 
+class DeadlineDefault(StrEnum):
+    """What an item gets when nobody decided it in time: fail closed, never open."""
+
+    reject = "reject"
+    """Closed by ``system`` with the reason "deadline passed": nothing continues."""
+    escalate = "escalate"
+    """Closed by ``system``, and the same item opened again on the ``escalate_to`` queue, with the
+    same deadline once more; past that one it is rejected."""
+
+
+class ReviewDeadline(Strict):
+    """How long an item of one review reason waits for a person, on which queue, and what it gets then."""
+
+    deadline: Duration = Field(86400.0, description="How long a person has (24h by default).")
+    on_deadline: DeadlineDefault = Field(DeadlineDefault.reject, description=(
+        "reject, or escalate to the escalate_to queue; both fail closed: no action runs unapproved."))
+    queue: str = Field("reviewers", description="The queue (team) the item is assigned to.")
+    escalate_to: str = Field("escalations", description="escalate: the queue the item goes to next.")
+
+
 class ActionKind(StrEnum):
     webhook = "webhook"
     emit = "emit"
@@ -404,9 +424,15 @@ class Workflow(Strict):
     outcomes: Outcomes = Outcomes()
     datasets: Datasets = Datasets()
     retention: Retention = Retention()
+    review_deadlines: dict[ReviewReason, ReviewDeadline] = Field(default_factory=dict, description=(
+        "Per review reason: its deadline, queue and fail-closed default (24h, reviewers, reject when absent)."))
 
     folder: Path = Field(Path("."), exclude=True)
     namespace: str = Field("", exclude=True)
+
+    def deadline_for(self, reason: ReviewReason) -> ReviewDeadline:
+        """The review deadline of ``reason``: the workflow's, else 24h on the reviewers' queue, then reject."""
+        return self.review_deadlines.get(reason) or ReviewDeadline()
 
     @property
     def prompt_path(self) -> Path:

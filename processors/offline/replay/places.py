@@ -38,6 +38,8 @@ class Place(BaseModel):
     """The route, the review reason, or the dead-letter reason."""
     at_ms: int = 0
     replay: str | None = None
+    answer: str | None = None
+    """The answer that placed it (JSON), so a diff shows a changed answer within one route."""
 
     def __str__(self) -> str:
         return self.detail if self.kind == "decision" else f"{self.kind}:{self.detail}"
@@ -67,10 +69,11 @@ class Found(BaseModel):
 def found_records(workflow: Workflow, settings: KafkaSettings) -> list[Found]:
     """Every decision, review item and dead letter of the workflow, in no particular order."""
     found = [Found(event_id=d.event_id, place=Place(kind="decision", detail=d.route, at_ms=d.decided_at_ms,
-                                                    replay=d.replay))
+                                                    replay=d.replay, answer=d.answer))
              for suffix in decision_suffixes(workflow) for d in read(workflow, settings, suffix, Decision)]
     found += [Found(event_id=r.event_id, review=r,
-                    place=Place(kind="review", detail=r.reason, at_ms=r.created_at_ms, replay=r.replay))
+                    place=Place(kind="review", detail=r.reason, at_ms=r.created_at_ms, replay=r.replay,
+                                answer=r.answer))
               for r in read(workflow, settings, Role.review, ReviewItem)]
     for msg, headers in dead_letters(workflow, settings):
         found.append(Found(event_id=dead_letter_id(workflow, settings, headers, msg.value()),
@@ -113,6 +116,6 @@ def places(workflow: Workflow, settings: KafkaSettings, *, events: Iterable[str]
     with store.read() as conn:
         for chunk in chunks:
             query = select(placements).where(*where, *([] if chunk is None else [placements.c.event_id.in_(chunk)]))
-            out |= {r.event_id: Place(kind=r.kind, detail=r.detail, at_ms=r.at_ms, replay=r.replay)
+            out |= {r.event_id: Place(kind=r.kind, detail=r.detail, at_ms=r.at_ms, replay=r.replay, answer=r.answer)
                     for r in conn.execute(query)}
     return out

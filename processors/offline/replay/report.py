@@ -11,6 +11,7 @@ from collections import Counter
 from datetime import datetime, timezone
 from enum import StrEnum
 
+import orjson
 from pydantic import BaseModel
 
 from processors.offline.replay.lookups import LookupSource
@@ -45,6 +46,17 @@ class Change(BaseModel):
     @property
     def changed(self) -> bool:
         return self.before is None or (self.before.kind, self.before.detail) != (self.after.kind, self.after.detail)
+
+    def answer_diff(self) -> dict[str, tuple]:
+        """The answer fields that differ, before and after (``confidence`` and ``reason`` aside: they vary
+        on every run): a changed intent within one route shows here, where :attr:`changed` sees none.
+        Empty when the answer before is not known (no answer, or placed before the views kept answers)."""
+        if self.before is None or self.before.answer is None:
+            return {}
+        was = orjson.loads(self.before.answer)
+        now = orjson.loads(self.after.answer) if self.after.answer else {}
+        return {name: (was.get(name), now.get(name)) for name in sorted(set(was) | set(now))
+                if name not in ("confidence", "reason") and was.get(name) != now.get(name)}
 
 
 class ReplayReport(BaseModel):

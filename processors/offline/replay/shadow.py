@@ -16,16 +16,18 @@ from processors.offline.replay.selection import Selected, before
 from processors.offline.replay.writes import produce_acknowledged
 from processors.offline.runner import OfflineResult, OfflineRunner
 from processors.providers.base import Provider
-from processors.records import ControlState, GroundedEvent
+from processors.records import ControlState, GroundedEvent, dumps
 from processors.stages.base import REPLAY_HEADER
 from processors.workflow.workflow import Workflow
 
 
 def _place(result: OfflineResult) -> Place:
+    answer = dumps(result.answer) if result.answer is not None else None
     if result.ended == "decision":
-        return Place(kind="decision", detail=result.route or "", at_ms=result.decision.decided_at_ms)
+        return Place(kind="decision", detail=result.route or "", at_ms=result.decision.decided_at_ms, answer=answer)
     if result.ended == "review":
-        return Place(kind="review", detail=result.review_reason or "", at_ms=result.review.created_at_ms)
+        return Place(kind="review", detail=result.review_reason or "", at_ms=result.review.created_at_ms,
+                     answer=answer)
     return Place(kind="dead_letter", detail=result.dead_letter_reason or "", at_ms=now_ms())
 
 
