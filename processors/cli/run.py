@@ -18,8 +18,8 @@ from processors.pipeline import Pipeline
 from processors.runtime import metrics
 from processors.runtime.options import Guarantee, RuntimeOptions
 from processors.runtime.runtime import BrokerUnavailable
-from processors.stages.registry import STAGES, stages_for
 from processors.signing import SigningError
+from processors.stages.registry import STAGES, stages_for
 from processors.state.store import StoreUnusable
 from processors.workflow.workflow import WorkflowError
 

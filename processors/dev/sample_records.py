@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 from datetime import UTC, datetime, timedelta
+
 from pydantic import BaseModel
 
 from processors.refunds import Clause, OrderKind, Policy, RefundReason

@@ -77,8 +77,8 @@ from sqlalchemy import Connection, cast, func, select
 from processors.clock import now_ms
 from processors.kafka.settings import KafkaSettings
 from processors.views.catch_up import catch_up
-from processors.views.rows import scope_of
 from processors.views.histogram import percentiles
+from processors.views.rows import scope_of
 from processors.views.schema import EVERY_VERSION, REPORT_COUNTS, report_hours, report_latency
 from processors.views.store import ViewStore, open_store
 from processors.views.totals import DAY_MS, E2E, HOUR_MS, MODEL, hour_of

@@ -30,7 +30,8 @@ from sqlalchemy import bindparam, delete, insert, select, update
 
 from processors.records import DecisionSource, VerdictKind
 from processors.views.histogram import bin_of
-from processors.views.schema import recount_due as due, report_events, report_hours, report_latency
+from processors.views.schema import recount_due as due
+from processors.views.schema import report_events, report_hours, report_latency
 from processors.views.store import ViewStore, Writer
 
 HOUR_MS = 3_600_000
