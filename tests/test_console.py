@@ -27,7 +27,7 @@ from processors.console.project import console_of
 from processors.console.users import Users
 from processors.dev.loopback import LoopbackServer
 from processors.dev.receiver import WebhookReceiver
-from processors.dev.tool_server import ToolServerThread
+from processors.dev.system_of_record import SystemOfRecordThread
 from processors.kafka.read import snapshot
 from processors.kafka.settings import KafkaSettings
 from processors.kafka.topics import Role
@@ -102,11 +102,12 @@ def deployment(kafka_bootstrap, tmp_path_factory):
     users = tmp_path_factory.mktemp("console") / "users.yaml"
     for name, roles in PEOPLE.items():
         Users(users).add(name, PASSWORD, roles)
-    with pytest.MonkeyPatch.context() as env, WebhookReceiver(secret=SECRET) as hooks, ToolServerThread() as payments:
+    with pytest.MonkeyPatch.context() as env, WebhookReceiver(secret=SECRET) as hooks, \
+            SystemOfRecordThread(tmp_path_factory.mktemp("sor") / "records.sqlite") as payments:
         env.setenv("HANDOFF_WEBHOOK_URL", hooks.url)
         env.setenv("HANDOFF_WEBHOOK_SECRET", SECRET)
-        env.setenv("HANDOFF_PAYMENTS_MCP_URL", payments.url)
-        env.setenv("HANDOFF_PAYMENTS_MCP_TOKEN", "test-token")
+        env.setenv("HANDOFF_RECORDS_MCP_URL", payments.url)
+        env.setenv("HANDOFF_RECORDS_MCP_TOKEN", "test-token")
         running = Deployment(settings, users)
         running.hooks, running.payments = hooks, payments
         for thread in running.threads:
@@ -224,9 +225,9 @@ def test_an_approver_releases_a_refund_with_an_adjusted_amount_and_a_reviewer_ca
     lee.fill("#arg-amount", "45.5")
     lee.click("#approve-form button")
     expect(lee.locator(".flash")).to_contain_text("the action runs once with the adjusted arguments")
-    applied = wait_for(lambda: deployment.payments.service.applied.get("rf-1:refund"), 60, "the refund")
+    applied = wait_for(lambda: deployment.payments.service.refunds_by_key().get("rf-1:refund"), 60, "the refund")
     assert applied["amount"] == 45.5
-    assert deployment.payments.service.applied.keys() == {"rf-1:refund"}
+    assert deployment.payments.service.refunds_by_key().keys() == {"rf-1:refund"}
     for page in (bob, lee):
         page.context.close()
 

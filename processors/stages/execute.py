@@ -90,6 +90,7 @@ class Execute(WorkflowStage):
         self.schemas = {name: SchemaCheck(a.arguments_schema, "(arguments)") for name, a in workflow.actions.items()}
         self.webhooks: dict[str, WebhookAction] = {}
         self.tools = workflow.tool_client()
+        self.http: httpx.AsyncClient | None = None
         self.keyring = Keyring.from_env()
 
     async def start(self) -> None:
@@ -101,7 +102,8 @@ class Execute(WorkflowStage):
             for name, action in self.workflow.actions.items() if action.kind == ActionKind.webhook}
 
     async def close(self) -> None:
-        await self.http.aclose()
+        if self.http is not None:  # None: start failed (a tool server's setting missing) before it
+            await self.http.aclose()
         await self.tools.close()
 
     def tables(self) -> list[Table]:
