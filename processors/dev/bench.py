@@ -318,7 +318,7 @@ def run_engine(settings: KafkaSettings, n: int) -> dict[str, float]:
     return figures
 
 
-SCALE_EVENTS = 80_000
+SCALE_EVENTS = 120_000
 """The scale-out's backlog: enough for its four phases at the (b) rate."""
 
 PARTS = ("engine", "classify", "pipeline", "scale", "cost", "state")
