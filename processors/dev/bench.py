@@ -55,7 +55,7 @@ import typer
 from confluent_kafka import TIMESTAMP_CREATE_TIME, Consumer, Message
 
 from processors.clock import now_ms
-from processors.dev import bench_pipeline, bench_scale, bench_state
+from processors.dev import bench_pipeline, bench_scale, bench_state, cascade_cost
 from processors.dev.bench_kit import (
     BENCH_LOGS,
     decision_topics,
@@ -321,6 +321,9 @@ def run_engine(settings: KafkaSettings, n: int) -> dict[str, float]:
 SCALE_EVENTS = 120_000
 """The scale-out's backlog: enough for its four phases at the (b) rate."""
 
+COST_EVENTS = 1996
+"""The cost part's events: the held-out BANKING77 queries once each."""
+
 PARTS = ("engine", "classify", "pipeline", "scale", "cost", "state")
 
 
@@ -343,6 +346,12 @@ def run(settings: KafkaSettings, n: int, latency: float, parts: list[str]) -> No
         figures["pipeline"] = bench_pipeline.measure(settings, n, say=lambda line: print(line, flush=True))
     if "scale" in parts:
         figures["scale"] = bench_scale.measure(settings, SCALE_EVENTS, latency, say=lambda line: print(line, flush=True))
+    if "cost" in parts:
+        saving = cascade_cost.measure(COST_EVENTS)
+        print(saving.render(), flush=True)
+        figures["cost"] = {"cascade_saved_usd": saving.saved_usd, "cascade_offline_share": saving.offline_share,
+                           "cascade_saved_tokens": saving.saved_tokens, "all_llm_usd": saving.all_llm_usd,
+                           "cascade_usd": saving.cascade_usd, "events": saving.events}
     if "state" in parts:
         print("state (the duplicate check's store, by history size):", flush=True)
         state = bench_state.measure(load_workflow("support_ticket", settings.namespace), settings, BENCH_LOGS)

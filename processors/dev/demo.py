@@ -29,6 +29,7 @@ import orjson
 from confluent_kafka import Producer
 
 from processors.clock import now_ms
+from processors.dev.cascade_cost import show_cascade_saving
 from processors.dev.localkafka import LocalKafka, free_port, wait_for_broker
 from processors.dev.receiver import WebhookReceiver
 from processors.kafka.read import IncompleteRead
@@ -187,6 +188,7 @@ def run_demo(settings: KafkaSettings) -> bool:
         say("")
         say(f"webhook receiver: {len(receiver.applied)} actions applied, {receiver.duplicates} duplicate "
             f"deliveries absorbed by Idempotency-Key")
+        show_cascade_saving(say)
         return ok
     finally:
         receiver.stop()
