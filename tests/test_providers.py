@@ -123,7 +123,12 @@ def test_requests_in_flight_are_answered_in_batches_as_one_at_a_time(banking):
     answers = [answer.text for answer in asyncio.run(together())]
     batched = banking._batches.calls - calls
     assert batched < len(held) / 4, f"{len(held)} requests took {batched} calls"
-    alone = [asyncio.run(banking.complete(req)).text for req in held]
+    async def one_at_a_time():  # each request alone: nothing else waits, so each is a batch of one
+        return [(await banking.complete(req)).text for req in held]
+
+    calls = banking._batches.calls
+    alone = asyncio.run(one_at_a_time())
+    assert banking._batches.calls - calls == len(held)
     assert answers == alone
 
 

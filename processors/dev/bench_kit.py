@@ -16,6 +16,7 @@ from processors.kafka.read import snapshot
 from processors.kafka.settings import KafkaSettings
 from processors.kafka.topics import Role, TopicSpec, apply
 from processors.kafka.write import write
+from processors.logs import LIBRDKAFKA
 from processors.pipeline import wait_until_drained
 from processors.records import PromptRef, WorkItem, dumps
 from processors.runtime.runtime import StageRuntime
@@ -59,7 +60,7 @@ def fresh(settings: KafkaSettings, label: str, extra: list[TopicSpec] = ()) -> t
     the outputs a measurement counts stamped by the broker (see the module docstring)."""
     settings = settings.model_copy(update={"namespace": f"{settings.namespace}_{label}"})
     workflow = load_workflow("banking77", settings.namespace)
-    admin = settings.admin()
+    admin = settings.admin(logger=LIBRDKAFKA)  # its lines through logging, not on stderr
     apply(admin, [*workflow.topics.values(), *extra])
     stamped = [*decision_topics(workflow), *(spec.name for spec in extra),
                *(workflow.spec(role).name for role in (Role.classified, Role.traces, Role.review))]

@@ -12,7 +12,8 @@ handoff's stages are deployed, so only this module imports Quix Streams (a bench
   keyed it. The stage's duplicate check keeps its memory in this process (the runtime's tables are
   not driven here) and its changelog records are still written: the work per record is the same.
 
-Quix runs at-least-once (its default, as the runtime's), committing every second like the runtime.
+Quix runs at-least-once (its default, as the runtime's), committing every second like the runtime,
+with the same client settings (compression, idempotence, read_committed).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from confluent_kafka import TIMESTAMP_CREATE_TIME, Message
 from quixstreams import Application, message_context
 from quixstreams.models.serializers import Serializer
 
-from processors.kafka.settings import KafkaSettings
+from processors.kafka.settings import PRODUCER_TUNABLE, KafkaSettings
 from processors.kafka.topics import Role
 from processors.runtime.output import Output
 from processors.runtime.runtime import StageRuntime
@@ -43,9 +44,12 @@ class OutputValue(Serializer):
 
 
 def _application(settings: KafkaSettings, group: str) -> Application:
+    """With the client settings handoff's stages use (lz4, idempotence, read_committed): the same work on the wire."""
     return Application(broker_address=settings.bootstrap_servers, consumer_group=settings.group_id(group),
                        auto_offset_reset="earliest", commit_interval=1.0, use_changelog_topics=False,
-                       auto_create_topics=False, loglevel=logging.WARNING)
+                       auto_create_topics=False, loglevel=logging.WARNING,
+                       producer_extra_config={**PRODUCER_TUNABLE, "enable.idempotence": True},
+                       consumer_extra_config={"isolation.level": "read_committed"})
 
 
 def passthrough(settings: KafkaSettings, workflow_name: str, target: str) -> None:
