@@ -20,8 +20,8 @@ for people cost (:mod:`.bench_views`).
 
 Every figure is printed and written to ``.local/bench/results.json`` as named numbers
 (``engine.<name>``, ``classify.<name>``, ``pipeline.<name>``, ``scale.<name>``, ``cost.<name>``,
-``state.<name>.<history size>``), so runs can be compared by a script; ``ratios`` and ``targets``
-say which of issue 18's targets the run met.
+``state.<name>.<history size>``), so runs can be compared by a script; ``targets`` says which of
+issue 18's targets the run met. ``--only`` runs some parts again; the others' figures stay.
 
 What bounds (a2): per event the passthrough reads one record and writes one; validate and route
 read two and write six — the validated item, the duplicate ledger's entry, the decision, the
@@ -73,11 +73,13 @@ from processors.kafka.settings import KafkaSettings
 from processors.kafka.topics import Role, TopicSpec
 from processors.pipeline import Pipeline, wait_until_drained
 from processors.providers.scripted import ScriptedProvider
+from processors.runtime.options import STATE_DIR_ENV
 from processors.runtime.runtime import RuntimeOptions, StageRuntime
 from processors.runtime.stage import Emit, Record, Stage
 from processors.workflow.workflow import Workflow, load_workflow
 
 BENCH_BROKER_DIR = Path(".local/bench-kafka")
+BENCH_STATE = Path(".local/bench-stores")
 RESULTS = Path(".local/bench/results.json")
 
 
@@ -271,7 +273,6 @@ def say_targets(figures: dict) -> dict[str, dict[str, float | bool]]:
               "a1_vs_quix": (e["passthrough_eps"] / e["quix_passthrough_eps"], 2.0),
               "a2_vs_quix": (e["validate_route_eps"] / e["quix_validate_route_eps"], 2.0),
               "a2_vs_ceiling": (e["validate_route_eps"] / e["ceiling_eps"], 0.9),
-              "ceiling_vs_before": (e["ceiling_eps"] / CEILING_BEFORE_EPS, 2.0),
               "b500_vs_bound": (c["scripted_100ms_500_eps"] / c["bound_eps"], 0.8),
               "b1000_vs_bound": (c["scripted_100ms_1000_eps"] / c["scripted_100ms_1000_bound_eps"], 0.8)}
     if "pipeline" in figures:
@@ -279,16 +280,12 @@ def say_targets(figures: dict) -> dict[str, dict[str, float | bool]]:
         checks |= {"p95_ms_at_1000_within": (50.0 / max(figures["pipeline"]["p95_ms_at_1000"], 1e-3), 1.0)}
     targets = {name: {"value": round(value, 3), "target": target, "met": value >= target}
                for name, (value, target) in checks.items()}
-    print("targets (ratios of this run):", flush=True)
+    print("targets (ratios of this run; the ceiling's 2 × is judged against the code before it, which this run "
+          "does not hold: see the README):", flush=True)
     for name, t in targets.items():
         print(f"    {name:24} {t['value']:9.2f}  (target ≥ {t['target']:g})  {'met' if t['met'] else 'NOT met'}",
               flush=True)
     return targets
-
-
-CEILING_BEFORE_EPS = 1_700
-"""``engine.ceiling_eps`` before issue 18's work, on this loaded 2-core machine (the issue's 2,000):
-the 2 × target is against it. ``--ceiling-before`` sets it for another machine."""
 
 
 def run_engine(settings: KafkaSettings, n: int) -> dict[str, float]:
@@ -318,7 +315,7 @@ def run_engine(settings: KafkaSettings, n: int) -> dict[str, float]:
     return figures
 
 
-SCALE_EVENTS = 120_000
+SCALE_EVENTS = 250_000
 """The scale-out's backlog: enough for its four phases at the (b) rate."""
 
 COST_EVENTS = 1996
@@ -357,7 +354,9 @@ def run(settings: KafkaSettings, n: int, latency: float, parts: list[str]) -> No
         state = bench_state.measure(load_workflow("support_ticket", settings.namespace), settings, BENCH_LOGS)
         print("views (review list with 1,000 open, handoff report; SQLite, by history size):", flush=True)
         figures["state"] = state | bench_views(say=lambda line: print(f"    {line}", flush=True))
-    if "engine" in parts and "classify" in parts:
+    if set(parts) != set(PARTS) and RESULTS.exists():  # a part run again: the other parts' figures stay
+        figures = orjson.loads(RESULTS.read_bytes()) | figures
+    if {"engine", "classify"} <= figures.keys():
         figures["targets"] = say_targets(figures)
     figures = {part: ({k: round(v, 3) if isinstance(v, float) else v for k, v in value.items()}
                       if isinstance(value, dict) and part != "state" else value) for part, value in figures.items()}
@@ -370,6 +369,8 @@ def main(events_per_run: int = typer.Option(10_000, "--events", help="Events per
          latency_ms: float = typer.Option(100, help="Scripted model latency for (b) and the scale-out."),
          only: list[str] = typer.Option(list(PARTS), help=f"Run only these parts (of {', '.join(PARTS)}).")) -> None:
     """Benchmark the engine against its peers on one broker."""
+    shutil.rmtree(BENCH_STATE, ignore_errors=True)  # the stages' stores, fresh like the broker's topics
+    os.environ[STATE_DIR_ENV] = str(BENCH_STATE)
     if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
         run(KafkaSettings(namespace=f"bench{int(time.time())}"), events_per_run, latency_ms / 1000, only)
         return
