@@ -42,7 +42,6 @@ import cProfile
 import multiprocessing
 import os
 import pstats
-import resource
 import shutil
 import subprocess
 import sys
@@ -247,7 +246,14 @@ def classify_in_process(bootstrap: str, namespace: str, n: int, latency: float, 
     Pipeline(workflow, settings, ["classify"], RuntimeOptions(max_in_flight=in_flight, max_buffered=max(5000, 5 * in_flight)),
              provider=ScriptedProvider(latency=latency)).run_until_drained(timeout=600)
     eps = throughput(settings, [workflow.spec(Role.classified).name], n, started)
-    return eps, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return eps, peak_rss_mb()
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (``VmHWM``: of its own address space; ``ru_maxrss`` would
+    carry the parent's peak across the exec that started it)."""
+    status = Path("/proc/self/status").read_text().splitlines()
+    return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
 
 
 def bench_classify(settings: KafkaSettings, n: int, latency: float, settings_in_flight: tuple[int, ...]) -> dict:
