@@ -38,6 +38,8 @@ test: install
 		$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 bench: install
+	@$(BIN)/python -c 'import quixstreams' 2>/dev/null || $(BIN)/pip install --quiet --no-deps $$($(BIN)/python -c \
+	  'import tomllib; print(" ".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["bench"]))')
 	$(BIN)/python -m processors.dev.bench
 
 clean:

@@ -1,5 +1,5 @@
 """The HTTP providers against real servers on loopback speaking the OpenAI chat-completions and
-Anthropic messages protocols (``tests/llm_server.py``): retries, Retry-After, fallbacks,
+Anthropic messages protocols (``processors/dev/llm_server.py``): retries, Retry-After, fallbacks,
 cooldown, rate limits, cost and redaction, checked from what the servers recorded."""
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from processors.providers import (
 from processors.records import Decision, Trace
 from processors.workflow.workflow import ModelRetries, Workflow
 from tests.conftest import deployed, produce, tickets
-from tests.llm_server import LLMServer, Reply
+from processors.dev.llm_server import LLMServer, Reply
 
 KEY = "sk-test-0123456789abcdef"
 SCHEMA = {"type": "object", "required": ["category", "confidence"], "properties": {

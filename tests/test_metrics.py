@@ -1,7 +1,7 @@
 """Prometheus metrics, scraped over HTTP from a running pipeline: what each stage counted must be
 what happened to the records it was given.
 
-The model is a real OpenAI-compatible HTTP server on loopback (``tests/llm_server.py``), so
+The model is a real OpenAI-compatible HTTP server on loopback (``processors/dev/llm_server.py``), so
 tokens and cost come from the usage it reports, priced by the price table. The registry is one
 per process and other tests count into it too, so the in-process test compares a scrape before
 the run with one after it; the subprocess test reads a fresh process's absolute counts.
@@ -28,7 +28,7 @@ from processors.records import PromptRef, WorkItem, dumps
 from processors.runtime import metrics
 from processors.workflow.workflow import ModelRetries
 from tests.conftest import deployed, produce, tickets
-from tests.llm_server import LLMServer, Reply
+from processors.dev.llm_server import LLMServer, Reply
 from tests.test_recovery import handoff_run, wait_for
 
 WF = {"workflow": "support_ticket"}

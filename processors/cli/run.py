@@ -32,7 +32,10 @@ def run(workflow: WorkflowName,
         max_in_flight: Annotated[int, typer.Option(help="Records in flight per stage.")] = 500,
         instance: Annotated[Optional[str], typer.Option(help="This process's stable instance name: its static group "
                                                                "membership and, under exactly_once, its transactional id "
-                                                               "(default: the host name).")] = None,
+                                                               "(default: the host name). An instance joining or leaving "
+                                                               "gracefully pauses the group's outputs for seconds (make "
+                                                               "bench: scale.*_pause_s); one that dies holds its "
+                                                               "partitions for the session timeout, 45 s.")] = None,
         leave_group_on_stop: Annotated[bool, typer.Option(
             "--leave-group-on-stop/--keep-partitions-on-stop",
             help="On SIGTERM, hand this instance's partitions to the others at once (scale-in), or keep them for "

@@ -29,6 +29,7 @@ import orjson
 from confluent_kafka import Producer
 
 from processors.clock import now_ms
+from processors.dev.cascade_cost import show_cascade_saving
 from processors.dev.console_demo import DemoConsole
 from processors.dev.lead_intake import lead_intake_demo
 from processors.dev.localkafka import LocalKafka, free_port, wait_for_broker
@@ -194,6 +195,7 @@ def run_demo(settings: KafkaSettings) -> bool:
         ok &= lead_intake_demo(settings, say)
         say(f"webhook receiver: {len(receiver.applied)} actions applied, {receiver.duplicates} duplicate "
             f"deliveries absorbed by Idempotency-Key")
+        show_cascade_saving(say)
         console.keep_up()
         return ok
     finally:

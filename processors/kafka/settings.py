@@ -134,6 +134,10 @@ def _sources(config_file: Path | None) -> tuple[dict[str, str], dict[str, str]]:
     return kafka, registry
 
 
+PRODUCER_TUNABLE = {"linger.ms": 5, "compression.type": "lz4"}
+"""Every producer's defaults that a user's properties may override (``make bench`` gives its peer the same)."""
+
+
 class KafkaSettings(BaseModel):
     """Read from the properties file and the environment (see the module docstring); command-line
     flags override. Build one with :meth:`load` to read a given properties file."""
@@ -204,8 +208,7 @@ class KafkaSettings(BaseModel):
         return AdminClient(self.config(ClientKind.admin, **overrides))
 
     def producer(self, **overrides) -> Producer:
-        tunable = {"linger.ms": 5, "compression.type": "lz4"}
-        return Producer({**tunable, **self.config(ClientKind.producer, **{
+        return Producer({**PRODUCER_TUNABLE, **self.config(ClientKind.producer, **{
             "enable.idempotence": True,
             "logger": LIBRDKAFKA,  # librdkafka's own lines through handoff's logging (JSON, repeats folded)
             **overrides})})

@@ -149,16 +149,20 @@ class _LabelModel:
         x = self.features.transform(texts)
         proba = self.classifier.predict_proba(x)
         ranked = np.argsort(proba, axis=1)[:, ::-1][:, :2]
+        rows = x.tocsr()
         return [Prediction(label=str(self.classes[best]), probability=float(proba[i, best]),
                            runner_up=str(self.classes[second]), runner_up_probability=float(proba[i, second]),
-                           terms=self._top_terms(x.getrow(i), best))
+                           terms=self._top_terms(rows.indices[rows.indptr[i]:rows.indptr[i + 1]],
+                                                 rows.data[rows.indptr[i]:rows.indptr[i + 1]], best))
                 for i, (best, second) in enumerate(ranked)]
 
-    def _top_terms(self, row: Any, label: int, n: int = 3) -> list[str]:
-        """The input's words and word pairs that weigh most for ``label`` — readable, unlike char n-grams."""
-        known = row.indices < len(self.words)
-        index = row.indices[known]
-        pull = row.data[known] * self.word_weights[label, index]
+    def _top_terms(self, indices: Any, data: Any, label: int, n: int = 3) -> list[str]:
+        """The input's words and word pairs that weigh most for ``label`` — readable, unlike char n-grams.
+        ``indices``, ``data``: the input's row of the batch's features, sliced (``getrow`` built a
+        matrix per row: a third of a batch's time)."""
+        known = indices < len(self.words)
+        index = indices[known]
+        pull = data[known] * self.word_weights[label, index]
         return [str(self.words[index[i]]) for i in np.argsort(pull)[::-1][:n] if pull[i] > 0]
 
 
