@@ -13,10 +13,11 @@ from confluent_kafka import TopicPartition
 from sqlalchemy import select
 
 from processors.avro.serde import AvroSerde
+from processors.clock import now_ms
 from processors.kafka.read import snapshot
+from processors.kafka.settings import KafkaSettings
 from processors.offline.outputs import SETTLING_STAGES, dead_letters, decision_suffixes, read
 from processors.offline.replay.places import found_records, placed, places
-from processors.kafka.settings import KafkaSettings
 from processors.ops.report import ALL_VERSIONS, build, compute
 from processors.ops.review_queue import ReviewQueue, VerdictRefused
 from processors.pipeline import Pipeline
@@ -30,7 +31,7 @@ from processors.views.totals import HOUR_MS, hour_of, recount, recount_due
 from processors.workflow.verdict_log import first_verdicts
 from processors.workflow.workflow import load_workflow
 from tests.conftest import deployed, produce, tickets
-from tests.test_report import answer, decision, review, verdict
+from tests.test_report import answer, decision, prompt, review, verdict
 
 BILLING = {"category": "billing", "urgency": "low", "confidence": 0.95, "reason": "A question about an invoice."}
 LOW = BILLING | {"confidence": 0.4}
@@ -203,3 +204,33 @@ def test_the_reports_hours_move_with_each_event_and_count_each_record_once(names
             table.drop(conn)
     recount_due(ViewStore(store.url), rows.scope, rows.target)
     assert hours() == kept, "its hours are worked out from its rows when it is opened"
+
+
+def test_a_cascade_shows_its_offline_share_and_saving_and_an_older_database_gains_the_counts(namespace, views_url):
+    """Model decisions that spent no token were answered offline (a cascade's embedded tier); the report
+    prices them at what the LLM's answers cost. A database kept before these counts gains them, worked out
+    from its rows."""
+    workflow, store = load_workflow("support_ticket", namespace), open_store()
+    rows = Rows(workflow, KafkaSettings())
+    spent = {"e1": (0, 0, 0.0), "e2": (0, 0, 0.0), "e3": (0, 0, 0.0), "e4": (900, 100, 0.004)}  # the classify calls
+    records = [("decisions.billing", decision(e, "v1", "billing", latency_ms=100, model_ms=10)) for e in spent]
+    records += [("traces", Trace(run_id=e, workflow=workflow.name, step="classify", at_ms=now_ms(), prompt=prompt("v1"),
+                                 **dict(zip(("tokens_in", "tokens_out", "cost_usd"), spent[e])))) for e in spent]
+    batch = []
+    for offset, (suffix, record) in enumerate(records):
+        spec = workflow.topics[workflow.topic(suffix)]
+        batch.append(rows.of(spec.name, 0, offset, b"c1", AvroSerde(spec.value_schema).encode(record.model_dump()),
+                             {}, 0))
+    assert store.apply(batch) == 8
+    [v1] = compute(workflow, store).versions
+    assert (v1.offline, v1.online, v1.offline_share) == (3, 1, 0.75)
+    assert v1.cascade_saved_usd == pytest.approx(0.012)
+    assert "cascade v1: 75.0% of the model's decisions answered offline (3 of 4)" in compute(workflow, store).render()
+
+    with store.engine.begin() as conn:  # a database kept before the counts existed
+        for name in ("offline", "online"):
+            conn.exec_driver_sql(f"ALTER TABLE {report_hours.name} DROP COLUMN {name}")
+    reopened = ViewStore(store.url)
+    recount_due(reopened, rows.scope, rows.target)
+    [again] = compute(workflow, reopened).versions
+    assert (again.offline, again.online, again.events) == (3, 1, 4)

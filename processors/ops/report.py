@@ -59,6 +59,11 @@ events that settled with V:
 * tokens and cost per completed workflow = every classify call's tokens and cost for these
   events with V (repairs and answers that ended in review or the dead letters included, from
   the traces) / events decided with V (by the model or after review).
+* cascade: of the model's decisions, *offline* = those whose event spent no token (an embedded model
+  answered: a cascade's first tier), *online* = the rest (an LLM answered). When a version has both,
+  the report prints the offline share and the saving against an all-LLM run of the same events,
+  estimated as offline × (cost / online): what the offline answers would have cost at the price
+  the LLM answers did cost (``make bench`` measures the same saving exactly, with both runs made).
 
 **All versions** (the total row): the same figures with the version ignored, plus the dead
 letters written before any answer existed — a trigger the model never answered, bytes that are
@@ -125,6 +130,20 @@ class Figures(BaseModel):
     tokens_in: int
     tokens_out: int
     cost_usd: float
+    offline: int = 0
+    """Model decisions answered without an LLM token (an embedded model, a cascade's first tier)."""
+    online: int = 0
+    """Model decisions whose calls spent tokens (an LLM answered)."""
+
+    @computed_field
+    def offline_share(self) -> float | None:
+        return _ratio(self.offline, self.offline + self.online)
+
+    @computed_field
+    def cascade_saved_usd(self) -> float | None:
+        """What the offline answers would have cost an LLM, at this version's cost per LLM-answered event
+        (None unless both kinds answered: a cascade)."""
+        return self.offline * self.cost_usd / self.online if self.offline and self.online else None
 
     @computed_field
     def automation_rate(self) -> float | None:
@@ -175,6 +194,12 @@ class Report(BaseModel):
         lines = [f"{self.workflow}: {since}; escalation route: {self.escalation_route or '- (none declared)'}"]
         lines += ["  ".join(text.ljust(width) if index == 0 else text.rjust(width)
                             for index, (text, width) in enumerate(zip(row, widths))) for row in rows]
+        for f in self.versions:
+            if f.cascade_saved_usd is not None:
+                lines.append(f"cascade {f.prompt_version}: {f.offline_share:.1%} of the model's decisions answered "
+                             f"offline ({f.offline} of {f.offline + f.online}); an all-LLM run would have cost about "
+                             f"{f.cascade_saved_usd:.4f} USD more ({f.cost_usd + f.cascade_saved_usd:.4f} instead of "
+                             f"{f.cost_usd:.4f})")
         lines.append("(rates over the events that settled with each version; definitions: processors/ops/report.py; "
                      f"'{ALL_VERSIONS}' also counts dead letters that never had an answer)")
         return "\n".join(lines)
@@ -276,7 +301,8 @@ def _figures(version: str, row, bins: dict[tuple[str, str], dict[int, int]], tar
         escalations_needed=row.needed if escalations else None, escalations_caught=row.caught if escalations else None,
         escalations_judged=row.judged if escalations else None,
         latency_p50_ms=latency[0], latency_p95_ms=latency[1], model_p50_ms=model[0], model_p95_ms=model[1],
-        tokens_in=row.tokens_in, tokens_out=row.tokens_out, cost_usd=row.cost_usd)
+        tokens_in=row.tokens_in, tokens_out=row.tokens_out, cost_usd=row.cost_usd, offline=row.offline,
+        online=row.online)
 
 
 def by_day(workflow: Workflow, store: ViewStore, since_ms: int | None = None) -> dict[str, list[tuple[int, Figures]]]:

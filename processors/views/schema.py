@@ -107,7 +107,7 @@ report_events = Table(
 )
 
 REPORT_COUNTS = ("events", "decided", "automated", "reviewed", "dead_lettered", "schema_failures", "verdicts",
-                 "overrides", "needed", "caught", "judged", "tokens_in", "tokens_out")
+                 "overrides", "needed", "caught", "judged", "tokens_in", "tokens_out", "offline", "online")
 """The integer columns of ``report_hours`` (``cost_usd`` is the one float); :mod:`.totals` defines each."""
 
 

@@ -30,7 +30,15 @@ from sqlalchemy import Connection, Engine, Table, create_engine, event, inspect,
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
-from processors.views.schema import applied, metadata, placements, recount_due, report_events, report_hours
+from processors.views.schema import (
+    REPORT_COUNTS,
+    applied,
+    metadata,
+    placements,
+    recount_due,
+    report_events,
+    report_hours,
+)
 
 VIEWS_URL_ENV = "HANDOFF_VIEWS_URL"
 DEFAULT_PATH = Path(".local/views.db")
@@ -117,6 +125,14 @@ class ViewStore:
             if "answer" not in {c["name"] for c in inspect(self.engine).get_columns(placements.name)}:
                 with self.engine.begin() as conn:  # placements kept before they had the answer: it is None there
                     conn.execute(text(f"ALTER TABLE {placements.name} ADD COLUMN answer TEXT"))
+            hours_have = {c["name"] for c in inspect(self.engine).get_columns(report_hours.name)}
+            added = [name for name in REPORT_COUNTS if name not in hours_have]
+            if added:  # hours kept before these counts existed: add them, and work every hour out again
+                with self.engine.begin() as conn:
+                    for name in added:
+                        conn.execute(text(f"ALTER TABLE {report_hours.name} ADD COLUMN {name} "
+                                          "BIGINT NOT NULL DEFAULT 0"))
+                hours_missing = True
             if hours_missing:  # rows kept before the report's hours: work them out once (totals.recount_due)
                 with self.writing() as w:
                     for (scope,) in w.conn.execute(select(report_events.c.scope).distinct()):

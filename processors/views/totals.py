@@ -86,12 +86,14 @@ def counts(row: dict, since: int, target: str | None) -> dict:
              else None if kind == VerdictKind.reject else row["verdict_route"] if kind == VerdictKind.correct
              else row["decision_route"] if by_model else None)
     needed = target is not None and truth == target
+    llm = row["tokens_in"] + row["tokens_out"] > 0  # a model that spends no token answered offline (embedded)
     out = {"events": 1, "decided": int(decided), "automated": int(by_model and not row["touched"]),
            "reviewed": int(reviewed), "dead_lettered": int(_since(row["dead_at_ms"], since)),
            "schema_failures": int(row["repaired"]), "verdicts": row["verdicts"], "overrides": row["overrides"],
            "needed": int(needed), "caught": int(needed and model_route == target),
            "judged": int(bool(row["missed"]) or kind is not None), "tokens_in": row["tokens_in"],
-           "tokens_out": row["tokens_out"], "cost_usd": row["cost_usd"]}
+           "tokens_out": row["tokens_out"], "cost_usd": row["cost_usd"],
+           "offline": int(by_model and not llm), "online": int(by_model and llm)}
     if by_model:  # a reviewed decision's wait for a person is not latency
         for metric, value in ((E2E, row["e2e_ms"]), (MODEL, row["model_latency_ms"])):
             if value is not None:
