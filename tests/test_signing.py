@@ -14,7 +14,7 @@ from processors.kafka.topics import Role
 from processors.kafka.write import write
 from processors.records import ControlState, Mode, PersonRole, Verdict, VerdictKind
 from processors.runtime.stage import DeadLetter
-from processors.signing import BadSignature, Keyring, KnownKey, Signer
+from processors.signing import SIGNING_KEY_ENV, BadSignature, Keyring, KnownKey, Signer
 from processors.stages.execute import Execute
 from processors.stages.review import Review
 from processors.workflow.verdict_log import refusal
@@ -44,6 +44,19 @@ def test_a_signature_covers_the_record_the_signer_and_the_roles():
     own = Signer(key_id="ana-own", secret=SECRET * 2, identity="ben", roles=[PersonRole.reviewer])
     with pytest.raises(BadSignature, match="signs for 'ana' only"):
         ring.check(own.sign(state.model_copy(update={"changed_by": "ben"}), "signature"), "signature", "ben")
+
+
+def test_a_review_stage_without_a_key_runs_but_accepts_no_verdict_and_writes_no_default(workflow, monkeypatch):
+    signed_verdict = approval(workflow, None)
+    monkeypatch.delenv(SIGNING_KEY_ENV)
+    review = Review(workflow)  # it builds (the rest of the workflow runs): a new project has no key yet
+    with pytest.raises(DeadLetter) as dead:
+        asyncio.run(run(review, record(Role.verdicts, signed_verdict, workflow)))
+    assert dead.value.reason == "no_signing_key" and dead.value.keep == []
+    late = signed_verdict.item.model_copy(update={"deadline_ms": 1})
+    review.open.put(0, late.review_id, late)
+    assert review.tick(2**62, [(workflow.spec(Role.review).name, 0)]) == [], "nobody can sign the default"
+    assert review.open.get(0, late.review_id) is not None, "the item waits for a key and a person"
 
 
 def test_the_review_stage_dead_letters_unsigned_and_unauthorized_verdicts_without_letting_them_claim(workflow):

@@ -63,7 +63,10 @@ def run(workflow: WorkflowName,
                              **({"state_dir": state_dir} if state_dir else {}))
     setup(log_format, workflow=workflow, instance=options.instance, **({"stage": stage} if stage != "all" else {}))
     need_broker(flow, conf)  # before any stage's clients exist
-    need_access(flow, conf, stages)
+    try:
+        need_access(flow, conf, stages)  # builds the stages: a malformed signing key says so here
+    except SigningError as exc:
+        raise fail(str(exc))
     try:
         served = metrics.serve(metrics_port, metrics_addr)
     except OSError as exc:

@@ -48,6 +48,7 @@ decision twice, and execute's idempotency ledger still runs each action once.
 
 from __future__ import annotations
 
+import logging
 import uuid
 
 import orjson
@@ -69,12 +70,14 @@ from processors.records import (
 )
 from processors.runtime import metrics
 from processors.runtime.stage import DeadLetter, Emit, Record, Table
-from processors.signing import SYSTEM, Keyring, Signer
+from processors.signing import SIGNING_KEY_ENV, SYSTEM, Keyring, Signer
 from processors.stages.base import WorkflowStage
 from processors.state.store import Store
 from processors.workflow.answers import verdict_errors
 from processors.workflow.verdict_log import refusal
 from processors.workflow.workflow import DeadlineDefault, Workflow
+
+log = logging.getLogger("handoff.review")
 
 
 class FirstVerdicts(Store[FirstVerdict]):
@@ -106,14 +109,22 @@ class Review(WorkflowStage):
         self.verdicts = FirstVerdicts(workflow)
         self.open = OpenItems(workflow)
         self.keyring = Keyring.from_env()
-        self.signer = Signer.from_env()  # signs the approvals it hands to execute, and the deadline defaults
-        self.system = self.signer.acting_as(SYSTEM, [PersonRole.reviewer])
+        self.signer = Signer.from_env(required=False)  # signs the approvals it hands to execute, and the defaults
+        """None: no key is set, so this stage accepts no verdict and writes no deadline default (fail closed)."""
+        self.system = None if self.signer is None else self.signer.acting_as(SYSTEM, [PersonRole.reviewer])
+
+    async def start(self) -> None:
+        if self.signer is None:
+            log.warning("review %s: no signing key (%s): every verdict is dead-lettered as no_signing_key and no "
+                        "deadline default is written until one is set", self.workflow.name, SIGNING_KEY_ENV)
 
     def tables(self) -> list[Table]:
         return [self.verdicts, self.open]
 
     def tick(self, now_ms: int, partitions: list[tuple[str, int]]) -> list[Emit]:
         """The fail-closed default of every open item of the owned review partitions past its deadline."""
+        if self.system is None:  # nobody can sign the default: the items wait for a key and a person
+            return []
         decided = self.owned(partitions, Role.verdicts)
         out = []
         for partition in self.owned(partitions, Role.review):
@@ -149,6 +160,9 @@ class Review(WorkflowStage):
                 return []
             return [self.open.put(record.partition, item.review_id, item)]
         verdict = Verdict.model_validate(record.value)
+        if self.signer is None:  # claims nothing: replay the dead letter once a key is set
+            raise DeadLetter("no_signing_key", f"the review stage has no {SIGNING_KEY_ENV}: it can neither check "
+                             "this verdict's signature nor sign what it releases")
         refused = refusal(verdict, self.keyring)
         if refused is not None:  # claims nothing: a forged verdict cannot block the item
             raise DeadLetter(refused.reason, refused.message)
