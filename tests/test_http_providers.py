@@ -15,6 +15,7 @@ import yaml
 from prometheus_client import REGISTRY
 from pydantic import TypeAdapter
 
+from processors.dev.llm_server import LLMServer, Reply
 from processors.dev.localkafka import free_port
 from processors.offline.outputs import read
 from processors.ops.summary import collect
@@ -34,7 +35,6 @@ from processors.providers import (
 from processors.records import Decision, Trace
 from processors.workflow.workflow import ModelRetries, Workflow
 from tests.conftest import deployed, produce, tickets
-from processors.dev.llm_server import LLMServer, Reply
 
 KEY = "sk-test-0123456789abcdef"
 SCHEMA = {"type": "object", "required": ["category", "confidence"], "properties": {

@@ -29,6 +29,7 @@ from processors.offline.training import retrain
 from processors.ops import evidence
 from processors.ops.outcomes import send_outcome
 from processors.ops.review_queue import InvalidVerdict, ReviewQueue
+from processors.paths import lookup
 from processors.pipeline import Pipeline
 from processors.providers.base import ModelRequest
 from processors.providers.scripted import ScriptedProvider
@@ -43,7 +44,6 @@ from processors.records import (
     VerdictKind,
     WorkItem,
 )
-from processors.paths import lookup
 from processors.workflow import leads
 from processors.workflow.workflow import Workflow, load_workflow
 from tests.conftest import WORKFLOWS, tickets

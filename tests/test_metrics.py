@@ -20,6 +20,7 @@ from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from processors.avro.serde import AvroSerde
+from processors.dev.llm_server import LLMServer, Reply
 from processors.ops.report import build
 from processors.pipeline import Pipeline
 from processors.providers.openai import OpenAIModel
@@ -28,7 +29,6 @@ from processors.records import PromptRef, WorkItem, dumps
 from processors.runtime import metrics
 from processors.workflow.workflow import ModelRetries
 from tests.conftest import deployed, produce, tickets
-from processors.dev.llm_server import LLMServer, Reply
 from tests.test_recovery import handoff_run, wait_for
 
 WF = {"workflow": "support_ticket"}

@@ -18,7 +18,7 @@ from processors.actions.mcp import (
     ToolServer,
 )
 from processors.dev.sample_records import sample
-from processors.dev.system_of_record import Failure, FailKind, SystemOfRecordThread
+from processors.dev.system_of_record import FailKind, Failure, SystemOfRecordThread
 
 RETRIES = ToolRetries(unavailable=2, timeout=1, tool_error=0, backoff_initial_s=0.01, backoff_max_s=0.05)
 TOOLS = ("lookup_contact", "find_leads", "lookup_owner", "find_owners", "lookup_order", "lookup_payment",

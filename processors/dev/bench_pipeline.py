@@ -24,9 +24,9 @@ from processors.dev.bench_kit import (
     decision_topics,
     fresh,
     produce,
+    span,
     stage_env,
     stage_process,
-    span,
     stop_processes,
     triggers,
 )
