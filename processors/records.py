@@ -147,6 +147,11 @@ class Signature(BaseModel):
     mac: str
 
 
+def _lookups(text: str | None) -> dict:
+    """A record's grounding results (JSON text) by lookup name; ``{}`` without grounding."""
+    return {} if text is None else orjson.loads(text)
+
+
 class PromptRef(BaseModel):
     """``handoff/prompt_ref``: the prompt spec version that produced an answer."""
 
@@ -183,8 +188,7 @@ class WorkItem(Usage):
         return orjson.loads(self.event)
 
     def lookups_dict(self) -> dict:
-        """The grounding results by lookup name; ``{}`` without grounding."""
-        return {} if self.lookups is None else orjson.loads(self.lookups)
+        return _lookups(self.lookups)
 
     def answer_dict(self) -> dict | None:
         return None if self.answer is None else orjson.loads(self.answer)
@@ -259,14 +263,14 @@ class ReviewItem(BaseModel):
     control_version: int = 0
     replay: str | None = None
     lookups: str | None = None
-
-    def lookups_dict(self) -> dict:
-        """What the answer was checked against (the ground stage's results); ``{}`` without grounding."""
-        return {} if self.lookups is None else orjson.loads(self.lookups)
     queue: str | None = None
     """Who it is assigned to (a team), from the workflow's ``review_deadlines``."""
     deadline_ms: int | None = None
     """When the review stage decides it by its fail-closed default, if nobody did (epoch ms)."""
+
+    def lookups_dict(self) -> dict:
+        """What the answer was checked against."""
+        return _lookups(self.lookups)
 
 
 class Execution(BaseModel):

@@ -112,3 +112,4 @@ class ControlWatcher(Control):
             log.warning("%s offset %d ignored: %s", self.store.spec.name, msg.offset(), refused)
             return False
         self.state = state  # one attribute write: readers on other threads see the old or the new state
+        return True

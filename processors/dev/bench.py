@@ -56,7 +56,9 @@ from confluent_kafka import TIMESTAMP_CREATE_TIME, Consumer, Message
 from processors.clock import now_ms
 from processors.dev import bench_pipeline, bench_scale, bench_state, cascade_cost
 from processors.dev.bench_kit import (
+    BENCH_BROKER_DIR,
     BENCH_LOGS,
+    RESULTS,
     decision_topics,
     fresh,
     preclassified,
@@ -77,9 +79,7 @@ from processors.runtime.runtime import RuntimeOptions, StageRuntime
 from processors.runtime.stage import Emit, Record, Stage
 from processors.workflow.workflow import Workflow, load_workflow
 
-BENCH_BROKER_DIR = Path(".local/bench-kafka")
 BENCH_STATE = Path(".local/bench-stores")
-RESULTS = Path(".local/bench/results.json")
 
 
 # ---- (a1) passthrough ----------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from processors.dev.bench_kit import (
     decision_topics,
     fresh,
     produce,
+    runtimes,
     span,
     stage_env,
     stage_process,
@@ -36,8 +37,6 @@ from processors.kafka.settings import KafkaSettings
 from processors.kafka.topics import Role
 from processors.pipeline import wait_until_drained
 from processors.records import Decision
-from processors.runtime.runtime import StageRuntime
-from processors.stages.registry import build_stage
 from processors.workflow.workflow import Workflow
 
 STAGES = ["classify", "validate", "route", "execute"]
@@ -79,7 +78,7 @@ def measure(settings: KafkaSettings, n: int, rate: int = 1000, seconds: float = 
     settings, workflow = fresh(settings, "e2e")
     receiver = WebhookReceiver(secret=secrets.token_hex(16))
     env = stage_env(settings, HANDOFF_WEBHOOK_URL=receiver.start(), HANDOFF_WEBHOOK_SECRET=receiver.secret)
-    stages = [StageRuntime(build_stage(stage, workflow), workflow.name, workflow.topics, settings) for stage in STAGES]
+    stages = runtimes(workflow, settings, STAGES)
     processes = [stage_process(workflow, settings, stage, f"e2e-{stage}", env=env) for stage in STAGES]
     def running() -> bool:
         return all(p.poll() is None for p in processes)

@@ -30,12 +30,12 @@ from pydantic import BaseModel
 from processors.kafka.settings import KafkaSettings
 from processors.kafka.topics import Role
 from processors.offline.outputs import decision_suffixes, read
+from processors.offline.training import EVIDENCE_FIELD
 from processors.ops.corrections import NOT_EXPECTED
 from processors.project import write_rows
 from processors.records import LABELS_FIELD, Decision, Result
 from processors.workflow.workflow import Evidence, OutcomeRule, Workflow
 
-EVIDENCE_FIELD = "evidence"
 """Inside ``expected``: where the row's evidence came from (not an answer field)."""
 
 

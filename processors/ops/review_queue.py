@@ -26,7 +26,7 @@ item (:meth:`ReviewQueue.decide`) is:
    decided what and when (:class:`VerdictRefused`).
 
 The ``review`` stage (:mod:`processors.stages.review`) reads the log itself with the same rule
-(:func:`~processors.workflow.verdict_log.first_verdicts`) and applies only the first verdict per
+(its ``FirstVerdicts`` store and :func:`~processors.workflow.verdict_log.refusal`) and applies only the first verdict per
 review id: the log decides, the view only reflects it, so what a reviewer is told and what
 happens can never disagree. Each verdict carries its review item, so applying it needs no lookup.
 """

@@ -310,11 +310,12 @@ class EmbeddedProvider(Provider):
     def _inputs(self, row: dict[str, Any]) -> dict[str, Any]:
         return {path: _field(row, at) for path, at in self.spec.text.items()}
 
-    def learned(self) -> list[Example]:
-        """The learned rows training adds to its split, without any whose text is a held-out example's."""
+    def learned(self, holdout: list[Example] | None = None) -> list[Example]:
+        """The learned rows training adds to its split, without any whose text is a held-out example's
+        (``holdout``: the held-out split when the caller has read it already)."""
         if self.learned_path is None or not self.learned_path.exists():
             return []
-        held = {self.spec.compose(e.inputs) for e in self.holdout_examples()}
+        held = {self.spec.compose(e.inputs) for e in (self.holdout_examples() if holdout is None else holdout)}
         return [e for e in self.examples(self.learned_path) if self.spec.compose(e.inputs) not in held]
 
     def split(self) -> tuple[list[Example], list[Example]]:
@@ -369,7 +370,7 @@ class EmbeddedProvider(Provider):
     def _fit(self) -> _Artifact:
         started = time.perf_counter()
         train, holdout = self.split()
-        train += self.learned()
+        train += self.learned(holdout)
         train_texts = [self.spec.compose(e.inputs) for e in train]
         pipelines = {field: _fit_label(field, train_texts, [e.labels[field] for e in train], self.spec.seed)
                      for field in self.spec.labels}

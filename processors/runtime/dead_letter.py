@@ -42,7 +42,7 @@ class Header(StrEnum):
     attempts = "handoff.attempts"
     first_failure_ms = "handoff.first.failure.ms"
     source_offset = "handoff.source.offset"
-    """On a state store's changelog record: the offset of the input record whose processing wrote it."""
+    """On a state store's changelog record (under at_least_once): the offset of the input record that wrote it."""
     value_truncated = "handoff.value.truncated"
     """Set when the value was cut to fit the dead-letter topic: the original value's length in bytes.
     Such a dead letter cannot be replayed; its headers say where the whole record is."""

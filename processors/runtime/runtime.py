@@ -649,7 +649,7 @@ class StageRuntime:
         value = emit.value.model_dump() if isinstance(emit.value, BaseModel) else emit.value
         key = emit.key.encode() if isinstance(emit.key, str) else emit.key
         headers = [(k, v.encode()) for k, v in emit.headers.items()]
-        if source is not None and spec.name in self._changelogs:
+        if source is not None and self.committer.changelog_may_lead and spec.name in self._changelogs:
             headers.append((Header.source_offset, str(source.offset()).encode()))
         return Output(spec.name, key, None if value is None else serde.encode(value, spec.name), headers, source,
                       emit.partition)

@@ -110,11 +110,12 @@ class Classify(WorkflowStage):
                                                   repaired.trigger_timestamp_ms)
             version, replay, lookups = repaired.prompt.version, repaired.replay, repaired.lookups
         else:
-            event, attempt, errors, trigger_ms, lookups = (self.workflow.trigger.event_view(record.value), 1, [],
-                                                           record.timestamp_ms, None)
-            if self.source == Role.grounded:
+            attempt, errors = 1, []
+            if self.source == Role.grounded:  # ground unpacked the trigger already
                 grounded = GroundedEvent.model_validate(record.value)
                 event, trigger_ms, lookups = orjson.loads(grounded.event), grounded.trigger_timestamp_ms, grounded.lookups
+            else:
+                event, trigger_ms, lookups = self.workflow.trigger.event_view(record.value), record.timestamp_ms, None
             replay = _header(record, REPLAY_HEADER) or self.workflow.trigger.replay_of(record.value)
             version = (replay and _header(record, PROMPT_VERSION_HEADER)) or control.labels.get("production")
         spec = self.spec(version)

@@ -63,7 +63,6 @@ from processors.runtime.stage import DeadLetter, Emit, Record, Table
 from processors.signing import Keyring
 from processors.stages.base import WorkflowStage
 from processors.state.store import Store
-from processors.workflow.checks import SchemaCheck
 from processors.workflow.verdict_log import approval_refusal
 from processors.workflow.workflow import Action, ActionKind, Approval, Workflow, action_view
 
@@ -87,7 +86,6 @@ class Execute(WorkflowStage):
     def __init__(self, workflow: Workflow, control: Control | ControlState | None = None):
         super().__init__(workflow, control)
         self.done = EffectsDone(workflow)
-        self.schemas = {name: SchemaCheck(a.arguments_schema, "(arguments)") for name, a in workflow.actions.items()}
         self.webhooks: dict[str, WebhookAction] = {}
         self.tools = workflow.tool_client()
         self.http: httpx.AsyncClient | None = None
@@ -206,7 +204,7 @@ class Execute(WorkflowStage):
             arguments = orjson.loads(request.arguments)
         except orjson.JSONDecodeError as exc:
             raise DeadLetter("invalid_arguments", f"arguments are not JSON: {exc}") from exc
-        errors = self.schemas[request.action].errors(arguments)
+        errors = action.arguments_check.errors(arguments)
         if errors:
             raise DeadLetter("invalid_arguments", "; ".join(errors))
         return action, arguments

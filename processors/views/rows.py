@@ -17,6 +17,7 @@ store makes each record count once.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import cached_property
 
 import orjson
 from pydantic import BaseModel, ValidationError
@@ -81,11 +82,16 @@ def route_of(workflow: Workflow, answer: str | None, event: str) -> str | None:
 class Rows:
     """The record → rows mapping of one workflow (see the module docstring)."""
 
+    @cached_property
+    def keyring(self) -> Keyring:
+        """The keys verdicts are checked with, read once and only when a verdict comes (every catch-up
+        builds its rows: most have no verdict to check)."""
+        return Keyring.from_env()
+
     def __init__(self, workflow: Workflow, settings: KafkaSettings):
         self.workflow = workflow
         self.settings = settings
         self.scope = scope_of(workflow)
-        self.keyring = Keyring.from_env()
         self.target = workflow.escalation.route if workflow.escalation else None
         def reads(suffix: str, handle: Callable, model: type[BaseModel] | None) -> tuple[str, tuple]:
             spec = workflow.topics[workflow.topic(suffix)]

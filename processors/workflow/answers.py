@@ -9,7 +9,6 @@ import orjson
 
 from processors.records import ActionRequest, ReviewReason, Verdict, VerdictKind
 from processors.workflow import rules
-from processors.workflow.checks import SchemaCheck
 from processors.workflow.workflow import Workflow
 
 
@@ -66,7 +65,7 @@ def adjustment_errors(workflow: Workflow, request: ActionRequest, approved: str)
     fixed = [name for name in changed if name not in action.adjustable]
     if fixed:
         return [f"{request.action}: {', '.join(fixed)} cannot be adjusted (adjustable: {action.adjustable or 'none'})"]
-    return SchemaCheck(action.arguments_schema, "(arguments)").errors(arguments)
+    return action.arguments_check.errors(arguments)
 
 
 def verdict_errors(workflow: Workflow, verdict: Verdict) -> list[str]:

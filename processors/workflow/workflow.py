@@ -31,6 +31,7 @@ from processors.providers.build import CascadeModel, EmbeddedModel, ModelConfig,
 from processors.records import ActionRequest, Decision, Mode, Result, ReviewReason, dumps
 from processors.redaction import Redaction
 from processors.workflow import rules
+from processors.workflow.checks import SchemaCheck
 from processors.workflow.completions import COMPLETIONS
 from processors.workflow.prompt import PromptSpec, load_prompt
 
@@ -332,6 +333,11 @@ class Action(Strict):
         """The key that makes this action once, from the parts ``idempotency`` names (default ``<event id>:<action>``)."""
         view = {"event_id": event_id, "action": action, "arguments": arguments, "decision": decision}
         return ":".join(str(lookup(view, part)) for part in self.idempotency)
+
+    @cached_property
+    def arguments_check(self) -> SchemaCheck:
+        """``arguments_schema`` compiled once: execute checks every request, review every adjusted approval."""
+        return SchemaCheck(self.arguments_schema, "(arguments)")
 
     def resolved_url(self) -> str:
         try:
